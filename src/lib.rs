@@ -1,0 +1,3 @@
+//! raft-kv: a replicated key-value store on its own Raft, proven by deterministic simulation.
+
+pub mod raft;

@@ -1,0 +1,302 @@
+//! The consensus core: a pure, synchronous Raft state machine.
+//!
+//! It never touches a clock, a socket, a file or the OS random source. The driver feeds it
+//! inputs and acts on its output:
+//!
+//! - inputs: [`Raft::tick`] (logical time), [`Raft::step`] (a message from a peer),
+//!   [`Raft::propose`] (a client command), [`Raft::read_index`] (a linearizable read),
+//!   [`Raft::transfer_leadership`], [`Raft::propose_conf_change`], [`Raft::compact`];
+//! - output: a [`Ready`] record from [`Raft::ready`], which the driver handles in order and then
+//!   acknowledges with [`Raft::advance`].
+//!
+//! ```text
+//! loop {
+//!     feed ticks, inbound messages and proposals into raft;
+//!     let ready = raft.ready();
+//!     send(ready.messages);                       // may leave at once
+//!     wal.install(ready.snapshot); wal.append(ready.entries); wal.save(ready.hard_state);
+//!     wal.sync();                                 // persist before you speak
+//!     send(ready.persisted_messages);             // votes, append acknowledgements
+//!     apply(ready.committed_entries); serve(ready.read_states);
+//!     raft.advance(ready);
+//! }
+//! ```
+
+mod types;
+
+pub use types::*;
+
+use bytes::Bytes;
+use rand_chacha::ChaCha8Rng;
+
+/// Tunables of one core. Times are in ticks; the driver decides how long a tick is.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's id (non-zero).
+    pub id: NodeId,
+    /// Election timeouts are drawn uniformly from `[election_ticks, 2 * election_ticks)`.
+    pub election_ticks: u32,
+    /// A leader sends heartbeats every `heartbeat_ticks` (must be < `election_ticks`).
+    pub heartbeat_ticks: u32,
+    /// Thesis §9.6: campaign only after a pre-vote round shows the election could be won.
+    pub pre_vote: bool,
+    /// A leader steps down when it has not heard from a quorum within an election timeout, and
+    /// followers that heard from a leader within the minimum election timeout refuse votes.
+    pub check_quorum: bool,
+    /// At most this many entries in one `Append`.
+    pub max_entries_per_append: usize,
+    /// At most this many entry bytes in one `Append` (one entry is always allowed).
+    pub max_bytes_per_append: u64,
+    /// At most this many `Append`s in flight to one follower during pipelined replication.
+    pub max_inflight_appends: usize,
+    /// Proposals are refused while this many bytes of the leader's log are uncommitted.
+    pub max_uncommitted_bytes: u64,
+    /// Largest single proposal payload accepted.
+    pub max_proposal_bytes: u64,
+    /// At most this many ReadIndex requests waiting for confirmation.
+    pub max_pending_reads: usize,
+}
+
+impl Config {
+    /// Defaults that suit a LAN cluster with a 10 ms tick.
+    pub fn new(id: NodeId) -> Self {
+        Config {
+            id,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            pre_vote: true,
+            check_quorum: true,
+            max_entries_per_append: 256,
+            max_bytes_per_append: 1 << 20,
+            max_inflight_appends: 64,
+            max_uncommitted_bytes: 64 << 20,
+            max_proposal_bytes: 8 << 20,
+            max_pending_reads: 65_536,
+        }
+    }
+}
+
+/// Why the core refused a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Only the leader accepts proposals and reads; `leader` is the one this node knows of.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The known leader, if any.
+        leader: Option<NodeId>,
+    },
+    /// The uncommitted part of the leader's log is over `max_uncommitted_bytes`.
+    #[error("too many uncommitted bytes ({uncommitted} + {proposed} > {limit})")]
+    UncommittedBytesExceeded {
+        /// Bytes already uncommitted.
+        uncommitted: u64,
+        /// Bytes of this proposal.
+        proposed: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The proposal alone exceeds `max_proposal_bytes`.
+    #[error("proposal of {size} bytes is over the limit of {limit}")]
+    ProposalTooLarge {
+        /// The proposal's size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A leadership transfer is under way; proposals wait for it to end.
+    #[error("leadership transfer in progress")]
+    TransferInProgress,
+    /// A membership change is still uncommitted; one at a time (thesis §4.1).
+    #[error("a membership change is already pending")]
+    ConfChangePending,
+    /// Too many ReadIndex requests are waiting.
+    #[error("too many pending reads ({limit})")]
+    TooManyPendingReads {
+        /// The limit.
+        limit: u64,
+    },
+    /// A request named a node that is not a member, or an index out of range.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// What the driver must do, in order, before calling [`Raft::advance`].
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Set when role, leader or term changed since the last `Ready`.
+    pub soft_state: Option<SoftState>,
+    /// Set when term, vote or commit changed: persist it.
+    pub hard_state: Option<HardState>,
+    /// A snapshot received from the leader: persist it, restore the state machine from it, and
+    /// discard the persisted log up to its index. Handled before `entries`.
+    pub snapshot: Option<Snapshot>,
+    /// Entries to append to the persisted log. If `entries[0].index` is at or below the
+    /// persisted last index, the persisted log is first truncated to `entries[0].index - 1`.
+    pub entries: Vec<Entry>,
+    /// Messages that may be sent at once (a leader's appends and heartbeats, vote requests).
+    pub messages: Vec<Message>,
+    /// Messages that may leave only after `hard_state`, `snapshot` and `entries` are synced
+    /// (votes granted, append acknowledgements): Raft's "persist before you speak".
+    pub persisted_messages: Vec<Message>,
+    /// Committed entries to apply to the state machine, in order.
+    pub committed_entries: Vec<Entry>,
+    /// Reads that are safe to serve once the state machine has applied their index.
+    pub read_states: Vec<ReadState>,
+    /// Filled by the core: what `advance` acknowledges.
+    ack: ReadyAck,
+}
+
+/// What a `Ready` asked to persist and apply; kept apart from the public fields so the driver
+/// may move those out before calling [`Raft::advance`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct ReadyAck {
+    /// The last (index, term) of `entries`, if any.
+    last_entry: Option<(Index, Term)>,
+    /// The snapshot index, if a snapshot was handed out.
+    snapshot_index: Option<Index>,
+    /// The index of the last committed entry handed out, if any.
+    last_committed: Option<Index>,
+}
+
+/// What a node restarts from: everything it had persisted and synced.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreState {
+    /// The persisted term, vote and commit index.
+    pub hard_state: HardState,
+    /// The latest persisted snapshot, if any.
+    pub snapshot: Option<Snapshot>,
+    /// The persisted log entries after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+}
+
+/// A read-only view of a core for tests, metrics and the HTTP API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This node's id.
+    pub id: NodeId,
+    /// The node's role, leader and term.
+    pub soft_state: SoftState,
+    /// The node's term, vote and commit index.
+    pub hard_state: HardState,
+    /// The highest index handed out for applying.
+    pub applied_index: Index,
+    /// The index of the last log entry.
+    pub last_index: Index,
+    /// The index covered by the latest snapshot (0 if none).
+    pub snapshot_index: Index,
+    /// The current membership (the latest in the log, committed or not: thesis §4.1).
+    pub membership: Membership,
+}
+
+// RAFT-CORE-API: the helper building the core replaces the bodies below; the signatures are the
+// contract the node, the simulator, the tests and the fuzzers are written against.
+/// The consensus core of one node.
+pub struct Raft {
+    _private: (),
+}
+
+impl Raft {
+    /// Creates a core from what was persisted. `initial_membership` is used when neither the
+    /// snapshot nor the log holds a configuration (a fresh cluster). `rng` draws election
+    /// timeouts; the driver seeds it.
+    pub fn new(
+        config: Config,
+        initial_membership: Membership,
+        restore: RestoreState,
+        rng: ChaCha8Rng,
+    ) -> Result<Raft, Error> {
+        let _ = (config, initial_membership, restore, rng);
+        unimplemented!()
+    }
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        unimplemented!()
+    }
+
+    /// Handles a message from a peer. Messages from non-members or with nonsense contents are
+    /// dropped (with an `Err` saying why) and change nothing.
+    pub fn step(&mut self, message: Message) -> Result<(), Error> {
+        let _ = message;
+        unimplemented!()
+    }
+
+    /// Appends a client command to the leader's log; returns its index. The command is committed
+    /// when a `committed_entries` entry with this index and the current term comes out of `ready`;
+    /// an entry at this index with another term means the proposal was lost.
+    pub fn propose(&mut self, data: Bytes) -> Result<Index, Error> {
+        let _ = data;
+        unimplemented!()
+    }
+
+    /// Proposes a single-server membership change (thesis §4.1), one at a time.
+    pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<Index, Error> {
+        let _ = change;
+        unimplemented!()
+    }
+
+    /// Asks for a linearizable read point (Raft §6.4). Once leadership is confirmed by a
+    /// heartbeat round, a [`ReadState`] with `context` comes out of `ready`. A leader that is
+    /// deposed before confirmation never releases it; the driver times such reads out.
+    pub fn read_index(&mut self, context: ReadContext) -> Result<(), Error> {
+        let _ = context;
+        unimplemented!()
+    }
+
+    /// Hands leadership to `to` (thesis §3.10): catch it up, then send `TimeoutNow`. Proposals are
+    /// refused while the transfer runs; it is abandoned after an election timeout.
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), Error> {
+        let _ = to;
+        unimplemented!()
+    }
+
+    /// Starts an election now (a pre-vote first if enabled), as if the election timer fired.
+    pub fn campaign(&mut self) {
+        unimplemented!()
+    }
+
+    /// Records a snapshot the driver took of the state machine at `index` (which must be
+    /// applied) and discards the in-memory log up to it.
+    pub fn compact(&mut self, index: Index, data: Bytes) -> Result<(), Error> {
+        let _ = (index, data);
+        unimplemented!()
+    }
+
+    /// Whether `ready` would return anything.
+    pub fn has_ready(&self) -> bool {
+        unimplemented!()
+    }
+
+    /// Collects what the driver must do next.
+    pub fn ready(&mut self) -> Ready {
+        unimplemented!()
+    }
+
+    /// Acknowledges that everything in `ready` was persisted, synced, sent and applied.
+    pub fn advance(&mut self, ready: &Ready) {
+        let _ = ready;
+        unimplemented!()
+    }
+
+    /// A snapshot of the core's state for tests, metrics and the HTTP API.
+    pub fn status(&self) -> Status {
+        unimplemented!()
+    }
+
+    /// The log entries in `[lo, hi)` still held in memory (after the snapshot).
+    pub fn entries(&self, lo: Index, hi: Index) -> &[Entry] {
+        let _ = (lo, hi);
+        unimplemented!()
+    }
+
+    /// The term of the entry at `index`, if known (the snapshot's last entry included).
+    pub fn term_at(&self, index: Index) -> Option<Term> {
+        let _ = index;
+        unimplemented!()
+    }
+
+    /// The latest snapshot this core holds, if any.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        unimplemented!()
+    }
+}

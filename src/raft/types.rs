@@ -1,0 +1,322 @@
+//! The vocabulary of the consensus core: identifiers, log entries, persistent state and messages.
+//!
+//! Everything here is plain data with `serde` derives, so the node can put it on the wire
+//! (postcard) and into the WAL without a second set of types.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A member's identity inside one cluster. Never 0 (0 means "none" in traces).
+pub type NodeId = u64;
+/// A Raft term (Raft §5.1).
+pub type Term = u64;
+/// A log position; the first entry of a fresh log has index 1 (index 0 is the empty prefix).
+pub type Index = u64;
+
+/// What a log entry carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum EntryKind {
+    /// A client command for the state machine; `data` is opaque to the core.
+    Normal,
+    /// The empty entry a new leader appends to commit entries of earlier terms (Raft §5.4.2, §8).
+    Noop,
+    /// A membership change; `data` is a postcard-encoded [`ConfChange`].
+    Config,
+}
+
+/// One log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The term of the leader that created the entry.
+    pub term: Term,
+    /// The entry's position in the log.
+    pub index: Index,
+    /// What the entry carries.
+    pub kind: EntryKind,
+    /// The payload (a command for `Normal`, an encoded [`ConfChange`] for `Config`, empty for `Noop`).
+    pub data: Bytes,
+}
+
+impl Entry {
+    /// Approximate size on the wire, used for the byte limits of messages and proposals.
+    pub fn size_bytes(&self) -> u64 {
+        self.data.len() as u64 + 24
+    }
+}
+
+/// The state every node must persist (and sync) before it answers anyone (Raft Figure 2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct HardState {
+    /// The latest term this node has seen.
+    pub term: Term,
+    /// The candidate this node voted for in `term`, if any.
+    pub vote: Option<NodeId>,
+    /// The highest index known to be committed (persisted so a restart re-applies less work;
+    /// it is never trusted beyond the persisted log).
+    pub commit: Index,
+}
+
+/// The cluster's membership: who votes and who only receives the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Membership {
+    /// Members whose acknowledgements count towards quorums and who may become leader.
+    pub voters: BTreeSet<NodeId>,
+    /// Members that receive the log but neither vote nor count towards a quorum.
+    pub learners: BTreeSet<NodeId>,
+}
+
+impl Membership {
+    /// A membership of voters only.
+    pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Self {
+        Membership {
+            voters: voters.into_iter().collect(),
+            learners: BTreeSet::new(),
+        }
+    }
+
+    /// Whether `id` is a voter or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+
+    /// Every member, voters and learners, in ascending order.
+    pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let mut all: Vec<NodeId> = self
+            .voters
+            .iter()
+            .chain(self.learners.iter())
+            .copied()
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all.into_iter()
+    }
+
+    /// How many voters make a majority.
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+}
+
+/// A single-server membership change (thesis §4.1), carried in a `Config` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum ConfChange {
+    /// Add a voter (or promote a learner to voter).
+    AddVoter(NodeId),
+    /// Add a learner (or demote a voter to learner).
+    AddLearner(NodeId),
+    /// Remove a member entirely.
+    Remove(NodeId),
+}
+
+impl ConfChange {
+    /// The membership that results from applying this change to `membership`.
+    pub fn apply(&self, membership: &Membership) -> Membership {
+        let mut next = membership.clone();
+        match *self {
+            ConfChange::AddVoter(id) => {
+                next.learners.remove(&id);
+                next.voters.insert(id);
+            }
+            ConfChange::AddLearner(id) => {
+                next.voters.remove(&id);
+                next.learners.insert(id);
+            }
+            ConfChange::Remove(id) => {
+                next.voters.remove(&id);
+                next.learners.remove(&id);
+            }
+        }
+        next
+    }
+}
+
+/// What a snapshot covers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct SnapshotMeta {
+    /// The last log index the snapshot includes.
+    pub index: Index,
+    /// The term of the entry at `index`.
+    pub term: Term,
+    /// The membership as of `index`.
+    pub membership: Membership,
+}
+
+/// A snapshot of the state machine at `meta.index`; `data` is opaque to the core.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// What the snapshot covers.
+    pub meta: SnapshotMeta,
+    /// The state machine's serialized state.
+    pub data: Bytes,
+}
+
+/// A node's role (Raft §5.1, plus the pre-candidate of thesis §9.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Runs a pre-vote: asks whether it could win before raising its term.
+    PreCandidate,
+    /// Runs an election in a raised term.
+    Candidate,
+    /// Leads the cluster.
+    Leader,
+}
+
+impl Role {
+    /// Lower-case name for logs, metrics and the HTTP API.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+/// An opaque token the driver attaches to a ReadIndex request to recognize its answer.
+pub type ReadContext = u64;
+
+/// A message between two cores. `term` is the sender's term (for a pre-vote request: the term
+/// the sender would campaign in).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The sender.
+    pub from: NodeId,
+    /// The receiver.
+    pub to: NodeId,
+    /// The sender's term, see the type's documentation.
+    pub term: Term,
+    /// What the message says.
+    pub body: MessageBody,
+}
+
+/// The kinds of messages cores exchange.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageBody {
+    /// Thesis §9.6: would you vote for me in `term` (the sender's term + 1)? Changes no state.
+    PreVote {
+        /// Index of the candidate's last log entry.
+        last_log_index: Index,
+        /// Term of the candidate's last log entry.
+        last_log_term: Term,
+    },
+    /// The answer to a pre-vote.
+    PreVoteResponse {
+        /// Whether the vote would be granted.
+        granted: bool,
+    },
+    /// Raft §5.2 RequestVote.
+    Vote {
+        /// Index of the candidate's last log entry.
+        last_log_index: Index,
+        /// Term of the candidate's last log entry.
+        last_log_term: Term,
+        /// Set when the election follows a `TimeoutNow` (thesis §3.10): voters then ignore
+        /// their leader lease.
+        transfer: bool,
+    },
+    /// The answer to a vote.
+    VoteResponse {
+        /// Whether the vote was granted.
+        granted: bool,
+    },
+    /// Raft §5.3 AppendEntries.
+    Append {
+        /// Index of the entry preceding `entries`.
+        prev_log_index: Index,
+        /// Term of the entry at `prev_log_index`.
+        prev_log_term: Term,
+        /// Entries to store (may be empty).
+        entries: Vec<Entry>,
+        /// The leader's commit index.
+        leader_commit: Index,
+    },
+    /// The answer to an `Append` or `InstallSnapshot`.
+    AppendResponse {
+        /// On success, the highest index the follower now holds matching the leader's log
+        /// (prev_log_index + entries.len()). On rejection, the rejected `prev_log_index`.
+        index: Index,
+        /// `None` on success. On rejection, a hint for fast backtracking: the follower's guess of
+        /// the highest index that could match, and the term of its entry there.
+        reject_hint: Option<RejectHint>,
+    },
+    /// A leader's heartbeat: asserts leadership, advances the commit index up to what the
+    /// follower is known to hold, and confirms leadership for ReadIndex requests.
+    Heartbeat {
+        /// min(leader commit, the follower's match index).
+        leader_commit: Index,
+        /// The leader's read-round sequence number this heartbeat confirms (0: none).
+        read_seq: u64,
+    },
+    /// The answer to a heartbeat.
+    HeartbeatResponse {
+        /// Echo of the heartbeat's `read_seq`.
+        read_seq: u64,
+    },
+    /// Raft §7 InstallSnapshot, sent whole.
+    InstallSnapshot {
+        /// The snapshot to install.
+        snapshot: Snapshot,
+    },
+    /// Thesis §3.10: start an election now (leadership transfer).
+    TimeoutNow,
+}
+
+/// The follower's hint in a rejected append (etcd-style fast backtracking).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct RejectHint {
+    /// The highest index at which the follower's log might match the leader's.
+    pub index: Index,
+    /// The term of the follower's entry at `index` (0 if it has none).
+    pub term: Term,
+}
+
+impl MessageBody {
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MessageBody::PreVote { .. } => "pre_vote",
+            MessageBody::PreVoteResponse { .. } => "pre_vote_response",
+            MessageBody::Vote { .. } => "vote",
+            MessageBody::VoteResponse { .. } => "vote_response",
+            MessageBody::Append { .. } => "append",
+            MessageBody::AppendResponse { .. } => "append_response",
+            MessageBody::Heartbeat { .. } => "heartbeat",
+            MessageBody::HeartbeatResponse { .. } => "heartbeat_response",
+            MessageBody::InstallSnapshot { .. } => "install_snapshot",
+            MessageBody::TimeoutNow => "timeout_now",
+        }
+    }
+}
+
+/// A ReadIndex request that is now safe to serve: once the state machine has applied `index`,
+/// a read answered from it is linearizable (Raft §6.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    /// The driver's token from [`crate::raft::Raft::read_index`].
+    pub context: ReadContext,
+    /// The commit index the read must wait for.
+    pub index: Index,
+}
+
+/// Volatile state the driver shows to the world (role and leader); reported when it changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    /// This node's role.
+    pub role: Role,
+    /// The leader this node knows of in its current term.
+    pub leader: Option<NodeId>,
+    /// This node's current term.
+    pub term: Term,
+}
