@@ -1,3 +1,16 @@
 //! raft-kv: a replicated key-value store on its own Raft, proven by deterministic simulation.
+//!
+//! - [`raft`]: the consensus core, a pure synchronous state machine;
+//! - [`env`]: the one seam to time, network, disk and randomness (tokio or madsim);
+//! - [`wal`]: the checksummed write-ahead log;
+//! - [`kv`]: the replicated key-value state machine;
+//! - [`node`]: the driver loop tying them together; [`http`]: the HTTP API; [`server`]: one node.
 
+pub mod env;
+pub mod http;
+pub mod kv;
+pub mod metrics;
+pub mod node;
 pub mod raft;
+pub mod server;
+pub mod wal;

@@ -1,0 +1,208 @@
+//! Command-line interface: `raft-kv [node flags]`, `raft-kv dev`, `raft-kv bench`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use raft_kv::node::NodeConfig;
+
+mod bench;
+mod dev;
+
+/// A small, strongly consistent replicated key-value store on its own Raft.
+#[derive(Parser, Debug)]
+#[command(name = "raft-kv", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a local cluster of separate node processes for trying failover.
+    Dev(dev::DevArgs),
+    /// Drive a running cluster with concurrent clients and report throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+/// How logs are printed.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of a node. Every flag has an environment variable twin.
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// This node's name, unique in the cluster.
+    #[arg(long = "id", env = "RAFT_KV_ID", default_value = "node1", value_parser = parse_name)]
+    pub id: String,
+    /// Host to listen on.
+    #[arg(long, env = "RAFT_KV_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (client API and Raft RPCs).
+    #[arg(long, env = "RAFT_KV_PORT", default_value_t = 8001, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// The other members, comma-separated `host:port` (empty: a single-node store).
+    #[arg(long, env = "RAFT_KV_PEERS", value_delimiter = ',', value_parser = parse_addr)]
+    pub peers: Vec<String>,
+    /// Where the WAL and snapshots live [default: ./raft-kv-data/<id>].
+    #[arg(long, env = "RAFT_KV_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Length of one Raft tick in milliseconds.
+    #[arg(long, env = "RAFT_KV_TICK_MS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub tick_ms: u64,
+    /// Election timeout in ticks (randomized up to twice this).
+    #[arg(long, env = "RAFT_KV_ELECTION_TICKS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(3..=10_000))]
+    pub election_ticks: u32,
+    /// Heartbeat interval in ticks (must be below the election timeout).
+    #[arg(long, env = "RAFT_KV_HEARTBEAT_TICKS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub heartbeat_ticks: u32,
+    /// Client request timeout in milliseconds.
+    #[arg(long, env = "RAFT_KV_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub request_timeout_ms: u64,
+    /// Peer RPC timeout in milliseconds.
+    #[arg(long, env = "RAFT_KV_RPC_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub rpc_timeout_ms: u64,
+    /// Take a snapshot and compact the log after this many applied entries.
+    #[arg(long, env = "RAFT_KV_SNAPSHOT_ENTRIES", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_entries: u64,
+    /// Largest key in bytes.
+    #[arg(long, env = "RAFT_KV_MAX_KEY_BYTES", default_value_t = raft_kv::kv::KEY_BYTES_MAX)]
+    pub max_key_bytes: usize,
+    /// Largest value in bytes (larger values get 413).
+    #[arg(long, env = "RAFT_KV_MAX_VALUE_BYTES", default_value_t = raft_kv::kv::VALUE_BYTES_MAX)]
+    pub max_value_bytes: usize,
+    /// Log format.
+    #[arg(long, env = "RAFT_KV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing syntax, e.g. `info` or `raft_kv=debug`).
+    #[arg(long, env = "RAFT_KV_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+impl NodeArgs {
+    /// The node configuration these flags describe.
+    pub fn to_config(&self) -> Result<NodeConfig, String> {
+        if self.heartbeat_ticks >= self.election_ticks {
+            return Err(format!(
+                "--heartbeat-ticks ({}) must be below --election-ticks ({})",
+                self.heartbeat_ticks, self.election_ticks
+            ));
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > raft_kv::kv::KEY_BYTES_MAX {
+            return Err(format!("--max-key-bytes must be from 1 to {}", raft_kv::kv::KEY_BYTES_MAX));
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > raft_kv::kv::VALUE_BYTES_MAX {
+            return Err(format!("--max-value-bytes must be from 1 to {}", raft_kv::kv::VALUE_BYTES_MAX));
+        }
+        let listen_addr = format!("{}:{}", self.host, self.port);
+        let mut peers: Vec<String> = Vec::new();
+        for peer in &self.peers {
+            if peers.contains(peer) {
+                return Err(format!("peer {peer} is listed twice in --peers"));
+            }
+            if *peer == listen_addr {
+                return Err(format!("--peers lists this node's own address {peer}"));
+            }
+            peers.push(peer.clone());
+        }
+        let mut config = NodeConfig::new(self.id.clone(), listen_addr);
+        config.peers = peers;
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        config.tick_interval = Duration::from_millis(self.tick_ms);
+        config.election_ticks = self.election_ticks;
+        config.heartbeat_ticks = self.heartbeat_ticks;
+        config.request_timeout = Duration::from_millis(self.request_timeout_ms);
+        config.rpc_timeout = Duration::from_millis(self.rpc_timeout_ms);
+        config.snapshot_entries = self.snapshot_entries;
+        config.key_bytes_max = self.max_key_bytes;
+        config.value_bytes_max = self.max_value_bytes;
+        Ok(config)
+    }
+}
+
+fn parse_name(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err("a name is 1 to 64 characters of letters, digits, '-', '_' or '.'".into())
+    }
+}
+
+fn parse_addr(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not host:port"))?;
+    if host.is_empty() {
+        return Err(format!("{text:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(text.to_string()),
+        _ => Err(format!("{text:?} has no valid port (1-65535)")),
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| format!("bad --log-level: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Dev(args)) => dev::run(args),
+        Some(Command::Bench(args)) => bench::run(args),
+        None => run_node(cli.node),
+    }
+}
+
+fn run_node(args: NodeArgs) -> ExitCode {
+    let config = match args.to_config() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("raft-kv: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(message) = init_logging(args.log_format, &args.log_level) {
+        eprintln!("raft-kv: {message}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("raft-kv: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = config.name.clone();
+    let addr = config.listen_addr.clone();
+    let result = runtime.block_on(raft_kv::server::run(config, raft_kv::env::shutdown_signal(), move |_| {
+        eprintln!("raft-kv: node {name} serving on http://{addr}");
+    }));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raft-kv: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

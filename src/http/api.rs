@@ -1,0 +1,671 @@
+//! Request routing and handlers. `handle` takes any request and always returns a response: bad
+//! input gets a 4xx with a JSON body, never a panic.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value as Json};
+
+use super::client::HttpClient;
+use crate::env;
+use crate::kv::{WriteOp, WriteRequest, WriteResult};
+use crate::metrics::{Metrics, LATENCY_BUCKETS_SECONDS};
+use crate::node::cluster::Hello;
+use crate::node::rpc;
+use crate::node::{Consistency, NodeError, NodeHandle, ReadOutcome, ReadQuery, ValueView};
+use crate::raft::NodeId;
+
+/// Marks a request a follower forwarded to the leader, so it is never forwarded twice.
+const FORWARDED: &str = "x-raft-kv-forwarded";
+/// The log index a response reflects.
+const RAFT_INDEX: &str = "x-raft-index";
+/// A key's modification index.
+const MOD_INDEX: &str = "x-mod-index";
+/// A key's creation index.
+const CREATE_INDEX: &str = "x-create-index";
+/// The client's idempotency key for a write.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Longest idempotency key accepted.
+const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+/// Default and largest page of a prefix listing.
+const LIST_LIMIT_DEFAULT: usize = 1000;
+const LIST_LIMIT_MAX: usize = 10_000;
+
+/// Request limits enforced by the HTTP layer.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// Largest key in bytes.
+    pub key_bytes_max: usize,
+    /// Largest value in bytes.
+    pub value_bytes_max: usize,
+    /// Largest Raft RPC body.
+    pub rpc_body_bytes_max: usize,
+    /// Largest header block.
+    pub header_bytes_max: usize,
+    /// How long reading a body may take.
+    pub body_read_timeout: Duration,
+    /// How long a forwarded call may take.
+    pub forward_timeout: Duration,
+}
+
+/// What every handler can reach. The node handle is set once the node has started; until then
+/// only `/v1/raft/hello`, `/health` and `/metrics` answer.
+pub struct AppState {
+    /// This node's name.
+    pub name: String,
+    /// This node's id.
+    pub id: NodeId,
+    /// Limits on requests.
+    pub limits: HttpLimits,
+    node: OnceLock<NodeHandle>,
+    client: HttpClient,
+    metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// State for a node that has not started yet.
+    pub fn new(name: String, id: NodeId, limits: HttpLimits, client: HttpClient) -> AppState {
+        AppState { name, id, limits, node: OnceLock::new(), client, metrics: Arc::new(Metrics::new()) }
+    }
+
+    /// Attaches the running node.
+    pub fn set_node(&self, node: NodeHandle) {
+        let _ = self.node.set(node);
+    }
+
+    /// The running node, if started.
+    pub fn node(&self) -> Option<&NodeHandle> {
+        self.node.get()
+    }
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+/// Handles one request. Generic over the body so tests and fuzzers can call it in process.
+pub async fn handle<B>(state: &AppState, request: Request<B>) -> HttpResponse
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let started = env::now();
+    let (route, response) = route(state, request).await;
+    let seconds = env::now().saturating_duration_since(started).as_secs_f64();
+    state
+        .metrics
+        .histogram(
+            "http_request_duration_seconds",
+            "Latency of HTTP requests by route.",
+            &[("route", route.to_string()), ("status", response.status().as_u16().to_string())],
+            LATENCY_BUCKETS_SECONDS,
+        )
+        .observe(seconds);
+    response
+}
+
+async fn route<B>(state: &AppState, request: Request<B>) -> (&'static str, HttpResponse)
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let path = request.uri().path().to_string();
+    let method = request.method().clone();
+    match path.as_str() {
+        "/health" => ("/health", only(&method, &[Method::GET], || health(state))),
+        "/metrics" => ("/metrics", only(&method, &[Method::GET], || metrics(state))),
+        "/v1/raft/hello" => ("/v1/raft/hello", only(&method, &[Method::GET], || hello(state))),
+        "/v1/cluster" => ("/v1/cluster", only(&method, &[Method::GET], || cluster(state))),
+        "/v1/raft/messages" => {
+            if method != Method::POST {
+                return ("/v1/raft/messages", method_not_allowed(&[Method::POST]));
+            }
+            ("/v1/raft/messages", raft_messages(state, request).await)
+        }
+        "/v1/cluster/transfer-leader" => {
+            if method != Method::POST {
+                return ("/v1/cluster/transfer-leader", method_not_allowed(&[Method::POST]));
+            }
+            ("/v1/cluster/transfer-leader", transfer_leader(state, request).await)
+        }
+        "/v1/kv" | "/v1/kv/" => {
+            if method != Method::GET {
+                return ("/v1/kv/", method_not_allowed(&[Method::GET]));
+            }
+            ("/v1/kv/", kv(state, request, None).await)
+        }
+        _ => match path.strip_prefix("/v1/kv/") {
+            Some(raw_key) => {
+                let key = match percent_decode(raw_key) {
+                    Ok(key) => key,
+                    Err(message) => return ("/v1/kv/{key}", error(StatusCode::BAD_REQUEST, "bad_key", &message)),
+                };
+                ("/v1/kv/{key}", kv(state, request, Some(key)).await)
+            }
+            None => ("other", error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}"))),
+        },
+    }
+}
+
+fn only(method: &Method, allowed: &[Method], handler: impl FnOnce() -> HttpResponse) -> HttpResponse {
+    if allowed.contains(method) {
+        handler()
+    } else {
+        method_not_allowed(allowed)
+    }
+}
+
+fn method_not_allowed(allowed: &[Method]) -> HttpResponse {
+    let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("allowed methods: {}", list.join(", ")),
+    );
+    if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
+        response.headers_mut().insert(hyper::header::ALLOW, value);
+    }
+    response
+}
+
+fn health(state: &AppState) -> HttpResponse {
+    let Some(node) = state.node() else {
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "starting", "node": state.name}));
+    };
+    let status = node.status();
+    let leader = status.leader.map(|id| member_name(node, id));
+    let mut body = json!({
+        "node": state.name,
+        "role": status.role.as_str(),
+        "term": status.term,
+        "leader": leader,
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "last_index": status.last_index,
+    });
+    let code = if let Some(failure) = &status.failure {
+        body["status"] = json!("failed");
+        body["error"] = json!(failure);
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if status.leader.is_none() {
+        body["status"] = json!("no_leader");
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        body["status"] = json!("ok");
+        StatusCode::OK
+    };
+    json_response(code, body)
+}
+
+fn metrics(state: &AppState) -> HttpResponse {
+    let mut text = state.metrics.render();
+    if let Some(node) = state.node() {
+        text.push_str(&node.metrics.registry.render());
+    }
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+fn hello(state: &AppState) -> HttpResponse {
+    let hello = Hello { name: state.name.clone(), id: state.id };
+    json_response(StatusCode::OK, serde_json::to_value(hello).unwrap_or(Json::Null))
+}
+
+fn cluster(state: &AppState) -> HttpResponse {
+    let Some(node) = state.node() else {
+        return not_started(state);
+    };
+    let status = node.status();
+    let members: Vec<Json> = node
+        .cluster
+        .members
+        .iter()
+        .map(|m| json!({"name": m.name, "id": format!("{:x}", m.id), "addr": m.addr, "is_leader": Some(m.id) == status.leader}))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "cluster_id": format!("{:x}", node.cluster.cluster_id),
+            "leader": status.leader.map(|id| member_name(node, id)),
+            "term": status.term,
+            "members": members,
+        }),
+    )
+}
+
+async fn raft_messages<B>(state: &AppState, request: Request<B>) -> HttpResponse
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let Some(node) = state.node() else {
+        return not_started(state);
+    };
+    let body = match read_body(request.into_body(), state.limits.rpc_body_bytes_max, state.limits.body_read_timeout).await
+    {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let cluster = &node.cluster;
+    match rpc::decode(&body, state.limits.rpc_body_bytes_max, cluster.cluster_id, cluster.self_id, |id| {
+        cluster.is_member(id)
+    }) {
+        Ok(envelope) => match node.deliver(envelope.messages) {
+            Ok(()) => Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Full::new(Bytes::new()))
+                .expect("a static response is valid"),
+            Err(e) => node_error_response(&e),
+        },
+        Err(rpc::RpcError::WrongCluster { .. }) | Err(rpc::RpcError::NotMember(_)) => {
+            error(StatusCode::FORBIDDEN, "not_member", "raft rpc from outside this cluster refused")
+        }
+        Err(e @ rpc::RpcError::TooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &e.to_string()),
+        Err(e) => error(StatusCode::BAD_REQUEST, "bad_rpc", &e.to_string()),
+    }
+}
+
+async fn transfer_leader<B>(state: &AppState, request: Request<B>) -> HttpResponse
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let Some(node) = state.node() else {
+        return not_started(state);
+    };
+    let query = Query::parse(request.uri().query());
+    let to = match query.get("to") {
+        None => None,
+        Some(name) => match node.cluster.members.iter().find(|m| m.name == name) {
+            Some(member) => Some(member.id),
+            None => return error(StatusCode::BAD_REQUEST, "unknown_member", &format!("no member named {name:?}")),
+        },
+    };
+    match node.transfer_leadership(to).await {
+        Ok(()) => json_response(StatusCode::ACCEPTED, json!({"status": "transferring"})),
+        Err(NodeError::NotLeader { leader: Some(leader) }) if !request.headers().contains_key(FORWARDED) => {
+            forward(state, node, leader, request.method().clone(), request.uri(), request.headers(), Bytes::new()).await
+        }
+        Err(e) => node_error_response(&e),
+    }
+}
+
+async fn kv<B>(state: &AppState, request: Request<B>, key: Option<String>) -> HttpResponse
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let Some(node) = state.node() else {
+        return not_started(state);
+    };
+    let query = Query::parse(request.uri().query());
+    if let Some(key) = &key {
+        if key.len() > state.limits.key_bytes_max {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "key_too_long",
+                &format!("key of {} bytes is over the limit of {}", key.len(), state.limits.key_bytes_max),
+            );
+        }
+    }
+    let (parts, body) = request.into_parts();
+    let method = parts.method.clone();
+    let body = if method == Method::PUT {
+        match read_body(body, state.limits.value_bytes_max, state.limits.body_read_timeout).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        }
+    } else {
+        Bytes::new()
+    };
+    let outcome = match (&method, key) {
+        (&Method::GET, Some(key)) => read(node, &query, ReadQuery::Get(key)).await,
+        (&Method::GET, None) => {
+            let limit = match query.get("limit").map(str::parse::<usize>) {
+                None => LIST_LIMIT_DEFAULT,
+                Some(Ok(limit)) if (1..=LIST_LIMIT_MAX).contains(&limit) => limit,
+                Some(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_limit",
+                        &format!("limit must be a number from 1 to {LIST_LIMIT_MAX}"),
+                    )
+                }
+            };
+            let list = ReadQuery::List {
+                prefix: query.get("prefix").unwrap_or("").to_string(),
+                after: query.get("after").map(str::to_string),
+                limit,
+            };
+            read(node, &query, list).await
+        }
+        (&Method::PUT | &Method::DELETE, Some(key)) => write(state, &parts, &query, key, body.clone(), node).await,
+        (&Method::PUT | &Method::DELETE, None) => {
+            return error(StatusCode::BAD_REQUEST, "missing_key", "PUT and DELETE need a key: /v1/kv/{key}")
+        }
+        _ => return method_not_allowed(&[Method::GET, Method::PUT, Method::DELETE]),
+    };
+    match outcome {
+        Ok(response) => response,
+        Err(NodeError::NotLeader { leader: Some(leader) }) if !parts.headers.contains_key(FORWARDED) => {
+            forward(state, node, leader, method, &parts.uri, &parts.headers, body).await
+        }
+        Err(e) => node_error_response(&e),
+    }
+}
+
+async fn read(node: &NodeHandle, query: &Query, read_query: ReadQuery) -> Result<HttpResponse, NodeError> {
+    let consistency = match query.get("consistency") {
+        None | Some("linearizable") => Consistency::Linearizable,
+        Some("stale") => Consistency::Stale,
+        Some(other) => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "bad_consistency",
+                &format!("consistency must be linearizable or stale, not {other:?}"),
+            ))
+        }
+    };
+    let is_get = matches!(read_query, ReadQuery::Get(_));
+    let key = match &read_query {
+        ReadQuery::Get(key) => key.clone(),
+        ReadQuery::List { .. } => String::new(),
+    };
+    let ReadOutcome { index, values, more } = node.read(read_query, consistency).await?;
+    if is_get {
+        return Ok(match values.into_iter().next() {
+            Some(value) => {
+                let mut response = Response::new(Full::new(value.data.clone()));
+                let headers = response.headers_mut();
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                headers.insert(RAFT_INDEX, HeaderValue::from(index));
+                headers.insert(MOD_INDEX, HeaderValue::from(value.mod_index));
+                headers.insert(CREATE_INDEX, HeaderValue::from(value.create_index));
+                response
+            }
+            None => with_index(
+                error(StatusCode::NOT_FOUND, "key_not_found", &format!("key {key:?} not found")),
+                index,
+            ),
+        });
+    }
+    let keys: Vec<Json> = values.iter().map(value_json).collect();
+    Ok(with_index(json_response(StatusCode::OK, json!({"index": index, "keys": keys, "more": more})), index))
+}
+
+fn value_json(value: &ValueView) -> Json {
+    let mut entry = json!({"key": value.key, "mod_index": value.mod_index, "create_index": value.create_index});
+    match std::str::from_utf8(&value.data) {
+        Ok(text) => entry["value"] = json!(text),
+        Err(_) => entry["value_hex"] = json!(hex(&value.data)),
+    }
+    entry
+}
+
+async fn write(
+    _state: &AppState,
+    parts: &hyper::http::request::Parts,
+    query: &Query,
+    key: String,
+    body: Bytes,
+    node: &NodeHandle,
+) -> Result<HttpResponse, NodeError> {
+    let idempotency_key = match parts.headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(text) if !text.is_empty() && text.len() <= IDEMPOTENCY_KEY_BYTES_MAX => Some(text.to_string()),
+            _ => {
+                return Ok(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_idempotency_key",
+                    &format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"),
+                ))
+            }
+        },
+    };
+    let cas = match query.get("cas").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(index)) => Some(index),
+        Some(Err(_)) => {
+            return Ok(error(StatusCode::BAD_REQUEST, "bad_cas", "cas must be a modification index (0: create only)"))
+        }
+    };
+    let op = match (parts.method == Method::PUT, cas) {
+        (true, None) => WriteOp::Put { key, value: body },
+        (true, Some(expected_mod_index)) => WriteOp::Cas { key, expected_mod_index, value: body },
+        (false, None) => WriteOp::Delete { key },
+        (false, Some(expected_mod_index)) => WriteOp::CasDelete { key, expected_mod_index },
+    };
+    let outcome = node.write(WriteRequest { idempotency_key, op }).await?;
+    let index = outcome.index;
+    let response = match outcome.result {
+        WriteResult::Put { mod_index, created } => {
+            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+            json_response(code, json!({"index": index, "mod_index": mod_index, "created": created}))
+        }
+        WriteResult::Deleted { existed } => json_response(StatusCode::OK, json!({"index": index, "deleted": existed})),
+        WriteResult::CasOk { mod_index } => json_response(StatusCode::OK, json!({"index": index, "mod_index": mod_index})),
+        WriteResult::CasMismatch { current_mod_index } => json_response(
+            StatusCode::CONFLICT,
+            json!({
+                "error": "compare failed: the key's modification index differs",
+                "code": "cas_mismatch",
+                "index": index,
+                "current_mod_index": current_mod_index,
+            }),
+        ),
+    };
+    Ok(with_index(response, index))
+}
+
+/// Relays a request to the leader and its answer back.
+async fn forward(
+    state: &AppState,
+    node: &NodeHandle,
+    leader: NodeId,
+    method: Method,
+    uri: &hyper::Uri,
+    headers: &hyper::HeaderMap,
+    body: Bytes,
+) -> HttpResponse {
+    let Some(member) = node.cluster.member(leader) else {
+        return node_error_response(&NodeError::NotLeader { leader: None });
+    };
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut builder = Request::builder().method(method).uri(path).header(FORWARDED, state.name.as_str());
+    for name in [CONTENT_TYPE.as_str(), IDEMPOTENCY_KEY] {
+        if let Some(value) = headers.get(name) {
+            builder = builder.header(name, value);
+        }
+    }
+    let Ok(request) = builder.body(Full::new(body)) else {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "request cannot be forwarded");
+    };
+    let body_limit = state.limits.value_bytes_max.saturating_mul(2).max(16 << 20);
+    match state.client.call(&member.addr, request, body_limit, state.limits.forward_timeout).await {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            let mut relayed = Response::new(Full::new(body));
+            *relayed.status_mut() = parts.status;
+            for (name, value) in parts.headers.iter() {
+                let keep = [CONTENT_TYPE.as_str(), RAFT_INDEX, MOD_INDEX, CREATE_INDEX, RETRY_AFTER.as_str()];
+                if keep.contains(&name.as_str()) {
+                    relayed.headers_mut().insert(name.clone(), value.clone());
+                }
+            }
+            relayed
+        }
+        // The request may have reached the leader: its outcome is unknown.
+        Err(super::client::ClientError::Timeout { .. }) | Err(super::client::ClientError::Http { .. }) => {
+            node_error_response(&NodeError::Timeout)
+        }
+        // Never sent: the client may retry safely.
+        Err(e @ super::client::ClientError::Connect { .. }) => {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "leader_unreachable",
+                &format!("cannot reach the leader {}: {e}", member.name),
+            );
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+    }
+}
+
+async fn read_body<B>(body: B, bytes_max: usize, timeout: Duration) -> Result<Bytes, HttpResponse>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    if let Some(declared) = body.size_hint().exact() {
+        if declared > bytes_max as u64 {
+            return Err(too_large(declared, bytes_max));
+        }
+    }
+    match env::timeout(timeout, Limited::new(body, bytes_max).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Err(too_large(bytes_max as u64 + 1, bytes_max))
+            } else {
+                Err(error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the request body: {e}")))
+            }
+        }
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            &format!("the request body did not arrive within {timeout:?}"),
+        )),
+    }
+}
+
+fn too_large(size: u64, limit: usize) -> HttpResponse {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        &format!("body of {size} bytes (at least) is over the limit of {limit} bytes"),
+    )
+}
+
+fn node_error_response(e: &NodeError) -> HttpResponse {
+    let (code, name, retry) = match e {
+        NodeError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_leader", true),
+        NodeError::Dropped => (StatusCode::SERVICE_UNAVAILABLE, "dropped", true),
+        NodeError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout", false),
+        NodeError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", true),
+        NodeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", true),
+        NodeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid", false),
+    };
+    let message = match e {
+        NodeError::NotLeader { .. } => "no leader is known right now; retry shortly".to_string(),
+        other => other.to_string(),
+    };
+    let mut response = error(code, name, &message);
+    if retry {
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn not_started(state: &AppState) -> HttpResponse {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "starting",
+        &format!("node {} is starting (waiting for its peers)", state.name),
+    );
+    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+fn member_name(node: &NodeHandle, id: NodeId) -> String {
+    node.cluster.member(id).map(|m| m.name.clone()).unwrap_or_else(|| format!("{id:x}"))
+}
+
+fn with_index(mut response: HttpResponse, index: u64) -> HttpResponse {
+    response.headers_mut().insert(HeaderName::from_static(RAFT_INDEX), HeaderValue::from(index));
+    response
+}
+
+fn json_response(code: StatusCode, body: Json) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = code;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(code: StatusCode, name: &str, message: &str) -> HttpResponse {
+    json_response(code, json!({"error": message, "code": name}))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Decodes `%XX` escapes; the result must be UTF-8.
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let digits = bytes.get(i + 1..i + 3).and_then(|d| std::str::from_utf8(d).ok());
+            match digits.and_then(|d| u8::from_str_radix(d, 16).ok()) {
+                Some(byte) => out.push(byte),
+                None => return Err(format!("bad percent escape at byte {i}")),
+            }
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "key is not valid UTF-8".to_string())
+}
+
+/// A parsed query string (first value wins).
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(query: Option<&str>) -> Query {
+        let mut pairs = Vec::new();
+        for part in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = part.split_once('=').unwrap_or((part, ""));
+            let decode = |s: &str| percent_decode(&s.replace('+', " ")).unwrap_or_else(|_| s.to_string());
+            pairs.push((decode(name), decode(value)));
+        }
+        Query(pairs)
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_handles_escapes_and_refuses_bad_ones() {
+        assert_eq!(percent_decode("a%2Fb%20c").as_deref(), Ok("a/b c"));
+        assert_eq!(percent_decode("plain/key").as_deref(), Ok("plain/key"));
+        assert!(percent_decode("bad%2").is_err());
+        assert!(percent_decode("bad%zz").is_err());
+        assert!(percent_decode("%ff").is_err());
+    }
+
+    #[test]
+    fn query_strings_parse_first_value_wins() {
+        let query = Query::parse(Some("prefix=a%2Fb&limit=5&prefix=x&flag"));
+        assert_eq!(query.get("prefix"), Some("a/b"));
+        assert_eq!(query.get("limit"), Some("5"));
+        assert_eq!(query.get("flag"), Some(""));
+        assert_eq!(query.get("missing"), None);
+    }
+}

@@ -1,0 +1,145 @@
+//! A small pooled HTTP/1.1 client over the environment seam's TCP, used for Raft RPCs, request
+//! forwarding and the bench/dev commands. Connections to one address are reused.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response};
+
+use crate::env;
+
+/// Idle connections kept per address.
+const IDLE_CONNECTIONS_PER_ADDR_MAX: usize = 32;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Could not connect.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("http to {addr}: {message}")]
+    Http {
+        /// The address.
+        addr: String,
+        /// What failed.
+        message: String,
+    },
+    /// The call took longer than its timeout.
+    #[error("call to {addr} timed out after {timeout:?}")]
+    Timeout {
+        /// The address.
+        addr: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+}
+
+/// A cheap-to-clone pooled client.
+#[derive(Clone, Default)]
+pub struct HttpClient {
+    idle: Arc<Mutex<BTreeMap<String, Vec<SendRequest<Full<Bytes>>>>>>,
+}
+
+/// A response with its whole body read.
+pub type FullResponse = Response<Bytes>;
+
+impl HttpClient {
+    /// A client with an empty pool.
+    pub fn new() -> Self {
+        HttpClient::default()
+    }
+
+    /// Sends `request` to `addr` (`host:port`) and reads the whole response body (at most
+    /// `body_bytes_max`), all within `timeout`.
+    pub async fn call(
+        &self,
+        addr: &str,
+        request: Request<Full<Bytes>>,
+        body_bytes_max: usize,
+        timeout: Duration,
+    ) -> Result<FullResponse, ClientError> {
+        match env::timeout(timeout, self.call_inner(addr, request, body_bytes_max)).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout { addr: addr.to_string(), timeout }),
+        }
+    }
+
+    async fn call_inner(
+        &self,
+        addr: &str,
+        mut request: Request<Full<Bytes>>,
+        body_bytes_max: usize,
+    ) -> Result<FullResponse, ClientError> {
+        if !request.headers().contains_key(hyper::header::HOST) {
+            if let Ok(host) = hyper::header::HeaderValue::from_str(addr) {
+                request.headers_mut().insert(hyper::header::HOST, host);
+            }
+        }
+        let mut sender = self.checkout(addr).await?;
+        let http_error = |e: &dyn std::fmt::Display| ClientError::Http {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        };
+        let response = sender.send_request(request).await.map_err(|e| http_error(&e))?;
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, body_bytes_max)
+            .collect()
+            .await
+            .map_err(|e| http_error(&e))?
+            .to_bytes();
+        self.checkin(addr, sender);
+        Ok(Response::from_parts(parts, body))
+    }
+
+    async fn checkout(&self, addr: &str) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        loop {
+            let candidate = {
+                let mut idle = self.idle.lock().expect("client pool lock poisoned");
+                idle.get_mut(addr).and_then(Vec::pop)
+            };
+            match candidate {
+                Some(mut sender) => {
+                    if sender.is_closed() {
+                        continue;
+                    }
+                    if sender.ready().await.is_ok() {
+                        return Ok(sender);
+                    }
+                }
+                None => break,
+            }
+        }
+        let stream = env::TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
+        env::set_nodelay(&stream);
+        let (sender, connection) = hyper::client::conn::http1::handshake(env::TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Http { addr: addr.to_string(), message: e.to_string() })?;
+        env::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    fn checkin(&self, addr: &str, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("client pool lock poisoned");
+        let slot = idle.entry(addr.to_string()).or_default();
+        if slot.len() < IDLE_CONNECTIONS_PER_ADDR_MAX {
+            slot.push(sender);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Who is in the cluster: member names, ids and addresses, learned once at bootstrap and kept in
+//! `cluster.json` in the data directory.
+//!
+//! `--peers` lists addresses only, so a fresh node asks each peer for its name
+//! (`GET /v1/raft/hello`) until all have answered. The member set and the cluster id (a hash of
+//! the sorted names) are then written down; a restart reads them back and asks nobody.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use serde::{Deserialize, Serialize};
+
+use crate::env;
+use crate::http::client::HttpClient;
+use crate::node::config::{node_id_of, NodeConfig};
+use crate::raft::{Membership, NodeId};
+
+/// File name of the membership record inside the data directory.
+pub const CLUSTER_FILE: &str = "cluster.json";
+
+/// One member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The member's name (`--id`).
+    pub name: String,
+    /// The member's Raft id, derived from its name.
+    pub id: NodeId,
+    /// Where this node reaches the member (`host:port`).
+    pub addr: String,
+}
+
+/// The cluster as this node knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// A hash of the sorted member names; RPCs from another cluster are refused.
+    pub cluster_id: u64,
+    /// This node's id.
+    pub self_id: NodeId,
+    /// Every member, this node included, sorted by id.
+    pub members: Vec<Member>,
+}
+
+/// What `GET /v1/raft/hello` answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    /// The answering node's name.
+    pub name: String,
+    /// The answering node's id.
+    pub id: NodeId,
+}
+
+impl ClusterInfo {
+    /// Builds the cluster from this node and its peers' answers.
+    pub fn new(self_name: &str, self_addr: &str, peers: Vec<(String, String)>) -> ClusterInfo {
+        let mut members: Vec<Member> = peers
+            .into_iter()
+            .map(|(name, addr)| Member { id: node_id_of(&name), name, addr })
+            .collect();
+        members.push(Member {
+            name: self_name.to_string(),
+            id: node_id_of(self_name),
+            addr: self_addr.to_string(),
+        });
+        members.sort_by_key(|m| m.id);
+        members.dedup_by_key(|m| m.id);
+        let mut names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        names.sort_unstable();
+        let cluster_id = node_id_of(&names.join("\u{0}"));
+        ClusterInfo { cluster_id, self_id: node_id_of(self_name), members }
+    }
+
+    /// The initial Raft membership: every member votes.
+    pub fn membership(&self) -> Membership {
+        Membership::with_voters(self.members.iter().map(|m| m.id))
+    }
+
+    /// The member with `id`.
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// Whether `id` is a member.
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.member(id).is_some()
+    }
+}
+
+/// Why the membership could not be established.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The cluster file exists but cannot be read.
+    #[error("cannot read {path}: {reason}")]
+    BadFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The cluster file names another node than this one.
+    #[error("data directory belongs to node {found:?}, not {expected:?}; use another --data-dir")]
+    WrongNode {
+        /// The name in the file.
+        found: String,
+        /// This node's name.
+        expected: String,
+    },
+    /// Two members share a name.
+    #[error("peer at {addr} calls itself {name:?}, a name already taken in this cluster")]
+    DuplicateName {
+        /// The peer's address.
+        addr: String,
+        /// The duplicated name.
+        name: String,
+    },
+    /// I/O while saving.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Loads the membership from the data directory, or learns it from the peers and saves it.
+pub async fn establish(config: &NodeConfig, client: &HttpClient) -> Result<ClusterInfo, ClusterError> {
+    let path = config.data_dir.join(CLUSTER_FILE);
+    if env::fs::exists(&path).await {
+        let info = load(&path).await?;
+        let self_id = node_id_of(&config.name);
+        if info.self_id != self_id {
+            let found = info.member(info.self_id).map(|m| m.name.clone()).unwrap_or_default();
+            return Err(ClusterError::WrongNode { found, expected: config.name.clone() });
+        }
+        return Ok(info);
+    }
+    let mut answers: Vec<(String, String)> = Vec::new();
+    for addr in &config.peers {
+        let hello = ask_until_answered(client, addr, config.rpc_timeout).await;
+        if hello.name == config.name || answers.iter().any(|(name, _)| *name == hello.name) {
+            return Err(ClusterError::DuplicateName { addr: addr.clone(), name: hello.name });
+        }
+        answers.push((hello.name, addr.clone()));
+    }
+    let info = ClusterInfo::new(&config.name, &config.listen_addr, answers);
+    save(&path, &info).await?;
+    Ok(info)
+}
+
+async fn ask_until_answered(client: &HttpClient, addr: &str, timeout: Duration) -> Hello {
+    let mut attempts: u64 = 0;
+    loop {
+        let request = hyper::Request::get("/v1/raft/hello")
+            .body(Full::new(Bytes::new()))
+            .expect("a static request is valid");
+        if let Ok(response) = client.call(addr, request, 64 << 10, timeout).await {
+            if response.status().is_success() {
+                if let Ok(hello) = serde_json::from_slice::<Hello>(response.body()) {
+                    tracing::info!(peer = addr, name = %hello.name, "peer answered");
+                    return hello;
+                }
+            }
+        }
+        if attempts % 25 == 0 {
+            tracing::info!(peer = addr, "waiting for peer to start");
+        }
+        attempts += 1;
+        env::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn load(path: &Path) -> Result<ClusterInfo, ClusterError> {
+    let bad = |reason: String| ClusterError::BadFile { path: path.display().to_string(), reason };
+    let bytes = env::fs::read(path).await.map_err(|e| bad(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+}
+
+async fn save(path: &Path, info: &ClusterInfo) -> Result<(), ClusterError> {
+    let io = |source| ClusterError::Io { path: path.display().to_string(), source };
+    if let Some(dir) = path.parent() {
+        env::fs::create_dir_all(dir).await.map_err(io)?;
+    }
+    let bytes = serde_json::to_vec_pretty(info).expect("cluster info serializes");
+    env::fs::write_atomic(path, &bytes).await.map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_member_computes_the_same_cluster_id() {
+        let a = ClusterInfo::new(
+            "node1",
+            "a:1",
+            vec![("node2".into(), "b:2".into()), ("node3".into(), "c:3".into())],
+        );
+        let b = ClusterInfo::new(
+            "node2",
+            "b:2",
+            vec![("node3".into(), "c:3".into()), ("node1".into(), "a:1".into())],
+        );
+        assert_eq!(a.cluster_id, b.cluster_id);
+        assert_eq!(a.membership(), b.membership());
+        assert_ne!(a.self_id, b.self_id);
+        let other = ClusterInfo::new("node1", "a:1", vec![("node4".into(), "d:4".into())]);
+        assert_ne!(a.cluster_id, other.cluster_id);
+    }
+}

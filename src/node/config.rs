@@ -1,0 +1,122 @@
+//! Configuration of one node: identity, addresses, timeouts and limits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a node needs to start. The CLI and the simulator both build one.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's name, unique in the cluster (`--id`).
+    pub name: String,
+    /// The address the HTTP server listens on (`host:port`).
+    pub listen_addr: String,
+    /// The other members' addresses (`host:port`), as given by `--peers`.
+    pub peers: Vec<String>,
+    /// Where the WAL and snapshots live.
+    pub data_dir: PathBuf,
+    /// How long one Raft tick lasts.
+    pub tick_interval: Duration,
+    /// Election timeout in ticks (randomized up to twice this).
+    pub election_ticks: u32,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: u32,
+    /// How long a client request may take before it answers 504 (outcome unknown for writes).
+    pub request_timeout: Duration,
+    /// How long one peer RPC may take.
+    pub rpc_timeout: Duration,
+    /// Take a snapshot and compact the log after this many applied entries.
+    pub snapshot_entries: u64,
+    /// Largest WAL segment file.
+    pub wal_segment_bytes_max: u64,
+    /// Largest key in bytes.
+    pub key_bytes_max: usize,
+    /// Largest value in bytes (413 above it).
+    pub value_bytes_max: usize,
+    /// Largest peer RPC body in bytes.
+    pub rpc_body_bytes_max: usize,
+    /// Largest request header block in bytes.
+    pub header_bytes_max: usize,
+    /// At most this many client requests queued for the driver (503 above it).
+    pub request_queue_max: usize,
+    /// Idempotency keys remembered by the state machine.
+    pub idempotency_keys_max: usize,
+    /// Receives a [`NodeEvent`] for every role change and applied entry (the simulator's
+    /// safety checks listen here); `None` in production.
+    pub observer: Option<tokio::sync::mpsc::UnboundedSender<NodeEvent>>,
+    /// Fault injection for the simulator's planted-bug tests: forget the persisted vote on
+    /// restart (breaks Raft's election safety). Never set in production.
+    pub plant_forget_vote: bool,
+}
+
+/// What a node reports to an observer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// The node's role, term or leader changed.
+    Role {
+        /// The node's id.
+        node: u64,
+        /// Its term.
+        term: u64,
+        /// Its role.
+        role: crate::raft::Role,
+        /// The leader it knows of.
+        leader: Option<u64>,
+    },
+    /// The node applied the entry at `index` (digest: [`crate::raft::invariants::entry_digest`]).
+    Applied {
+        /// The node's id.
+        node: u64,
+        /// The entry's index.
+        index: u64,
+        /// The entry's term.
+        term: u64,
+        /// Digest of the entry's kind and data.
+        digest: u64,
+    },
+    /// The node restored its state machine from a snapshot at `index` (entries up to it are
+    /// not reported one by one).
+    Restored {
+        /// The node's id.
+        node: u64,
+        /// The snapshot's index.
+        index: u64,
+    },
+}
+
+impl NodeConfig {
+    /// A configuration with production defaults for `name` listening on `listen_addr`.
+    pub fn new(name: impl Into<String>, listen_addr: impl Into<String>) -> Self {
+        let name = name.into();
+        NodeConfig {
+            data_dir: PathBuf::from("raft-kv-data").join(&name),
+            name,
+            listen_addr: listen_addr.into(),
+            peers: Vec::new(),
+            tick_interval: Duration::from_millis(10),
+            election_ticks: 30,
+            heartbeat_ticks: 5,
+            request_timeout: Duration::from_secs(5),
+            rpc_timeout: Duration::from_secs(2),
+            snapshot_entries: 20_000,
+            wal_segment_bytes_max: 64 << 20,
+            key_bytes_max: crate::kv::KEY_BYTES_MAX,
+            value_bytes_max: crate::kv::VALUE_BYTES_MAX,
+            rpc_body_bytes_max: 64 << 20,
+            header_bytes_max: 16 << 10,
+            request_queue_max: 65_536,
+            idempotency_keys_max: 100_000,
+            observer: None,
+            plant_forget_vote: false,
+        }
+    }
+}
+
+/// A stable 64-bit id for a member name (FNV-1a), never 0.
+pub fn node_id_of(name: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash.max(1)
+}

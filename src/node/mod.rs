@@ -1,0 +1,282 @@
+//! The node: the driver loop around the consensus core, the WAL and the KV state machine, and
+//! the handle the HTTP API talks to.
+
+pub mod cluster;
+pub mod config;
+mod driver;
+pub mod rpc;
+mod transport;
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::env;
+use crate::kv::{WriteRequest, WriteResult};
+use crate::metrics::{Counter, Gauge, Histogram, Metrics, LATENCY_BUCKETS_SECONDS};
+use crate::raft::{Index, Message, NodeId, Role, Term};
+
+pub use cluster::{ClusterInfo, Member};
+pub use config::{NodeConfig, NodeEvent};
+pub use driver::StartError;
+
+/// How a read is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Linearizable: the leader confirms it still leads (ReadIndex) and waits until it has
+    /// applied the read index.
+    Linearizable,
+    /// Served from this node's state machine as it is; may be stale.
+    Stale,
+}
+
+/// What a read asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadQuery {
+    /// One key.
+    Get(String),
+    /// Keys with a prefix, in order, after `after`, at most `limit`.
+    List {
+        /// The prefix.
+        prefix: String,
+        /// Start after this key.
+        after: Option<String>,
+        /// At most this many keys.
+        limit: usize,
+    },
+}
+
+/// A key's value as a read returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValueView {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub data: Bytes,
+    /// The log index that created the key.
+    pub create_index: Index,
+    /// The log index that last modified the key.
+    pub mod_index: Index,
+}
+
+/// The answer to a read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// The applied index the read was served at.
+    pub index: Index,
+    /// The values found (at most one for `Get`).
+    pub values: Vec<ValueView>,
+    /// For `List`: whether more keys follow.
+    pub more: bool,
+}
+
+/// The answer to a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The log index of the entry that carried the write.
+    pub index: Index,
+    /// What the state machine did.
+    pub result: WriteResult,
+}
+
+/// Why a request could not be served.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// This node does not lead; `leader` is the one it knows of.
+    #[error("not the leader")]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// The proposal's log slot went to another leader's entry; it did not and will not apply.
+    #[error("leadership changed before the write committed; it was not applied, retry")]
+    Dropped,
+    /// The request took too long; a write may or may not have been applied.
+    #[error("timed out; the outcome is unknown")]
+    Timeout,
+    /// Too many requests are queued.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// The node cannot serve (storage failed, or it is shutting down).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request is invalid.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// What the node shows to `/health`, `/metrics` and the request router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// This node's role.
+    pub role: Role,
+    /// This node's term.
+    pub term: Term,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// The commit index.
+    pub commit_index: Index,
+    /// The applied index.
+    pub applied_index: Index,
+    /// The index of the last log entry.
+    pub last_index: Index,
+    /// Set when the node stopped serving (a storage failure); the reason.
+    pub failure: Option<String>,
+}
+
+/// A request to the driver.
+pub(crate) enum Request {
+    Write { request: WriteRequest, reply: oneshot::Sender<Result<WriteOutcome, NodeError>> },
+    Read { query: ReadQuery, consistency: Consistency, reply: oneshot::Sender<Result<ReadOutcome, NodeError>> },
+    TransferLeadership { to: Option<NodeId>, reply: oneshot::Sender<Result<(), NodeError>> },
+    Inspect { with_log: bool, reply: oneshot::Sender<Inspection> },
+}
+
+/// A look inside a running node, for the simulator's checks.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    /// The core's status.
+    pub status: crate::raft::Status,
+    /// The state machine's applied index.
+    pub kv_applied_index: Index,
+    /// [`crate::kv::KvStore::state_hash`] of the state machine.
+    pub state_hash: u64,
+    /// The core's view for [`crate::raft::invariants`] (its log only when asked for).
+    pub view: crate::raft::invariants::NodeView,
+}
+
+/// The node's metrics, registered once.
+#[derive(Clone)]
+pub struct NodeMetrics {
+    /// The registry rendered at `/metrics`.
+    pub registry: Arc<Metrics>,
+    pub(crate) term: Gauge,
+    pub(crate) is_leader: Gauge,
+    pub(crate) commit_index: Gauge,
+    pub(crate) applied_index: Gauge,
+    pub(crate) proposals: Counter,
+    pub(crate) proposals_failed: Counter,
+    pub(crate) leader_changes: Counter,
+    pub(crate) fsync_seconds: Histogram,
+    pub(crate) snapshots: Counter,
+    pub(crate) healthy: Gauge,
+}
+
+impl NodeMetrics {
+    fn new() -> NodeMetrics {
+        let registry = Arc::new(Metrics::new());
+        let m = &registry;
+        NodeMetrics {
+            term: m.gauge("raft_term", "The node's current Raft term.", &[]),
+            is_leader: m.gauge("raft_is_leader", "1 when this node is the leader.", &[]),
+            commit_index: m.gauge("raft_commit_index", "The highest log index known committed.", &[]),
+            applied_index: m.gauge("raft_applied_index", "The highest log index applied to the store.", &[]),
+            proposals: m.counter("raft_proposals_total", "Writes proposed by this node as leader.", &[]),
+            proposals_failed: m.counter(
+                "raft_proposals_failed_total",
+                "Writes refused or dropped before they committed.",
+                &[],
+            ),
+            leader_changes: m.counter(
+                "raft_leader_changes_total",
+                "Times the leader this node knows of changed.",
+                &[],
+            ),
+            fsync_seconds: m.histogram(
+                "wal_fsync_duration_seconds",
+                "Latency of WAL fsyncs.",
+                &[],
+                LATENCY_BUCKETS_SECONDS,
+            ),
+            snapshots: m.counter("raft_snapshots_total", "Snapshots taken to compact the log.", &[]),
+            healthy: m.gauge("raft_kv_healthy", "1 when the node can serve, 0 otherwise.", &[]),
+            registry,
+        }
+    }
+}
+
+/// The handle the HTTP API (and tests) use to talk to a running node. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    requests: mpsc::Sender<Request>,
+    inbound: mpsc::Sender<Message>,
+    status: Arc<Mutex<NodeStatus>>,
+    /// Who is in the cluster.
+    pub cluster: Arc<ClusterInfo>,
+    /// The node's configuration.
+    pub config: Arc<NodeConfig>,
+    /// The node's metrics.
+    pub metrics: NodeMetrics,
+}
+
+impl NodeHandle {
+    /// Proposes a write and waits until it is applied (or fails, or times out).
+    pub async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Write { request, reply })?;
+        self.await_answer(answer).await
+    }
+
+    /// Serves a read.
+    pub async fn read(&self, query: ReadQuery, consistency: Consistency) -> Result<ReadOutcome, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Read { query, consistency, reply })?;
+        self.await_answer(answer).await
+    }
+
+    /// Hands leadership to `to` (or the best follower) if this node leads.
+    pub async fn transfer_leadership(&self, to: Option<NodeId>) -> Result<(), NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::TransferLeadership { to, reply })?;
+        self.await_answer(answer).await
+    }
+
+    /// Looks inside the node (status, state hash and, if asked, the log) for checks.
+    pub async fn inspect(&self, with_log: bool) -> Result<Inspection, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Inspect { with_log, reply })?;
+        match env::timeout(self.config.request_timeout, answer).await {
+            Ok(Ok(inspection)) => Ok(inspection),
+            Ok(Err(_)) => Err(NodeError::Unavailable("node stopped".into())),
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+
+    /// Hands inbound Raft messages to the driver. Drops them (Raft retries) when the queue is full.
+    pub fn deliver(&self, messages: Vec<Message>) -> Result<(), NodeError> {
+        for message in messages {
+            if self.inbound.try_send(message).is_err() {
+                return Err(NodeError::Overloaded("raft inbound queue is full".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The node's current status.
+    pub fn status(&self) -> NodeStatus {
+        self.status.lock().expect("status lock poisoned").clone()
+    }
+
+    fn submit(&self, request: Request) -> Result<(), NodeError> {
+        self.requests.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => NodeError::Overloaded("request queue is full".into()),
+            mpsc::error::TrySendError::Closed(_) => NodeError::Unavailable("node is shutting down".into()),
+        })
+    }
+
+    async fn await_answer<T>(&self, answer: oneshot::Receiver<Result<T, NodeError>>) -> Result<T, NodeError> {
+        match env::timeout(self.config.request_timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::Unavailable("node stopped while serving the request".into())),
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+}
+
+/// Starts a node: opens its WAL, rebuilds its state, and runs its driver and peer links.
+/// The HTTP server is started separately (see [`crate::http::serve`]) so that peers can say
+/// hello before the membership is known.
+pub async fn start(config: NodeConfig, client: crate::http::client::HttpClient) -> Result<NodeHandle, StartError> {
+    driver::start(config, client).await
+}

@@ -1,0 +1,95 @@
+//! Running one node: bind, serve HTTP, establish membership, start the driver, and shut down
+//! gracefully (a leader hands leadership off first). The production binary and the simulator
+//! both call [`run`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::env;
+use crate::http::client::HttpClient;
+use crate::http::{self, AppState, HttpLimits};
+use crate::node::config::node_id_of;
+use crate::node::{self, NodeConfig, NodeHandle, StartError};
+use crate::raft::Role;
+
+/// Why a node stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The node could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Runs a node until `shutdown` resolves. `on_started` sees the handle once the node runs.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_started: impl FnOnce(&NodeHandle),
+) -> Result<(), RunError> {
+    let listener = env::TcpListener::bind(config.listen_addr.as_str())
+        .await
+        .map_err(|source| RunError::Bind { addr: config.listen_addr.clone(), source })?;
+    let client = HttpClient::new();
+    let limits = HttpLimits {
+        key_bytes_max: config.key_bytes_max,
+        value_bytes_max: config.value_bytes_max,
+        rpc_body_bytes_max: config.rpc_body_bytes_max,
+        header_bytes_max: config.header_bytes_max,
+        body_read_timeout: config.request_timeout,
+        forward_timeout: config.request_timeout + Duration::from_secs(1),
+    };
+    let state = Arc::new(AppState::new(config.name.clone(), node_id_of(&config.name), limits, client.clone()));
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = env::spawn(http::serve(listener, state.clone(), async move {
+        let _ = http_stopped.await;
+    }));
+    tracing::info!(node = %config.name, addr = %config.listen_addr, peers = ?config.peers, "listening");
+
+    let election_timeout = config.tick_interval * config.election_ticks;
+    tokio::pin!(shutdown);
+    let handle = tokio::select! {
+        handle = node::start(config, client) => handle?,
+        _ = &mut shutdown => {
+            let _ = stop_http.send(());
+            let _ = server.await;
+            return Ok(());
+        }
+    };
+    state.set_node(handle.clone());
+    on_started(&handle);
+    shutdown.await;
+    hand_off_leadership(&handle, election_timeout * 2).await;
+    let _ = stop_http.send(());
+    let _ = server.await;
+    Ok(())
+}
+
+/// A leader that is asked to stop first hands leadership to a follower, so the cluster does not
+/// wait an election timeout for a new one.
+async fn hand_off_leadership(handle: &NodeHandle, wait_max: Duration) {
+    if handle.status().role != Role::Leader || handle.cluster.members.len() < 2 {
+        return;
+    }
+    tracing::info!("shutting down: handing leadership off");
+    if let Err(error) = handle.transfer_leadership(None).await {
+        tracing::warn!(%error, "leadership transfer refused");
+        return;
+    }
+    let deadline = env::now() + wait_max;
+    while handle.status().role == Role::Leader && env::now() < deadline {
+        env::sleep(Duration::from_millis(10)).await;
+    }
+    match handle.status().leader {
+        Some(leader) if handle.status().role != Role::Leader => tracing::info!(leader, "leadership handed off"),
+        _ => tracing::warn!("leadership hand-off did not finish in time"),
+    }
+}

@@ -1,0 +1,180 @@
+//! Helpers for tests that run real `raft-kv` processes on loopback ports.
+#![allow(dead_code, clippy::disallowed_methods, clippy::disallowed_types)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use raft_kv::http::client::HttpClient;
+
+/// A response as the tests see it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header_u64(&self, name: &str) -> Option<u64> {
+        self.headers.get(name)?.to_str().ok()?.parse().ok()
+    }
+}
+
+/// Sends one request; `None` when the node did not answer (down, or timed out).
+pub async fn call(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<Reply> {
+    let client = HttpClient::new();
+    let mut builder = hyper::Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Full::new(Bytes::copy_from_slice(body))).expect("valid test request");
+    let response = client.call(addr, request, 64 << 20, Duration::from_secs(10)).await.ok()?;
+    let (parts, body) = response.into_parts();
+    Some(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
+}
+
+/// Finds a free loopback port (bind to 0, read, release).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// One node process.
+pub struct NodeProcess {
+    pub name: String,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    peers: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl NodeProcess {
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let port = self.addr.rsplit_once(':').expect("addr has a port").1;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_raft-kv"));
+        command
+            .args(["--id", &self.name, "--host", "127.0.0.1", "--port", port])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--tick-ms", "10", "--election-ticks", "20", "--heartbeat-ticks", "3"])
+            .args(["--max-value-bytes", "65536"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log);
+        if !self.peers.is_empty() {
+            command.arg("--peers").arg(self.peers.join(","));
+        }
+        self.child = Some(command.spawn().expect("spawn raft-kv"));
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join("wal")
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster of node processes in a temporary directory.
+pub struct Cluster {
+    pub nodes: Vec<NodeProcess>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start(size: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addrs: Vec<String> = (0..size).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let mut nodes = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let name = format!("node{}", i + 1);
+            let mut node = NodeProcess {
+                data_dir: dir.path().join(&name),
+                log: dir.path().join(format!("{name}.log")),
+                name,
+                addr: addr.clone(),
+                peers: addrs.iter().filter(|a| *a != addr).cloned().collect(),
+                child: None,
+            };
+            node.start();
+            nodes.push(node);
+        }
+        Cluster { nodes, dir }
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits until some running node reports a leader that is itself running; returns its index.
+    pub async fn wait_for_leader(&self, wait_max: Duration) -> usize {
+        let deadline = Instant::now() + wait_max;
+        while Instant::now() < deadline {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.child.is_none() {
+                    continue;
+                }
+                if let Some(reply) = call(&node.addr, "GET", "/health", &[], b"").await {
+                    if reply.status == 200 && reply.json()["role"] == "leader" {
+                        return i;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.dump_logs();
+        panic!("no leader within {wait_max:?}");
+    }
+
+    pub fn dump_logs(&self) {
+        for node in &self.nodes {
+            eprintln!("----- {} log -----\n{}", node.name, node.log_text());
+        }
+    }
+}
+
+/// Retries `f` until it returns `Some` or `wait_max` passes.
+pub async fn eventually<T, F, Fut>(wait_max: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + wait_max;
+    loop {
+        if let Some(value) = f().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {wait_max:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
