@@ -102,7 +102,8 @@ impl KvStore {
     }
 
     /// Deterministic serialization of the whole state: keys, idempotency table and applied
-    /// index (not the options). Layout in the [`snapshot`](self) module docs.
+    /// index (not the options). Layout: `"RKVS"`, a format version byte, the crc32c of the body
+    /// (4 bytes, little endian), then the postcard body in canonical (sorted) order.
     pub fn snapshot(&self) -> Bytes {
         let body = postcard::to_allocvec(&self.body_ref())
             .unwrap_or_else(|error| panic!("encoding a KvStore snapshot cannot fail: {error}"));
