@@ -1,1 +1,3 @@
 //! The deterministic simulator (filled by the simulation issue).
+
+pub mod linearizability;
