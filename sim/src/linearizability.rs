@@ -249,12 +249,12 @@ impl fmt::Display for KvOutput {
 }
 
 impl fmt::Display for Operation {
-    /// `client 3: put "x" -> ok at mod 7 [call 100, ret 250]`.
+    /// `client 3: "k" put "x" -> ok at mod 7 [call 100, ret 250]`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "client {}: {} {:?} -> ",
-            self.client, self.input, self.key
+            "client {}: {:?} {} -> ",
+            self.client, self.key, self.input
         )?;
         match &self.output {
             Some(output) => write!(f, "{output}")?,

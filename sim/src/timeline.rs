@@ -142,7 +142,6 @@ body { font-family: sans-serif; margin: 1em; }
       font-size: 0.7em; line-height: 1.3em; border: 1px solid #246; border-radius: 3px;
       box-sizing: border-box; padding: 0 2px; }
 .op.unknown { background: #eee; border-style: dashed; border-right: none; }
-.op.unknown::after { content: ' ?'; font-weight: bold; }
 .op.highlight { background: #e33; color: #fff; border-color: #900; z-index: 1; }
 .op:hover { z-index: 2; outline: 2px solid #000; }
 ";
