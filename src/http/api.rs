@@ -442,7 +442,11 @@ async fn write(
         (false, None) => WriteOp::Delete { key },
         (false, Some(expected_mod_index)) => WriteOp::CasDelete { key, expected_mod_index },
     };
-    let outcome = node.write(WriteRequest { idempotency_key, op }).await?;
+    let request = WriteRequest { idempotency_key, op };
+    if let Err(e) = request.validate() {
+        return Ok(error(StatusCode::BAD_REQUEST, "invalid_write", &e.to_string()));
+    }
+    let outcome = node.write(request).await?;
     let index = outcome.index;
     let response = match outcome.result {
         WriteResult::Put { mod_index, created } => {

@@ -22,6 +22,7 @@
 //! }
 //! ```
 
+pub mod invariants;
 mod types;
 
 pub use types::*;
