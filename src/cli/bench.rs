@@ -86,7 +86,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
                 let started = env::now();
                 match client.call(&target, request, 1 << 20, Duration::from_secs(10)).await {
                     Ok(response) if response.status().is_success() => {
-                        latencies_us.push(env::now().saturating_duration_since(started).as_micros() as u64);
+                        latencies_us.push(env::now().duration_since(started).as_micros() as u64);
                         completed.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => {
@@ -111,7 +111,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
         last = now_completed;
     }
     done.store(true, Ordering::Relaxed);
-    let elapsed = env::now().saturating_duration_since(started).as_secs_f64();
+    let elapsed = env::now().duration_since(started).as_secs_f64();
     let mut latencies: Vec<u64> = Vec::new();
     for task in tasks {
         if let Ok(mut part) = task.await {

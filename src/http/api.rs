@@ -90,11 +90,11 @@ type HttpResponse = Response<Full<Bytes>>;
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> HttpResponse
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = env::now();
     let (route, response) = route(state, request).await;
-    let seconds = env::now().saturating_duration_since(started).as_secs_f64();
+    let seconds = env::now().duration_since(started).as_secs_f64();
     state
         .metrics
         .histogram(
@@ -110,7 +110,7 @@ where
 async fn route<B>(state: &AppState, request: Request<B>) -> (&'static str, HttpResponse)
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
@@ -242,7 +242,7 @@ fn cluster(state: &AppState) -> HttpResponse {
 async fn raft_messages<B>(state: &AppState, request: Request<B>) -> HttpResponse
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let Some(node) = state.node() else {
         return not_started(state);
@@ -274,7 +274,7 @@ where
 async fn transfer_leader<B>(state: &AppState, request: Request<B>) -> HttpResponse
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let Some(node) = state.node() else {
         return not_started(state);
@@ -299,7 +299,7 @@ where
 async fn kv<B>(state: &AppState, request: Request<B>, key: Option<String>) -> HttpResponse
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let Some(node) = state.node() else {
         return not_started(state);
@@ -525,7 +525,7 @@ async fn forward(
 async fn read_body<B>(body: B, bytes_max: usize, timeout: Duration) -> Result<Bytes, HttpResponse>
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if let Some(declared) = body.size_hint().exact() {
         if declared > bytes_max as u64 {

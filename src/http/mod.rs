@@ -46,7 +46,7 @@ pub async fn serve(
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
-                .timer(env::HyperTimer::new())
+                .timer(env::HyperTimer)
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(header_bytes_max);
             if let Err(error) = builder.serve_connection(env::TokioIo::new(stream), service).await {

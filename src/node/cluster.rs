@@ -127,7 +127,7 @@ pub enum ClusterError {
 /// Loads the membership from the data directory, or learns it from the peers and saves it.
 pub async fn establish(config: &NodeConfig, client: &HttpClient) -> Result<ClusterInfo, ClusterError> {
     let path = config.data_dir.join(CLUSTER_FILE);
-    if env::fs::exists(&path).await {
+    if env::fs::exists(&path).await.unwrap_or(false) {
         let info = load(&path).await?;
         let self_id = node_id_of(&config.name);
         if info.self_id != self_id {

@@ -166,7 +166,7 @@ impl Driver {
         let mut next_tick = env::now() + tick;
         self.publish_status();
         loop {
-            let wait = next_tick.saturating_duration_since(env::now());
+            let wait = next_tick.duration_since(env::now());
             let mut handled = 0usize;
             tokio::select! {
                 _ = env::sleep(wait) => {}
@@ -352,7 +352,7 @@ impl Driver {
         if needs_sync {
             let started = env::now();
             self.wal.sync().await.map_err(|e| format!("wal sync: {e}"))?;
-            self.metrics.fsync_seconds.observe(env::now().saturating_duration_since(started).as_secs_f64());
+            self.metrics.fsync_seconds.observe(env::now().duration_since(started).as_secs_f64());
             let hard_state: HardState = self.raft.status().hard_state;
             self.synced_term_vote = (hard_state.term, hard_state.vote);
         }
