@@ -194,7 +194,7 @@ async fn bad_requests_get_the_documented_4xx_with_a_json_body() {
         ("GET", "/v1/kv/k?consistency=sometimes".into(), vec![], vec![], 400),
         ("GET", "/v1/kv/bad%zzescape".into(), vec![], vec![], 400),
         ("GET", format!("/v1/kv/{}", "k".repeat(5000)), vec![], vec![], 400),
-        ("PUT", "/v1/kv/".into(), vec![], b"v".to_vec(), 400),
+        ("PUT", "/v1/kv/".into(), vec![], b"v".to_vec(), 405),
         ("POST", "/v1/kv/k".into(), vec![], vec![], 405),
         ("GET", "/nowhere".into(), vec![], vec![], 404),
         ("GET", "/v1/kv/?limit=0".into(), vec![], vec![], 400),
