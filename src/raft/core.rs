@@ -23,6 +23,7 @@ use super::{
 const NEVER_HEARD_TICKS: u32 = u32::MAX;
 
 /// The state of one Raft node.
+#[derive(Debug)]
 pub(crate) struct RaftCore {
     /// This node's id.
     id: NodeId,

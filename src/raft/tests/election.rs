@@ -316,3 +316,31 @@ fn two_runs_of_one_seed_produce_the_same_trace() {
     assert!(first.len() > 100);
     assert_eq!(first, trace(42));
 }
+
+#[test]
+fn a_candidate_with_a_stale_log_is_refused_votes() {
+    let mut cluster = Cluster::with_config(3, 14, |config| config.pre_vote = false);
+    elect(&mut cluster, 1);
+    cluster.isolate(3);
+    cluster.propose(1, "committed without 3".into()).unwrap();
+    cluster.deliver_all();
+    assert_eq!(cluster.node(2).hard_state().commit, 2);
+    cluster.crash(1);
+    cluster.heal();
+    for _ in 0..10 {
+        cluster.tick(2);
+        cluster.tick(3);
+    }
+    cluster.campaign(3);
+    cluster.process(3);
+    cluster.deliver_one().expect("the vote request to node 2");
+    cluster.process(2);
+    let answers: Vec<MessageBody> = cluster
+        .take_messages()
+        .into_iter()
+        .filter(|m| m.from == 2)
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(answers, vec![MessageBody::VoteResponse { granted: false }]);
+    assert_ne!(cluster.node(3).soft_state().role, Role::Leader);
+}

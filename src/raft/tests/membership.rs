@@ -1,6 +1,6 @@
 //! Single-server membership changes (thesis §4.1).
 
-use super::{elect, tick_until_leader_among};
+use super::{elect, run_ticks, tick_until_leader_among};
 use crate::raft::testkit::Cluster;
 use crate::raft::{ConfChange, Error, Membership, RestoreState, Role};
 
@@ -67,10 +67,7 @@ fn a_membership_change_removes_the_leader_which_steps_down_once_committed() {
     }
     let leader = tick_until_leader_among(&mut cluster, &[2, 3], 100);
     let index = cluster.propose(leader, "without 1".into()).unwrap();
-    for _ in 0..40 {
-        cluster.tick_all();
-        cluster.deliver_all();
-    }
+    run_ticks(&mut cluster, 40);
     // The removed node never campaigns and no longer receives the log.
     assert_eq!(cluster.node(1).soft_state().role, Role::Follower);
     assert!(cluster.node(1).status().last_index < index);
@@ -147,10 +144,7 @@ fn a_truncated_membership_change_is_rolled_back() {
     cluster.propose(leader, "y".into()).unwrap();
     cluster.deliver_all();
     cluster.heal();
-    for _ in 0..30 {
-        cluster.tick_all();
-        cluster.deliver_all();
-    }
+    run_ticks(&mut cluster, 30);
     // Node 1's uncommitted change was overwritten, and with it the membership it implied.
     assert_eq!(
         cluster.node(1).membership(),

@@ -128,6 +128,26 @@ fn an_uncommitted_old_term_entry_is_overwritten_by_a_later_leader_figure_8() {
     assert_eq!(cluster.applied(1)[1], figure_entry(2, 3));
 }
 
+/// Delivers messages one by one until quiescent; returns how many appends were rejected.
+fn deliver_all_counting_rejections(cluster: &mut Cluster) -> usize {
+    let mut rejections = 0;
+    loop {
+        cluster.process_all();
+        let Some(message) = cluster.deliver_one() else {
+            return rejections;
+        };
+        if matches!(
+            message.body,
+            MessageBody::AppendResponse {
+                reject_hint: Some(_),
+                ..
+            }
+        ) {
+            rejections += 1;
+        }
+    }
+}
+
 #[test]
 fn fast_backtracking_repairs_a_long_divergent_log_in_few_round_trips() {
     let mut leader_log = vec![1];
@@ -141,20 +161,7 @@ fn fast_backtracking_repairs_a_long_divergent_log_in_few_round_trips() {
     ];
     let mut cluster = Cluster::from_states(4, states, |_| {});
     cluster.campaign(1);
-    let mut rejections = 0;
-    loop {
-        cluster.process_all();
-        let Some(message) = cluster.deliver_one() else {
-            break;
-        };
-        if let MessageBody::AppendResponse {
-            reject_hint: Some(_),
-            ..
-        } = message.body
-        {
-            rejections += 1;
-        }
-    }
+    let rejections = deliver_all_counting_rejections(&mut cluster);
     assert_eq!(cluster.leader(), Some(1));
     assert_eq!(
         rejections, 1,
@@ -177,22 +184,7 @@ fn a_follower_missing_entries_is_caught_up_in_one_rejection() {
     ];
     let mut cluster = Cluster::from_states(5, states, |config| config.max_entries_per_append = 8);
     cluster.campaign(1);
-    let mut rejections = 0;
-    loop {
-        cluster.process_all();
-        let Some(message) = cluster.deliver_one() else {
-            break;
-        };
-        if matches!(
-            message.body,
-            MessageBody::AppendResponse {
-                reject_hint: Some(_),
-                ..
-            }
-        ) {
-            rejections += 1;
-        }
-    }
+    let rejections = deliver_all_counting_rejections(&mut cluster);
     assert_eq!(rejections, 1);
     assert_eq!(cluster.node(3).status().last_index, 41);
 }
@@ -214,6 +206,7 @@ fn proposals_over_the_uncommitted_bytes_limit_are_refused() {
         })
     );
     cluster.heal();
+    // The pipeline stalled on the dropped append; the leader notices and resends.
     for _ in 0..6 {
         cluster.tick(1);
         cluster.deliver_all();
@@ -361,4 +354,25 @@ fn a_truncated_entry_is_handed_out_again_with_its_replacement() {
     assert_eq!(cluster.node(3).term_at(2), Some(3));
     assert_eq!(cluster.storage(3).entries, cluster.storage(1).entries);
     assert_eq!(cluster.node(3).persisted_index(), 2);
+}
+
+#[test]
+fn a_minority_partition_cannot_commit_while_the_majority_can() {
+    let mut cluster = Cluster::new(5, 13);
+    elect(&mut cluster, 1);
+    cluster.partition(&[&[1, 2], &[3, 4, 5]]);
+    let stranded = cluster.propose(1, "minority".into()).unwrap();
+    cluster.deliver_all();
+    assert!(cluster.node(1).hard_state().commit < stranded);
+    let leader = super::tick_until_leader_among(&mut cluster, &[3, 4, 5], 100);
+    let index = cluster.propose(leader, "majority".into()).unwrap();
+    cluster.deliver_all();
+    assert!(cluster.node(leader).hard_state().commit >= index);
+    cluster.heal();
+    run_ticks(&mut cluster, 30);
+    // The minority's entry was replaced; every node applied the same log.
+    for id in 1..=5 {
+        assert_eq!(cluster.applied(id), cluster.applied(leader), "node {id}");
+        assert!(cluster.applied(id).iter().all(|e| e.data != "minority"));
+    }
 }
