@@ -22,6 +22,8 @@
 //! }
 //! ```
 
+#![deny(missing_docs)]
+
 mod core;
 mod log;
 mod membership;
@@ -233,9 +235,11 @@ impl Raft {
     }
 
     /// Handles a message from a peer. Messages with nonsense contents (wrong receiver, sender 0
-    /// or this node, term 0, non-contiguous entries, responses from non-members, ...) are dropped
-    /// with an `Err` saying why and change nothing. Requests from nodes this node does not know
-    /// as members are handled: a lagging follower may not yet hold the leader's configuration.
+    /// or this node, term 0, non-contiguous entries, ...) and messages from non-members (vote
+    /// requests and answers from non-voters, responses from non-members) are dropped with an
+    /// `Err` saying why and change nothing. A leader's `Append`, `Heartbeat`, `InstallSnapshot`
+    /// and `TimeoutNow` are handled even from a node this node does not know as a member: a
+    /// lagging follower may not yet hold the configuration that added its leader.
     pub fn step(&mut self, message: Message) -> Result<(), Error> {
         self.core.guarded(|core| core.step(message))
     }
