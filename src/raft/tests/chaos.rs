@@ -1,6 +1,7 @@
 //! A randomized safety sweep: reordered, duplicated and lost messages, partitions, crashes,
-//! restarts and compactions, checking Election Safety and State Machine Safety (Raft Figure 3)
-//! after every step, then liveness once the faults stop.
+//! restarts, compactions, membership changes and leadership transfers, checking Election Safety,
+//! State Machine Safety (Raft Figure 3) and ReadIndex freshness (§6.4) after every step, then
+//! liveness once the faults stop.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,10 @@ struct Observed {
     leader_of_term: BTreeMap<Term, NodeId>,
     /// Raft §5.4.3 State Machine Safety: the entry applied at each index, by whoever first did.
     applied_at: BTreeMap<Index, Entry>,
+    /// Raft §6.4: per read context, the highest index committed anywhere when it was asked.
+    committed_when_read: BTreeMap<u64, Index>,
+    /// Per node, how many of its released reads were checked.
+    reads_checked: BTreeMap<NodeId, usize>,
 }
 
 impl Observed {
@@ -31,6 +36,22 @@ impl Observed {
                     soft.term
                 );
             }
+            // A read must not miss a write committed before the read was asked.
+            let reads = cluster.read_states(id);
+            let checked = self.reads_checked.entry(id).or_insert(0);
+            if *checked > reads.len() {
+                *checked = 0; // the node restarted and forgot its reads
+            }
+            for read in &reads[*checked..] {
+                let committed = self.committed_when_read[&read.context];
+                assert!(
+                    read.index >= committed,
+                    "seed {seed} step {step}: node {id} released read {} at {} < {committed}",
+                    read.context,
+                    read.index
+                );
+            }
+            *checked = reads.len();
             for entry in cluster.applied(id) {
                 let first = self
                     .applied_at
@@ -95,9 +116,28 @@ fn run_seed(seed: u64) {
                     let _ = cluster.propose(leader, format!("s{seed}-{step}").into());
                 }
             }
-            60..=62 => {
-                if let Some(leader) = cluster.leader() {
+            60..=61 => {
+                // Ask any node that believes it leads, stale leaders included.
+                let leaders: Vec<NodeId> = cluster
+                    .live_ids()
+                    .into_iter()
+                    .filter(|&id| cluster.node(id).soft_state().role == Role::Leader)
+                    .collect();
+                if !leaders.is_empty() {
+                    let leader = leaders[(rng.next_u64() % leaders.len() as u64) as usize];
+                    let committed = cluster
+                        .live_ids()
+                        .into_iter()
+                        .map(|id| cluster.node(id).hard_state().commit)
+                        .max()
+                        .unwrap_or(0);
+                    observed.committed_when_read.insert(step as u64, committed);
                     let _ = cluster.read_index(leader, step as u64);
+                }
+            }
+            62 => {
+                if let Some(leader) = cluster.leader() {
+                    let _ = cluster.transfer_leadership(leader, 1 + rng.next_u64() % all);
                 }
             }
             63..=64 => {
@@ -188,7 +228,7 @@ fn run_seed(seed: u64) {
 }
 
 #[test]
-fn random_faults_never_break_election_or_state_machine_safety() {
+fn random_faults_never_break_election_state_machine_or_read_safety() {
     // Seed 189 once livelocked a probe against a leader whose log was compacted.
     for seed in (0..100).chain([189]) {
         run_seed(seed);
