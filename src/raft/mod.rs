@@ -21,6 +21,12 @@
 //!     raft.advance(ready);
 //! }
 //! ```
+//!
+//! Layout: `core.rs` holds the state machine (roles, elections, replication, commitment,
+//! ReadIndex, transfer, membership), `log.rs` the in-memory log and its persistence markers,
+//! `progress.rs` the leader's per-follower flow control, `membership.rs` the configuration as
+//! recorded in the log, `quorum.rs` and `read_only.rs` the majority and ReadIndex bookkeeping.
+//! [`testkit`] drives whole clusters of cores deterministically for tests and benchmarks.
 
 #![deny(missing_docs)]
 
