@@ -70,7 +70,10 @@ pub(crate) enum FrameError {
     /// The header claims an empty payload (what zero-filled space looks like).
     ZeroLength,
     /// The header claims more than [`RECORD_BYTES_MAX`] (or than `payload_bytes_max`).
-    TooLong { len_bytes: usize, limit_bytes: usize },
+    TooLong {
+        len_bytes: usize,
+        limit_bytes: usize,
+    },
     /// The payload runs past the end of the bytes.
     Truncated {
         len_bytes: usize,

@@ -280,7 +280,7 @@ impl Wal {
             let info = replay_segment(&path, is_last, &mut replay).await?;
             segments.insert(seq, info);
         }
-        let restore = replay.finish(dir, snapshot)?;
+        let (restore, unrecorded_snapshot) = replay.finish(dir, snapshot)?;
 
         let snapshot_id = restore
             .snapshot
@@ -305,7 +305,7 @@ impl Wal {
             term = restore.hard_state.term,
             "WAL opened"
         );
-        let wal = Wal {
+        let mut wal = Wal {
             dir: dir.to_path_buf(),
             options,
             active,
@@ -318,6 +318,13 @@ impl Wal {
             log,
             poisoned: None,
         };
+        if let Some(record) = unrecorded_snapshot {
+            // The previous run crashed between the snapshot file and its record. Record the
+            // decision taken above now, where the stream ended, so that entries appended from
+            // here on are not judged against the snapshot again by a later replay.
+            wal.push_record(&record, 0).await?;
+            wal.sync().await?;
+        }
         Ok((wal, restore))
     }
 
@@ -400,8 +407,8 @@ impl Wal {
         Ok(())
     }
 
-    /// Persists a snapshot (its own file, written atomically), records it in the log stream,
-    /// syncs, and deletes the segments wholly covered by it. If the log holds the snapshot's
+    /// Syncs what was written before, persists a snapshot (its own file, written atomically),
+    /// records it in the log stream, syncs, and deletes the segments wholly covered by it. If the log holds the snapshot's
     /// last entry (same index and term) the entries after it are kept; otherwise the whole log
     /// is discarded (Raft §7).
     pub async fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), WalError> {
@@ -421,6 +428,9 @@ impl Wal {
                 payload.len()
             )));
         }
+        // Everything before the snapshot becomes durable first, so a crash leaves the state
+        // before or after this call, never a snapshot without the records that preceded it.
+        self.sync().await?;
         let path = self.dir.join(SNAPSHOT_FILE_NAME);
         let written = fs::write_atomic(&path, &frame_any(&payload)).await;
         self.poison_on_error(written, "write the snapshot file")?;
@@ -745,13 +755,11 @@ async fn replay_segment(
                 info.index_max = info.index_max.max(last.index);
             }
         }
-        replay
-            .apply(record)
-            .map_err(|reason| WalError::Corrupt {
-                path: path.to_path_buf(),
-                offset,
-                reason,
-            })?;
+        replay.apply(record).map_err(|reason| WalError::Corrupt {
+            path: path.to_path_buf(),
+            offset,
+            reason,
+        })?;
     }
     Ok(info)
 }
@@ -827,7 +835,11 @@ impl Replay {
                     .take_while(|entry| entry.index < first_index)
                     .count();
                 self.entries.truncate(keep);
-                if self.entries.last().is_some_and(|e| e.index + 1 != first_index) {
+                if self
+                    .entries
+                    .last()
+                    .is_some_and(|e| e.index + 1 != first_index)
+                {
                     self.entries.clear();
                 }
                 self.entries.extend(batch);
@@ -871,13 +883,25 @@ impl Replay {
         }
     }
 
-    fn finish(mut self, dir: &Path, snapshot: Option<Snapshot>) -> Result<RestoreState, WalError> {
+    /// The restored state, and the record to append if the stream lacks the snapshot file's
+    /// record.
+    fn finish(
+        mut self,
+        dir: &Path,
+        snapshot: Option<Snapshot>,
+    ) -> Result<(RestoreState, Option<Record>), WalError> {
+        let mut unrecorded_snapshot = None;
         if let Some((index, term)) = self.snapshot_id {
             if !self.snapshot_recorded {
                 // A crash between the snapshot file and its record: decide as save_snapshot did.
                 let suffix_kept = self.term_at(index) == Some(term);
                 tracing::warn!(dir = %dir.display(), index, suffix_kept, "the snapshot file is newer than the log stream");
                 self.drop_through(index, suffix_kept);
+                unrecorded_snapshot = Some(Record::SnapshotSaved {
+                    index,
+                    term,
+                    suffix_kept,
+                });
             }
             self.entries.retain(|entry| entry.index > index);
             if let Some(first) = self.entries.first() {
@@ -901,11 +925,12 @@ impl Replay {
                 });
             }
         }
-        Ok(RestoreState {
+        let restore = RestoreState {
             hard_state: self.hard_state,
             snapshot,
             entries: self.entries,
-        })
+        };
+        Ok((restore, unrecorded_snapshot))
     }
 }
 

@@ -132,7 +132,9 @@ fn appended_entries_and_hard_state_survive_a_restart() {
     run_with_dir(|dir| async move {
         let (mut wal, _) = open(&dir).await;
         wal.append(&entries(1..=3, 1)).await.unwrap();
-        wal.save_hard_state(hard_state(1, Some(2), 2)).await.unwrap();
+        wal.save_hard_state(hard_state(1, Some(2), 2))
+            .await
+            .unwrap();
         wal.append(&entries(4..=6, 2)).await.unwrap();
         wal.save_hard_state(hard_state(2, None, 5)).await.unwrap();
         wal.sync().await.unwrap();
@@ -189,7 +191,10 @@ fn invalid_requests_are_refused_without_harm() {
         let term_back = wal.append(&[entry(4, 1)]).await.unwrap_err();
         assert!(matches!(term_back, WalError::Invalid(_)), "{term_back}");
         wal.save_hard_state(hard_state(3, None, 0)).await.unwrap();
-        let stale = wal.save_hard_state(hard_state(2, None, 0)).await.unwrap_err();
+        let stale = wal
+            .save_hard_state(hard_state(2, None, 0))
+            .await
+            .unwrap_err();
         assert!(matches!(stale, WalError::Invalid(_)), "{stale}");
         wal.append(&entries(4..=4, 2)).await.unwrap();
         wal.sync().await.unwrap();
@@ -349,7 +354,9 @@ fn unknown_and_temporary_files_do_not_disturb_recovery() {
 async fn build_six_entry_wal(dir: &Path) -> PathBuf {
     let (mut wal, _) = open(dir).await;
     wal.append(&entries(1..=3, 1)).await.unwrap();
-    wal.save_hard_state(hard_state(1, Some(1), 3)).await.unwrap();
+    wal.save_hard_state(hard_state(1, Some(1), 3))
+        .await
+        .unwrap();
     wal.append(&entries(4..=5, 1)).await.unwrap();
     wal.sync().await.unwrap();
     wal.append(&entries(6..=6, 1)).await.unwrap();
@@ -374,10 +381,17 @@ fn a_crash_at_every_byte_of_the_last_record_recovers_the_records_before_it() {
             .await;
             let (wal, restore) = open(&copy).await;
             assert_eq!(restore.entries, entries(1..=5, 1), "cut at {cut}");
-            assert_eq!(restore.hard_state, hard_state(1, Some(1), 3), "cut at {cut}");
+            assert_eq!(
+                restore.hard_state,
+                hard_state(1, Some(1), 3),
+                "cut at {cut}"
+            );
             assert_eq!(wal.last_index(), 5);
             let cut_len = fs::read(copy.join(segment_name(1))).await.unwrap().len() as u64;
-            assert_eq!(cut_len, last_offset, "the torn tail is cut off (cut at {cut})");
+            assert_eq!(
+                cut_len, last_offset,
+                "the torn tail is cut off (cut at {cut})"
+            );
             drop(wal);
             // A second recovery finds a clean log.
             let (_, again) = open(&copy).await;
@@ -417,8 +431,7 @@ fn a_flipped_byte_before_the_last_record_is_corruption() {
             let (start, end) = (pair[0].offset as usize, pair[1].offset as usize);
             for position in start..end {
                 let copy = dir.join(format!("flip-{position}"));
-                copy_dir_with(&base, &copy, &segment, |content| content[position] ^= 0x01)
-                    .await;
+                copy_dir_with(&base, &copy, &segment, |content| content[position] ^= 0x01).await;
                 let error = open_error(&copy).await;
                 assert_corrupt(&error, &copy.join(segment_name(1)), Some(start as u64));
             }
@@ -499,7 +512,10 @@ fn decode_segment_never_returns_a_record_with_a_bad_checksum() {
             let (payload, frame_bytes) =
                 read_frame(&bytes[decoded.offset as usize..], RECORD_BYTES_MAX)
                     .unwrap_or_else(|error| panic!("round {round}: returned a bad frame: {error}"));
-            assert_eq!(decode_payload::<Record>(payload).as_ref(), Ok(&decoded.record));
+            assert_eq!(
+                decode_payload::<Record>(payload).as_ref(),
+                Ok(&decoded.record)
+            );
             expected_offset += frame_bytes as u64;
         }
         match tail {
@@ -520,7 +536,9 @@ fn a_snapshot_keeps_the_matching_suffix_of_the_log() {
     run_with_dir(|dir| async move {
         let (mut wal, _) = open(&dir).await;
         wal.append(&entries(1..=20, 1)).await.unwrap();
-        wal.save_hard_state(hard_state(1, Some(3), 12)).await.unwrap();
+        wal.save_hard_state(hard_state(1, Some(3), 12))
+            .await
+            .unwrap();
         wal.save_snapshot(&snapshot(10, 1)).await.unwrap();
         assert_eq!(wal.last_index(), 20);
         assert_eq!(wal.term_at(10), Some(1));
@@ -542,7 +560,10 @@ fn a_conflicting_snapshot_discards_the_whole_log() {
         wal.save_snapshot(&snapshot(15, 3)).await.unwrap();
         assert_eq!(wal.last_index(), 15);
         let before_snapshot = wal.append(&entries(15..=15, 3)).await.unwrap_err();
-        assert!(matches!(before_snapshot, WalError::Invalid(_)), "{before_snapshot}");
+        assert!(
+            matches!(before_snapshot, WalError::Invalid(_)),
+            "{before_snapshot}"
+        );
         wal.append(&entries(16..=18, 3)).await.unwrap();
         wal.sync().await.unwrap();
         drop(wal);
@@ -573,7 +594,9 @@ fn a_snapshot_beyond_the_log_resets_it() {
 fn a_snapshot_deletes_the_segments_it_covers_but_never_the_hard_state() {
     run_with_dir(|dir| async move {
         let (mut wal, _) = open_with(&dir, small_segments()).await;
-        wal.save_hard_state(hard_state(4, Some(2), 0)).await.unwrap();
+        wal.save_hard_state(hard_state(4, Some(2), 0))
+            .await
+            .unwrap();
         for index in 1..=100 {
             wal.append(&[entry(index, 4)]).await.unwrap();
         }
@@ -587,12 +610,20 @@ fn a_snapshot_deletes_the_segments_it_covers_but_never_the_hard_state() {
             segments_after.len()
         );
         assert_eq!(segments_after.len(), wal.segment_count());
-        assert_ne!(segments_after[0], segment_name(1), "the first segment is gone");
+        assert_ne!(
+            segments_after[0],
+            segment_name(1),
+            "the first segment is gone"
+        );
         drop(wal);
         let (_, restore) = open_with(&dir, small_segments()).await;
         assert_eq!(restore.snapshot.map(|s| s.meta.index), Some(80));
         assert_eq!(restore.entries, entries(81..=100, 4));
-        assert_eq!(restore.hard_state, hard_state(4, Some(2), 0), "the vote survives");
+        assert_eq!(
+            restore.hard_state,
+            hard_state(4, Some(2), 0),
+            "the vote survives"
+        );
     });
 }
 
@@ -610,10 +641,24 @@ fn a_crash_between_the_snapshot_file_and_its_record_is_recovered() {
             fs::write_atomic(wal_dir.join(SNAPSHOT_FILE_NAME), &frame_any(&payload))
                 .await
                 .unwrap();
-            let (wal, restore) = open(&wal_dir).await;
+            let (mut wal, restore) = open(&wal_dir).await;
             assert_eq!(restore.snapshot, Some(snapshot(15, term)));
             assert_eq!(restore.entries, expected, "snapshot term {term}");
-            assert_eq!(wal.last_index(), 15 + expected.len() as u64);
+            let last_index = 15 + expected.len() as u64;
+            assert_eq!(wal.last_index(), last_index);
+
+            // Entries appended after that recovery are not judged against the snapshot again.
+            let more = entries(last_index + 1..=last_index + 3, 3);
+            wal.append(&more).await.unwrap();
+            wal.sync().await.unwrap();
+            drop(wal);
+            let (_, restore) = open(&wal_dir).await;
+            let mut expected = expected;
+            expected.extend(more);
+            assert_eq!(
+                restore.entries, expected,
+                "snapshot term {term}, after appending"
+            );
         }
     });
 }

@@ -50,3 +50,6 @@ pub(super) async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod wal_tests;
