@@ -122,7 +122,7 @@ impl HttpClient {
         let stream = env::TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
-        env::set_nodelay(&stream);
+        let _ = stream.set_nodelay(true);
         let (sender, connection) = hyper::client::conn::http1::handshake(env::TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Http { addr: addr.to_string(), message: e.to_string() })?;

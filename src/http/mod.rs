@@ -36,7 +36,7 @@ pub async fn serve(
                 continue;
             }
         };
-        env::set_nodelay(&stream);
+        let _ = stream.set_nodelay(true);
         let state = state.clone();
         env::spawn(async move {
             let header_bytes_max = state.limits.header_bytes_max.max(8192);
