@@ -49,7 +49,10 @@ pub async fn serve(
                 .timer(env::HyperTimer)
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(header_bytes_max);
-            if let Err(error) = builder.serve_connection(env::TokioIo::new(stream), service).await {
+            if let Err(error) = builder
+                .serve_connection(env::TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(%error, "http connection ended with an error");
             }
         });
