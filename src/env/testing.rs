@@ -53,6 +53,12 @@ pub(crate) fn simulation_runtime() -> madsim::runtime::Runtime {
         .ok()
         .and_then(|seed| seed.parse().ok())
         .unwrap_or(1);
+    simulation_runtime_with_seed(seed)
+}
+
+/// A madsim runtime with the seam's plugins and the given seed.
+#[cfg(madsim)]
+pub(crate) fn simulation_runtime_with_seed(seed: u64) -> madsim::runtime::Runtime {
     let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
     crate::env::sim_control::install(&runtime);
     runtime

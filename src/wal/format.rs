@@ -48,15 +48,21 @@ impl Record {
     }
 }
 
-/// Frames `payload`: header plus payload.
+/// Frames a record's `payload`: header plus payload.
 pub(crate) fn frame(payload: &[u8]) -> Vec<u8> {
+    frame_bounded(payload, RECORD_BYTES_MAX)
+}
+
+/// Frames `payload`, which must hold 1 to `payload_bytes_max` (at most `u32::MAX`) bytes.
+pub(crate) fn frame_bounded(payload: &[u8], payload_bytes_max: usize) -> Vec<u8> {
     assert!(
-        !payload.is_empty() && payload.len() <= RECORD_BYTES_MAX,
-        "frame payload of {} bytes outside 1..={RECORD_BYTES_MAX}",
+        !payload.is_empty() && payload.len() <= payload_bytes_max,
+        "frame payload of {} bytes outside 1..={payload_bytes_max}",
         payload.len()
     );
+    let len_bytes = u32::try_from(payload.len()).expect("frame payloads fit in u32");
     let mut framed = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
-    framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    framed.extend_from_slice(&len_bytes.to_le_bytes());
     framed.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     framed.extend_from_slice(payload);
     framed

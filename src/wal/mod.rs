@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 
 use crate::env::fs;
 use crate::raft::{Entry, HardState, Index, RestoreState, Snapshot, Term};
-use format::{decode_payload, frame, read_frame};
+use format::{decode_payload, frame, frame_bounded, read_frame};
 
 /// The default bound of a segment's size: 64 MiB.
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 << 20;
@@ -408,9 +408,9 @@ impl Wal {
     }
 
     /// Syncs what was written before, persists a snapshot (its own file, written atomically),
-    /// records it in the log stream, syncs, and deletes the segments wholly covered by it. If the log holds the snapshot's
-    /// last entry (same index and term) the entries after it are kept; otherwise the whole log
-    /// is discarded (Raft §7).
+    /// records it in the log stream, syncs, and deletes the segments wholly covered by it.
+    /// If the log holds the snapshot's last entry (same index and term) the entries after it
+    /// are kept; otherwise the whole log is discarded (Raft §7).
     pub async fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), WalError> {
         self.check_usable()?;
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
@@ -432,10 +432,11 @@ impl Wal {
         // before or after this call, never a snapshot without the records that preceded it.
         self.sync().await?;
         let path = self.dir.join(SNAPSHOT_FILE_NAME);
-        let written = fs::write_atomic(&path, &frame_any(&payload)).await;
+        let written = fs::write_atomic(&path, &frame_snapshot(&payload)).await;
         self.poison_on_error(written, "write the snapshot file")?;
 
-        let suffix_kept = self.log.term_at(index) == Some(term);
+        // The snapshot's last entry may be in the log, or be the previous snapshot's.
+        let suffix_kept = self.term_at(index) == Some(term);
         if suffix_kept {
             self.log.compact_to(index);
         } else {
@@ -641,13 +642,9 @@ fn encoded_entry_bytes_max(entry: &Entry) -> usize {
     entry.data.len().saturating_add(31)
 }
 
-/// Frames a payload that may be larger than a record (the snapshot file).
-fn frame_any(payload: &[u8]) -> Vec<u8> {
-    let mut framed = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
-    framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    framed.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    framed.extend_from_slice(payload);
-    framed
+/// Frames the snapshot file's payload.
+fn frame_snapshot(payload: &[u8]) -> Vec<u8> {
+    frame_bounded(payload, SNAPSHOT_BYTES_MAX)
 }
 
 /// Creates segment `seq` holding only its leading hard-state record (written, not synced).

@@ -542,6 +542,9 @@ fn a_snapshot_keeps_the_matching_suffix_of_the_log() {
         wal.save_snapshot(&snapshot(10, 1)).await.unwrap();
         assert_eq!(wal.last_index(), 20);
         assert_eq!(wal.term_at(10), Some(1));
+        // Saving the same snapshot again keeps the log.
+        wal.save_snapshot(&snapshot(10, 1)).await.unwrap();
+        assert_eq!(wal.last_index(), 20);
         drop(wal);
         let (wal, restore) = open(&dir).await;
         assert_eq!(restore.snapshot, Some(snapshot(10, 1)));
@@ -638,7 +641,7 @@ fn a_crash_between_the_snapshot_file_and_its_record_is_recovered() {
             drop(wal);
             // The snapshot file made it, the record of it did not.
             let payload = postcard::to_stdvec(&snapshot(15, term)).unwrap();
-            fs::write_atomic(wal_dir.join(SNAPSHOT_FILE_NAME), &frame_any(&payload))
+            fs::write_atomic(wal_dir.join(SNAPSHOT_FILE_NAME), &frame_snapshot(&payload))
                 .await
                 .unwrap();
             let (mut wal, restore) = open(&wal_dir).await;

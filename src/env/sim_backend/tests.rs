@@ -9,11 +9,7 @@ use madsim::runtime::{Handle, Runtime};
 use crate::env::sim_control::{self, DiskFaults, NodeId};
 use crate::env::{self, fs};
 
-fn runtime_with_seed(seed: u64) -> Runtime {
-    let runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
-    sim_control::install(&runtime);
-    runtime
-}
+use crate::env::testing::simulation_runtime_with_seed as runtime_with_seed;
 
 /// Creates a node (no init task) and returns its id.
 fn create_node(name: &str, ip: &str) -> NodeId {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use madsim::runtime::{Handle, Runtime};
+use madsim::runtime::Handle;
 use rand_core::RngCore;
 
 use crate::env::sim_control::{self, DiskFaults, NodeId};
@@ -32,11 +32,7 @@ fn options() -> WalOptions {
     }
 }
 
-fn runtime_with_seed(seed: u64) -> Runtime {
-    let runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
-    sim_control::install(&runtime);
-    runtime
-}
+use crate::env::testing::simulation_runtime_with_seed as runtime_with_seed;
 
 fn create_node() -> NodeId {
     Handle::current()
