@@ -252,7 +252,7 @@ impl Driver {
                 match self.raft.propose(data) {
                     Ok(index) => {
                         self.metrics.proposals.inc();
-                        let term = self.raft.status().soft_state.term;
+                        let term = self.raft.soft_state().term;
                         self.pending_writes
                             .insert(index, PendingWrite { term, reply });
                     }
