@@ -209,12 +209,18 @@ impl Driver {
                 }
                 handled += 1;
             }
+            // One tick per round at most, and a late round does not catch up on missed ticks
+            // (like a Go ticker): a node starved of CPU must not see a whole election timeout
+            // pass in one burst while its peers' messages still sit in the queue.
             let now = env::now();
-            while now >= next_tick {
+            if now >= next_tick {
                 if self.failure.is_none() {
                     self.raft.tick();
                 }
                 next_tick += tick;
+                if now >= next_tick {
+                    next_tick = now + tick;
+                }
             }
             self.flush_reads();
             if self.failure.is_none() && self.raft.has_ready() {
