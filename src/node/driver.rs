@@ -642,6 +642,9 @@ impl Driver {
             .commit_index
             .set(status.hard_state.commit as i64);
         self.metrics.applied_index.set(status.applied_index as i64);
+        for (role, gauge) in &self.metrics.roles {
+            gauge.set(i64::from(*role == soft.role));
+        }
         self.metrics
             .healthy
             .set(i64::from(self.failure.is_none() && soft.leader.is_some()));
