@@ -23,6 +23,7 @@ use super::{
 const NEVER_HEARD_TICKS: u32 = u32::MAX;
 
 /// The state of one Raft node.
+#[derive(Debug)]
 pub(crate) struct RaftCore {
     /// This node's id.
     id: NodeId,
@@ -1416,7 +1417,12 @@ impl RaftCore {
             self.progress.get(&to).map(|p| p.match_index) == Some(self.log.last_index());
         if caught_up {
             self.send(to, self.term, MessageBody::TimeoutNow);
-        } else {
+        } else if let Some(progress) = self.progress.get_mut(&to) {
+            // Restart replication from the known match point so a stalled pipeline cannot
+            // outlast the transfer timeout.
+            if progress.state == ProgressState::Replicate {
+                progress.become_probe();
+            }
             self.send_appends_to(to);
         }
         Ok(())

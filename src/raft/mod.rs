@@ -142,10 +142,12 @@ pub struct Ready {
     /// Entries to append to the persisted log. If `entries[0].index` is at or below the
     /// persisted last index, the persisted log is first truncated to `entries[0].index - 1`.
     pub entries: Vec<Entry>,
-    /// Messages that may be sent at once (a leader's appends and heartbeats, vote requests).
+    /// Messages that may be sent at once (a leader's appends, heartbeats, snapshots and
+    /// `TimeoutNow`, pre-vote requests and answers).
     pub messages: Vec<Message>,
     /// Messages that may leave only after `hard_state`, `snapshot` and `entries` are synced
-    /// (votes granted, append acknowledgements): Raft's "persist before you speak".
+    /// (vote requests and answers, append and heartbeat acknowledgements): Raft's "persist
+    /// before you speak".
     pub persisted_messages: Vec<Message>,
     /// Committed entries to apply to the state machine, in order.
     pub committed_entries: Vec<Entry>,
@@ -200,6 +202,7 @@ pub struct Status {
 // RAFT-CORE-API: the signatures below are the contract the node, the simulator, the tests and
 // the fuzzers are written against; the behaviour lives in `core.rs`.
 /// The consensus core of one node.
+#[derive(Debug)]
 pub struct Raft {
     core: core::RaftCore,
 }

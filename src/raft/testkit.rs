@@ -31,7 +31,9 @@ use super::{
 };
 
 /// Delivery rounds `deliver_all` allows before it declares the cluster livelocked.
-const DELIVERY_ROUNDS_MAX: usize = 100_000;
+const DELIVERY_ROUNDS_MAX: usize = 10_000;
+/// Messages in flight beyond which the network is declared flooded (a message storm is a bug).
+const NETWORK_MESSAGES_MAX: usize = 1 << 20;
 
 /// What one node persisted and synced, mimicking the driver's write-ahead log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -403,6 +405,12 @@ impl Cluster {
         if self.blocked.contains(&(message.from, message.to)) {
             self.dropped_count += 1;
         } else {
+            assert!(
+                self.network.len() < NETWORK_MESSAGES_MAX,
+                "network flooded: {} messages in flight (seed {})",
+                self.network.len(),
+                self.seed
+            );
             self.network.push_back(message);
         }
     }
@@ -511,7 +519,10 @@ impl Cluster {
                 self.deliver(message);
             }
         }
-        panic!("cluster did not quiesce within {DELIVERY_ROUNDS_MAX} delivery rounds");
+        panic!(
+            "cluster did not quiesce within {DELIVERY_ROUNDS_MAX} delivery rounds (seed {})",
+            self.seed
+        );
     }
 
     /// A copy of the messages in flight, oldest first.
