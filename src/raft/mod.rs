@@ -23,6 +23,7 @@
 //! ```
 
 mod core;
+pub mod invariants;
 mod log;
 mod membership;
 mod progress;
