@@ -569,6 +569,36 @@ proptest! {
     }
 }
 
+/// Found by `three_nodes_stay_safe_and_converge_under_random_schedules` (shrunk as is): node 2
+/// leads term 1 and appends its no-op, which only it holds; node 1 wins term 2 with node 3 and
+/// commits its own no-op at index 1; node 3 compacts up to index 1. After healing, node 3 leads
+/// term 5 while node 2 still holds (index 1, term 1). Node 2 rejects `Append(prev 1, term 2)`
+/// with the hint (1, term 1); the leader cannot look below its snapshot, so it must fall back to
+/// `InstallSnapshot` instead of probing index 1 again forever.
+#[test]
+fn a_leader_compacted_past_a_follower_conflict_falls_back_to_its_snapshot() {
+    let case = Case {
+        nodes: 3,
+        seed: 0,
+        election_ticks: 5,
+        pre_vote: false,
+        check_quorum: false,
+        steps: vec![
+            Step::Campaign(Node(2)),
+            Step::DeliverOne,
+            Step::Reorder { pick: 1 },
+            Step::Partition { mask: 0b101 },
+            Step::Campaign(Node(1)),
+            Step::DeliverAll,
+            Step::Crash(Node(1)),
+            Step::Compact(Node(3)),
+        ],
+    };
+    if let Err(failure) = run_case(&case, true) {
+        panic!("{failure}");
+    }
+}
+
 /// Raft steps plus, now and then, a corrupted disk.
 fn broken_step(nodes: u64) -> BoxedStrategy<Step> {
     prop_oneof![
