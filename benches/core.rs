@@ -22,7 +22,7 @@ use raft_kv::raft::{Entry, EntryKind, Index, Message, MessageBody, NodeId};
 
 /// Timed rounds per mode; the median is quoted.
 const ROUNDS: usize = 7;
-/// Length of one timed round.
+/// Length of one timed round (`CORE_BENCH_ROUND_MILLIS` overrides it, e.g. under a profiler).
 const ROUND_MILLIS: u64 = 1000;
 /// Untimed warm-up before the rounds of each mode.
 const WARMUP_MILLIS: u64 = 300;
@@ -238,40 +238,66 @@ fn report(name: &str, rounds: &[Round]) -> f64 {
     median
 }
 
+/// The length of one timed round.
+fn round_millis() -> u64 {
+    std::env::var("CORE_BENCH_ROUND_MILLIS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(ROUND_MILLIS)
+}
+
 fn measure(mut one_round: impl FnMut(Duration) -> Round) -> Vec<Round> {
-    one_round(Duration::from_millis(WARMUP_MILLIS));
+    one_round(Duration::from_millis(WARMUP_MILLIS.min(round_millis())));
     (0..ROUNDS)
-        .map(|_| one_round(Duration::from_millis(ROUND_MILLIS)))
+        .map(|_| one_round(Duration::from_millis(round_millis())))
         .collect()
 }
 
+/// Whether `mode` should run: `CORE_BENCH_MODES` (comma-separated among `codec`, `1`, `256`)
+/// picks modes, e.g. to profile one; all run by default.
+fn selected(mode: &str) -> bool {
+    std::env::var("CORE_BENCH_MODES").map_or(true, |modes| modes.split(',').any(|m| m == mode))
+}
+
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` would pass nothing else either.
-    // Neither needs handling: this bench has no filters.
     println!(
-        "raft core throughput: 3 nodes, in-memory testkit network, {}-byte entries, {ROUNDS} x {ROUND_MILLIS} ms per mode",
-        PAYLOAD.len()
+        "raft core throughput: 3 nodes, in-memory testkit network, {}-byte entries, {ROUNDS} x {} ms per mode",
+        PAYLOAD.len(),
+        round_millis()
     );
-
-    println!("baseline: postcard encode+decode of one commit's 4 messages");
-    let codec = report("codec", &measure(codec_round));
-
-    println!("1 proposer (propose, wait for the leader to commit, repeat)");
-    let mut bench = Bench::new();
-    let single = report("1 proposer", &measure(|d| bench.run(1, d)));
-
-    println!("256 proposers (256 uncommitted proposals kept in flight)");
-    let mut bench = Bench::new();
-    let many = report("256 proposers", &measure(|d| bench.run(256, d)));
-
+    let mut medians = Vec::new();
+    if selected("codec") {
+        println!("baseline: postcard encode+decode of one commit's 4 messages");
+        medians.push(("codec", report("codec", &measure(codec_round))));
+    }
+    if selected("1") {
+        println!("1 proposer (propose, wait for the leader to commit, repeat)");
+        let mut bench = Bench::new();
+        medians.push(("1", report("1 proposer", &measure(|d| bench.run(1, d)))));
+    }
+    if selected("256") {
+        println!("256 proposers (256 uncommitted proposals kept in flight)");
+        let mut bench = Bench::new();
+        medians.push((
+            "256",
+            report("256 proposers", &measure(|d| bench.run(256, d))),
+        ));
+    }
+    let median = |mode: &str| medians.iter().find(|(m, _)| *m == mode).map(|&(_, v)| v);
     println!("summary (medians):");
-    println!("  codec baseline     {codec:>12.0} entries/s");
-    println!(
-        "  1 proposer         {single:>12.0} entries/s  ({:.1}% of the codec baseline; openraft: 33k/s)",
-        100.0 * single / codec
-    );
-    println!(
-        "  256 proposers      {many:>12.0} entries/s  ({:.1}x the 1-proposer median; openraft: 1.8M/s)",
-        many / single
-    );
+    if let Some(codec) = median("codec") {
+        println!("  codec baseline     {codec:>12.0} entries/s");
+    }
+    if let Some(single) = median("1") {
+        let versus_codec = median("codec").map_or(String::new(), |codec| {
+            format!("{:.1}% of the codec baseline; ", 100.0 * single / codec)
+        });
+        println!("  1 proposer         {single:>12.0} entries/s  ({versus_codec}openraft: 33k/s)");
+    }
+    if let Some(many) = median("256") {
+        let versus_single = median("1").map_or(String::new(), |single| {
+            format!("{:.1}x the 1-proposer median; ", many / single)
+        });
+        println!("  256 proposers      {many:>12.0} entries/s  ({versus_single}openraft: 1.8M/s)");
+    }
 }

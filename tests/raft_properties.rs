@@ -28,7 +28,7 @@ use raft_kv::raft::{Index, Membership, NodeId, RestoreState, Role};
 /// Ticks the liveness phase allows, after the faults stop, for a leader to emerge and every
 /// node to converge on its committed log. Elections take at most a few randomized timeouts
 /// (`[election_ticks, 2 * election_ticks)` each) once the network is reliable.
-const CONVERGENCE_TICKS_MAX: u32 = 60;
+const CONVERGENCE_TICKS_MAX: u32 = 100;
 
 /// The longest schedule generated.
 const SCHEDULE_STEPS_MAX: usize = 300;
@@ -151,13 +151,13 @@ fn node(nodes: u64) -> impl Strategy<Value = Node> {
 fn raft_step(nodes: u64) -> BoxedStrategy<Step> {
     prop_oneof![
         RAFT_STEP_WEIGHT_NO_COMPACTION => raft_step_without_compaction(nodes),
-        2 => node(nodes).prop_map(Step::Compact),
+        4 => node(nodes).prop_map(Step::Compact),
     ]
     .boxed()
 }
 
 /// The sum of the weights in [`raft_step_without_compaction`].
-const RAFT_STEP_WEIGHT_NO_COMPACTION: u32 = 58;
+const RAFT_STEP_WEIGHT_NO_COMPACTION: u32 = 59;
 
 /// Every Raft step but [`Step::Compact`].
 fn raft_step_without_compaction(nodes: u64) -> BoxedStrategy<Step> {
@@ -177,7 +177,7 @@ fn raft_step_without_compaction(nodes: u64) -> BoxedStrategy<Step> {
         2 => node(nodes).prop_map(Step::Campaign),
         4 => node(nodes).prop_map(Step::Propose),
         6 => Just(Step::ProposeToLeader),
-        2 => node(nodes).prop_map(Step::ReadIndex),
+        3 => node(nodes).prop_map(Step::ReadIndex),
         1 => (node(nodes), node(nodes)).prop_map(|(from, to)| Step::Transfer { from, to }),
     ]
     .boxed()
@@ -214,6 +214,10 @@ struct World {
     proposals: u64,
     /// ReadIndex requests made so far (each gets a distinct context).
     reads: u64,
+    /// Per node: the highest snapshot index seen (to count snapshots received from a leader).
+    snapshot_index_seen: BTreeMap<NodeId, Index>,
+    /// How many times a node's snapshot advanced other than by its own `Compact` step.
+    snapshots_installed: u64,
 }
 
 /// Where and why a run failed, with the step that exposed it.
@@ -292,6 +296,8 @@ impl World {
             fed_applied: BTreeMap::new(),
             proposals: 0,
             reads: 0,
+            snapshot_index_seen: BTreeMap::new(),
+            snapshots_installed: 0,
         }
     }
 
@@ -393,6 +399,16 @@ impl World {
             Step::ForgetVote(Node(id)) => self.forget_vote(id),
         }
         self.cluster.process_all();
+        for id in self.cluster.live_ids() {
+            let snapshot_index = self.cluster.node(id).status().snapshot_index;
+            let seen = self.snapshot_index_seen.entry(id).or_insert(0);
+            if snapshot_index > *seen {
+                if *step != Step::Compact(Node(id)) {
+                    self.snapshots_installed += 1;
+                }
+                *seen = snapshot_index;
+            }
+        }
         self.check()
     }
 
@@ -739,8 +755,7 @@ struct Coverage {
     commit_index_max: Index,
     /// The highest term any node reached.
     term_max: u64,
-    /// Schedules in which some node's log starts after a snapshot it did not take itself
-    /// (it installed the leader's snapshot) or restarted from one.
+    /// Schedules in which some node installed a snapshot it did not take itself.
     snapshot_cases: u32,
     /// Schedules in which a node restarted.
     restart_cases: u32,
@@ -753,7 +768,7 @@ struct Coverage {
 #[test]
 fn random_schedules_reach_commits_elections_snapshots_restarts_and_reads() {
     let config = ProptestConfig {
-        cases: 64,
+        cases: 96,
         failure_persistence: None,
         ..ProptestConfig::default()
     };
@@ -761,7 +776,7 @@ fn random_schedules_reach_commits_elections_snapshots_restarts_and_reads() {
         TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
     let strategy = case(3, SCHEDULE_STEPS_MAX, raft_step(3));
     let mut coverage = Coverage::default();
-    for _ in 0..64 {
+    for _ in 0..96 {
         let case = strategy
             .new_tree(&mut runner)
             .expect("the strategy always generates")
@@ -793,14 +808,7 @@ fn random_schedules_reach_commits_elections_snapshots_restarts_and_reads() {
         {
             coverage.read_cases += 1;
         }
-        let compacted_by_itself = |id: NodeId| {
-            case.steps
-                .iter()
-                .any(|step| *step == Step::Compact(Node(id)))
-        };
-        if live.iter().any(|&id| {
-            world.cluster.node(id).status().snapshot_index > 0 && !compacted_by_itself(id)
-        }) {
+        if world.snapshots_installed > 0 {
             coverage.snapshot_cases += 1;
         }
         let ticks = world
@@ -814,64 +822,12 @@ fn random_schedules_reach_commits_elections_snapshots_restarts_and_reads() {
         }
     }
     eprintln!("{coverage:?}");
-    assert!(coverage.commit_index_max >= 10, "{coverage:?}");
-    assert!(coverage.term_max >= 5, "{coverage:?}");
-    assert!(coverage.snapshot_cases >= 1, "{coverage:?}");
-    assert!(coverage.restart_cases >= 16, "{coverage:?}");
-    assert!(coverage.read_cases >= 4, "{coverage:?}");
+    // About half of what the fixed seed reaches (25, 21, 12, 82, 8): a generator change that
+    // stops exploring one of these shows up here.
+    assert!(coverage.commit_index_max >= 12, "{coverage:?}");
+    assert!(coverage.term_max >= 8, "{coverage:?}");
+    assert!(coverage.snapshot_cases >= 4, "{coverage:?}");
+    assert!(coverage.restart_cases >= 32, "{coverage:?}");
+    assert!(coverage.read_cases >= 3, "{coverage:?}");
     assert!(coverage.convergence_ticks_max >= 1, "{coverage:?}");
-}
-
-#[test]
-fn tmp_replay() {
-    let case = Case {
-        nodes: 3,
-        seed: 0,
-        election_ticks: 5,
-        pre_vote: false,
-        check_quorum: false,
-        steps: vec![
-            Step::Campaign(Node(2)),
-            Step::DeliverOne,
-            Step::Reorder {
-                pick: 5232161013500582707,
-            },
-            Step::Partition { mask: 0b101 },
-            Step::Campaign(Node(1)),
-            Step::DeliverAll,
-            Step::Crash(Node(1)),
-            Step::Compact(Node(3)),
-        ],
-    };
-    let mut world = World::new(&case);
-    for step in &case.steps {
-        eprintln!("== {step:?} pending {:?}", world.cluster.pending_messages());
-        world.run_step(step).unwrap();
-        for id in world.cluster.live_ids() {
-            let s = world.cluster.node(id).status();
-            eprintln!(
-                "   n{id} {:?} {:?} applied {} last {} snap {}",
-                s.soft_state, s.hard_state, s.applied_index, s.last_index, s.snapshot_index
-            );
-        }
-    }
-    world.cluster.heal();
-    world.cluster.restart(1);
-    let mut n = 0;
-    for _ in 0..3000 {
-        world.cluster.process_all();
-        if world.cluster.pending_messages().is_empty() {
-            world.cluster.tick_all();
-            eprintln!("   tick");
-            continue;
-        }
-        n += 1;
-        if n > 60 {
-            break;
-        }
-        let Some(m) = world.cluster.deliver_one() else {
-            break;
-        };
-        eprintln!("   deliver {m:?}");
-    }
 }
