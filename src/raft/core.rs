@@ -609,6 +609,11 @@ impl RaftCore {
                         message.term
                     ));
                 }
+                // Thesis §4.2.3: a server outside the configuration (e.g. removed) must not
+                // disrupt the cluster with elections.
+                if !membership.voters.contains(&message.from) {
+                    return invalid(format!("vote request from non-voter {}", message.from));
+                }
             }
             MessageBody::PreVoteResponse { .. } | MessageBody::VoteResponse { .. } => {
                 if !membership.voters.contains(&message.from) {

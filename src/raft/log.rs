@@ -167,17 +167,26 @@ impl RaftLog {
         last_term > my_term || (last_term == my_term && last_index >= self.last_index())
     }
 
-    /// The largest index `<= index` whose term is `<= term`, searching the entries held in
-    /// memory (terms never decrease along the log, so a binary search finds it). Falls back to
-    /// the snapshot index when no entry qualifies.
+    /// The largest index `<= index` whose term is `<= term` (the last position where a log whose
+    /// entry at `index` has `term` could still match this one). Terms never decrease along the
+    /// log, so a binary search finds it among the entries in memory. Below the snapshot terms are
+    /// unknown: the answer is then at most the snapshot index, and below it when the snapshot's
+    /// own term is already too high.
     pub(crate) fn find_conflict_by_term(&self, index: Index, term: Term) -> Index {
         let bound = index.min(self.last_index());
-        if bound <= self.snapshot_index {
-            return bound;
+        if bound > self.snapshot_index {
+            let candidates = self.slice(self.first_index(), bound + 1);
+            let qualifying = candidates.partition_point(|e| e.term <= term);
+            if qualifying > 0 {
+                return self.snapshot_index + qualifying as u64;
+            }
         }
-        let candidates = self.slice(self.first_index(), bound + 1);
-        let qualifying = candidates.partition_point(|e| e.term <= term);
-        self.snapshot_index + qualifying as u64
+        let at_snapshot = bound.min(self.snapshot_index);
+        if at_snapshot == self.snapshot_index && self.snapshot_term > term {
+            at_snapshot.saturating_sub(1)
+        } else {
+            at_snapshot
+        }
     }
 
     /// The first index in `entries` whose term differs from this log's (or that this log lacks).
@@ -330,5 +339,68 @@ impl RaftLog {
             self.unstable_from,
             self.last_index()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::{EntryKind, Membership, SnapshotMeta};
+
+    fn entry(index: Index, term: Term) -> Entry {
+        Entry {
+            term,
+            index,
+            kind: EntryKind::Normal,
+            data: Default::default(),
+        }
+    }
+
+    fn log_with(snapshot: (Index, Term), terms: &[Term]) -> RaftLog {
+        let snapshot = (snapshot.0 > 0).then(|| Snapshot {
+            meta: SnapshotMeta {
+                index: snapshot.0,
+                term: snapshot.1,
+                membership: Membership::with_voters([1]),
+            },
+            data: Default::default(),
+        });
+        let base = snapshot.as_ref().map_or(0, |s| s.meta.index);
+        let entries = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| entry(base + 1 + i as u64, t))
+            .collect();
+        RaftLog::restore(snapshot, entries, 0).unwrap()
+    }
+
+    #[test]
+    fn find_conflict_by_term_finds_the_last_entry_not_above_the_term() {
+        let log = log_with((0, 0), &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6]);
+        assert_eq!(log.find_conflict_by_term(10, 6), 10);
+        assert_eq!(log.find_conflict_by_term(10, 5), 7);
+        assert_eq!(log.find_conflict_by_term(10, 3), 3);
+        assert_eq!(log.find_conflict_by_term(10, 0), 0);
+        assert_eq!(log.find_conflict_by_term(99, 4), 5);
+    }
+
+    #[test]
+    fn find_conflict_by_term_goes_below_a_snapshot_whose_term_is_too_high() {
+        let log = log_with((46, 2), &[2, 3]);
+        // The snapshot's entry (46, 2) cannot match a term-1 entry: answer below it.
+        assert_eq!(log.find_conflict_by_term(46, 1), 45);
+        assert_eq!(log.find_conflict_by_term(48, 1), 45);
+        assert_eq!(log.find_conflict_by_term(46, 2), 46);
+        assert_eq!(log.find_conflict_by_term(30, 1), 30);
+    }
+
+    #[test]
+    fn restore_refuses_a_gap_and_clamps_commit_to_the_log() {
+        let gap = vec![entry(1, 1), entry(3, 1)];
+        assert!(RaftLog::restore(None, gap, 0).is_err());
+        let log = RaftLog::restore(None, vec![entry(1, 1), entry(2, 1)], 9).unwrap();
+        assert_eq!(log.commit, 2);
+        assert_eq!(log.applied, 0);
+        assert_eq!(log.persisted, 2);
     }
 }

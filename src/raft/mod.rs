@@ -21,6 +21,14 @@
 //!     raft.advance(ready);
 //! }
 //! ```
+//!
+//! Layout: `core.rs` holds the state machine (roles, elections, replication, commitment,
+//! ReadIndex, transfer, membership), `log.rs` the in-memory log and its persistence markers,
+//! `progress.rs` the leader's per-follower flow control, `membership.rs` the configuration as
+//! recorded in the log, `quorum.rs` and `read_only.rs` the majority and ReadIndex bookkeeping.
+//! [`testkit`] drives whole clusters of cores deterministically for tests and benchmarks.
+
+#![deny(missing_docs)]
 
 mod core;
 pub mod invariants;
@@ -234,9 +242,11 @@ impl Raft {
     }
 
     /// Handles a message from a peer. Messages with nonsense contents (wrong receiver, sender 0
-    /// or this node, term 0, non-contiguous entries, responses from non-members, ...) are dropped
-    /// with an `Err` saying why and change nothing. Requests from nodes this node does not know
-    /// as members are handled: a lagging follower may not yet hold the leader's configuration.
+    /// or this node, term 0, non-contiguous entries, ...) and messages from non-members (vote
+    /// requests and answers from non-voters, responses from non-members) are dropped with an
+    /// `Err` saying why and change nothing. A leader's `Append`, `Heartbeat`, `InstallSnapshot`
+    /// and `TimeoutNow` are handled even from a node this node does not know as a member: a
+    /// lagging follower may not yet hold the configuration that added its leader.
     pub fn step(&mut self, message: Message) -> Result<(), Error> {
         self.core.guarded(|core| core.step(message))
     }

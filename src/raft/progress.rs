@@ -144,7 +144,7 @@ impl Progress {
                     return false;
                 }
                 self.become_probe();
-                self.next_index = (self.match_index + 1).max(probe_index.min(rejected) + 1);
+                self.next_index = (self.match_index + 1).max(rejected.min(probe_index + 1));
                 true
             }
             ProgressState::Probe => {
@@ -152,7 +152,8 @@ impl Progress {
                 if self.next_index == 0 || rejected != self.next_index - 1 {
                     return false;
                 }
-                self.next_index = (self.match_index + 1).max(probe_index.min(rejected) + 1);
+                // next <= rejected: every rejection moves the probe back by at least one.
+                self.next_index = (self.match_index + 1).max(rejected.min(probe_index + 1));
                 self.probe_sent = false;
                 true
             }
@@ -187,6 +188,15 @@ mod tests {
         assert!(progress.maybe_decrease_to(10, 3));
         assert_eq!(progress.next_index, 4);
         assert!(!progress.probe_sent);
+    }
+
+    #[test]
+    fn every_answered_rejection_moves_the_probe_back() {
+        let mut progress = Progress::new(47);
+        progress.sent_append(46, true);
+        // A useless guess (at or above the rejected index) still backs off by one.
+        assert!(progress.maybe_decrease_to(46, 46));
+        assert_eq!(progress.next_index, 46);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A randomized safety sweep: reordered, duplicated and lost messages, partitions, crashes,
-//! restarts and compactions, checking Election Safety and State Machine Safety (Raft Figure 3)
-//! after every step, then liveness once the faults stop.
+//! restarts, compactions, membership changes and leadership transfers, checking Election Safety,
+//! State Machine Safety (Raft Figure 3) and ReadIndex freshness (§6.4) after every step, then
+//! liveness once the faults stop.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::raft::testkit::Cluster;
-use crate::raft::{Entry, Index, NodeId, Role, Term};
+use crate::raft::{ConfChange, Entry, Index, Membership, NodeId, RestoreState, Role, Term};
 
 /// What the checkers remember across steps.
 #[derive(Default)]
@@ -17,6 +18,10 @@ struct Observed {
     leader_of_term: BTreeMap<Term, NodeId>,
     /// Raft §5.4.3 State Machine Safety: the entry applied at each index, by whoever first did.
     applied_at: BTreeMap<Index, Entry>,
+    /// Raft §6.4: per read context, the highest index committed anywhere when it was asked.
+    committed_when_read: BTreeMap<u64, Index>,
+    /// Per node, how many of its released reads were checked.
+    reads_checked: BTreeMap<NodeId, usize>,
 }
 
 impl Observed {
@@ -31,6 +36,22 @@ impl Observed {
                     soft.term
                 );
             }
+            // A read must not miss a write committed before the read was asked.
+            let reads = cluster.read_states(id);
+            let checked = self.reads_checked.entry(id).or_insert(0);
+            if *checked > reads.len() {
+                *checked = 0; // the node restarted and forgot its reads
+            }
+            for read in &reads[*checked..] {
+                let committed = self.committed_when_read[&read.context];
+                assert!(
+                    read.index >= committed,
+                    "seed {seed} step {step}: node {id} released read {} at {} < {committed}",
+                    read.context,
+                    read.index
+                );
+            }
+            *checked = reads.len();
             for entry in cluster.applied(id) {
                 let first = self
                     .applied_at
@@ -76,6 +97,14 @@ fn run_seed(seed: u64) {
         config.pre_vote = pre_vote;
         config.check_quorum = check_quorum;
     });
+    // One spare node starts outside the configuration; membership changes may bring it in.
+    let spare = n + 1;
+    cluster.add_node(
+        spare,
+        Membership::with_voters(1..=n),
+        RestoreState::default(),
+    );
+    let all = n + 1;
     let mut observed = Observed::default();
     let mut crashed: Vec<NodeId> = Vec::new();
     for step in 0..400 {
@@ -87,19 +116,53 @@ fn run_seed(seed: u64) {
                     let _ = cluster.propose(leader, format!("s{seed}-{step}").into());
                 }
             }
-            60..=62 => {
-                if let Some(leader) = cluster.leader() {
+            60..=61 => {
+                // Ask any node that believes it leads, stale leaders included.
+                let leaders: Vec<NodeId> = cluster
+                    .live_ids()
+                    .into_iter()
+                    .filter(|&id| cluster.node(id).soft_state().role == Role::Leader)
+                    .collect();
+                if !leaders.is_empty() {
+                    let leader = leaders[(rng.next_u64() % leaders.len() as u64) as usize];
+                    let committed = cluster
+                        .live_ids()
+                        .into_iter()
+                        .map(|id| cluster.node(id).hard_state().commit)
+                        .max()
+                        .unwrap_or(0);
+                    observed.committed_when_read.insert(step as u64, committed);
                     let _ = cluster.read_index(leader, step as u64);
                 }
             }
-            63..=65 => {
-                let cut = 1 + rng.next_u64() % n;
+            62 => {
+                if let Some(leader) = cluster.leader() {
+                    let _ = cluster.transfer_leadership(leader, 1 + rng.next_u64() % all);
+                }
+            }
+            63..=64 => {
+                let cut = 1 + rng.next_u64() % all;
                 cluster.isolate(cut);
+            }
+            65 => {
+                if let Some(leader) = cluster.leader() {
+                    let target = 1 + rng.next_u64() % all;
+                    let change = match rng.next_u64() % 3 {
+                        0 => ConfChange::AddVoter(target),
+                        1 => ConfChange::AddLearner(target),
+                        _ => ConfChange::Remove(target),
+                    };
+                    // Keep at least three voters so a crash still leaves a quorum.
+                    let voters_after = change.apply(cluster.node(leader).membership()).voters;
+                    if voters_after.len() >= 3 {
+                        let _ = cluster.propose_conf_change(leader, change);
+                    }
+                }
             }
             66..=69 => cluster.heal(),
             70..=71 => {
-                if crashed.len() < (n as usize - 1) / 2 {
-                    let victim = 1 + rng.next_u64() % n;
+                if crashed.is_empty() {
+                    let victim = 1 + rng.next_u64() % all;
                     if !crashed.contains(&victim) {
                         cluster.crash(victim);
                         crashed.push(victim);
@@ -112,7 +175,7 @@ fn run_seed(seed: u64) {
                 }
             }
             75..=76 => {
-                let id = 1 + rng.next_u64() % n;
+                let id = 1 + rng.next_u64() % all;
                 if !crashed.contains(&id) {
                     let applied = cluster.node(id).status().applied_index;
                     let _ = cluster.compact(id, applied);
@@ -138,29 +201,36 @@ fn run_seed(seed: u64) {
     for id in crashed {
         cluster.restart(id);
     }
-    let leader = cluster
-        .run_until_leader(200)
-        .unwrap_or_else(|| panic!("seed {seed}: no leader after healing"));
-    let index = cluster
-        .propose(leader, "final".into())
-        .unwrap_or_else(|e| panic!("seed {seed}: final proposal refused: {e}"));
-    for _ in 0..60 {
+    // A proposal may be lost to a last leadership change; keep proposing until one is applied
+    // by every member of the final configuration.
+    for round in 0..300 {
         cluster.tick_all();
+        if let Some(leader) = cluster.leader() {
+            let _ = cluster.propose(leader, format!("final-{round}").into());
+        }
         cluster.deliver_all();
+        observed.check(&cluster, seed, usize::MAX);
+        let Some(leader) = cluster.leader() else {
+            continue;
+        };
+        let members: Vec<NodeId> = cluster.node(leader).membership().members().collect();
+        let all_applied_final = members.iter().all(|&id| {
+            cluster
+                .applied(id)
+                .iter()
+                .any(|e| e.data.starts_with(b"final"))
+        });
+        if all_applied_final {
+            return;
+        }
     }
-    observed.check(&cluster, seed, usize::MAX);
-    for id in 1..=n {
-        assert!(
-            cluster.applied_index(id) >= index,
-            "seed {seed}: node {id} applied {} < {index}",
-            cluster.applied_index(id)
-        );
-    }
+    panic!("seed {seed}: no proposal was applied by every member after healing");
 }
 
 #[test]
-fn random_faults_never_break_election_or_state_machine_safety() {
-    for seed in 0..40 {
+fn random_faults_never_break_election_state_machine_or_read_safety() {
+    // Seed 189 once livelocked a probe against a leader whose log was compacted.
+    for seed in (0..100).chain([189]) {
         run_seed(seed);
     }
 }

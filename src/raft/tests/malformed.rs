@@ -102,6 +102,18 @@ fn step_rejects_malformed_messages_and_changes_nothing() {
         (
             2,
             Message {
+                from: 9,
+                to: 2,
+                term: 4,
+                body: MessageBody::PreVote {
+                    last_log_index: 5,
+                    last_log_term: 4,
+                },
+            },
+        ),
+        (
+            2,
+            Message {
                 from: 3,
                 to: 2,
                 term: 4,
