@@ -41,12 +41,33 @@ struct Round {
     messages: u64,
     /// Wall time of the round.
     elapsed: Duration,
+    /// CPU time this thread ran during the round (`None` where Linux's schedstat is missing).
+    cpu: Option<Duration>,
 }
 
 impl Round {
     fn entries_per_second(&self) -> f64 {
         self.entries as f64 / self.elapsed.as_secs_f64()
     }
+
+    fn entries_per_cpu_second(&self) -> Option<f64> {
+        self.cpu
+            .map(|cpu| self.entries as f64 / cpu.as_secs_f64().max(1e-9))
+    }
+}
+
+/// The CPU time the calling thread has run so far, from Linux's `/proc/thread-self/schedstat`
+/// (first field, nanoseconds). On a machine shared with other jobs the wall-clock rate swings
+/// with their load; the CPU-time rate does much less.
+fn thread_cpu_time() -> Option<Duration> {
+    let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let nanos: u64 = schedstat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
+/// The CPU time spent since `start` (from [`thread_cpu_time`]).
+fn cpu_since(start: Option<Duration>) -> Option<Duration> {
+    Some(thread_cpu_time()?.saturating_sub(start?))
 }
 
 /// A three-node cluster with an elected leader, recording nothing it does not need.
@@ -122,6 +143,7 @@ impl Bench {
     /// Runs for `duration` keeping `proposers` proposals in flight; counts committed ones.
     fn run(&mut self, proposers: u64, duration: Duration) -> Round {
         let start = Instant::now();
+        let cpu_start = thread_cpu_time();
         let committed_start = self.committed_index();
         let mut messages = 0;
         let mut hops: u64 = 0;
@@ -144,6 +166,7 @@ impl Bench {
             entries: self.committed_index() - committed_start,
             messages,
             elapsed,
+            cpu: cpu_since(cpu_start),
         }
     }
 }
@@ -187,6 +210,7 @@ fn one_commit_messages(index: Index, payload: &Bytes) -> Vec<Message> {
 fn codec_round(duration: Duration) -> Round {
     let payload = Bytes::from_static(PAYLOAD);
     let start = Instant::now();
+    let cpu_start = thread_cpu_time();
     let mut entries = 0;
     let mut messages = 0;
     let mut buffer = Vec::with_capacity(256);
@@ -213,14 +237,34 @@ fn codec_round(duration: Duration) -> Round {
         entries,
         messages,
         elapsed: start.elapsed(),
+        cpu: cpu_since(cpu_start),
     }
 }
 
-/// Prints each round and returns the median entries per second.
-fn report(name: &str, rounds: &[Round]) -> f64 {
+/// The medians of one mode.
+#[derive(Clone, Copy, Debug)]
+struct Medians {
+    /// Entries per wall-clock second.
+    wall: f64,
+    /// Entries per CPU second of the benchmark thread, where measurable.
+    cpu: Option<f64>,
+}
+
+/// The median of `values` (the upper one for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    assert!(!values.is_empty(), "median of no values");
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Prints each round and returns the medians.
+fn report(name: &str, rounds: &[Round]) -> Medians {
     for (number, round) in rounds.iter().enumerate() {
+        let cpu_rate = round
+            .entries_per_cpu_second()
+            .map_or(String::new(), |rate| format!(", {rate:.0} per CPU-s"));
         println!(
-            "  {name} round {}: {:>10.0} entries/s ({} entries, {:.2} messages/entry, {:.3} s)",
+            "  {name} round {}: {:>10.0} entries/s{cpu_rate} ({} entries, {:.2} messages/entry, {:.3} s)",
             number + 1,
             round.entries_per_second(),
             round.entries,
@@ -228,14 +272,20 @@ fn report(name: &str, rounds: &[Round]) -> f64 {
             round.elapsed.as_secs_f64()
         );
     }
-    let mut rates: Vec<f64> = rounds.iter().map(Round::entries_per_second).collect();
-    rates.sort_by(f64::total_cmp);
-    let median = rates[rates.len() / 2];
+    let wall = median(rounds.iter().map(Round::entries_per_second).collect());
+    let cpu = rounds
+        .iter()
+        .map(Round::entries_per_cpu_second)
+        .collect::<Option<Vec<f64>>>()
+        .map(median);
+    let cpu_text = cpu.map_or(String::new(), |rate| {
+        format!(", {rate:.0} entries per CPU-s")
+    });
     println!(
-        "  {name} median: {median:.0} entries/s over {} rounds",
+        "  {name} median: {wall:.0} entries/s{cpu_text} over {} rounds",
         rounds.len()
     );
-    median
+    Medians { wall, cpu }
 }
 
 /// The length of one timed round.
@@ -283,21 +333,40 @@ fn main() {
             report("256 proposers", &measure(|d| bench.run(256, d))),
         ));
     }
-    let median = |mode: &str| medians.iter().find(|(m, _)| *m == mode).map(|&(_, v)| v);
-    println!("summary (medians):");
-    if let Some(codec) = median("codec") {
-        println!("  codec baseline     {codec:>12.0} entries/s");
+    let find = |mode: &str| medians.iter().find(|(m, _)| *m == mode).map(|&(_, v)| v);
+    let cpu_text = |m: Medians| {
+        m.cpu
+            .map_or(String::new(), |rate| format!(" ({rate:>10.0} per CPU-s)"))
+    };
+    println!("summary (medians of {ROUNDS} rounds):");
+    if let Some(codec) = find("codec") {
+        println!(
+            "  codec baseline  {:>10.0} entries/s{}",
+            codec.wall,
+            cpu_text(codec)
+        );
     }
-    if let Some(single) = median("1") {
-        let versus_codec = median("codec").map_or(String::new(), |codec| {
-            format!("{:.1}% of the codec baseline; ", 100.0 * single / codec)
+    if let Some(single) = find("1") {
+        let versus_codec = find("codec").map_or(String::new(), |codec| {
+            format!(
+                "{:.1}% of the codec baseline; ",
+                100.0 * single.wall / codec.wall
+            )
         });
-        println!("  1 proposer         {single:>12.0} entries/s  ({versus_codec}openraft: 33k/s)");
+        println!(
+            "  1 proposer      {:>10.0} entries/s{}  [{versus_codec}openraft: 33k/s]",
+            single.wall,
+            cpu_text(single)
+        );
     }
-    if let Some(many) = median("256") {
-        let versus_single = median("1").map_or(String::new(), |single| {
-            format!("{:.1}x the 1-proposer median; ", many / single)
+    if let Some(many) = find("256") {
+        let versus_single = find("1").map_or(String::new(), |single| {
+            format!("{:.1}x the 1-proposer median; ", many.wall / single.wall)
         });
-        println!("  256 proposers      {many:>12.0} entries/s  ({versus_single}openraft: 1.8M/s)");
+        println!(
+            "  256 proposers   {:>10.0} entries/s{}  [{versus_single}openraft: 1.8M/s]",
+            many.wall,
+            cpu_text(many)
+        );
     }
 }
