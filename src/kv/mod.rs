@@ -1,0 +1,440 @@
+//! The key-value state machine every replica applies from the committed Raft log.
+//!
+//! It is pure and deterministic: no clock, no IO, no randomness, and every map is ordered, so two
+//! replicas that apply the same entries hold byte-identical state ([`KvStore::snapshot`]) and the
+//! same [`KvStore::state_hash`].
+//!
+//! A client write travels as a postcard-encoded [`WriteRequest`] in `Entry.data`
+//! ([`encode_write`]); the driver hands each committed command to [`KvStore::apply`] and every
+//! other committed entry (no-op, membership change) to [`KvStore::apply_noop`], in log order.
+//!
+//! Versions follow etcd's revisions: a key's `mod_index` is the log index of the entry that last
+//! wrote it and its `create_index` the index of the entry that created it, so a compare-and-swap
+//! names the exact write it expects to replace.
+//!
+//! Exactly-once semantics (Raft §8): a request carrying an idempotency key that was already
+//! applied returns the result of its *first* application and changes nothing but the applied
+//! index, even if the retried operation differs from the first one. The table of remembered keys
+//! is bounded ([`KvOptions::idempotency_keys_max`]) and forgets the oldest keys in apply order.
+#![deny(missing_docs)]
+
+mod idempotency;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use idempotency::IdempotencyTable;
+
+/// Longest key accepted, in bytes (UTF-8).
+pub const KEY_BYTES_MAX: usize = 4096;
+/// Largest value the HTTP layer should accept, in bytes (1 MiB). The store itself does not
+/// enforce it: a value that was committed is applied whatever its size.
+pub const VALUE_BYTES_MAX: usize = 1 << 20;
+/// Longest idempotency key accepted, in bytes (UTF-8).
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+/// Default for [`KvOptions::idempotency_keys_max`].
+pub const IDEMPOTENCY_KEYS_MAX_DEFAULT: usize = 100_000;
+
+/// A write as proposed through Raft (postcard-encoded into `Entry.data` by [`encode_write`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WriteRequest {
+    /// When set, the write is applied at most once: a later request with the same key returns
+    /// the first result without applying anything (see the module docs).
+    pub idempotency_key: Option<String>,
+    /// What to do.
+    pub op: WriteOp,
+}
+
+/// One write operation on one key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Sets `key` to `value`, creating it if absent.
+    Put {
+        /// The key to write.
+        key: String,
+        /// The new value.
+        value: Bytes,
+    },
+    /// Removes `key` if present.
+    Delete {
+        /// The key to remove.
+        key: String,
+    },
+    /// Sets `key` to `value` only if its current `mod_index` equals `expected_mod_index`.
+    /// `expected_mod_index` 0 = create only (fails if the key exists).
+    Cas {
+        /// The key to write.
+        key: String,
+        /// The `mod_index` the key must have now; 0 means "the key must be absent".
+        expected_mod_index: u64,
+        /// The new value.
+        value: Bytes,
+    },
+    /// Compare-and-delete: removes `key` only if its current `mod_index` equals
+    /// `expected_mod_index` (0 = absent, which succeeds as a no-op on an absent key).
+    CasDelete {
+        /// The key to remove.
+        key: String,
+        /// The `mod_index` the key must have now; 0 means "the key must be absent".
+        expected_mod_index: u64,
+    },
+}
+
+/// The outcome of an applied write, identical on every replica.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum WriteResult {
+    /// A `Put` (which always succeeds).
+    Put {
+        /// The key's new `mod_index` (the entry's log index).
+        mod_index: u64,
+        /// Whether the key was absent before.
+        created: bool,
+    },
+    /// A `Delete`, or a `CasDelete` whose expectation held.
+    Deleted {
+        /// Whether the key was present (and is now gone).
+        existed: bool,
+    },
+    /// A `Cas` whose expectation held.
+    CasOk {
+        /// The key's new `mod_index` (the entry's log index).
+        mod_index: u64,
+    },
+    /// A `Cas` or `CasDelete` whose expectation did not hold; nothing changed.
+    CasMismatch {
+        /// The key's `mod_index` now; 0 = absent.
+        current_mod_index: u64,
+    },
+}
+
+/// A stored value and its versions.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Value {
+    /// The bytes.
+    pub data: Bytes,
+    /// Log index of the entry that created the key (since it was last absent).
+    pub create_index: u64,
+    /// Log index of the entry that last wrote the key.
+    /// Invariant: `0 < create_index <= mod_index <= applied_index`.
+    pub mod_index: u64,
+}
+
+/// Tunables of a [`KvStore`]. Every replica must use the same options, since they decide which
+/// idempotency keys are forgotten.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvOptions {
+    /// At most this many idempotency keys are remembered; the oldest (in apply order) are
+    /// forgotten first. 0 disables exactly-once deduplication.
+    pub idempotency_keys_max: usize,
+}
+
+impl Default for KvOptions {
+    fn default() -> Self {
+        KvOptions {
+            idempotency_keys_max: IDEMPOTENCY_KEYS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Why a command or a snapshot was refused. Every variant is deterministic: all replicas
+/// refuse the same committed command with the same error.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// The command bytes are not a valid encoded [`WriteRequest`].
+    #[error("command does not decode: {reason}")]
+    Decode {
+        /// The decoder's message.
+        reason: String,
+    },
+    /// Keys must not be empty.
+    #[error("key is empty")]
+    EmptyKey,
+    /// The key exceeds [`KEY_BYTES_MAX`].
+    #[error("key is {key_bytes} bytes, more than the {key_bytes_max} allowed")]
+    KeyTooLong {
+        /// Length of the refused key.
+        key_bytes: usize,
+        /// The limit ([`KEY_BYTES_MAX`]).
+        key_bytes_max: usize,
+    },
+    /// The idempotency key is empty or exceeds [`IDEMPOTENCY_KEY_BYTES_MAX`].
+    #[error("idempotency key is {key_bytes} bytes, allowed are 1 to {key_bytes_max}")]
+    BadIdempotencyKey {
+        /// Length of the refused idempotency key.
+        key_bytes: usize,
+        /// The limit ([`IDEMPOTENCY_KEY_BYTES_MAX`]).
+        key_bytes_max: usize,
+    },
+    /// A snapshot failed its checks (magic, version, checksum, decoding or invariants).
+    #[error("snapshot is corrupt: {reason}")]
+    CorruptSnapshot {
+        /// What check failed.
+        reason: String,
+    },
+}
+
+impl WriteOp {
+    /// The key the operation writes.
+    pub fn key(&self) -> &str {
+        match self {
+            WriteOp::Put { key, .. }
+            | WriteOp::Delete { key }
+            | WriteOp::Cas { key, .. }
+            | WriteOp::CasDelete { key, .. } => key,
+        }
+    }
+}
+
+impl WriteRequest {
+    /// Checks the limits [`KvStore::apply`] enforces, so a front end can refuse a request before
+    /// proposing it. Value size is not checked here (see [`VALUE_BYTES_MAX`]).
+    pub fn validate(&self) -> Result<(), KvError> {
+        validate_key(self.op.key())?;
+        if let Some(idempotency_key) = &self.idempotency_key {
+            validate_idempotency_key(idempotency_key)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a key against the store's rules: non-empty, at most [`KEY_BYTES_MAX`] bytes.
+pub fn validate_key(key: &str) -> Result<(), KvError> {
+    if key.is_empty() {
+        return Err(KvError::EmptyKey);
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(KvError::KeyTooLong {
+            key_bytes: key.len(),
+            key_bytes_max: KEY_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+fn validate_idempotency_key(idempotency_key: &str) -> Result<(), KvError> {
+    if idempotency_key.is_empty() || idempotency_key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+        return Err(KvError::BadIdempotencyKey {
+            key_bytes: idempotency_key.len(),
+            key_bytes_max: IDEMPOTENCY_KEY_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// Encodes a request for `Entry.data` (postcard).
+pub fn encode_write(request: &WriteRequest) -> Bytes {
+    let encoded = postcard::to_allocvec(request)
+        .unwrap_or_else(|error| panic!("encoding a WriteRequest cannot fail: {error}"));
+    Bytes::from(encoded)
+}
+
+/// Decodes `Entry.data` into a request. Trailing bytes after a valid request are an error, so
+/// one entry has exactly one meaning.
+pub fn decode_write(data: &[u8]) -> Result<WriteRequest, KvError> {
+    let (request, rest) =
+        postcard::take_from_bytes::<WriteRequest>(data).map_err(|error| KvError::Decode {
+            reason: error.to_string(),
+        })?;
+    if !rest.is_empty() {
+        return Err(KvError::Decode {
+            reason: format!("{} trailing bytes after the request", rest.len()),
+        });
+    }
+    Ok(request)
+}
+
+/// The replicated key-value state machine (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvStore {
+    options: KvOptions,
+    /// The keys, in ascending byte order.
+    entries: BTreeMap<String, Value>,
+    /// Results of recently applied requests that carried an idempotency key.
+    idempotency: IdempotencyTable,
+    /// Index of the last entry applied (command or not).
+    /// Invariant: every `mod_index` and every remembered request index is `<= applied_index`.
+    applied_index: u64,
+}
+
+impl KvStore {
+    /// An empty store at applied index 0.
+    pub fn new(options: KvOptions) -> Self {
+        KvStore {
+            options,
+            entries: BTreeMap::new(),
+            idempotency: IdempotencyTable::default(),
+            applied_index: 0,
+        }
+    }
+
+    /// Applies the committed command entry at `index` (`data` = an encoded [`WriteRequest`]).
+    ///
+    /// The applied index advances even when the command is refused: a command that fails to
+    /// decode or breaks a key limit is a deterministic error on every replica and changes no
+    /// key. A request whose idempotency key was already applied returns the first result and
+    /// changes nothing, even if its operation differs from the first one.
+    ///
+    /// # Panics
+    /// If `index` is not above the applied index: the driver must apply in log order, once.
+    pub fn apply(&mut self, index: u64, data: &[u8]) -> Result<WriteResult, KvError> {
+        self.advance_applied_index(index);
+        let request = match decode_write(data) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::warn!(index, data_bytes = data.len(), %error, "refusing a committed command");
+                return Err(error);
+            }
+        };
+        request.validate()?;
+        if let Some(idempotency_key) = &request.idempotency_key {
+            if let Some(first_result) = self.idempotency.get(idempotency_key) {
+                return Ok(first_result.clone());
+            }
+        }
+        let result = self.apply_op(index, request.op);
+        if let Some(idempotency_key) = request.idempotency_key {
+            self.idempotency.record(
+                idempotency_key,
+                index,
+                result.clone(),
+                self.options.idempotency_keys_max,
+            );
+        }
+        Ok(result)
+    }
+
+    /// Applies a committed entry that is not a command (a leader's no-op, a membership change):
+    /// only the applied index advances.
+    ///
+    /// # Panics
+    /// If `index` is not above the applied index.
+    pub fn apply_noop(&mut self, index: u64) {
+        self.advance_applied_index(index);
+    }
+
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.entries.get(key)
+    }
+
+    /// Keys starting with `prefix` in ascending byte order, at most `limit`, starting strictly
+    /// after `after` when given (pass the last key of the previous page to continue).
+    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<(&str, &Value)> {
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        self.entries
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .take(limit)
+            .map(|(key, value)| (key.as_str(), value))
+            .collect()
+    }
+
+    /// Index of the last applied entry (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the store holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Number of idempotency keys currently remembered.
+    pub fn idempotency_keys_len(&self) -> usize {
+        self.idempotency.len()
+    }
+
+    /// The options the store was built with.
+    pub fn options(&self) -> &KvOptions {
+        &self.options
+    }
+
+    fn advance_applied_index(&mut self, index: u64) {
+        assert!(
+            index > self.applied_index,
+            "applying index {index} at or below the applied index {}",
+            self.applied_index
+        );
+        self.applied_index = index;
+    }
+
+    fn apply_op(&mut self, index: u64, op: WriteOp) -> WriteResult {
+        match op {
+            WriteOp::Put { key, value } => {
+                let created = self.write(index, key, value);
+                WriteResult::Put {
+                    mod_index: index,
+                    created,
+                }
+            }
+            WriteOp::Delete { key } => WriteResult::Deleted {
+                existed: self.entries.remove(&key).is_some(),
+            },
+            WriteOp::Cas {
+                key,
+                expected_mod_index,
+                value,
+            } => {
+                let current_mod_index = self.mod_index_of(&key);
+                if current_mod_index != expected_mod_index {
+                    return WriteResult::CasMismatch { current_mod_index };
+                }
+                self.write(index, key, value);
+                WriteResult::CasOk { mod_index: index }
+            }
+            WriteOp::CasDelete {
+                key,
+                expected_mod_index,
+            } => {
+                let current_mod_index = self.mod_index_of(&key);
+                if current_mod_index != expected_mod_index {
+                    return WriteResult::CasMismatch { current_mod_index };
+                }
+                WriteResult::Deleted {
+                    existed: self.entries.remove(&key).is_some(),
+                }
+            }
+        }
+    }
+
+    /// `mod_index` of `key`, 0 when absent.
+    fn mod_index_of(&self, key: &str) -> u64 {
+        self.entries.get(key).map_or(0, |value| value.mod_index)
+    }
+
+    /// Writes `data` at `index`; returns whether the key was created.
+    fn write(&mut self, index: u64, key: String, data: Bytes) -> bool {
+        match self.entries.get_mut(&key) {
+            Some(value) => {
+                value.data = data;
+                value.mod_index = index;
+                false
+            }
+            None => {
+                self.entries.insert(
+                    key,
+                    Value {
+                        data,
+                        create_index: index,
+                        mod_index: index,
+                    },
+                );
+                true
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Snapshot encoding, restore and the state hash of a [`KvStore`].
+//!
+//! Layout of [`KvStore::snapshot`]:
+//!
+//! ```text
+//! "RKVS" (4 bytes) | format version (1 byte) | crc32c of body (4 bytes, little endian) | body
+//! ```
+//!
+//! The body is postcard: `applied_index`, then the keys as a sequence of `(key, Value)` in
+//! ascending key order, then the idempotency records as a sequence of
+//! `(idempotency key, first index, WriteResult)` in ascending idempotency-key order. The form is
+//! canonical: equal states give equal bytes whatever order they were built in, and
+//! [`KvStore::restore`] refuses any other order, so restoring and snapshotting again returns the
+//! same bytes.
+
+use std::collections::BTreeMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::idempotency::IdempotencyTable;
+use super::{
+    validate_idempotency_key, validate_key, KvError, KvOptions, KvStore, Value, WriteResult,
+};
+
+/// First bytes of every snapshot.
+const SNAPSHOT_MAGIC: [u8; 4] = *b"RKVS";
+/// Format version written after the magic; bump it on any change to the body.
+const SNAPSHOT_VERSION: u8 = 1;
+/// Bytes before the body: magic, version, crc32c.
+const SNAPSHOT_HEADER_BYTES: usize = 4 + 1 + 4;
+
+/// FNV-1a 64-bit offset basis.
+const FNV1A64_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a 64-bit prime.
+const FNV1A64_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The body as written, borrowing from the store.
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    applied_index: u64,
+    entries: EntriesRef<'a>,
+    idempotency: IdempotencyRef<'a>,
+}
+
+/// The body as read.
+#[derive(Deserialize)]
+struct BodyOwned {
+    applied_index: u64,
+    entries: Vec<(String, Value)>,
+    idempotency: Vec<(String, u64, WriteResult)>,
+}
+
+struct EntriesRef<'a>(&'a BTreeMap<String, Value>);
+
+impl Serialize for EntriesRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter())
+    }
+}
+
+struct IdempotencyRef<'a>(&'a IdempotencyTable);
+
+impl Serialize for IdempotencyRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter())
+    }
+}
+
+/// FNV-1a 64 as an [`std::io::Write`] sink, so the state hash needs no buffer.
+struct Fnv1a64 {
+    hash: u64,
+}
+
+impl std::io::Write for Fnv1a64 {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        for byte in bytes {
+            self.hash ^= u64::from(*byte);
+            self.hash = self.hash.wrapping_mul(FNV1A64_PRIME);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn corrupt(reason: impl Into<String>) -> KvError {
+    KvError::CorruptSnapshot {
+        reason: reason.into(),
+    }
+}
+
+impl KvStore {
+    fn body_ref(&self) -> BodyRef<'_> {
+        BodyRef {
+            applied_index: self.applied_index,
+            entries: EntriesRef(&self.entries),
+            idempotency: IdempotencyRef(&self.idempotency),
+        }
+    }
+
+    /// Deterministic serialization of the whole state: keys, idempotency table and applied
+    /// index (not the options). Layout: `"RKVS"`, a format version byte, the crc32c of the body
+    /// (4 bytes, little endian), then the postcard body in canonical (sorted) order.
+    pub fn snapshot(&self) -> Bytes {
+        let body = postcard::to_allocvec(&self.body_ref())
+            .unwrap_or_else(|error| panic!("encoding a KvStore snapshot cannot fail: {error}"));
+        let mut out = BytesMut::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
+        out.put_slice(&SNAPSHOT_MAGIC);
+        out.put_u8(SNAPSHOT_VERSION);
+        out.put_u32_le(crc32c::crc32c(&body));
+        out.put_slice(&body);
+        out.freeze()
+    }
+
+    /// Rebuilds a store from [`KvStore::snapshot`] bytes, checking magic, version, checksum,
+    /// canonical order and the index invariants. If the snapshot remembers more idempotency keys
+    /// than `options` allows, the oldest are forgotten.
+    pub fn restore(data: &[u8], options: KvOptions) -> Result<KvStore, KvError> {
+        if data.len() < SNAPSHOT_HEADER_BYTES {
+            return Err(corrupt(format!(
+                "{} bytes, shorter than the {SNAPSHOT_HEADER_BYTES}-byte header",
+                data.len()
+            )));
+        }
+        let (header, body) = data.split_at(SNAPSHOT_HEADER_BYTES);
+        if header[..4] != SNAPSHOT_MAGIC {
+            return Err(corrupt(format!("bad magic {:02x?}", &header[..4])));
+        }
+        if header[4] != SNAPSHOT_VERSION {
+            return Err(corrupt(format!(
+                "format version {}, expected {SNAPSHOT_VERSION}",
+                header[4]
+            )));
+        }
+        let crc_expected = u32::from_le_bytes([header[5], header[6], header[7], header[8]]);
+        let crc_actual = crc32c::crc32c(body);
+        if crc_actual != crc_expected {
+            return Err(corrupt(format!(
+                "body crc32c {crc_actual:#010x}, header says {crc_expected:#010x}"
+            )));
+        }
+        let (decoded, rest) = postcard::take_from_bytes::<BodyOwned>(body)
+            .map_err(|error| corrupt(format!("body does not decode: {error}")))?;
+        if !rest.is_empty() {
+            return Err(corrupt(format!(
+                "{} trailing bytes after the body",
+                rest.len()
+            )));
+        }
+        let BodyOwned {
+            applied_index,
+            entries: entry_list,
+            idempotency: idempotency_list,
+        } = decoded;
+
+        let mut entries = BTreeMap::new();
+        let mut previous_key: Option<&str> = None;
+        for (key, value) in &entry_list {
+            if previous_key.is_some_and(|previous| previous >= key.as_str()) {
+                return Err(corrupt(format!("key {key:?} out of order")));
+            }
+            previous_key = Some(key);
+            validate_key(key).map_err(|error| corrupt(format!("key {key:?}: {error}")))?;
+            if !(0 < value.create_index
+                && value.create_index <= value.mod_index
+                && value.mod_index <= applied_index)
+            {
+                return Err(corrupt(format!(
+                    "key {key:?}: need 0 < create_index({}) <= mod_index({}) <= applied_index({})",
+                    value.create_index, value.mod_index, applied_index
+                )));
+            }
+        }
+        entries.extend(entry_list);
+
+        let mut previous_idempotency_key: Option<&str> = None;
+        for (idempotency_key, index, _) in &idempotency_list {
+            if previous_idempotency_key.is_some_and(|previous| previous >= idempotency_key.as_str())
+            {
+                return Err(corrupt(format!(
+                    "idempotency key {idempotency_key:?} out of order"
+                )));
+            }
+            previous_idempotency_key = Some(idempotency_key);
+            validate_idempotency_key(idempotency_key).map_err(|error| {
+                corrupt(format!("idempotency key {idempotency_key:?}: {error}"))
+            })?;
+            if !(0 < *index && *index <= applied_index) {
+                return Err(corrupt(format!(
+                    "idempotency key {idempotency_key:?}: need 0 < index({index}) <= applied_index({applied_index})"
+                )));
+            }
+        }
+        let mut idempotency = IdempotencyTable::from_records(idempotency_list).map_err(corrupt)?;
+        idempotency.evict_to(options.idempotency_keys_max);
+
+        Ok(KvStore {
+            options,
+            entries,
+            idempotency,
+            applied_index,
+        })
+    }
+
+    /// A hash of the whole state for cross-replica comparison: 64-bit FNV-1a over the snapshot
+    /// body (the bytes after the header of [`KvStore::snapshot`]). Equal states give equal
+    /// hashes whatever order they were built in, on every platform and run.
+    pub fn state_hash(&self) -> u64 {
+        let hasher = postcard::to_io(
+            &self.body_ref(),
+            Fnv1a64 {
+                hash: FNV1A64_OFFSET_BASIS,
+            },
+        )
+        .unwrap_or_else(|error| panic!("hashing a KvStore cannot fail: {error}"));
+        hasher.hash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a64_matches_published_test_vectors() {
+        use std::io::Write;
+        let hash_of = |bytes: &[u8]| {
+            let mut hasher = Fnv1a64 {
+                hash: FNV1A64_OFFSET_BASIS,
+            };
+            hasher.write_all(bytes).unwrap();
+            hasher.hash
+        };
+        assert_eq!(hash_of(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(hash_of(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(hash_of(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn state_hash_is_fnv1a64_of_the_snapshot_body() {
+        use std::io::Write;
+        let store = KvStore::new(KvOptions::default());
+        let snapshot = store.snapshot();
+        let mut hasher = Fnv1a64 {
+            hash: FNV1A64_OFFSET_BASIS,
+        };
+        hasher
+            .write_all(&snapshot[SNAPSHOT_HEADER_BYTES..])
+            .unwrap();
+        assert_eq!(store.state_hash(), hasher.hash);
+    }
+}
