@@ -12,6 +12,13 @@
 //!
 //! Run with `cargo bench --bench core` (release build). Reference point: openraft's in-process,
 //! no-IO benchmark reports 33k entries/s with 1 client and 1.8M entries/s with 256.
+//! `CORE_BENCH_MODES=1,256` picks modes and `CORE_BENCH_ROUND_MILLIS=300` shortens rounds (for
+//! a profiler). Rates are given per wall-clock second and per CPU second of the bench thread:
+//! on a machine shared with other jobs the first swings with their load, the second barely.
+//!
+//! Measured at the `props: complete` commit on the 2-core build machine under load (medians of
+//! 7 rounds, wall / CPU): codec 1.20M / 2.68M, 1 proposer 305k / 642k (8 messages per entry),
+//! 256 proposers 2.19M / 4.65M entries/s (256-entry appends, 0.03 messages per entry).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
