@@ -94,8 +94,17 @@ mod cli {
     pub fn main() -> i32 {
         let args = Args::parse();
         match args.command {
-            Command::Sweep { seeds, start, jobs, plant, expect_failure, fail_fast, no_regressions } => {
-                let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            Command::Sweep {
+                seeds,
+                start,
+                jobs,
+                plant,
+                expect_failure,
+                fail_fast,
+                no_regressions,
+            } => {
+                let jobs = jobs
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
                 let mut status = 0;
                 if !no_regressions && plant == Plant::None && !expect_failure {
                     status = replay_regressions(jobs);
@@ -112,7 +121,11 @@ mod cli {
                 println!(
                     "sweep: seeds {start}..{} plant {plant}, {jobs} jobs{}",
                     start.saturating_add(seeds),
-                    if expect_failure { ", expecting a failure" } else { "" }
+                    if expect_failure {
+                        ", expecting a failure"
+                    } else {
+                        ""
+                    }
                 );
                 let summary = sweep::sweep(&options);
                 print_summary(&summary);
@@ -128,14 +141,21 @@ mod cli {
                             status
                         }
                         None => {
-                            println!("EXPECTED A FAILURE with plant {plant}, but all {} seeds passed", summary.seeds_run);
+                            println!(
+                                "EXPECTED A FAILURE with plant {plant}, but all {} seeds passed",
+                                summary.seeds_run
+                            );
                             1
                         }
                     }
                 } else if summary.failed.is_empty() {
                     status
                 } else {
-                    let seeds: Vec<String> = summary.failed.iter().map(|r| r.scenario.seed.to_string()).collect();
+                    let seeds: Vec<String> = summary
+                        .failed
+                        .iter()
+                        .map(|r| r.scenario.seed.to_string())
+                        .collect();
                     println!("FAILED seeds: {}", seeds.join(" "));
                     1
                 }
@@ -145,7 +165,11 @@ mod cli {
                 let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
                 replay_regressions(jobs)
             }
-            Command::Determinism { seeds, start, plant } => determinism(start, seeds, plant),
+            Command::Determinism {
+                seeds,
+                start,
+                plant,
+            } => determinism(start, seeds, plant),
             Command::Params { seed, plant } => {
                 print!("{}", Scenario::derive(seed, plant));
                 0
@@ -160,7 +184,11 @@ mod cli {
             summary.seeds_run,
             summary.failed.len(),
             summary.inconclusive.len(),
-            if summary.inconclusive.is_empty() { String::new() } else { format!(" {:?}", summary.inconclusive) }
+            if summary.inconclusive.is_empty() {
+                String::new()
+            } else {
+                format!(" {:?}", summary.inconclusive)
+            }
         );
         println!(
             "speed: {:.2} seeds/s over {:.1} s wall; {:.0}x virtual/wall per core; {:.1} virtual s and {:.0} client ops per seed",
@@ -171,14 +199,21 @@ mod cli {
             summary.ops_total as f64 / seeds_run,
         );
         if let (Some(end), Some(max)) = (summary.rss_kb_end, summary.rss_kb_max) {
-            println!("memory: rss {} MB at the end, {} MB at most", end / 1024, max / 1024);
+            println!(
+                "memory: rss {} MB at the end, {} MB at most",
+                end / 1024,
+                max / 1024
+            );
         }
     }
 
     fn replay(seed: u64, plant: Plant) -> i32 {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
         println!("replaying {}", report::replay_command(seed, plant));
         print!("{}", Scenario::derive(seed, plant));
         let result = sweep::run_seed(seed, plant, true);
@@ -207,7 +242,11 @@ mod cli {
                 return 2;
             }
         };
-        println!("regressions: {} pinned seeds from {}", pinned.len(), path.display());
+        println!(
+            "regressions: {} pinned seeds from {}",
+            pinned.len(),
+            path.display()
+        );
         let mut status = 0;
         for plant in [Plant::None, Plant::LyingFsync, Plant::ForgetVote] {
             let group: Vec<&Regression> = pinned.iter().filter(|r| r.plant == plant).collect();
@@ -222,7 +261,10 @@ mod cli {
             };
             let summary = sweep::sweep(&options);
             for regression in group {
-                let failed = summary.failed.iter().any(|r| r.scenario.seed == regression.seed);
+                let failed = summary
+                    .failed
+                    .iter()
+                    .any(|r| r.scenario.seed == regression.seed);
                 let ok = failed == regression.expects_failure();
                 println!(
                     "  {} {:>8} --plant {:<12} {}  # {}",

@@ -78,12 +78,18 @@ impl Default for Shared {
 impl Shared {
     /// A fresh recorder; `echo` prints trace lines as they come.
     pub fn new(echo: bool) -> Shared {
-        Shared(Arc::new(Mutex::new(Recorder { trace_hash: FNV_OFFSET, echo, ..Recorder::default() })))
+        Shared(Arc::new(Mutex::new(Recorder {
+            trace_hash: FNV_OFFSET,
+            echo,
+            ..Recorder::default()
+        })))
     }
 
     /// The recorder (even if a panicking thread poisoned the lock: the record is still useful).
     pub fn lock(&self) -> MutexGuard<'_, Recorder> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds `line` (already stamped with its virtual time) to the trace.
@@ -107,7 +113,11 @@ impl Shared {
 
     /// Records a broken property.
     pub fn fail(&self, property: impl Into<String>, detail: impl Into<String>, ops: Vec<usize>) {
-        let failure = Failure { property: property.into(), detail: detail.into(), ops };
+        let failure = Failure {
+            property: property.into(),
+            detail: detail.into(),
+            ops,
+        };
         self.trace(format!("FAILURE {}: {}", failure.property, failure.detail));
         self.lock().failures.push(failure);
     }
@@ -130,7 +140,10 @@ impl Shared {
     pub fn end_op(&self, slot: u64, answer: Option<(u64, KvOutput)>) {
         let op = {
             let mut rec = self.lock();
-            let mut op = rec.pending.remove(&slot).unwrap_or_else(|| panic!("no operation in flight in slot {slot}"));
+            let mut op = rec
+                .pending
+                .remove(&slot)
+                .unwrap_or_else(|| panic!("no operation in flight in slot {slot}"));
             match answer {
                 Some((ret, output)) => {
                     op.ret = Some(ret);

@@ -48,7 +48,11 @@ pub fn parse(text: &str) -> Result<Vec<Regression>, String> {
         let bad = |why: &str| format!("regressions line {}: {why}: {line:?}", number + 1);
         let regression = match words.as_slice() {
             [] => continue,
-            [seed] => Regression { seed: seed.parse().map_err(|_| bad("not a seed"))?, plant: Plant::None, note },
+            [seed] => Regression {
+                seed: seed.parse().map_err(|_| bad("not a seed"))?,
+                plant: Plant::None,
+                note,
+            },
             [seed, "--plant", plant] => Regression {
                 seed: seed.parse().map_err(|_| bad("not a seed"))?,
                 plant: plant.parse().map_err(|e: String| bad(&e))?,
@@ -76,12 +80,21 @@ mod tests {
 
     #[test]
     fn lines_parse_with_plants_and_notes_and_blank_lines_are_skipped() {
-        let parsed = parse("# header\n\n12  # lost write\n99 --plant forget-vote # keep caught\n").unwrap();
+        let parsed =
+            parse("# header\n\n12  # lost write\n99 --plant forget-vote # keep caught\n").unwrap();
         assert_eq!(
             parsed,
             vec![
-                Regression { seed: 12, plant: Plant::None, note: "lost write".into() },
-                Regression { seed: 99, plant: Plant::ForgetVote, note: "keep caught".into() },
+                Regression {
+                    seed: 12,
+                    plant: Plant::None,
+                    note: "lost write".into()
+                },
+                Regression {
+                    seed: 99,
+                    plant: Plant::ForgetVote,
+                    note: "keep caught".into()
+                },
             ]
         );
         assert!(parsed[1].expects_failure() && !parsed[0].expects_failure());

@@ -56,15 +56,28 @@ pub fn replay_command(seed: u64, plant: Plant) -> String {
 
 /// Where failure timelines go: `<workspace>/target/sim-failures`.
 pub fn failures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("sim-failures")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+        .join("sim-failures")
 }
 
 /// Writes the failed seed's history as an HTML timeline; returns its path.
 pub fn write_timeline(result: &SeedResult, dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let highlight: Vec<usize> = result.failures.iter().flat_map(|f| f.ops.iter().copied()).collect();
-    let property = result.failures.first().map_or("no failure", |f| f.property.as_str());
-    let title = format!("raft-kv sim seed {} ({}): {property}", result.scenario.seed, result.scenario.plant);
+    let highlight: Vec<usize> = result
+        .failures
+        .iter()
+        .flat_map(|f| f.ops.iter().copied())
+        .collect();
+    let property = result
+        .failures
+        .first()
+        .map_or("no failure", |f| f.property.as_str());
+    let title = format!(
+        "raft-kv sim seed {} ({}): {property}",
+        result.scenario.seed, result.scenario.plant
+    );
     let html = crate::timeline::render_html(&result.history, &highlight, &title);
     let path = dir.join(format!("seed-{}.html", result.scenario.seed));
     std::fs::write(&path, html)?;
@@ -76,7 +89,12 @@ pub fn history_excerpt(history: &[Operation], failure: &Failure) -> String {
     let mut out = String::new();
     if failure.ops.is_empty() {
         let start = history.len().saturating_sub(HISTORY_LINES_MAX);
-        let _ = writeln!(out, "  (no operation singled out; the last {} of {})", history.len() - start, history.len());
+        let _ = writeln!(
+            out,
+            "  (no operation singled out; the last {} of {})",
+            history.len() - start,
+            history.len()
+        );
         for (index, op) in history.iter().enumerate().skip(start) {
             let _ = writeln!(out, "  #{index:<5} {op}");
         }
@@ -87,7 +105,11 @@ pub fn history_excerpt(history: &[Operation], failure: &Failure) -> String {
                     let _ = writeln!(out, "  #{index:<5} {op}");
                 }
                 None => {
-                    let _ = writeln!(out, "  #{index:<5} (index beyond the history of {})", history.len());
+                    let _ = writeln!(
+                        out,
+                        "  #{index:<5} (index beyond the history of {})",
+                        history.len()
+                    );
                 }
             }
         }
@@ -115,14 +137,22 @@ pub fn render(result: &SeedResult, timeline: Option<&Path>) -> String {
         out.push_str(&history_excerpt(&result.history, failure));
     }
     if !result.passed() {
-        let _ = writeln!(out, "event stream (last {} lines):", result.trace_tail.len());
+        let _ = writeln!(
+            out,
+            "event stream (last {} lines):",
+            result.trace_tail.len()
+        );
         for line in &result.trace_tail {
             let _ = writeln!(out, "  {line}");
         }
         if let Some(path) = timeline {
             let _ = writeln!(out, "timeline: {}", path.display());
         }
-        let _ = writeln!(out, "replay: {}", replay_command(seed, result.scenario.plant));
+        let _ = writeln!(
+            out,
+            "replay: {}",
+            replay_command(seed, result.scenario.plant)
+        );
     }
     out
 }
@@ -136,7 +166,9 @@ mod tests {
         Operation {
             client,
             key: "k0".into(),
-            input: KvInput::Put { value: b"v".to_vec() },
+            input: KvInput::Put {
+                value: b"v".to_vec(),
+            },
             call,
             ret: Some(ret),
             output: Some(KvOutput::Put { mod_index: 3 }),
@@ -145,7 +177,11 @@ mod tests {
 
     #[test]
     fn a_failure_report_names_the_seed_the_property_the_ops_and_the_replay_command() {
-        let failure = Failure { property: "linearizability (key \"k0\")".into(), detail: "stale read".into(), ops: vec![1] };
+        let failure = Failure {
+            property: "linearizability (key \"k0\")".into(),
+            detail: "stale read".into(),
+            ops: vec![1],
+        };
         let result = SeedResult {
             scenario: Scenario::derive(77, Plant::LyingFsync),
             failures: vec![failure],
@@ -163,8 +199,14 @@ mod tests {
         assert!(text.contains("=== seed 77 FAILED ==="), "{text}");
         assert!(text.contains("broken: linearizability"), "{text}");
         assert!(text.contains("#1     client 1"), "{text}");
-        assert!(!text.contains("#0     client 0"), "only the highlighted op: {text}");
-        assert!(text.contains("cargo sim replay 77 --plant lying-fsync"), "{text}");
+        assert!(
+            !text.contains("#0     client 0"),
+            "only the highlighted op: {text}"
+        );
+        assert!(
+            text.contains("cargo sim replay 77 --plant lying-fsync"),
+            "{text}"
+        );
         assert!(text.contains("fault 0: crash n1"), "{text}");
         assert!(text.contains("seed-77.html"), "{text}");
     }
@@ -172,6 +214,9 @@ mod tests {
     #[test]
     fn replay_commands_name_the_plant_only_when_there_is_one() {
         assert_eq!(replay_command(5, Plant::None), "cargo sim replay 5");
-        assert_eq!(replay_command(5, Plant::ForgetVote), "cargo sim replay 5 --plant forget-vote");
+        assert_eq!(
+            replay_command(5, Plant::ForgetVote),
+            "cargo sim replay 5 --plant forget-vote"
+        );
     }
 }

@@ -22,7 +22,8 @@ use tokio::sync::mpsc;
 use crate::linearizability::{self, Budget, CheckResult, KvInput, Operation};
 use crate::recorder::Shared;
 use crate::scenario::{
-    Fault, Plant, Scenario, CLIENTS_DRAIN_MS_MAX, CLIENTS_STOP_MS, CONVERGE_MS_MAX, FAULTS_END_MS, LEADER_AFTER_HEAL_MS_MAX,
+    Fault, Plant, Scenario, CLIENTS_DRAIN_MS_MAX, CLIENTS_STOP_MS, CONVERGE_MS_MAX, FAULTS_END_MS,
+    LEADER_AFTER_HEAL_MS_MAX,
 };
 use crate::workload::{self, virtual_nanos, ClientContext, Ending};
 
@@ -32,6 +33,8 @@ const PORT: u16 = 7000;
 const INSPECT_EVERY_MS: u64 = 500;
 /// Virtual time after which a run is declared hung (madsim panics).
 pub const TIME_LIMIT_MS: u64 = 200_000;
+/// Spacing of the ids the invariant checker knows the boots of one node by.
+const BOOT_ID_STRIDE: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Model steps the linearizability check may take.
 const CHECK_STEPS_MAX: u64 = 20_000_000;
 
@@ -62,6 +65,12 @@ struct NodeSlot {
     name: String,
     raft_id: u64,
     sim_id: SimNodeId,
+    /// Boots so far (0 for the first). The invariant checker sees each boot as its own node:
+    /// inspections show in-memory state, and a term or log suffix that was never synced may
+    /// legitimately be gone after a crash (a node that bumped its term and crashed before the
+    /// fsync). Safety across boots is still checked: two leaders of one term, log matching,
+    /// leader completeness and state machine safety do not care which boot they see.
+    boot: u64,
     /// The running node's handle (set by `on_started`, cleared on kill).
     handle: Arc<Mutex<Option<NodeHandle>>>,
     crashed: bool,
@@ -86,7 +95,9 @@ struct World {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl World {
@@ -99,7 +110,10 @@ impl World {
     }
 
     fn name_of_raft_id(&self, raft_id: u64) -> String {
-        self.nodes.iter().find(|n| n.raft_id == raft_id).map_or_else(|| format!("#{raft_id}"), |n| n.name.clone())
+        self.nodes
+            .iter()
+            .find(|n| n.raft_id == raft_id)
+            .map_or_else(|| format!("#{raft_id}"), |n| n.name.clone())
     }
 
     fn trace(&self, what: String) {
@@ -108,7 +122,8 @@ impl World {
 
     /// Brings the network to the union of the active faults.
     fn apply_network(&mut self) {
-        let desired: BTreeSet<(usize, usize)> = self.active_cuts.values().flatten().copied().collect();
+        let desired: BTreeSet<(usize, usize)> =
+            self.active_cuts.values().flatten().copied().collect();
         let net = NetSim::current();
         for &(src, dst) in desired.difference(&self.clogged) {
             net.clog_link(self.sim_id(src), self.sim_id(dst));
@@ -117,12 +132,21 @@ impl World {
             net.unclog_link(self.sim_id(src), self.sim_id(dst));
         }
         self.clogged = desired;
-        let loss = self.active_loss.values().copied().fold(self.scenario.packet_loss_rate, f64::max);
-        let latency_ms_max = self.active_delay.values().copied().fold(self.scenario.latency_ms.1, u64::max);
+        let loss = self
+            .active_loss
+            .values()
+            .copied()
+            .fold(self.scenario.packet_loss_rate, f64::max);
+        let latency_ms_max = self
+            .active_delay
+            .values()
+            .copied()
+            .fold(self.scenario.latency_ms.1, u64::max);
         let latency_ms_min = self.scenario.latency_ms.0;
         net.update_config(|config| {
             config.packet_loss_rate = loss;
-            config.send_latency = Duration::from_millis(latency_ms_min)..Duration::from_millis(latency_ms_max.max(latency_ms_min + 1));
+            config.send_latency = Duration::from_millis(latency_ms_min)
+                ..Duration::from_millis(latency_ms_max.max(latency_ms_min + 1));
         });
     }
 
@@ -147,7 +171,32 @@ impl World {
     fn restart(&mut self, index: usize) {
         Handle::current().restart(self.nodes[index].sim_id);
         self.nodes[index].crashed = false;
-        lock(&self.checker).node_restarted(self.nodes[index].raft_id);
+        self.nodes[index].boot += 1;
+    }
+
+    /// The id the invariant checker knows node `index`'s current boot by.
+    fn checker_id(&self, index: usize) -> u64 {
+        let node = &self.nodes[index];
+        node.raft_id
+            .wrapping_add(node.boot.wrapping_mul(BOOT_ID_STRIDE))
+    }
+
+    /// `text` with every checker id replaced by the node's name (and boot).
+    fn with_names(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for (index, node) in self.nodes.iter().enumerate() {
+            for boot in (0..=node.boot).rev() {
+                let id = node.raft_id.wrapping_add(boot.wrapping_mul(BOOT_ID_STRIDE));
+                let name = if boot == 0 {
+                    node.name.clone()
+                } else {
+                    format!("{}(boot {boot})", node.name)
+                };
+                text = text.replace(&id.to_string(), &name);
+            }
+            let _ = index;
+        }
+        text
     }
 
     /// The leader the running nodes report, if one node leads in the highest term.
@@ -172,16 +221,24 @@ impl World {
         let label = |i: usize| self.scenario.label(i);
         match &episode.fault {
             Fault::Cut { shape, links } => {
-                self.trace(format!("fault {number}: cut {shape} ({} links)", links.len()));
+                self.trace(format!(
+                    "fault {number}: cut {shape} ({} links)",
+                    links.len()
+                ));
                 self.active_cuts.insert(number, links.clone());
             }
             Fault::IsolateLeader => match self.current_leader() {
                 Some(leader) => {
                     self.trace(format!("fault {number}: isolate leader {}", label(leader)));
-                    let links = (0..=self.scenario.nodes_count).filter(|&n| n != leader).flat_map(|n| [(leader, n), (n, leader)]).collect();
+                    let links = (0..=self.scenario.nodes_count)
+                        .filter(|&n| n != leader)
+                        .flat_map(|n| [(leader, n), (n, leader)])
+                        .collect();
                     self.active_cuts.insert(number, links);
                 }
-                None => self.trace(format!("fault {number}: isolate leader: no leader now, nothing cut")),
+                None => self.trace(format!(
+                    "fault {number}: isolate leader: no leader now, nothing cut"
+                )),
             },
             Fault::Crash { node } => {
                 self.trace(format!("fault {number}: crash {}", label(*node)));
@@ -200,13 +257,27 @@ impl World {
                 self.trace(format!("fault {number}: delay spike {latency_ms_max} ms"));
                 self.active_delay.insert(number, *latency_ms_max);
             }
-            Fault::ClockJump { node, offset_ms, drift_ppm } => {
-                self.trace(format!("fault {number}: clock of {} to {offset_ms:+} ms {drift_ppm:+} ppm", label(*node)));
-                sim_control::set_clock_skew(self.nodes[*node].sim_id, offset_ms * 1_000_000, *drift_ppm);
+            Fault::ClockJump {
+                node,
+                offset_ms,
+                drift_ppm,
+            } => {
+                self.trace(format!(
+                    "fault {number}: clock of {} to {offset_ms:+} ms {drift_ppm:+} ppm",
+                    label(*node)
+                ));
+                sim_control::set_clock_skew(
+                    self.nodes[*node].sim_id,
+                    offset_ms * 1_000_000,
+                    *drift_ppm,
+                );
             }
             Fault::DiskFull { node } => {
                 self.trace(format!("fault {number}: disk full on {}", label(*node)));
-                sim_control::set_disk_faults(self.nodes[*node].sim_id, self.disk_faults(*node, true));
+                sim_control::set_disk_faults(
+                    self.nodes[*node].sim_id,
+                    self.disk_faults(*node, true),
+                );
                 self.nodes[*node].disk_full = true;
             }
         }
@@ -220,12 +291,18 @@ impl World {
                 self.active_cuts.remove(&number);
             }
             Fault::Crash { node } => {
-                self.trace(format!("heal {number}: restart {}", self.scenario.label(*node)));
+                self.trace(format!(
+                    "heal {number}: restart {}",
+                    self.scenario.label(*node)
+                ));
                 self.restart(*node);
             }
             Fault::Pause { node } => {
                 if self.nodes[*node].paused {
-                    self.trace(format!("heal {number}: resume {}", self.scenario.label(*node)));
+                    self.trace(format!(
+                        "heal {number}: resume {}",
+                        self.scenario.label(*node)
+                    ));
                     Handle::current().resume(self.nodes[*node].sim_id);
                     self.nodes[*node].paused = false;
                 }
@@ -238,8 +315,14 @@ impl World {
             }
             Fault::ClockJump { .. } => {}
             Fault::DiskFull { node } => {
-                self.trace(format!("heal {number}: disk fixed, restart {}", self.scenario.label(*node)));
-                sim_control::set_disk_faults(self.nodes[*node].sim_id, self.disk_faults(*node, false));
+                self.trace(format!(
+                    "heal {number}: disk fixed, restart {}",
+                    self.scenario.label(*node)
+                ));
+                sim_control::set_disk_faults(
+                    self.nodes[*node].sim_id,
+                    self.disk_faults(*node, false),
+                );
                 self.nodes[*node].disk_full = false;
                 self.kill(*node);
                 self.restart(*node);
@@ -248,7 +331,10 @@ impl World {
         if !matches!(episode.fault, Fault::Cut { .. } | Fault::IsolateLeader) {
             return;
         }
-        self.trace(format!("heal {number}: {} links stay cut", self.active_cuts.values().flatten().count()));
+        self.trace(format!(
+            "heal {number}: {} links stay cut",
+            self.active_cuts.values().flatten().count()
+        ));
         self.apply_network();
     }
 
@@ -259,16 +345,31 @@ impl World {
             if node.crashed || node.paused {
                 continue;
             }
-            let Some(handle) = lock(&node.handle).clone() else { continue };
-            if let Ok(Ok(inspection)) = env::timeout(Duration::from_millis(300), handle.inspect(true)).await {
+            let Some(handle) = lock(&node.handle).clone() else {
+                continue;
+            };
+            if let Ok(Ok(inspection)) =
+                env::timeout(Duration::from_millis(300), handle.inspect(true)).await
+            {
                 inspections.push((index, inspection));
             }
         }
-        let views: Vec<_> = inspections.iter().map(|(_, i)| i.view.clone()).collect();
+        let views: Vec<_> = inspections
+            .iter()
+            .map(|(index, inspection)| {
+                let mut view = inspection.view.clone();
+                view.id = self.checker_id(*index);
+                view
+            })
+            .collect();
         if !views.is_empty() {
             let verdict = lock(&self.checker).observe(&views);
             if let Err(violation) = verdict {
-                self.shared.fail("raft invariant (periodic inspection)", violation.to_string(), Vec::new());
+                self.shared.fail(
+                    "raft invariant (periodic inspection)",
+                    self.with_names(&violation.to_string()),
+                    Vec::new(),
+                );
             }
         }
         inspections
@@ -288,13 +389,26 @@ async fn monitor(
     while let Some(event) = events.recv().await {
         let at = virtual_ms();
         match event {
-            NodeEvent::Role { node, term, role, leader } => {
-                shared.trace(format!("{at:>6} ms  {} is {role:?} in term {term} (leader {:?})", name(node), leader.map(name)));
+            NodeEvent::Role {
+                node,
+                term,
+                role,
+                leader,
+            } => {
+                shared.trace(format!(
+                    "{at:>6} ms  {} is {role:?} in term {term} (leader {:?})",
+                    name(node),
+                    leader.map(name)
+                ));
                 if role == Role::Leader {
                     match leaders.get(&term) {
                         Some(&other) if other != node => shared.fail(
                             "election safety (Raft §5.2)",
-                            format!("{} and {} both became leader in term {term}", name(other), name(node)),
+                            format!(
+                                "{} and {} both became leader in term {term}",
+                                name(other),
+                                name(node)
+                            ),
                             Vec::new(),
                         ),
                         _ => {
@@ -303,23 +417,49 @@ async fn monitor(
                     }
                 }
             }
-            NodeEvent::Applied { node, index, term, digest } => {
-                shared.trace(format!("{at:>6} ms  {} applied {index} (term {term}, digest {digest:016x})", name(node)));
+            NodeEvent::Applied {
+                node,
+                index,
+                term,
+                digest,
+            } => {
+                shared.trace(format!(
+                    "{at:>6} ms  {} applied {index} (term {term}, digest {digest:016x})",
+                    name(node)
+                ));
                 if let Err(violation) = lock(&checker).observe_applied(node, index, term, digest) {
-                    shared.fail("state machine safety (Raft §5.4.3)", violation.to_string(), Vec::new());
+                    let detail = names
+                        .iter()
+                        .fold(violation.to_string(), |text, (id, name)| {
+                            text.replace(&id.to_string(), name)
+                        });
+                    shared.fail("state machine safety (Raft §5.4.3)", detail, Vec::new());
                 }
             }
             NodeEvent::Restored { node, index } => {
-                shared.trace(format!("{at:>6} ms  {} restored a snapshot at {index}", name(node)));
+                shared.trace(format!(
+                    "{at:>6} ms  {} restored a snapshot at {index}",
+                    name(node)
+                ));
             }
         }
     }
 }
 
-fn node_config(scenario: &Scenario, index: usize, addrs: &[String], observer: mpsc::UnboundedSender<NodeEvent>) -> NodeConfig {
+fn node_config(
+    scenario: &Scenario,
+    index: usize,
+    addrs: &[String],
+    observer: mpsc::UnboundedSender<NodeEvent>,
+) -> NodeConfig {
     let name = Scenario::node_name(index);
     let mut config = NodeConfig::new(name.clone(), addrs[index].clone());
-    config.peers = addrs.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, a)| a.clone()).collect();
+    config.peers = addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .map(|(_, a)| a.clone())
+        .collect();
     config.data_dir = std::path::PathBuf::from("/data").join(&name);
     config.tick_interval = Duration::from_millis(scenario.tick_ms);
     config.election_ticks = scenario.election_ticks;
@@ -351,7 +491,9 @@ pub fn run_scenario(scenario: &Scenario, shared: &Shared) {
 
 async fn supervise(scenario: Scenario, shared: Shared) {
     let handle = Handle::current();
-    let addrs: Vec<String> = (0..scenario.nodes_count).map(|i| format!("10.0.0.{}:{PORT}", i + 1)).collect();
+    let addrs: Vec<String> = (0..scenario.nodes_count)
+        .map(|i| format!("10.0.0.{}:{PORT}", i + 1))
+        .collect();
     let (observer, events) = mpsc::unbounded_channel();
     let checker = Arc::new(Mutex::new(InvariantChecker::new()));
     let mut nodes = Vec::new();
@@ -372,7 +514,9 @@ async fn supervise(scenario: Scenario, shared: Shared) {
                 async move {
                     let name = config.name.clone();
                     let on_started = |started: &NodeHandle| *lock(&slot) = Some(started.clone());
-                    if let Err(error) = raft_kv::server::run(config, std::future::pending(), on_started).await {
+                    if let Err(error) =
+                        raft_kv::server::run(config, std::future::pending(), on_started).await
+                    {
                         shared.trace(format!("{:>6} ms  {name} stopped: {error}", virtual_ms()));
                         *lock(&slot) = None;
                     }
@@ -383,6 +527,7 @@ async fn supervise(scenario: Scenario, shared: Shared) {
             raft_id: node_id_of(&name),
             name,
             sim_id: node.id(),
+            boot: 0,
             handle: slot,
             crashed: false,
             paused: false,
@@ -390,7 +535,11 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         });
     }
     drop(observer);
-    let client_node = handle.create_node().name("client").ip(ip("10.0.1.1")).build();
+    let client_node = handle
+        .create_node()
+        .name("client")
+        .ip(ip("10.0.1.1"))
+        .build();
     let mut world = World {
         scenario: scenario.clone(),
         shared: shared.clone(),
@@ -404,13 +553,24 @@ async fn supervise(scenario: Scenario, shared: Shared) {
     };
     for index in 0..scenario.nodes_count {
         let skew = scenario.clock_skews[index];
-        sim_control::set_clock_skew(world.nodes[index].sim_id, skew.offset_ms * 1_000_000, skew.drift_ppm);
+        sim_control::set_clock_skew(
+            world.nodes[index].sim_id,
+            skew.offset_ms * 1_000_000,
+            skew.drift_ppm,
+        );
         sim_control::set_disk_faults(world.nodes[index].sim_id, world.disk_faults(index, false));
     }
     world.apply_network();
-    world.trace(format!("start: {} nodes, {} clients", scenario.nodes_count, scenario.clients_count));
+    world.trace(format!(
+        "start: {} nodes, {} clients",
+        scenario.nodes_count, scenario.clients_count
+    ));
 
-    let names: BTreeMap<u64, String> = world.nodes.iter().map(|n| (n.raft_id, n.name.clone())).collect();
+    let names: BTreeMap<u64, String> = world
+        .nodes
+        .iter()
+        .map(|n| (n.raft_id, n.name.clone()))
+        .collect();
     let monitor_task = env::spawn(monitor(events, checker.clone(), shared.clone(), names));
 
     // The clients.
@@ -510,7 +670,11 @@ async fn heal_and_check_liveness(
     let leader_deadline_ms = heal_ms + LEADER_AFTER_HEAL_MS_MAX;
     loop {
         if let Some(leader) = agreed_leader(world) {
-            world.trace(format!("liveness: {} leads, {} ms after the heal", world.nodes[leader].name, virtual_ms() - heal_ms));
+            world.trace(format!(
+                "liveness: {} leads, {} ms after the heal",
+                world.nodes[leader].name,
+                virtual_ms() - heal_ms
+            ));
             break;
         }
         if virtual_ms() >= leader_deadline_ms {
@@ -540,11 +704,21 @@ async fn heal_and_check_liveness(
             let _ = client.await;
         }
     };
-    if env::timeout(Duration::from_millis(CLIENTS_DRAIN_MS_MAX), all_done).await.is_err() {
-        let pending: Vec<String> = shared.pending_ops().iter().map(ToString::to_string).collect();
+    if env::timeout(Duration::from_millis(CLIENTS_DRAIN_MS_MAX), all_done)
+        .await
+        .is_err()
+    {
+        let pending: Vec<String> = shared
+            .pending_ops()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         shared.fail(
             "liveness: client operations finish",
-            format!("operations still pending at {drain_deadline_ms} ms: {}", pending.join("; ")),
+            format!(
+                "operations still pending at {drain_deadline_ms} ms: {}",
+                pending.join("; ")
+            ),
             Vec::new(),
         );
         return;
@@ -557,11 +731,23 @@ async fn heal_and_check_liveness(
         if shared.failed() {
             return;
         }
-        let applied: BTreeSet<u64> = inspections.iter().map(|(_, i)| i.kv_applied_index).collect();
+        let applied: BTreeSet<u64> = inspections
+            .iter()
+            .map(|(_, i)| i.kv_applied_index)
+            .collect();
         let hashes: BTreeSet<u64> = inspections.iter().map(|(_, i)| i.state_hash).collect();
-        let caught_up = inspections.iter().all(|(_, i)| i.kv_applied_index == i.status.hard_state.commit);
-        if inspections.len() == world.nodes.len() && applied.len() == 1 && hashes.len() == 1 && caught_up {
-            world.trace(format!("liveness: replicas converged at index {:?}", applied.first()));
+        let caught_up = inspections
+            .iter()
+            .all(|(_, i)| i.kv_applied_index == i.status.hard_state.commit);
+        if inspections.len() == world.nodes.len()
+            && applied.len() == 1
+            && hashes.len() == 1
+            && caught_up
+        {
+            world.trace(format!(
+                "liveness: replicas converged at index {:?}",
+                applied.first()
+            ));
             break;
         }
         if virtual_ms() >= converge_deadline_ms {
@@ -570,13 +756,22 @@ async fn heal_and_check_liveness(
                 .map(|(index, i)| {
                     format!(
                         "{}: applied {} commit {} last {} hash {:016x}",
-                        world.nodes[*index].name, i.kv_applied_index, i.status.hard_state.commit, i.status.last_index, i.state_hash
+                        world.nodes[*index].name,
+                        i.kv_applied_index,
+                        i.status.hard_state.commit,
+                        i.status.last_index,
+                        i.state_hash
                     )
                 })
                 .collect();
             shared.fail(
                 "liveness: replicas converge",
-                format!("{} of {} nodes answered; {}", inspections.len(), world.nodes.len(), detail.join("; ")),
+                format!(
+                    "{} of {} nodes answered; {}",
+                    inspections.len(),
+                    world.nodes.len(),
+                    detail.join("; ")
+                ),
                 Vec::new(),
             );
             return;
@@ -588,7 +783,9 @@ async fn heal_and_check_liveness(
     let final_reader = world.scenario.clients_count as u64;
     let keys = ctx.keys.clone();
     let ctx = ctx.clone();
-    let client_node = Handle::current().get_node(world.client_sim_id).expect("the client machine exists");
+    let client_node = Handle::current()
+        .get_node(world.client_sim_id)
+        .expect("the client machine exists");
     let shared_reader = shared.clone();
     let reads = client_node.spawn(async move {
         let http = HttpClient::new();
@@ -605,7 +802,9 @@ async fn heal_and_check_liveness(
                     ret: None,
                     output: None,
                 });
-                match workload::run_operation(&http, &ctx, &mut rng, &key, &KvInput::Get, "", false).await {
+                match workload::run_operation(&http, &ctx, &mut rng, &key, &KvInput::Get, "", false)
+                    .await
+                {
                     Ending::Definite(output) => {
                         shared_reader.end_op(slot, Some((virtual_nanos(), output)));
                         read = true;
@@ -623,8 +822,16 @@ async fn heal_and_check_liveness(
     });
     match reads.await {
         Ok(Ok(())) => world.trace("liveness: final reads done".to_string()),
-        Ok(Err(key)) => shared.fail("liveness: final read", format!("key {key:?} could not be read after the heal"), Vec::new()),
-        Err(error) => shared.fail("liveness: final read", format!("the final reader failed: {error}"), Vec::new()),
+        Ok(Err(key)) => shared.fail(
+            "liveness: final read",
+            format!("key {key:?} could not be read after the heal"),
+            Vec::new(),
+        ),
+        Err(error) => shared.fail(
+            "liveness: final read",
+            format!("the final reader failed: {error}"),
+            Vec::new(),
+        ),
     }
 }
 
@@ -653,7 +860,8 @@ fn statuses(world: &World) -> String {
                     node.name,
                     s.role,
                     s.term,
-                    s.leader.map_or_else(|| "none".to_string(), |l| world.name_of_raft_id(l)),
+                    s.leader
+                        .map_or_else(|| "none".to_string(), |l| world.name_of_raft_id(l)),
                     s.commit_index,
                     s.applied_index
                 )
@@ -668,14 +876,22 @@ fn statuses(world: &World) -> String {
 fn check_history(shared: &Shared) {
     let history = shared.lock().history.clone();
     match linearizability::check(&history, Budget::steps(CHECK_STEPS_MAX)) {
-        CheckResult::Ok => shared.trace(format!("linearizability: {} operations linearizable", history.len())),
+        CheckResult::Ok => shared.trace(format!(
+            "linearizability: {} operations linearizable",
+            history.len()
+        )),
         CheckResult::Unknown => {
-            shared.trace(format!("linearizability: budget ran out on {} operations", history.len()));
+            shared.trace(format!(
+                "linearizability: budget ran out on {} operations",
+                history.len()
+            ));
             shared.lock().inconclusive = true;
         }
-        CheckResult::Violation(violation) => {
-            shared.fail(format!("linearizability (key {:?})", violation.key), violation.explanation, violation.ops)
-        }
+        CheckResult::Violation(violation) => shared.fail(
+            format!("linearizability (key {:?})", violation.key),
+            violation.explanation,
+            violation.ops,
+        ),
     }
 }
 

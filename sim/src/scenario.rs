@@ -28,6 +28,10 @@ pub const CLIENTS_DRAIN_MS_MAX: u64 = 4 * (CLIENT_TIMEOUT_MS_MAX + CLIENT_BACKOF
 pub const CONVERGE_MS_MAX: u64 = 10_000;
 /// The longest client call (request timeout plus forwarding slack).
 pub const CLIENT_TIMEOUT_MS_MAX: u64 = 4_000;
+/// The shortest election timeout any seed draws, in milliseconds.
+pub const ELECTION_MS_MIN: u64 = 150;
+/// The shortest election timeout is at least this many worst-case one-way latencies.
+pub const ELECTION_LATENCIES_MIN: u64 = 10;
 /// The longest pause between two attempts of one client operation.
 pub const CLIENT_BACKOFF_MS_MAX: u64 = 400;
 
@@ -62,7 +66,9 @@ impl FromStr for Plant {
             "none" => Ok(Plant::None),
             "lying-fsync" => Ok(Plant::LyingFsync),
             "forget-vote" => Ok(Plant::ForgetVote),
-            other => Err(format!("unknown plant {other:?} (none, lying-fsync, forget-vote)")),
+            other => Err(format!(
+                "unknown plant {other:?} (none, lying-fsync, forget-vote)"
+            )),
         }
     }
 }
@@ -295,26 +301,43 @@ impl Scenario {
         let mut draw = Draw(ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5ce7_a210_0001));
         let nodes_count = if draw.chance(0.5) { 3 } else { 5 };
         let tick_ms = *draw.pick(&[5, 10, 10, 20]);
-        let election_ticks = u32::try_from(draw.range(10, 30)).expect("small");
-        let heartbeat_ticks = u32::try_from(draw.range(1, u64::from(election_ticks / 4))).expect("small");
+        let latency_hi = *draw.pick(&[2, 5, 10, 20, 40]);
+        let latency_ms = (1, latency_hi);
+        // Raft needs broadcast time << election timeout (§5.6): an RPC round trip plus fsyncs
+        // must fit many times into the shortest election timeout.
+        let election_ms_min = (ELECTION_LATENCIES_MIN * latency_hi).max(ELECTION_MS_MIN);
+        let election_ticks_min = election_ms_min.div_ceil(tick_ms);
+        let election_ticks =
+            u32::try_from(draw.range(election_ticks_min, election_ticks_min + 20)).expect("small");
+        let heartbeat_ticks =
+            u32::try_from(draw.range(1, u64::from(election_ticks / 4))).expect("small");
         let request_timeout_ms = draw.range(1_000, 3_000);
         let rpc_timeout_ms = draw.range(300, 1_000);
         let snapshot_entries = *draw.pick(&[25, 100, 400, 20_000]);
         let wal_segment_bytes_max = *draw.pick(&[2_048, 16_384, 1 << 20]);
-        let latency_hi = *draw.pick(&[2, 5, 10, 20, 40]);
-        let latency_ms = (1, latency_hi);
-        let packet_loss_rate = if draw.chance(0.5) { 0.0 } else { draw.range(1, 30) as f64 / 1000.0 };
+        let packet_loss_rate = if draw.chance(0.5) {
+            0.0
+        } else {
+            draw.range(1, 30) as f64 / 1000.0
+        };
         let duplicate_write_probability = if draw.chance(0.5) { 0.0 } else { 0.1 };
         let torn = draw.chance(0.7);
         let torn_write_probability = (0..nodes_count)
-            .map(|_| if torn { draw.range(20, 90) as f64 / 100.0 } else { 0.0 })
+            .map(|_| {
+                if torn {
+                    draw.range(20, 90) as f64 / 100.0
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let disk_latency_us = *draw.pick(&[(0, 0), (0, 200), (50, 2_000)]);
         let big_drift = draw.chance(0.2);
         let clock_skews = (0..nodes_count)
             .map(|_| ClockSkew {
                 offset_ms: draw.signed(500),
-                drift_ppm: i32::try_from(draw.signed(if big_drift { 30_000 } else { 200 })).expect("small"),
+                drift_ppm: i32::try_from(draw.signed(if big_drift { 30_000 } else { 200 }))
+                    .expect("small"),
             })
             .collect();
         let clients_count = usize::try_from(draw.range(2, 5)).expect("small");
@@ -367,13 +390,18 @@ impl Scenario {
             let start_ms = draw.range(500, FAULTS_END_MS - 1_000);
             let duration_ms = draw.range(200, 6_000).min(FAULTS_END_MS - start_ms);
             let mut push = |fault: Fault, start_ms: u64, duration_ms: u64| {
-                episodes.push(Episode { start_ms, duration_ms, fault });
+                episodes.push(Episode {
+                    start_ms,
+                    duration_ms,
+                    fault,
+                });
             };
             match kind {
                 Kind::Majority => {
                     let mut shuffled = nodes.clone();
                     draw.shuffle(&mut shuffled);
-                    let cut = usize::try_from(draw.range(1, (nodes_count as u64 - 1) / 2)).expect("small");
+                    let cut = usize::try_from(draw.range(1, (nodes_count as u64 - 1) / 2))
+                        .expect("small");
                     let mut minority = shuffled[..cut].to_vec();
                     let mut majority = shuffled[cut..].to_vec();
                     match draw.below(3) {
@@ -381,7 +409,14 @@ impl Scenario {
                         1 => majority.push(client),
                         _ => {}
                     }
-                    push(Fault::Cut { shape: "majority", links: links_between(&minority, &majority) }, start_ms, duration_ms);
+                    push(
+                        Fault::Cut {
+                            shape: "majority",
+                            links: links_between(&minority, &majority),
+                        },
+                        start_ms,
+                        duration_ms,
+                    );
                 }
                 Kind::IsolateLeader => push(Fault::IsolateLeader, start_ms, duration_ms),
                 Kind::OneWay => {
@@ -394,7 +429,14 @@ impl Scenario {
                             links.push((src, dst));
                         }
                     }
-                    push(Fault::Cut { shape: "one-way", links }, start_ms, duration_ms);
+                    push(
+                        Fault::Cut {
+                            shape: "one-way",
+                            links,
+                        },
+                        start_ms,
+                        duration_ms,
+                    );
                 }
                 Kind::Bridge => {
                     let mut shuffled = nodes.clone();
@@ -403,12 +445,20 @@ impl Scenario {
                     let half = (nodes_count - 1) / 2;
                     let left = &shuffled[1..1 + half];
                     let right = &shuffled[1 + half..];
-                    push(Fault::Cut { shape: "bridge", links: links_between(left, right) }, start_ms, duration_ms);
+                    push(
+                        Fault::Cut {
+                            shape: "bridge",
+                            links: links_between(left, right),
+                        },
+                        start_ms,
+                        duration_ms,
+                    );
                 }
                 Kind::Ring => {
                     let mut order = nodes.clone();
                     draw.shuffle(&mut order);
-                    let position = |node: usize| order.iter().position(|&n| n == node).expect("in the ring");
+                    let position =
+                        |node: usize| order.iter().position(|&n| n == node).expect("in the ring");
                     let mut links = Vec::new();
                     for &a in &nodes {
                         for &b in &nodes {
@@ -419,7 +469,14 @@ impl Scenario {
                             }
                         }
                     }
-                    push(Fault::Cut { shape: "ring", links }, start_ms, duration_ms);
+                    push(
+                        Fault::Cut {
+                            shape: "ring",
+                            links,
+                        },
+                        start_ms,
+                        duration_ms,
+                    );
                 }
                 Kind::Swizzle => {
                     // Cut nodes one by one, then heal them in another order.
@@ -437,7 +494,10 @@ impl Scenario {
                         let others: Vec<usize> = (0..=nodes_count).filter(|n| n != node).collect();
                         if cut_at < heal_at {
                             push(
-                                Fault::Cut { shape: "swizzle", links: links_between(&[*node], &others) },
+                                Fault::Cut {
+                                    shape: "swizzle",
+                                    links: links_between(&[*node], &others),
+                                },
                                 cut_at,
                                 heal_at - cut_at,
                             );
@@ -458,17 +518,33 @@ impl Scenario {
                         push(fault, start_ms, duration_ms);
                     }
                 }
-                Kind::LossSpike => {
-                    push(Fault::LossSpike { loss_rate: draw.range(10, 50) as f64 / 100.0 }, start_ms, duration_ms)
-                }
-                Kind::DelaySpike => {
-                    push(Fault::DelaySpike { latency_ms_max: *draw.pick(&[50, 200, 1_000]) }, start_ms, duration_ms)
-                }
+                Kind::LossSpike => push(
+                    Fault::LossSpike {
+                        loss_rate: draw.range(10, 50) as f64 / 100.0,
+                    },
+                    start_ms,
+                    duration_ms,
+                ),
+                Kind::DelaySpike => push(
+                    Fault::DelaySpike {
+                        latency_ms_max: *draw.pick(&[50, 200, 1_000]),
+                    },
+                    start_ms,
+                    duration_ms,
+                ),
                 Kind::ClockJump => {
                     let node = *draw.pick(&nodes);
                     let offset_ms = draw.signed(2_000);
                     let drift_ppm = i32::try_from(draw.signed(50_000)).expect("small");
-                    push(Fault::ClockJump { node, offset_ms, drift_ppm }, start_ms, 0);
+                    push(
+                        Fault::ClockJump {
+                            node,
+                            offset_ms,
+                            drift_ppm,
+                        },
+                        start_ms,
+                        0,
+                    );
                 }
             }
         }
@@ -515,44 +591,75 @@ impl fmt::Display for Scenario {
         writeln!(
             f,
             "  timeouts: request {} ms, rpc {} ms; snapshot every {} entries; wal segment {} bytes",
-            self.request_timeout_ms, self.rpc_timeout_ms, self.snapshot_entries, self.wal_segment_bytes_max
+            self.request_timeout_ms,
+            self.rpc_timeout_ms,
+            self.snapshot_entries,
+            self.wal_segment_bytes_max
         )?;
         writeln!(
             f,
             "  network: latency {}..={} ms, loss {:.3}, duplicate writes {:.2}",
-            self.latency_ms.0, self.latency_ms.1, self.packet_loss_rate, self.duplicate_write_probability
+            self.latency_ms.0,
+            self.latency_ms.1,
+            self.packet_loss_rate,
+            self.duplicate_write_probability
         )?;
         writeln!(
             f,
             "  disks: torn-write probability {:?}, latency {}..={} us",
             self.torn_write_probability, self.disk_latency_us.0, self.disk_latency_us.1
         )?;
-        let clocks: Vec<String> =
-            self.clock_skews.iter().map(|c| format!("{:+}ms/{:+}ppm", c.offset_ms, c.drift_ppm)).collect();
+        let clocks: Vec<String> = self
+            .clock_skews
+            .iter()
+            .map(|c| format!("{:+}ms/{:+}ppm", c.offset_ms, c.drift_ppm))
+            .collect();
         writeln!(f, "  clocks: {}", clocks.join(" "))?;
         writeln!(
             f,
             "  workload: {} clients, {} keys, think {}..={} ms",
             self.clients_count, self.keys_count, self.think_ms.0, self.think_ms.1
         )?;
-        writeln!(f, "  faults ({} episodes, healed at {} ms):", self.episodes.len(), FAULTS_END_MS)?;
+        writeln!(
+            f,
+            "  faults ({} episodes, healed at {} ms):",
+            self.episodes.len(),
+            FAULTS_END_MS
+        )?;
         for episode in &self.episodes {
             let what = match &episode.fault {
                 Fault::Cut { shape, links } => {
-                    let links: Vec<String> = links.iter().map(|(a, b)| format!("{}>{}", self.label(*a), self.label(*b))).collect();
+                    let links: Vec<String> = links
+                        .iter()
+                        .map(|(a, b)| format!("{}>{}", self.label(*a), self.label(*b)))
+                        .collect();
                     format!("cut {shape}: {}", links.join(" "))
                 }
                 Fault::IsolateLeader => "isolate the leader".to_string(),
                 Fault::Crash { node } => format!("crash {}", self.label(*node)),
                 Fault::Pause { node } => format!("pause {}", self.label(*node)),
                 Fault::LossSpike { loss_rate } => format!("loss spike {loss_rate:.2}"),
-                Fault::DelaySpike { latency_ms_max } => format!("delay spike up to {latency_ms_max} ms"),
-                Fault::ClockJump { node, offset_ms, drift_ppm } => {
-                    format!("clock of {} to {offset_ms:+} ms, {drift_ppm:+} ppm", self.label(*node))
+                Fault::DelaySpike { latency_ms_max } => {
+                    format!("delay spike up to {latency_ms_max} ms")
+                }
+                Fault::ClockJump {
+                    node,
+                    offset_ms,
+                    drift_ppm,
+                } => {
+                    format!(
+                        "clock of {} to {offset_ms:+} ms, {drift_ppm:+} ppm",
+                        self.label(*node)
+                    )
                 }
                 Fault::DiskFull { node } => format!("disk full on {}", self.label(*node)),
             };
-            writeln!(f, "    {:>6}..{:>6} ms  {what}", episode.start_ms, episode.end_ms())?;
+            writeln!(
+                f,
+                "    {:>6}..{:>6} ms  {what}",
+                episode.start_ms,
+                episode.end_ms()
+            )?;
         }
         Ok(())
     }
@@ -576,25 +683,53 @@ mod tests {
     #[test]
     fn one_seed_derives_one_scenario() {
         for seed in 0..50 {
-            assert_eq!(Scenario::derive(seed, Plant::None), Scenario::derive(seed, Plant::None));
+            assert_eq!(
+                Scenario::derive(seed, Plant::None),
+                Scenario::derive(seed, Plant::None)
+            );
         }
-        assert_ne!(Scenario::derive(1, Plant::None), Scenario::derive(2, Plant::None));
+        assert_ne!(
+            Scenario::derive(1, Plant::None),
+            Scenario::derive(2, Plant::None)
+        );
     }
 
     #[test]
     fn scenarios_stay_within_their_stated_bounds() {
         for seed in 0..500 {
             let s = Scenario::derive(seed, Plant::None);
-            assert!(s.nodes_count == 3 || s.nodes_count == 5, "seed {seed}: {} nodes", s.nodes_count);
-            assert!(s.heartbeat_ticks >= 1 && s.heartbeat_ticks < s.election_ticks, "seed {seed}");
+            assert!(
+                s.nodes_count == 3 || s.nodes_count == 5,
+                "seed {seed}: {} nodes",
+                s.nodes_count
+            );
+            assert!(
+                s.heartbeat_ticks >= 1 && s.heartbeat_ticks < s.election_ticks,
+                "seed {seed}"
+            );
+            let election_ms = u64::from(s.election_ticks) * s.tick_ms;
+            assert!(
+                election_ms >= ELECTION_MS_MIN
+                    && election_ms >= ELECTION_LATENCIES_MIN * s.latency_ms.1,
+                "seed {seed}"
+            );
             assert_eq!(s.clock_skews.len(), s.nodes_count);
             assert_eq!(s.torn_write_probability.len(), s.nodes_count);
-            assert!(s.overlapping_process_faults().is_empty(), "seed {seed}: overlapping process faults");
+            assert!(
+                s.overlapping_process_faults().is_empty(),
+                "seed {seed}: overlapping process faults"
+            );
             for episode in &s.episodes {
-                assert!(episode.end_ms() <= FAULTS_END_MS, "seed {seed}: {episode:?}");
+                assert!(
+                    episode.end_ms() <= FAULTS_END_MS,
+                    "seed {seed}: {episode:?}"
+                );
                 if let Fault::Cut { links, .. } = &episode.fault {
                     for &(a, b) in links {
-                        assert!(a != b && a <= s.nodes_count && b <= s.nodes_count, "seed {seed}: link {a}>{b}");
+                        assert!(
+                            a != b && a <= s.nodes_count && b <= s.nodes_count,
+                            "seed {seed}: link {a}>{b}"
+                        );
                     }
                 }
             }
@@ -624,10 +759,23 @@ mod tests {
         }
         assert_eq!(sizes.len(), 2);
         for kind in [
-            "majority", "one-way", "bridge", "ring", "swizzle", "isolate-leader", "crash", "pause", "loss", "delay",
-            "clock", "disk-full",
+            "majority",
+            "one-way",
+            "bridge",
+            "ring",
+            "swizzle",
+            "isolate-leader",
+            "crash",
+            "pause",
+            "loss",
+            "delay",
+            "clock",
+            "disk-full",
         ] {
-            assert!(seen.contains(kind), "no seed among 200 draws a {kind} fault: {seen:?}");
+            assert!(
+                seen.contains(kind),
+                "no seed among 200 draws a {kind} fault: {seen:?}"
+            );
         }
     }
 

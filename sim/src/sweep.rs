@@ -5,7 +5,6 @@
 //! world, and nothing from it flows into a seed.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Once};
@@ -21,7 +20,7 @@ use crate::scenario::{Plant, Scenario};
 const SEED_STACK_BYTES: usize = 64 << 20;
 
 /// The first panic message of each thread, captured by our panic hook.
-static PANICS: Mutex<BTreeMap<ThreadId, String>> = Mutex::new(BTreeMap::new());
+static PANICS: Mutex<Vec<(ThreadId, String)>> = Mutex::new(Vec::new());
 static HOOK: Once = Once::new();
 /// Whether the hook also prints panics (replay).
 static PRINT_PANICS: AtomicBool = AtomicBool::new(false);
@@ -29,18 +28,26 @@ static PRINT_PANICS: AtomicBool = AtomicBool::new(false);
 fn install_panic_hook() {
     HOOK.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
-            let message = match (info.payload().downcast_ref::<&str>(), info.payload().downcast_ref::<String>()) {
+            let message = match (
+                info.payload().downcast_ref::<&str>(),
+                info.payload().downcast_ref::<String>(),
+            ) {
                 (Some(text), _) => (*text).to_string(),
                 (_, Some(text)) => text.clone(),
                 _ => "(non-text panic payload)".to_string(),
             };
-            let location = info.location().map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+            let location = info
+                .location()
+                .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
             let text = format!("{message}{location}");
             if PRINT_PANICS.load(Ordering::Relaxed) {
                 eprintln!("panic: {text}");
             }
             let mut panics = PANICS.lock().unwrap_or_else(|p| p.into_inner());
-            panics.entry(std::thread::current().id()).or_insert(text);
+            let id = std::thread::current().id();
+            if !panics.iter().any(|(thread, _)| *thread == id) {
+                panics.push((id, text));
+            }
         }));
     });
 }
@@ -66,15 +73,25 @@ pub fn run_seed(seed: u64, plant: Plant, echo: bool) -> SeedResult {
     let panicked = thread.join().is_err();
     let wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if panicked {
-        let message = PANICS
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&thread_id)
-            .unwrap_or_else(|| "(panic message not captured)".to_string());
-        let property = if message.contains("time limit") { "liveness: the run hung past its time limit" } else { "panic" };
+        let message = {
+            let mut panics = PANICS.lock().unwrap_or_else(|p| p.into_inner());
+            match panics.iter().position(|(thread, _)| *thread == thread_id) {
+                Some(at) => panics.remove(at).1,
+                None => "(panic message not captured)".to_string(),
+            }
+        };
+        let property = if message.contains("time limit") {
+            "liveness: the run hung past its time limit"
+        } else {
+            "panic"
+        };
         shared.close_pending_as_unknown();
         let mut rec = shared.lock();
-        rec.failures.push(Failure { property: property.to_string(), detail: message, ops: Vec::new() });
+        rec.failures.push(Failure {
+            property: property.to_string(),
+            detail: message,
+            ops: Vec::new(),
+        });
     }
     let rec = shared.lock();
     SeedResult {
@@ -191,7 +208,10 @@ pub fn sweep(options: &SweepOptions) -> SweepSummary {
         if !result.passed() {
             let timeline = report::write_timeline(&result, &report::failures_dir());
             if let Err(error) = &timeline {
-                eprintln!("cannot write the timeline of seed {}: {error}", result.scenario.seed);
+                eprintln!(
+                    "cannot write the timeline of seed {}: {error}",
+                    result.scenario.seed
+                );
             }
             println!("{}", report::render(&result, timeline.as_deref().ok()));
             summary.failed.push(result);
@@ -199,7 +219,11 @@ pub fn sweep(options: &SweepOptions) -> SweepSummary {
                 stop.store(true, Ordering::Relaxed);
             }
         }
-        let every = if tty { Duration::from_millis(250) } else { Duration::from_secs(10) };
+        let every = if tty {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(10)
+        };
         if last_progress.elapsed() >= every || summary.seeds_run == seeds.len() {
             last_progress = Instant::now();
             let elapsed = started.elapsed().as_secs_f64().max(1e-9);

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use rand_chacha::ChaCha8Rng;
-use rand_core::RngCore;
 use raft_kv::env;
 use raft_kv::http::client::{ClientError, HttpClient};
+use rand_chacha::ChaCha8Rng;
+use rand_core::RngCore;
 
 use crate::linearizability::{KvInput, KvOutput, Operation};
 use crate::recorder::Shared;
@@ -30,7 +30,8 @@ const RESPONSE_BYTES_MAX: usize = 1 << 20;
 
 /// Virtual nanoseconds since the simulation started (the one global clock, never skewed).
 pub fn virtual_nanos() -> u64 {
-    u64::try_from(madsim::time::TimeHandle::current().elapsed().as_nanos()).expect("virtual time fits in u64")
+    u64::try_from(madsim::time::TimeHandle::current().elapsed().as_nanos())
+        .expect("virtual time fits in u64")
 }
 
 /// The key names the clients share.
@@ -76,8 +77,14 @@ pub struct ClientContext {
 impl ClientContext {
     /// The context for `scenario`'s clients.
     pub fn new(scenario: &Scenario, addrs: Vec<String>, shared: Shared) -> ClientContext {
-        let call_timeout = Duration::from_millis((scenario.request_timeout_ms + 1_000).min(CLIENT_TIMEOUT_MS_MAX));
-        ClientContext { addrs, keys: key_names(scenario.keys_count), call_timeout, shared }
+        let call_timeout =
+            Duration::from_millis((scenario.request_timeout_ms + 1_000).min(CLIENT_TIMEOUT_MS_MAX));
+        ClientContext {
+            addrs,
+            keys: key_names(scenario.keys_count),
+            call_timeout,
+            shared,
+        }
     }
 }
 
@@ -90,7 +97,13 @@ fn pick<'a, T>(rng: &mut ChaCha8Rng, items: &'a [T]) -> &'a T {
 }
 
 /// Runs client `client` until `stop` is set, then finishes its operation in flight and returns.
-pub async fn client_loop(client: u64, ctx: ClientContext, think_ms: (u64, u64), duplicate_probability: f64, stop: Arc<AtomicBool>) {
+pub async fn client_loop(
+    client: u64,
+    ctx: ClientContext,
+    think_ms: (u64, u64),
+    duplicate_probability: f64,
+    stop: Arc<AtomicBool>,
+) {
     let mut rng = env::rng();
     let http = HttpClient::new();
     // The latest modification index this client saw per key (what a CAS expects).
@@ -109,11 +122,15 @@ pub async fn client_loop(client: u64, ctx: ClientContext, think_ms: (u64, u64), 
                 } else {
                     seen_mod_index.get(&key).copied().unwrap_or(0)
                 };
-                KvInput::Cas { expected_mod_index, value }
+                KvInput::Cas {
+                    expected_mod_index,
+                    value,
+                }
             }
             _ => KvInput::Delete,
         };
-        let duplicate = !matches!(input, KvInput::Get) && (rng.next_u64() % 10_000) as f64 / 10_000.0 < duplicate_probability;
+        let duplicate = !matches!(input, KvInput::Get)
+            && (rng.next_u64() % 10_000) as f64 / 10_000.0 < duplicate_probability;
         let idempotency_key = format!("c{client}-{seq}");
         let call = virtual_nanos();
         let pending_slot = ctx.shared.begin_op(Operation {
@@ -124,12 +141,23 @@ pub async fn client_loop(client: u64, ctx: ClientContext, think_ms: (u64, u64), 
             ret: None,
             output: None,
         });
-        let ending = run_operation(&http, &ctx, &mut rng, &key, &input, &idempotency_key, duplicate).await;
+        let ending = run_operation(
+            &http,
+            &ctx,
+            &mut rng,
+            &key,
+            &input,
+            &idempotency_key,
+            duplicate,
+        )
+        .await;
         let ret = virtual_nanos();
         match &ending {
             Ending::Definite(output) => {
                 match output {
-                    KvOutput::Get { mod_index, .. } | KvOutput::Put { mod_index } | KvOutput::CasOk { mod_index } => {
+                    KvOutput::Get { mod_index, .. }
+                    | KvOutput::Put { mod_index }
+                    | KvOutput::CasOk { mod_index } => {
                         seen_mod_index.insert(key.clone(), *mod_index);
                     }
                     KvOutput::Delete { .. } => {
@@ -159,7 +187,11 @@ pub async fn run_operation(
     idempotency_key: &str,
     duplicate: bool,
 ) -> Ending {
-    let attempts_max = if matches!(input, KvInput::Get) { 1 } else { WRITE_ATTEMPTS_MAX };
+    let attempts_max = if matches!(input, KvInput::Get) {
+        1
+    } else {
+        WRITE_ATTEMPTS_MAX
+    };
     // A duplicate in flight may apply even if every attempt of ours was refused.
     let mut maybe_applied = false;
     if duplicate {
@@ -174,17 +206,29 @@ pub async fn run_operation(
     }
     for attempt in 0..attempts_max {
         if attempt > 0 {
-            env::sleep(Duration::from_millis(50 + below(rng, CLIENT_BACKOFF_MS_MAX - 50))).await;
+            env::sleep(Duration::from_millis(
+                50 + below(rng, CLIENT_BACKOFF_MS_MAX - 50),
+            ))
+            .await;
         }
         let addr = pick(rng, &ctx.addrs).clone();
         let request = build_request(key, input, idempotency_key);
-        let result = http.call(&addr, request, RESPONSE_BYTES_MAX, ctx.call_timeout).await;
+        let result = http
+            .call(&addr, request, RESPONSE_BYTES_MAX, ctx.call_timeout)
+            .await;
         let outcome = classify(input, result);
-        tracing::debug!(key, ?input, attempt, addr, ?outcome, "client attempt");
         match outcome {
-            Attempt::Definite(output) => return Ending::Definite(output),
-            Attempt::NotApplied(_) => {}
-            Attempt::Unknown(_) => maybe_applied = true,
+            Attempt::Definite(output) => {
+                tracing::debug!(key, %input, attempt, addr, %output, "client attempt answered");
+                return Ending::Definite(output);
+            }
+            Attempt::NotApplied(reason) => {
+                tracing::debug!(key, %input, attempt, addr, reason, "client attempt not applied")
+            }
+            Attempt::Unknown(reason) => {
+                tracing::debug!(key, %input, attempt, addr, reason, "client attempt outcome unknown");
+                maybe_applied = true;
+            }
         }
     }
     if maybe_applied {
@@ -200,13 +244,22 @@ fn build_request(key: &str, input: &KvInput, idempotency_key: &str) -> hyper::Re
         KvInput::Get => ("GET", path, Vec::new()),
         KvInput::Put { value } => ("PUT", path, value.clone()),
         KvInput::Delete => ("DELETE", path, Vec::new()),
-        KvInput::Cas { expected_mod_index, value } => ("PUT", format!("{path}?cas={expected_mod_index}"), value.clone()),
+        KvInput::Cas {
+            expected_mod_index,
+            value,
+        } => (
+            "PUT",
+            format!("{path}?cas={expected_mod_index}"),
+            value.clone(),
+        ),
     };
     let mut builder = hyper::Request::builder().method(method).uri(uri);
     if !matches!(input, KvInput::Get) {
         builder = builder.header("idempotency-key", idempotency_key);
     }
-    builder.body(Full::new(Bytes::from(body))).expect("the simulator builds valid requests")
+    builder
+        .body(Full::new(Bytes::from(body)))
+        .expect("the simulator builds valid requests")
 }
 
 fn json_u64(body: &[u8], field: &str) -> Option<u64> {
@@ -221,7 +274,10 @@ fn json_bool(body: &[u8], field: &str) -> Option<bool> {
 
 /// Turns one HTTP exchange into what the client learned. An answer the client cannot make sense
 /// of is a bug in the node's API, reported loudly.
-fn classify(input: &KvInput, result: Result<raft_kv::http::client::FullResponse, ClientError>) -> Attempt {
+fn classify(
+    input: &KvInput,
+    result: Result<raft_kv::http::client::FullResponse, ClientError>,
+) -> Attempt {
     let response = match result {
         Ok(response) => response,
         // Never sent.
@@ -241,20 +297,29 @@ fn classify(input: &KvInput, result: Result<raft_kv::http::client::FullResponse,
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("GET answered 200 without a valid x-mod-index header"));
-            Attempt::Definite(KvOutput::Get { value: Some(body.to_vec()), mod_index })
+            Attempt::Definite(KvOutput::Get {
+                value: Some(body.to_vec()),
+                mod_index,
+            })
         }
         (404, KvInput::Get) if text().contains("key_not_found") => {
-            Attempt::Definite(KvOutput::Get { value: None, mod_index: 0 })
+            Attempt::Definite(KvOutput::Get {
+                value: None,
+                mod_index: 0,
+            })
         }
         (200 | 201, KvInput::Put { .. }) => Attempt::Definite(KvOutput::Put {
-            mod_index: json_u64(body, "mod_index").unwrap_or_else(|| panic!("PUT answered {status} without mod_index: {}", text())),
+            mod_index: json_u64(body, "mod_index")
+                .unwrap_or_else(|| panic!("PUT answered {status} without mod_index: {}", text())),
         }),
         (200, KvInput::Cas { .. }) => Attempt::Definite(KvOutput::CasOk {
-            mod_index: json_u64(body, "mod_index").unwrap_or_else(|| panic!("CAS answered 200 without mod_index: {}", text())),
+            mod_index: json_u64(body, "mod_index")
+                .unwrap_or_else(|| panic!("CAS answered 200 without mod_index: {}", text())),
         }),
         (409, KvInput::Cas { .. }) => Attempt::Definite(KvOutput::CasMismatch),
         (200, KvInput::Delete) => Attempt::Definite(KvOutput::Delete {
-            existed: json_bool(body, "deleted").unwrap_or_else(|| panic!("DELETE answered 200 without deleted: {}", text())),
+            existed: json_bool(body, "deleted")
+                .unwrap_or_else(|| panic!("DELETE answered 200 without deleted: {}", text())),
         }),
         _ => panic!("unexpected answer to {input}: {status} {}", text()),
     }
