@@ -650,13 +650,15 @@ async fn heal_and_check_liveness(
             Handle::current().resume(world.nodes[index].sim_id);
             world.nodes[index].paused = false;
         }
-        if world.nodes[index].disk_full {
+        // A node whose disk filled up stopped serving by design: fix the disk, restart it.
+        let disk_was_full = world.nodes[index].disk_full;
+        if disk_was_full {
             let faults = world.disk_faults(index, false);
             sim_control::set_disk_faults(world.nodes[index].sim_id, faults);
             world.nodes[index].disk_full = false;
         }
         // A crashed node, or one whose process stopped (it could not start), is restarted.
-        if world.nodes[index].crashed || lock(&world.nodes[index].handle).is_none() {
+        if disk_was_full || world.nodes[index].crashed || lock(&world.nodes[index].handle).is_none() {
             world.trace(format!("heal: restart {}", world.nodes[index].name));
             if !world.nodes[index].crashed {
                 world.kill(index);
