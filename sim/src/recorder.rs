@@ -12,6 +12,9 @@ use crate::linearizability::{KvOutput, Operation};
 /// How many trace lines the report shows (the tail of the event stream).
 pub const TRACE_TAIL_LINES: usize = 60;
 
+/// Broken properties kept per run (the first ones tell the story; the rest are counted).
+pub const FAILURES_KEPT_MAX: usize = 3;
+
 /// A property the run broke.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
@@ -31,8 +34,10 @@ pub struct Recorder {
     /// Operations in flight, by slot.
     pending: BTreeMap<u64, Operation>,
     next_slot: u64,
-    /// Broken properties, in the order found.
+    /// Broken properties, in the order found (at most [`FAILURES_KEPT_MAX`]).
     pub failures: Vec<Failure>,
+    /// Broken properties found after those kept.
+    pub failures_more: u64,
     /// FNV-1a over every trace line.
     trace_hash: u64,
     /// Trace lines recorded.

@@ -17,8 +17,10 @@ const HISTORY_LINES_MAX: usize = 40;
 pub struct SeedResult {
     /// The scenario that ran.
     pub scenario: Scenario,
-    /// Broken properties (a panic is one too).
+    /// Broken properties (a panic is one too), the first few.
     pub failures: Vec<Failure>,
+    /// Broken properties found after those kept.
+    pub failures_more: u64,
     /// Whether the linearizability search ran out of budget.
     pub inconclusive: bool,
     /// The client history.
@@ -185,6 +187,7 @@ mod tests {
         let result = SeedResult {
             scenario: Scenario::derive(77, Plant::LyingFsync),
             failures: vec![failure],
+            failures_more: 0,
             inconclusive: false,
             history: vec![op(0, 1, 2), op(1, 3, 4)],
             trace_hash: 0xabc,

@@ -17,6 +17,8 @@ use raft_kv::node::config::node_id_of;
 use raft_kv::node::{NodeConfig, NodeEvent, NodeHandle};
 use raft_kv::raft::invariants::InvariantChecker;
 use raft_kv::raft::Role;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
 use tokio::sync::mpsc;
 
 use crate::linearizability::{self, Budget, CheckResult, KvInput, Operation};
@@ -33,6 +35,8 @@ const PORT: u16 = 7000;
 const INSPECT_EVERY_MS: u64 = 500;
 /// Virtual time after which a run is declared hung (madsim panics).
 pub const TIME_LIMIT_MS: u64 = 200_000;
+/// Voters crashed at most per run.
+const VOTER_CRASHES_MAX: u32 = 20;
 /// Spacing of the ids the invariant checker knows the boots of one node by.
 const BOOT_ID_STRIDE: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Model steps the linearizability check may take.
@@ -53,10 +57,19 @@ fn virtual_ms() -> u64 {
     virtual_nanos() / 1_000_000
 }
 
-async fn sleep_until_ms(at_ms: u64) {
+/// Sleeps until `at_ms`, or returns early with a voter the monitor saw being asked for its vote.
+async fn sleep_until_ms_or_voter(
+    at_ms: u64,
+    voters: &mut mpsc::UnboundedReceiver<u64>,
+) -> Option<u64> {
     let now = virtual_ms();
-    if at_ms > now {
-        env::sleep(Duration::from_millis(at_ms - now)).await;
+    if at_ms <= now {
+        return None;
+    }
+    tokio::select! {
+        biased;
+        voter = voters.recv() => voter,
+        () = env::sleep(Duration::from_millis(at_ms - now)) => None,
     }
 }
 
@@ -92,6 +105,10 @@ struct World {
     /// Active loss spikes and delay spikes, by episode number.
     active_loss: BTreeMap<usize, f64>,
     active_delay: BTreeMap<usize, u64>,
+    /// Decides which voters crash (seeded from the scenario's seed).
+    rng: ChaCha8Rng,
+    /// Voters crashed so far.
+    voter_crashes: u32,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -197,6 +214,43 @@ impl World {
             let _ = index;
         }
         text
+    }
+
+    /// With the scenario's probability, crashes the node with raft id `voter` (just asked for
+    /// its vote in a new term) and restarts it a few milliseconds later.
+    async fn maybe_crash_voter(&mut self, voter: u64) {
+        let Some(index) = self.nodes.iter().position(|n| n.raft_id == voter) else {
+            return;
+        };
+        let node = &self.nodes[index];
+        let eligible = !node.crashed
+            && !node.paused
+            && !node.disk_full
+            && virtual_ms() + 1_000 < FAULTS_END_MS;
+        let draw = (self.rng.next_u64() % 10_000) as f64 / 10_000.0;
+        if !eligible
+            || self.voter_crashes >= VOTER_CRASHES_MAX
+            || draw >= self.scenario.voter_crash_probability
+        {
+            return;
+        }
+        self.voter_crashes += 1;
+        // Let the vote reach the disk and the wire first (or not: the delay may be zero).
+        let delay_ms = self.rng.next_u64() % 15;
+        let downtime_ms = self.rng.next_u64() % 20;
+        env::sleep(Duration::from_millis(delay_ms)).await;
+        let node = &self.nodes[index];
+        if node.crashed || node.paused || node.disk_full {
+            return;
+        }
+        self.trace(format!(
+            "fault: crash voter {} for {downtime_ms} ms",
+            node.name
+        ));
+        self.kill(index);
+        env::sleep(Duration::from_millis(downtime_ms)).await;
+        self.trace(format!("heal: restart voter {}", self.nodes[index].name));
+        self.restart(index);
     }
 
     /// The leader the running nodes report, if one node leads in the highest term.
@@ -383,9 +437,11 @@ async fn monitor(
     checker: Arc<Mutex<InvariantChecker>>,
     shared: Shared,
     names: BTreeMap<u64, String>,
+    voters: mpsc::UnboundedSender<u64>,
 ) {
     let name = |id: u64| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
     let mut leaders: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut terms: BTreeMap<u64, u64> = BTreeMap::new();
     while let Some(event) = events.recv().await {
         let at = virtual_ms();
         match event {
@@ -400,6 +456,11 @@ async fn monitor(
                     name(node),
                     leader.map(name)
                 ));
+                // A follower in a new term with no leader was just asked for its vote.
+                let new_term = terms.insert(node, term).is_none_or(|old| term > old);
+                if new_term && role == Role::Follower && leader.is_none() {
+                    let _ = voters.send(node);
+                }
                 if role == Role::Leader {
                     match leaders.get(&term) {
                         Some(&other) if other != node => shared.fail(
@@ -550,6 +611,8 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         active_cuts: BTreeMap::new(),
         active_loss: BTreeMap::new(),
         active_delay: BTreeMap::new(),
+        rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x00b0_07ed_c0de_0001),
+        voter_crashes: 0,
     };
     for index in 0..scenario.nodes_count {
         let skew = scenario.clock_skews[index];
@@ -571,7 +634,14 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         .iter()
         .map(|n| (n.raft_id, n.name.clone()))
         .collect();
-    let monitor_task = env::spawn(monitor(events, checker.clone(), shared.clone(), names));
+    let (voters_tx, mut voters) = mpsc::unbounded_channel();
+    let monitor_task = env::spawn(monitor(
+        events,
+        checker.clone(),
+        shared.clone(),
+        names,
+        voters_tx,
+    ));
 
     // The clients.
     let stop_clients = Arc::new(AtomicBool::new(false));
@@ -599,13 +669,17 @@ async fn supervise(scenario: Scenario, shared: Shared) {
     let mut next_action = 0;
     while virtual_ms() < FAULTS_END_MS && !shared.failed() {
         let action_at = actions.get(next_action).map_or(FAULTS_END_MS, |a| a.0);
+        if let Some(voter) =
+            sleep_until_ms_or_voter(next_inspect_ms.min(action_at), &mut voters).await
+        {
+            world.maybe_crash_voter(voter).await;
+            continue;
+        }
         if next_inspect_ms <= action_at {
-            sleep_until_ms(next_inspect_ms).await;
             world.inspect_all().await;
             next_inspect_ms = virtual_ms() + INSPECT_EVERY_MS;
             continue;
         }
-        sleep_until_ms(action_at).await;
         if let Some(&(_, is_start, number)) = actions.get(next_action) {
             if is_start {
                 world.start_episode(number);
@@ -658,7 +732,8 @@ async fn heal_and_check_liveness(
             world.nodes[index].disk_full = false;
         }
         // A crashed node, or one whose process stopped (it could not start), is restarted.
-        if disk_was_full || world.nodes[index].crashed || lock(&world.nodes[index].handle).is_none() {
+        if disk_was_full || world.nodes[index].crashed || lock(&world.nodes[index].handle).is_none()
+        {
             world.trace(format!("heal: restart {}", world.nodes[index].name));
             if !world.nodes[index].crashed {
                 world.kill(index);

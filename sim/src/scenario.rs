@@ -209,6 +209,10 @@ pub struct Scenario {
     pub think_ms: (u64, u64),
     /// The fault schedule, ordered by start.
     pub episodes: Vec<Episode>,
+    /// Probability that a node which just moved to a new term with no leader known (it is
+    /// being asked for its vote) is crashed and restarted at once, before the faults end: a
+    /// crash at the worst moment for a forgotten vote.
+    pub voter_crash_probability: f64,
 }
 
 /// A small seeded generator for scenario parameters.
@@ -344,6 +348,11 @@ impl Scenario {
         let keys_count = usize::try_from(draw.range(1, 4)).expect("small");
         let think_ms = *draw.pick(&[(0, 20), (10, 100), (50, 300)]);
         let episodes = Self::draw_episodes(&mut draw, nodes_count);
+        let voter_crash_probability = if draw.chance(0.5) {
+            0.0
+        } else {
+            draw.range(5, 40) as f64 / 100.0
+        };
         Scenario {
             seed,
             plant,
@@ -365,6 +374,7 @@ impl Scenario {
             keys_count,
             think_ms,
             episodes,
+            voter_crash_probability,
         }
     }
 

@@ -97,6 +97,7 @@ pub fn run_seed(seed: u64, plant: Plant, echo: bool) -> SeedResult {
     SeedResult {
         scenario,
         failures: rec.failures.clone(),
+        failures_more: rec.failures_more,
         inconclusive: rec.inconclusive,
         history: rec.history.clone(),
         trace_hash: rec.trace_hash(),
