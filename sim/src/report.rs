@@ -65,6 +65,7 @@ pub fn failures_dir() -> PathBuf {
 }
 
 /// Writes the failed seed's history as an HTML timeline; returns its path.
+#[allow(clippy::disallowed_methods)] // the harness writes the real disk, outside any simulation
 pub fn write_timeline(result: &SeedResult, dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let highlight: Vec<usize> = result

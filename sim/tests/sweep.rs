@@ -54,10 +54,7 @@ fn run_sim(args: &[&str]) -> (bool, String) {
         _ => {
             let existing = std::env::var("RUSTFLAGS").unwrap_or_default();
             command.env_remove("CARGO_ENCODED_RUSTFLAGS");
-            command.env(
-                "RUSTFLAGS",
-                format!("{existing} --cfg madsim").trim().to_string(),
-            );
+            command.env("RUSTFLAGS", format!("{existing} --cfg madsim").trim());
         }
     }
     let output = command.output().expect("run cargo for the simulation");
