@@ -117,6 +117,7 @@ mod cli {
                     plant,
                     jobs,
                     stop_at_first_failure: expect_failure || fail_fast,
+                    brief_failures: false,
                 };
                 println!(
                     "sweep: seeds {start}..{} plant {plant}, {jobs} jobs{}",
@@ -213,6 +214,7 @@ mod cli {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
         println!("replaying {}", report::replay_command(seed, plant));
         print!("{}", Scenario::derive(seed, plant));
@@ -258,6 +260,8 @@ mod cli {
                 plant,
                 jobs,
                 stop_at_first_failure: false,
+                // A planted seed is expected to fail: its report would only be noise.
+                brief_failures: plant != Plant::None,
             };
             let summary = sweep::sweep(&options);
             for regression in group {

@@ -9,7 +9,7 @@ use crate::linearizability::Operation;
 use crate::recorder::Failure;
 use crate::scenario::{Plant, Scenario};
 
-/// Operations shown around each highlighted one when no operation is highlighted.
+/// Operations shown when a failure singles none out.
 const HISTORY_LINES_MAX: usize = 40;
 
 /// Everything one seed left behind, detached from its runtime.
@@ -87,35 +87,32 @@ pub fn write_timeline(result: &SeedResult, dir: &Path) -> std::io::Result<PathBu
     Ok(path)
 }
 
-/// The part of the history that shows a failure: its operations, or the latest ones.
+/// The operations a failure singled out, one per line.
 pub fn history_excerpt(history: &[Operation], failure: &Failure) -> String {
     let mut out = String::new();
-    if failure.ops.is_empty() {
-        let start = history.len().saturating_sub(HISTORY_LINES_MAX);
-        let _ = writeln!(
-            out,
-            "  (no operation singled out; the last {} of {})",
-            history.len() - start,
-            history.len()
-        );
-        for (index, op) in history.iter().enumerate().skip(start) {
-            let _ = writeln!(out, "  #{index:<5} {op}");
-        }
-    } else {
-        for &index in &failure.ops {
-            match history.get(index) {
-                Some(op) => {
-                    let _ = writeln!(out, "  #{index:<5} {op}");
-                }
-                None => {
-                    let _ = writeln!(
-                        out,
-                        "  #{index:<5} (index beyond the history of {})",
-                        history.len()
-                    );
-                }
+    for &index in &failure.ops {
+        match history.get(index) {
+            Some(op) => {
+                let _ = writeln!(out, "  #{index:<5} {op}");
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  #{index:<5} (index beyond the history of {})",
+                    history.len()
+                );
             }
         }
+    }
+    out
+}
+
+/// The latest operations of the history, one per line.
+pub fn history_tail(history: &[Operation]) -> String {
+    let mut out = String::new();
+    let start = history.len().saturating_sub(HISTORY_LINES_MAX);
+    for (index, op) in history.iter().enumerate().skip(start) {
+        let _ = writeln!(out, "  #{index:<5} {op}");
     }
     out
 }
@@ -136,8 +133,19 @@ pub fn render(result: &SeedResult, timeline: Option<&Path>) -> String {
     for failure in &result.failures {
         let _ = writeln!(out, "broken: {}", failure.property);
         let _ = writeln!(out, "  {}", failure.detail);
-        let _ = writeln!(out, "history that shows it:");
-        out.push_str(&history_excerpt(&result.history, failure));
+        if !failure.ops.is_empty() {
+            let _ = writeln!(out, "history that shows it:");
+            out.push_str(&history_excerpt(&result.history, failure));
+        }
+    }
+    if result.failures.iter().any(|f| f.ops.is_empty()) && !result.history.is_empty() {
+        let shown = result.history.len().min(HISTORY_LINES_MAX);
+        let _ = writeln!(
+            out,
+            "history (the last {shown} of {} operations):",
+            result.history.len()
+        );
+        out.push_str(&history_tail(&result.history));
     }
     if !result.passed() {
         let _ = writeln!(

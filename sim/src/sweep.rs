@@ -121,6 +121,8 @@ pub struct SweepOptions {
     pub jobs: usize,
     /// Stop at the first failure.
     pub stop_at_first_failure: bool,
+    /// Print a one-line summary instead of the full report of a failed seed.
+    pub brief_failures: bool,
 }
 
 /// What a sweep found.
@@ -214,7 +216,12 @@ pub fn sweep(options: &SweepOptions) -> SweepSummary {
                     result.scenario.seed
                 );
             }
-            println!("{}", report::render(&result, timeline.as_deref().ok()));
+            if options.brief_failures {
+                let property = result.failures.first().map_or("?", |f| f.property.as_str());
+                println!("seed {} failed: {property}", result.scenario.seed);
+            } else {
+                println!("{}", report::render(&result, timeline.as_deref().ok()));
+            }
             summary.failed.push(result);
             if options.stop_at_first_failure {
                 stop.store(true, Ordering::Relaxed);
