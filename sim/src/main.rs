@@ -58,6 +58,9 @@ mod cli {
             /// Skip the pinned regressions.
             #[arg(long)]
             no_regressions: bool,
+            /// Run only the seeds (of the range) whose cluster has this many nodes.
+            #[arg(long)]
+            cluster_size: Option<usize>,
         },
         /// Replay one seed with full tracing logs (RUST_LOG filters, default info).
         Replay {
@@ -102,6 +105,7 @@ mod cli {
                 expect_failure,
                 fail_fast,
                 no_regressions,
+                cluster_size,
             } => {
                 let jobs = jobs
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -113,14 +117,21 @@ mod cli {
                     }
                 }
                 let options = SweepOptions {
-                    seeds: (start..start.saturating_add(seeds)).collect(),
+                    seeds: (start..start.saturating_add(seeds))
+                        .filter(|&seed| {
+                            cluster_size.is_none_or(|size| {
+                                Scenario::derive(seed, plant).nodes_count == size
+                            })
+                        })
+                        .collect(),
                     plant,
                     jobs,
                     stop_at_first_failure: expect_failure || fail_fast,
                     brief_failures: false,
                 };
                 println!(
-                    "sweep: seeds {start}..{} plant {plant}, {jobs} jobs{}",
+                    "sweep: {} seeds of {start}..{} plant {plant}, {jobs} jobs{}",
+                    options.seeds.len(),
                     start.saturating_add(seeds),
                     if expect_failure {
                         ", expecting a failure"
