@@ -33,6 +33,7 @@ pub struct Recorder {
     pub history: Vec<Operation>,
     /// Operations in flight, by slot.
     pending: BTreeMap<u64, Operation>,
+    /// Operations begun so far (the next slot).
     next_slot: u64,
     /// Broken properties, in the order found (at most [`FAILURES_KEPT_MAX`]).
     pub failures: Vec<Failure>,
@@ -168,6 +169,11 @@ impl Shared {
         let mut rec = self.lock();
         rec.pending.remove(&slot);
         rec.ops_not_applied += 1;
+    }
+
+    /// How many operations were begun so far.
+    pub fn ops_begun(&self) -> u64 {
+        self.lock().next_slot
     }
 
     /// Operations still in flight.

@@ -25,6 +25,10 @@ use crate::scenario::{Scenario, CLIENT_BACKOFF_MS_MAX, CLIENT_TIMEOUT_MS_MAX};
 
 /// Attempts of one write before its outcome is left unknown.
 const WRITE_ATTEMPTS_MAX: u32 = 3;
+/// Client operations per key in one run at most: the clients stop starting new ones beyond it,
+/// so that the linearizability search stays within its budget (a single contended key with
+/// 4 500 operations exhausted 20 million steps and 1.3 GB).
+pub const OPS_PER_KEY_MAX: u64 = 1_000;
 /// Largest response body a client reads.
 const RESPONSE_BYTES_MAX: usize = 1 << 20;
 
@@ -109,7 +113,8 @@ pub async fn client_loop(
     // The latest modification index this client saw per key (what a CAS expects).
     let mut seen_mod_index: BTreeMap<String, u64> = BTreeMap::new();
     let mut seq = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    let ops_max = OPS_PER_KEY_MAX * ctx.keys.len() as u64;
+    while !stop.load(Ordering::Relaxed) && ctx.shared.ops_begun() < ops_max {
         seq += 1;
         let key = pick(&mut rng, &ctx.keys).clone();
         let value = format!("c{client}.{seq}").into_bytes();
