@@ -262,17 +262,27 @@ async fn a_leader_stopped_with_sigterm_hands_leadership_off_and_exits_cleanly() 
     let mut cluster = Cluster::start(3);
     let leader = cluster.wait_for_leader(LEADER_WAIT).await;
     let addrs = cluster.addrs();
-    assert_eq!(call(&addrs[leader], "PUT", "/v1/kv/before", &[], b"v").await.unwrap().status, 201);
+    assert_eq!(
+        call(&addrs[leader], "PUT", "/v1/kv/before", &[], b"v")
+            .await
+            .unwrap()
+            .status,
+        201
+    );
     let status = cluster.nodes[leader].terminate();
     assert!(status.success(), "the node exited with {status:?}");
     assert!(
-        cluster.nodes[leader].log_text().contains("leadership handed off"),
+        cluster.nodes[leader]
+            .log_text()
+            .contains("leadership handed off"),
         "no hand-off logged:\n{}",
         cluster.nodes[leader].log_text()
     );
     let new_leader = cluster.wait_for_leader(LEADER_WAIT).await;
     assert_ne!(new_leader, leader);
-    let reply = call(&addrs[new_leader], "GET", "/v1/kv/before", &[], b"").await.unwrap();
+    let reply = call(&addrs[new_leader], "GET", "/v1/kv/before", &[], b"")
+        .await
+        .unwrap();
     assert_eq!(reply.status, 200);
 }
 
