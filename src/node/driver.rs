@@ -188,6 +188,9 @@ impl Driver {
             let wait = next_tick.duration_since(env::now());
             let mut handled = 0usize;
             tokio::select! {
+                // A fixed polling order: an unbiased select draws from tokio's per-thread RNG,
+                // seeded from a process-wide counter no simulation seed controls.
+                biased;
                 _ = env::sleep(wait) => {}
                 request = self.requests.recv() => match request {
                     Some(request) => { self.handle_request(request); handled += 1; }
