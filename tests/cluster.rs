@@ -114,11 +114,19 @@ async fn a_three_node_cluster_serves_put_get_delete_and_cas_through_any_node() {
         "PUT",
         "/v1/kv/once",
         &[("idempotency-key", "abc")],
-        b"1",
+        b"2",
     )
     .await
     .unwrap();
     assert_eq!(first.json()["mod_index"], retry.json()["mod_index"]);
+    let stored = call(&addrs[2], "GET", "/v1/kv/once", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(
+        &stored.body[..],
+        b"1",
+        "the retried write was applied again"
+    );
     // Cluster and health views.
     let view = call(&addrs[0], "GET", "/v1/cluster", &[], b"")
         .await
