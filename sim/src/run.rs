@@ -42,17 +42,6 @@ const BOOT_ID_STRIDE: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Model steps the linearizability check may take.
 const CHECK_STEPS_MAX: u64 = 20_000_000;
 
-/// The result of one seed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Every property held.
-    Pass,
-    /// Every checked property held but the linearizability search ran out of budget.
-    Inconclusive,
-    /// Some property broke (see the recorder's failures).
-    Fail,
-}
-
 fn virtual_ms() -> u64 {
     virtual_nanos() / 1_000_000
 }
@@ -969,17 +958,5 @@ fn check_history(shared: &Shared) {
             violation.explanation,
             violation.ops,
         ),
-    }
-}
-
-/// The verdict of a finished (or panicked) run.
-pub fn verdict(shared: &Shared, panicked: bool) -> Verdict {
-    let rec = shared.lock();
-    if panicked || !rec.failures.is_empty() {
-        Verdict::Fail
-    } else if rec.inconclusive {
-        Verdict::Inconclusive
-    } else {
-        Verdict::Pass
     }
 }
