@@ -8,7 +8,7 @@
 //! - **cluster**: 1 to 5 honest cores over an adversarial network (any pending message may be
 //!   delivered, dropped, duplicated or replayed later; links cut and healed; nodes crash and
 //!   restart from what they synced). Every Raft safety property must hold. Forged messages come
-//!   only from non-members: the core must refuse them (`Err`) and change nothing.
+//!   only from non-members: votes and answers must be refused (`Err`) and change nothing.
 //! - **lone**: one core (node 1 of {1, 2, 3}) whose peers are the fuzzer: every message it
 //!   receives is forged, with terms and indexes in small ranges so they land next to its log.
 //!   Only what one honest node guarantees on its own is checked: its term and commit never go
@@ -354,11 +354,26 @@ impl World {
             let _ = self.cluster.node_mut(to).step(message);
             return;
         }
-        // In the honest cluster only a non-member may lie: the core must refuse it untouched.
+        // In the honest cluster only a non-member may lie. A core accepts a leader's messages
+        // (Append, Heartbeat, InstallSnapshot) from outside its configuration on purpose: a
+        // joining node learns its configuration from the leader's log. A forged leader is a
+        // Byzantine peer, outside what Raft defends against, so those kinds are not forged
+        // here. TimeoutNow from anyone only starts an election, which safety must survive.
         let members = self.cluster.node(to).status().membership;
         if members.contains(message.from) {
             message.from = 0;
         }
+        match message.body {
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
+                return;
+            }
+            MessageBody::TimeoutNow => {
+                let _ = self.cluster.node_mut(to).step(message);
+                return;
+            }
+            _ => {}
+        }
+        // Votes and answers from a non-member must be refused untouched.
         let before = fingerprint(self.cluster.node(to));
         let had_ready = self.cluster.node(to).has_ready();
         let result = self.cluster.node_mut(to).step(message.clone());
@@ -451,11 +466,7 @@ fn fingerprint(raft: &Raft) -> (raft_kv::raft::Status, Option<Term>) {
 fn view_of(raft: &Raft) -> NodeView {
     let status = raft.status();
     let snapshot_index = status.snapshot_index;
-    let log = raft
-        .entries(snapshot_index + 1, status.last_index + 1)
-        .iter()
-        .map(|e| (e.index, e.term, entry_digest(e.kind, &e.data)))
-        .collect();
+    let log = NodeView::digest_log(raft.entries(snapshot_index + 1, status.last_index + 1));
     NodeView {
         id: status.id,
         term: status.soft_state.term,

@@ -5,8 +5,8 @@
 //! driver on a one-worker tokio runtime, so writes commit and reads answer) and a node that has
 //! not started (it knows no cluster yet). Checked for every request:
 //! - `handle` answers, never panics, never answers 500;
-//! - every error (4xx/5xx) is a JSON object with string `error` and `code`; a 405 names the
-//!   allowed methods;
+//! - every error (4xx/5xx) is a JSON object with string `error` and `code` (a 503 from
+//!   `/health` is its report, with a string `status`); a 405 names the allowed methods;
 //! - a successful write is visible: after a 2xx `PUT /v1/kv/{key}` without an idempotency key, a
 //!   linearizable `GET` of the same path returns exactly the body written; after a 2xx `DELETE`
 //!   it answers 404;
@@ -366,7 +366,13 @@ fn check_response(method: &Method, uri: &str, status: StatusCode, has_allow: boo
         "{method} {uri} answered an unexpected {status}: {}",
         String::from_utf8_lossy(body)
     );
-    if status.is_client_error() || status.is_server_error() {
+    let is_health = uri == "/health" || uri.starts_with("/health?");
+    if is_health && status == StatusCode::SERVICE_UNAVAILABLE {
+        // /health is a report, not an error: its 503 says why the node cannot serve.
+        let json: serde_json::Value = serde_json::from_slice(body)
+            .unwrap_or_else(|e| panic!("{method} {uri} answered {status} with a body that is not JSON ({e})"));
+        assert!(json.get("status").is_some_and(|v| v.is_string()), "{method} {uri} answered {status} without a status: {json}");
+    } else if status.is_client_error() || status.is_server_error() {
         let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|e| {
             panic!("{method} {uri} answered {status} with a body that is not JSON ({e}): {}", String::from_utf8_lossy(body))
         });
