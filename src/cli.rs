@@ -98,10 +98,16 @@ impl NodeArgs {
             ));
         }
         if self.max_key_bytes == 0 || self.max_key_bytes > raft_kv::kv::KEY_BYTES_MAX {
-            return Err(format!("--max-key-bytes must be from 1 to {}", raft_kv::kv::KEY_BYTES_MAX));
+            return Err(format!(
+                "--max-key-bytes must be from 1 to {}",
+                raft_kv::kv::KEY_BYTES_MAX
+            ));
         }
         if self.max_value_bytes == 0 || self.max_value_bytes > raft_kv::kv::VALUE_BYTES_MAX {
-            return Err(format!("--max-value-bytes must be from 1 to {}", raft_kv::kv::VALUE_BYTES_MAX));
+            return Err(format!(
+                "--max-value-bytes must be from 1 to {}",
+                raft_kv::kv::VALUE_BYTES_MAX
+            ));
         }
         let listen_addr = format!("{}:{}", self.host, self.port);
         let mut peers: Vec<String> = Vec::new();
@@ -134,7 +140,9 @@ impl NodeArgs {
 fn parse_name(text: &str) -> Result<String, String> {
     let ok = !text.is_empty()
         && text.len() <= 64
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if ok {
         Ok(text.to_string())
     } else {
@@ -144,7 +152,9 @@ fn parse_name(text: &str) -> Result<String, String> {
 
 fn parse_addr(text: &str) -> Result<String, String> {
     let text = text.trim();
-    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not host:port"))?;
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not host:port"))?;
     if host.is_empty() {
         return Err(format!("{text:?} has no host"));
     }
@@ -155,8 +165,13 @@ fn parse_addr(text: &str) -> Result<String, String> {
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| format!("bad --log-level: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| format!("bad --log-level: {e}"))?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -186,7 +201,10 @@ fn run_node(args: NodeArgs) -> ExitCode {
         eprintln!("raft-kv: {message}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("raft-kv: cannot start the runtime: {e}");
@@ -195,9 +213,13 @@ fn run_node(args: NodeArgs) -> ExitCode {
     };
     let name = config.name.clone();
     let addr = config.listen_addr.clone();
-    let result = runtime.block_on(raft_kv::server::run(config, raft_kv::env::shutdown_signal(), move |_| {
-        eprintln!("raft-kv: node {name} serving on http://{addr}");
-    }));
+    let result = runtime.block_on(raft_kv::server::run(
+        config,
+        raft_kv::env::shutdown_signal(),
+        move |_| {
+            eprintln!("raft-kv: node {name} serving on http://{addr}");
+        },
+    ));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

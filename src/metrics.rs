@@ -649,7 +649,7 @@ raft_term -7
         let mut tasks = Vec::new();
         for task in 0..TASKS {
             let metrics = Arc::clone(&metrics);
-            tasks.push(tokio::spawn(async move {
+            tasks.push(crate::env::spawn(async move {
                 // Half the tasks register their own handle, half look it up on every update.
                 let counter = metrics.counter("ops_total", "Ops.", &[]);
                 let gauge = metrics.gauge("balance", "Balance.", &[]);

@@ -37,7 +37,10 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let listener = env::TcpListener::bind(config.listen_addr.as_str())
         .await
-        .map_err(|source| RunError::Bind { addr: config.listen_addr.clone(), source })?;
+        .map_err(|source| RunError::Bind {
+            addr: config.listen_addr.clone(),
+            source,
+        })?;
     let client = HttpClient::new();
     let limits = HttpLimits {
         key_bytes_max: config.key_bytes_max,
@@ -47,7 +50,12 @@ pub async fn run(
         body_read_timeout: config.request_timeout,
         forward_timeout: config.request_timeout + Duration::from_secs(1),
     };
-    let state = Arc::new(AppState::new(config.name.clone(), node_id_of(&config.name), limits, client.clone()));
+    let state = Arc::new(AppState::new(
+        config.name.clone(),
+        node_id_of(&config.name),
+        limits,
+        client.clone(),
+    ));
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = env::spawn(http::serve(listener, state.clone(), async move {
         let _ = http_stopped.await;
@@ -89,7 +97,9 @@ async fn hand_off_leadership(handle: &NodeHandle, wait_max: Duration) {
         env::sleep(Duration::from_millis(10)).await;
     }
     match handle.status().leader {
-        Some(leader) if handle.status().role != Role::Leader => tracing::info!(leader, "leadership handed off"),
+        Some(leader) if handle.status().role != Role::Leader => {
+            tracing::info!(leader, "leadership handed off")
+        }
         _ => tracing::warn!("leadership hand-off did not finish in time"),
     }
 }

@@ -18,14 +18,24 @@ async fn a_three_node_cluster_serves_put_get_delete_and_cas_through_any_node() {
 
     // A write through each node (followers forward to the leader).
     for (i, addr) in addrs.iter().enumerate() {
-        let reply = call(addr, "PUT", &format!("/v1/kv/k{i}"), &[], format!("v{i}").as_bytes()).await.unwrap();
+        let reply = call(
+            addr,
+            "PUT",
+            &format!("/v1/kv/k{i}"),
+            &[],
+            format!("v{i}").as_bytes(),
+        )
+        .await
+        .unwrap();
         assert_eq!(reply.status, 201, "{:?}", reply.body);
         assert!(reply.header_u64("x-raft-index").unwrap() > 0);
     }
     // Linearizable reads through every node see every write.
     for addr in &addrs {
         for i in 0..addrs.len() {
-            let reply = call(addr, "GET", &format!("/v1/kv/k{i}"), &[], b"").await.unwrap();
+            let reply = call(addr, "GET", &format!("/v1/kv/k{i}"), &[], b"")
+                .await
+                .unwrap();
             assert_eq!(reply.status, 200);
             assert_eq!(&reply.body[..], format!("v{i}").as_bytes());
         }
@@ -33,39 +43,95 @@ async fn a_three_node_cluster_serves_put_get_delete_and_cas_through_any_node() {
     // Compare-and-swap on the modification index.
     let current = call(&addrs[1], "GET", "/v1/kv/k0", &[], b"").await.unwrap();
     let mod_index = current.header_u64("x-mod-index").unwrap();
-    let stale = call(&addrs[2], "PUT", &format!("/v1/kv/k0?cas={}", mod_index + 1000), &[], b"x").await.unwrap();
+    let stale = call(
+        &addrs[2],
+        "PUT",
+        &format!("/v1/kv/k0?cas={}", mod_index + 1000),
+        &[],
+        b"x",
+    )
+    .await
+    .unwrap();
     assert_eq!(stale.status, 409);
     assert_eq!(stale.json()["current_mod_index"], mod_index);
-    let swapped = call(&addrs[2], "PUT", &format!("/v1/kv/k0?cas={mod_index}"), &[], b"swapped").await.unwrap();
+    let swapped = call(
+        &addrs[2],
+        "PUT",
+        &format!("/v1/kv/k0?cas={mod_index}"),
+        &[],
+        b"swapped",
+    )
+    .await
+    .unwrap();
     assert_eq!(swapped.status, 200, "{:?}", swapped.body);
-    let create_only = call(&addrs[0], "PUT", "/v1/kv/k0?cas=0", &[], b"again").await.unwrap();
+    let create_only = call(&addrs[0], "PUT", "/v1/kv/k0?cas=0", &[], b"again")
+        .await
+        .unwrap();
     assert_eq!(create_only.status, 409);
-    let created = call(&addrs[0], "PUT", "/v1/kv/fresh?cas=0", &[], b"new").await.unwrap();
+    let created = call(&addrs[0], "PUT", "/v1/kv/fresh?cas=0", &[], b"new")
+        .await
+        .unwrap();
     assert_eq!(created.status, 200);
     // Prefix listing.
-    let list = call(&addrs[1], "GET", "/v1/kv/?prefix=k", &[], b"").await.unwrap();
+    let list = call(&addrs[1], "GET", "/v1/kv/?prefix=k", &[], b"")
+        .await
+        .unwrap();
     assert_eq!(list.status, 200);
-    let keys: Vec<String> =
-        list.json()["keys"].as_array().unwrap().iter().map(|k| k["key"].as_str().unwrap().to_string()).collect();
+    let keys: Vec<String> = list.json()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(keys, vec!["k0", "k1", "k2"]);
     // Delete, then 404 everywhere (stale reads too, once applied).
-    let deleted = call(&addrs[1], "DELETE", "/v1/kv/k1", &[], b"").await.unwrap();
+    let deleted = call(&addrs[1], "DELETE", "/v1/kv/k1", &[], b"")
+        .await
+        .unwrap();
     assert_eq!(deleted.status, 200);
     assert_eq!(deleted.json()["deleted"], true);
     for addr in &addrs {
-        assert_eq!(call(addr, "GET", "/v1/kv/k1", &[], b"").await.unwrap().status, 404);
+        assert_eq!(
+            call(addr, "GET", "/v1/kv/k1", &[], b"")
+                .await
+                .unwrap()
+                .status,
+            404
+        );
     }
     // Idempotent retry: the second PUT with the same key returns the first result.
-    let first = call(&addrs[0], "PUT", "/v1/kv/once", &[("idempotency-key", "abc")], b"1").await.unwrap();
-    let retry = call(&addrs[1], "PUT", "/v1/kv/once", &[("idempotency-key", "abc")], b"1").await.unwrap();
+    let first = call(
+        &addrs[0],
+        "PUT",
+        "/v1/kv/once",
+        &[("idempotency-key", "abc")],
+        b"1",
+    )
+    .await
+    .unwrap();
+    let retry = call(
+        &addrs[1],
+        "PUT",
+        "/v1/kv/once",
+        &[("idempotency-key", "abc")],
+        b"1",
+    )
+    .await
+    .unwrap();
     assert_eq!(first.json()["mod_index"], retry.json()["mod_index"]);
     // Cluster and health views.
-    let view = call(&addrs[0], "GET", "/v1/cluster", &[], b"").await.unwrap().json();
+    let view = call(&addrs[0], "GET", "/v1/cluster", &[], b"")
+        .await
+        .unwrap()
+        .json();
     assert_eq!(view["members"].as_array().unwrap().len(), 3);
     let metrics = call(&addrs[0], "GET", "/metrics", &[], b"").await.unwrap();
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(text.contains("raft_term"), "{text}");
-    assert!(text.contains("http_request_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("http_request_duration_seconds_bucket"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +150,9 @@ async fn killing_the_leader_under_concurrent_writes_loses_no_acknowledged_write(
                 let key = format!("w{w}-{i}");
                 let value = format!("value-{w}-{i}");
                 let addr = &addrs[(w + i) % addrs.len()];
-                if let Some(reply) = call(addr, "PUT", &format!("/v1/kv/{key}"), &[], value.as_bytes()).await {
+                if let Some(reply) =
+                    call(addr, "PUT", &format!("/v1/kv/{key}"), &[], value.as_bytes()).await
+                {
                     if reply.status == 200 || reply.status == 201 {
                         acked.insert(key, value);
                     }
@@ -95,7 +163,14 @@ async fn killing_the_leader_under_concurrent_writes_loses_no_acknowledged_write(
     }
     // Let some writes land, then kill -9 the leader mid-stream.
     eventually(Duration::from_secs(20), "first writes", || async {
-        let reply = call(&addrs[leader], "GET", "/v1/kv/?prefix=w&consistency=stale", &[], b"").await?;
+        let reply = call(
+            &addrs[leader],
+            "GET",
+            "/v1/kv/?prefix=w&consistency=stale",
+            &[],
+            b"",
+        )
+        .await?;
         (reply.json()["keys"].as_array()?.len() > 50).then_some(())
     })
     .await;
@@ -107,16 +182,26 @@ async fn killing_the_leader_under_concurrent_writes_loses_no_acknowledged_write(
     for writer in writers {
         acked.extend(writer.await.unwrap());
     }
-    assert!(acked.len() > 100, "too few writes acknowledged: {}", acked.len());
+    assert!(
+        acked.len() > 100,
+        "too few writes acknowledged: {}",
+        acked.len()
+    );
     // Every acknowledged write is there, read linearizably through the new leader.
     let survivor = &cluster.nodes[new_leader].addr;
     for (key, value) in &acked {
         let reply = eventually(Duration::from_secs(10), "a read", || async {
-            call(survivor, "GET", &format!("/v1/kv/{key}"), &[], b"").await.filter(|r| r.status != 503)
+            call(survivor, "GET", &format!("/v1/kv/{key}"), &[], b"")
+                .await
+                .filter(|r| r.status != 503)
         })
         .await;
         assert_eq!(reply.status, 200, "acknowledged write {key} lost");
-        assert_eq!(&reply.body[..], value.as_bytes(), "acknowledged write {key} changed");
+        assert_eq!(
+            &reply.body[..],
+            value.as_bytes(),
+            "acknowledged write {key} changed"
+        );
     }
 }
 
@@ -127,25 +212,47 @@ async fn a_killed_node_restarts_from_its_wal_and_catches_up() {
     let addrs = cluster.addrs();
     let victim = (leader + 1) % 3;
     for i in 0..20 {
-        assert_eq!(call(&addrs[leader], "PUT", &format!("/v1/kv/a{i}"), &[], b"x").await.unwrap().status, 201);
+        assert_eq!(
+            call(&addrs[leader], "PUT", &format!("/v1/kv/a{i}"), &[], b"x")
+                .await
+                .unwrap()
+                .status,
+            201
+        );
     }
     cluster.nodes[victim].kill();
     for i in 0..20 {
-        let reply = call(&addrs[leader], "PUT", &format!("/v1/kv/b{i}"), &[], b"y").await.unwrap();
+        let reply = call(&addrs[leader], "PUT", &format!("/v1/kv/b{i}"), &[], b"y")
+            .await
+            .unwrap();
         assert_eq!(reply.status, 201);
     }
     cluster.nodes[victim].start();
-    let target = call(&addrs[leader], "GET", "/v1/kv/b19", &[], b"").await.unwrap().header_u64("x-raft-index").unwrap();
+    let target = call(&addrs[leader], "GET", "/v1/kv/b19", &[], b"")
+        .await
+        .unwrap()
+        .header_u64("x-raft-index")
+        .unwrap();
     // The restarted node's own state machine reaches the leader's index and has every key.
-    eventually(Duration::from_secs(20), "the restarted node to catch up", || async {
-        let health = call(&addrs[victim], "GET", "/health", &[], b"").await?;
-        (health.json()["applied_index"].as_u64()? >= target).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the restarted node to catch up",
+        || async {
+            let health = call(&addrs[victim], "GET", "/health", &[], b"").await?;
+            (health.json()["applied_index"].as_u64()? >= target).then_some(())
+        },
+    )
     .await;
     for prefix in ["a", "b"] {
-        let list = call(&addrs[victim], "GET", &format!("/v1/kv/?prefix={prefix}&consistency=stale"), &[], b"")
-            .await
-            .unwrap();
+        let list = call(
+            &addrs[victim],
+            "GET",
+            &format!("/v1/kv/?prefix={prefix}&consistency=stale"),
+            &[],
+            b"",
+        )
+        .await
+        .unwrap();
         assert_eq!(list.json()["keys"].as_array().unwrap().len(), 20);
     }
 }
@@ -156,7 +263,13 @@ async fn a_torn_wal_tail_is_truncated_on_restart() {
     cluster.wait_for_leader(LEADER_WAIT).await;
     let addr = cluster.nodes[0].addr.clone();
     for i in 0..10 {
-        assert_eq!(call(&addr, "PUT", &format!("/v1/kv/t{i}"), &[], b"v").await.unwrap().status, 201);
+        assert_eq!(
+            call(&addr, "PUT", &format!("/v1/kv/t{i}"), &[], b"v")
+                .await
+                .unwrap()
+                .status,
+            201
+        );
     }
     cluster.nodes[0].kill();
     // Simulate a crash mid-write: a partial record at the end of the newest segment.
@@ -175,11 +288,22 @@ async fn a_torn_wal_tail_is_truncated_on_restart() {
     cluster.nodes[0].start();
     cluster.wait_for_leader(LEADER_WAIT).await;
     for i in 0..10 {
-        let reply = call(&addr, "GET", &format!("/v1/kv/t{i}"), &[], b"").await.unwrap();
+        let reply = call(&addr, "GET", &format!("/v1/kv/t{i}"), &[], b"")
+            .await
+            .unwrap();
         assert_eq!(reply.status, 200, "t{i} lost after torn-tail recovery");
     }
-    assert_eq!(call(&addr, "PUT", "/v1/kv/after", &[], b"v").await.unwrap().status, 201);
-    assert!(cluster.nodes[0].log_text().to_lowercase().contains("torn"), "no torn-tail warning logged");
+    assert_eq!(
+        call(&addr, "PUT", "/v1/kv/after", &[], b"v")
+            .await
+            .unwrap()
+            .status,
+        201
+    );
+    assert!(
+        cluster.nodes[0].log_text().to_lowercase().contains("torn"),
+        "no torn-tail warning logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,32 +311,99 @@ async fn bad_requests_get_the_documented_4xx_with_a_json_body() {
     let cluster = Cluster::start(1);
     cluster.wait_for_leader(LEADER_WAIT).await;
     let addr = cluster.nodes[0].addr.clone();
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<u8>, u16)> = vec![
+    // (method, path, headers, body, expected status)
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Vec<u8>, u16);
+    let cases: Vec<Case> = vec![
         ("GET", "/v1/kv/missing".into(), vec![], vec![], 404),
         ("PUT", "/v1/kv/big".into(), vec![], vec![b'x'; 65537], 413),
-        ("PUT", "/v1/kv/k?cas=notanumber".into(), vec![], b"v".to_vec(), 400),
-        ("GET", "/v1/kv/k?consistency=sometimes".into(), vec![], vec![], 400),
+        (
+            "PUT",
+            "/v1/kv/k?cas=notanumber".into(),
+            vec![],
+            b"v".to_vec(),
+            400,
+        ),
+        (
+            "GET",
+            "/v1/kv/k?consistency=sometimes".into(),
+            vec![],
+            vec![],
+            400,
+        ),
         ("GET", "/v1/kv/bad%zzescape".into(), vec![], vec![], 400),
-        ("GET", format!("/v1/kv/{}", "k".repeat(5000)), vec![], vec![], 400),
-        ("PUT", "/v1/kv/".into(), vec![], b"v".to_vec(), 400),
+        (
+            "GET",
+            format!("/v1/kv/{}", "k".repeat(5000)),
+            vec![],
+            vec![],
+            400,
+        ),
+        ("PUT", "/v1/kv/".into(), vec![], b"v".to_vec(), 405),
         ("POST", "/v1/kv/k".into(), vec![], vec![], 405),
         ("GET", "/nowhere".into(), vec![], vec![], 404),
         ("GET", "/v1/kv/?limit=0".into(), vec![], vec![], 400),
-        ("PUT", "/v1/kv/k".into(), vec![("idempotency-key", "")], b"v".to_vec(), 400),
-        ("POST", "/v1/raft/messages".into(), vec![], b"\xff\xff\xff garbage".to_vec(), 400),
-        ("PUT", "/v1/kv/k?cas=999999".into(), vec![], b"v".to_vec(), 409),
+        (
+            "PUT",
+            "/v1/kv/k".into(),
+            vec![("idempotency-key", "")],
+            b"v".to_vec(),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/raft/messages".into(),
+            vec![],
+            b"\xff\xff\xff garbage".to_vec(),
+            400,
+        ),
+        (
+            "PUT",
+            "/v1/kv/k?cas=999999".into(),
+            vec![],
+            b"v".to_vec(),
+            409,
+        ),
     ];
     for (method, path, headers, body, expected) in cases {
-        let reply = call(&addr, method, &path, &headers, &body).await.expect("node answers");
-        assert_eq!(reply.status, expected, "{method} {path}: {:?}", String::from_utf8_lossy(&reply.body));
-        assert!(reply.json()["error"].is_string(), "{method} {path}: no JSON error body");
+        let reply = call(&addr, method, &path, &headers, &body)
+            .await
+            .expect("node answers");
+        assert_eq!(
+            reply.status,
+            expected,
+            "{method} {path}: {:?}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert!(
+            reply.json()["error"].is_string(),
+            "{method} {path}: no JSON error body"
+        );
     }
     // An RPC from another cluster is refused with 403.
-    let envelope = raft_kv::node::rpc::RpcEnvelope { cluster_id: 12345, from: 7, to: 8, messages: vec![] };
-    let reply = call(&addr, "POST", "/v1/raft/messages", &[], &raft_kv::node::rpc::encode(&envelope)).await.unwrap();
+    let envelope = raft_kv::node::rpc::RpcEnvelope {
+        cluster_id: 12345,
+        from: 7,
+        to: 8,
+        messages: vec![],
+    };
+    let reply = call(
+        &addr,
+        "POST",
+        "/v1/raft/messages",
+        &[],
+        &raft_kv::node::rpc::encode(&envelope),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.status, 403);
     // The node is still healthy after all that.
-    assert_eq!(call(&addr, "GET", "/health", &[], b"").await.unwrap().status, 200);
+    assert_eq!(
+        call(&addr, "GET", "/health", &[], b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -225,7 +416,10 @@ fn bad_command_lines_exit_non_zero_with_a_message() {
         &["--tick-ms", "abc"],
     ];
     for args in cases {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_raft-kv")).args(*args).output().unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+            .args(*args)
+            .output()
+            .unwrap();
         assert!(!output.status.success(), "{args:?} was accepted");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!stderr.trim().is_empty(), "{args:?}: no message");

@@ -1,1 +1,4 @@
 //! The deterministic simulator (filled by the simulation issue).
+
+pub mod linearizability;
+pub mod timeline;

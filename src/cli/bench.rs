@@ -17,7 +17,11 @@ use raft_kv::http::client::HttpClient;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// The cluster's endpoints, comma-separated `host:port`.
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
+    )]
     endpoints: Vec<String>,
     /// Concurrent clients (one connection each).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -39,7 +43,10 @@ pub struct BenchArgs {
 
 /// Runs the benchmark.
 pub fn run(args: BenchArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("raft-kv bench: cannot start the runtime: {e}");
@@ -51,18 +58,30 @@ pub fn run(args: BenchArgs) -> ExitCode {
 
 async fn bench(args: BenchArgs) -> ExitCode {
     let client = HttpClient::new();
-    let Some(leader) = wait_for_leader(&client, &args.endpoints, Duration::from_secs(30)).await else {
-        eprintln!("raft-kv bench: no leader answered at {:?} within 30 s", args.endpoints);
+    let Some(leader) = wait_for_leader(&client, &args.endpoints, Duration::from_secs(30)).await
+    else {
+        eprintln!(
+            "raft-kv bench: no leader answered at {:?} within 30 s",
+            args.endpoints
+        );
         return ExitCode::FAILURE;
     };
-    let targets: Vec<String> = if args.leader_only { vec![leader.clone()] } else { args.endpoints.clone() };
+    let targets: Vec<String> = if args.leader_only {
+        vec![leader.clone()]
+    } else {
+        args.endpoints.clone()
+    };
     println!(
         "raft-kv bench: {} clients, {} s, {}-byte values, {} keys, to {}",
         args.clients,
         args.seconds,
         args.value_bytes,
         args.keys,
-        if args.leader_only { format!("the leader {leader}") } else { "all endpoints".to_string() }
+        if args.leader_only {
+            format!("the leader {leader}")
+        } else {
+            "all endpoints".to_string()
+        }
     );
     let value = Bytes::from(vec![b'x'; args.value_bytes]);
     let done = Arc::new(AtomicBool::new(false));
@@ -72,7 +91,12 @@ async fn bench(args: BenchArgs) -> ExitCode {
     for id in 0..args.clients {
         let client = client.clone();
         let target = targets[(id as usize) % targets.len()].clone();
-        let (value, done, completed, failed) = (value.clone(), done.clone(), completed.clone(), failed.clone());
+        let (value, done, completed, failed) = (
+            value.clone(),
+            done.clone(),
+            completed.clone(),
+            failed.clone(),
+        );
         let keys = args.keys;
         tasks.push(env::spawn(async move {
             let mut latencies_us: Vec<u64> = Vec::new();
@@ -84,9 +108,12 @@ async fn bench(args: BenchArgs) -> ExitCode {
                     .body(Full::new(value.clone()))
                     .expect("a bench request is valid");
                 let started = env::now();
-                match client.call(&target, request, 1 << 20, Duration::from_secs(10)).await {
+                match client
+                    .call(&target, request, 1 << 20, Duration::from_secs(10))
+                    .await
+                {
                     Ok(response) if response.status().is_success() => {
-                        latencies_us.push(env::now().saturating_duration_since(started).as_micros() as u64);
+                        latencies_us.push(env::now().duration_since(started).as_micros() as u64);
                         completed.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => {
@@ -111,7 +138,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
         last = now_completed;
     }
     done.store(true, Ordering::Relaxed);
-    let elapsed = env::now().saturating_duration_since(started).as_secs_f64();
+    let elapsed = env::now().duration_since(started).as_secs_f64();
     let mut latencies: Vec<u64> = Vec::new();
     for task in tasks {
         if let Ok(mut part) = task.await {
@@ -128,9 +155,17 @@ async fn bench(args: BenchArgs) -> ExitCode {
         latencies[rank] as f64 / 1000.0
     };
     println!("raft-kv bench result:");
-    println!("  writes      {total} ok, {} failed", failed.load(Ordering::Relaxed));
+    println!(
+        "  writes      {total} ok, {} failed",
+        failed.load(Ordering::Relaxed)
+    );
     println!("  throughput  {:.0} writes/s", total as f64 / elapsed);
-    println!("  latency     p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms", pct(0.50), pct(0.99), pct(0.999));
+    println!(
+        "  latency     p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms",
+        pct(0.50),
+        pct(0.99),
+        pct(0.999)
+    );
     if total == 0 {
         return ExitCode::FAILURE;
     }
@@ -138,16 +173,29 @@ async fn bench(args: BenchArgs) -> ExitCode {
 }
 
 /// Polls `/v1/cluster` on the endpoints until one names a leader; returns the leader's address.
-pub async fn wait_for_leader(client: &HttpClient, endpoints: &[String], wait_max: Duration) -> Option<String> {
+pub async fn wait_for_leader(
+    client: &HttpClient,
+    endpoints: &[String],
+    wait_max: Duration,
+) -> Option<String> {
     let deadline = env::now() + wait_max;
     while env::now() < deadline {
         for endpoint in endpoints {
-            let request = hyper::Request::get("/v1/cluster").body(Full::new(Bytes::new())).expect("valid request");
-            if let Ok(response) = client.call(endpoint, request, 1 << 20, Duration::from_secs(1)).await {
+            let request = hyper::Request::get("/v1/cluster")
+                .body(Full::new(Bytes::new()))
+                .expect("valid request");
+            if let Ok(response) = client
+                .call(endpoint, request, 1 << 20, Duration::from_secs(1))
+                .await
+            {
                 if let Ok(body) = serde_json::from_slice::<serde_json::Value>(response.body()) {
                     let leader = body["members"]
                         .as_array()
-                        .and_then(|members| members.iter().find(|m| m["is_leader"] == serde_json::Value::Bool(true)))
+                        .and_then(|members| {
+                            members
+                                .iter()
+                                .find(|m| m["is_leader"] == serde_json::Value::Bool(true))
+                        })
                         .and_then(|m| m["addr"].as_str());
                     if let Some(addr) = leader {
                         return Some(addr.to_string());

@@ -32,12 +32,17 @@ pub fn run(args: DevArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let addrs: Vec<String> =
-        (0..args.nodes).map(|i| format!("{}:{}", args.host, args.base_port + i)).collect();
+    let addrs: Vec<String> = (0..args.nodes)
+        .map(|i| format!("{}:{}", args.host, args.base_port + i))
+        .collect();
     let mut children: Vec<(String, Child)> = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
         let name = format!("node{}", i + 1);
-        let peers: Vec<&str> = addrs.iter().filter(|a| *a != addr).map(String::as_str).collect();
+        let peers: Vec<&str> = addrs
+            .iter()
+            .filter(|a| *a != addr)
+            .map(String::as_str)
+            .collect();
         let mut command = Command::new(&exe);
         command
             .arg("--id")
@@ -65,12 +70,21 @@ pub fn run(args: DevArgs) -> ExitCode {
     for ((name, child), addr) in children.iter().zip(&addrs) {
         println!("  {name}  http://{addr}  (pid {})", child.id());
     }
-    println!("try:  curl -X PUT --data hello http://{}/v1/kv/greeting", addrs[0]);
-    println!("      curl http://{}/v1/kv/greeting", addrs[addrs.len() - 1]);
+    println!(
+        "try:  curl -X PUT --data hello http://{}/v1/kv/greeting",
+        addrs[0]
+    );
+    println!(
+        "      curl http://{}/v1/kv/greeting",
+        addrs[addrs.len() - 1]
+    );
     println!("      curl http://{}/v1/cluster", addrs[0]);
     println!("kill a node's pid to watch failover; ctrl-c stops the cluster.");
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("raft-kv dev: cannot start the runtime: {e}");

@@ -70,7 +70,14 @@ pub struct AppState {
 impl AppState {
     /// State for a node that has not started yet.
     pub fn new(name: String, id: NodeId, limits: HttpLimits, client: HttpClient) -> AppState {
-        AppState { name, id, limits, node: OnceLock::new(), client, metrics: Arc::new(Metrics::new()) }
+        AppState {
+            name,
+            id,
+            limits,
+            node: OnceLock::new(),
+            client,
+            metrics: Arc::new(Metrics::new()),
+        }
     }
 
     /// Attaches the running node.
@@ -90,17 +97,20 @@ type HttpResponse = Response<Full<Bytes>>;
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> HttpResponse
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = env::now();
     let (route, response) = route(state, request).await;
-    let seconds = env::now().saturating_duration_since(started).as_secs_f64();
+    let seconds = env::now().duration_since(started).as_secs_f64();
     state
         .metrics
         .histogram(
             "http_request_duration_seconds",
             "Latency of HTTP requests by route.",
-            &[("route", route.to_string()), ("status", response.status().as_u16().to_string())],
+            &[
+                ("route", route.to_string()),
+                ("status", response.status().as_u16().to_string()),
+            ],
             LATENCY_BUCKETS_SECONDS,
         )
         .observe(seconds);
@@ -110,15 +120,21 @@ where
 async fn route<B>(state: &AppState, request: Request<B>) -> (&'static str, HttpResponse)
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
     match path.as_str() {
         "/health" => ("/health", only(&method, &[Method::GET], || health(state))),
         "/metrics" => ("/metrics", only(&method, &[Method::GET], || metrics(state))),
-        "/v1/raft/hello" => ("/v1/raft/hello", only(&method, &[Method::GET], || hello(state))),
-        "/v1/cluster" => ("/v1/cluster", only(&method, &[Method::GET], || cluster(state))),
+        "/v1/raft/hello" => (
+            "/v1/raft/hello",
+            only(&method, &[Method::GET], || hello(state)),
+        ),
+        "/v1/cluster" => (
+            "/v1/cluster",
+            only(&method, &[Method::GET], || cluster(state)),
+        ),
         "/v1/raft/messages" => {
             if method != Method::POST {
                 return ("/v1/raft/messages", method_not_allowed(&[Method::POST]));
@@ -127,9 +143,15 @@ where
         }
         "/v1/cluster/transfer-leader" => {
             if method != Method::POST {
-                return ("/v1/cluster/transfer-leader", method_not_allowed(&[Method::POST]));
+                return (
+                    "/v1/cluster/transfer-leader",
+                    method_not_allowed(&[Method::POST]),
+                );
             }
-            ("/v1/cluster/transfer-leader", transfer_leader(state, request).await)
+            (
+                "/v1/cluster/transfer-leader",
+                transfer_leader(state, request).await,
+            )
         }
         "/v1/kv" | "/v1/kv/" => {
             if method != Method::GET {
@@ -141,16 +163,32 @@ where
             Some(raw_key) => {
                 let key = match percent_decode(raw_key) {
                     Ok(key) => key,
-                    Err(message) => return ("/v1/kv/{key}", error(StatusCode::BAD_REQUEST, "bad_key", &message)),
+                    Err(message) => {
+                        return (
+                            "/v1/kv/{key}",
+                            error(StatusCode::BAD_REQUEST, "bad_key", &message),
+                        )
+                    }
                 };
                 ("/v1/kv/{key}", kv(state, request, Some(key)).await)
             }
-            None => ("other", error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}"))),
+            None => (
+                "other",
+                error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("no route for {path}"),
+                ),
+            ),
         },
     }
 }
 
-fn only(method: &Method, allowed: &[Method], handler: impl FnOnce() -> HttpResponse) -> HttpResponse {
+fn only(
+    method: &Method,
+    allowed: &[Method],
+    handler: impl FnOnce() -> HttpResponse,
+) -> HttpResponse {
     if allowed.contains(method) {
         handler()
     } else {
@@ -173,7 +211,10 @@ fn method_not_allowed(allowed: &[Method]) -> HttpResponse {
 
 fn health(state: &AppState) -> HttpResponse {
     let Some(node) = state.node() else {
-        return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "starting", "node": state.name}));
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "starting", "node": state.name}),
+        );
     };
     let status = node.status();
     let leader = status.leader.map(|id| member_name(node, id));
@@ -206,15 +247,22 @@ fn metrics(state: &AppState) -> HttpResponse {
         text.push_str(&node.metrics.registry.render());
     }
     let mut response = Response::new(Full::new(Bytes::from(text)));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
     response
 }
 
 fn hello(state: &AppState) -> HttpResponse {
-    let hello = Hello { name: state.name.clone(), id: state.id };
-    json_response(StatusCode::OK, serde_json::to_value(hello).unwrap_or(Json::Null))
+    let hello = Hello {
+        name: state.name.clone(),
+        id: state.id,
+    };
+    json_response(
+        StatusCode::OK,
+        serde_json::to_value(hello).unwrap_or(Json::Null),
+    )
 }
 
 fn cluster(state: &AppState) -> HttpResponse {
@@ -242,20 +290,29 @@ fn cluster(state: &AppState) -> HttpResponse {
 async fn raft_messages<B>(state: &AppState, request: Request<B>) -> HttpResponse
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let Some(node) = state.node() else {
         return not_started(state);
     };
-    let body = match read_body(request.into_body(), state.limits.rpc_body_bytes_max, state.limits.body_read_timeout).await
+    let body = match read_body(
+        request.into_body(),
+        state.limits.rpc_body_bytes_max,
+        state.limits.body_read_timeout,
+    )
+    .await
     {
         Ok(body) => body,
         Err(response) => return response,
     };
     let cluster = &node.cluster;
-    match rpc::decode(&body, state.limits.rpc_body_bytes_max, cluster.cluster_id, cluster.self_id, |id| {
-        cluster.is_member(id)
-    }) {
+    match rpc::decode(
+        &body,
+        state.limits.rpc_body_bytes_max,
+        cluster.cluster_id,
+        cluster.self_id,
+        |id| cluster.is_member(id),
+    ) {
         Ok(envelope) => match node.deliver(envelope.messages) {
             Ok(()) => Response::builder()
                 .status(StatusCode::NO_CONTENT)
@@ -263,10 +320,14 @@ where
                 .expect("a static response is valid"),
             Err(e) => node_error_response(&e),
         },
-        Err(rpc::RpcError::WrongCluster { .. }) | Err(rpc::RpcError::NotMember(_)) => {
-            error(StatusCode::FORBIDDEN, "not_member", "raft rpc from outside this cluster refused")
+        Err(rpc::RpcError::WrongCluster { .. }) | Err(rpc::RpcError::NotMember(_)) => error(
+            StatusCode::FORBIDDEN,
+            "not_member",
+            "raft rpc from outside this cluster refused",
+        ),
+        Err(e @ rpc::RpcError::TooLarge { .. }) => {
+            error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &e.to_string())
         }
-        Err(e @ rpc::RpcError::TooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &e.to_string()),
         Err(e) => error(StatusCode::BAD_REQUEST, "bad_rpc", &e.to_string()),
     }
 }
@@ -274,7 +335,7 @@ where
 async fn transfer_leader<B>(state: &AppState, request: Request<B>) -> HttpResponse
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let Some(node) = state.node() else {
         return not_started(state);
@@ -284,13 +345,30 @@ where
         None => None,
         Some(name) => match node.cluster.members.iter().find(|m| m.name == name) {
             Some(member) => Some(member.id),
-            None => return error(StatusCode::BAD_REQUEST, "unknown_member", &format!("no member named {name:?}")),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "unknown_member",
+                    &format!("no member named {name:?}"),
+                )
+            }
         },
     };
     match node.transfer_leadership(to).await {
         Ok(()) => json_response(StatusCode::ACCEPTED, json!({"status": "transferring"})),
-        Err(NodeError::NotLeader { leader: Some(leader) }) if !request.headers().contains_key(FORWARDED) => {
-            forward(state, node, leader, request.method().clone(), request.uri(), request.headers(), Bytes::new()).await
+        Err(NodeError::NotLeader {
+            leader: Some(leader),
+        }) if !request.headers().contains_key(FORWARDED) => {
+            forward(
+                state,
+                node,
+                leader,
+                request.method().clone(),
+                request.uri(),
+                request.headers(),
+                Bytes::new(),
+            )
+            .await
         }
         Err(e) => node_error_response(&e),
     }
@@ -299,7 +377,7 @@ where
 async fn kv<B>(state: &AppState, request: Request<B>, key: Option<String>) -> HttpResponse
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let Some(node) = state.node() else {
         return not_started(state);
@@ -310,14 +388,24 @@ where
             return error(
                 StatusCode::BAD_REQUEST,
                 "key_too_long",
-                &format!("key of {} bytes is over the limit of {}", key.len(), state.limits.key_bytes_max),
+                &format!(
+                    "key of {} bytes is over the limit of {}",
+                    key.len(),
+                    state.limits.key_bytes_max
+                ),
             );
         }
     }
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
     let body = if method == Method::PUT {
-        match read_body(body, state.limits.value_bytes_max, state.limits.body_read_timeout).await {
+        match read_body(
+            body,
+            state.limits.value_bytes_max,
+            state.limits.body_read_timeout,
+        )
+        .await
+        {
             Ok(body) => body,
             Err(response) => return response,
         }
@@ -345,22 +433,43 @@ where
             };
             read(node, &query, list).await
         }
-        (&Method::PUT | &Method::DELETE, Some(key)) => write(state, &parts, &query, key, body.clone(), node).await,
+        (&Method::PUT | &Method::DELETE, Some(key)) => {
+            write(state, &parts, &query, key, body.clone(), node).await
+        }
         (&Method::PUT | &Method::DELETE, None) => {
-            return error(StatusCode::BAD_REQUEST, "missing_key", "PUT and DELETE need a key: /v1/kv/{key}")
+            return error(
+                StatusCode::BAD_REQUEST,
+                "missing_key",
+                "PUT and DELETE need a key: /v1/kv/{key}",
+            )
         }
         _ => return method_not_allowed(&[Method::GET, Method::PUT, Method::DELETE]),
     };
     match outcome {
         Ok(response) => response,
-        Err(NodeError::NotLeader { leader: Some(leader) }) if !parts.headers.contains_key(FORWARDED) => {
-            forward(state, node, leader, method, &parts.uri, &parts.headers, body).await
+        Err(NodeError::NotLeader {
+            leader: Some(leader),
+        }) if !parts.headers.contains_key(FORWARDED) => {
+            forward(
+                state,
+                node,
+                leader,
+                method,
+                &parts.uri,
+                &parts.headers,
+                body,
+            )
+            .await
         }
         Err(e) => node_error_response(&e),
     }
 }
 
-async fn read(node: &NodeHandle, query: &Query, read_query: ReadQuery) -> Result<HttpResponse, NodeError> {
+async fn read(
+    node: &NodeHandle,
+    query: &Query,
+    read_query: ReadQuery,
+) -> Result<HttpResponse, NodeError> {
     let consistency = match query.get("consistency") {
         None | Some("linearizable") => Consistency::Linearizable,
         Some("stale") => Consistency::Stale,
@@ -377,30 +486,48 @@ async fn read(node: &NodeHandle, query: &Query, read_query: ReadQuery) -> Result
         ReadQuery::Get(key) => key.clone(),
         ReadQuery::List { .. } => String::new(),
     };
-    let ReadOutcome { index, values, more } = node.read(read_query, consistency).await?;
+    let ReadOutcome {
+        index,
+        values,
+        more,
+    } = node.read(read_query, consistency).await?;
     if is_get {
         return Ok(match values.into_iter().next() {
             Some(value) => {
                 let mut response = Response::new(Full::new(value.data.clone()));
                 let headers = response.headers_mut();
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
                 headers.insert(RAFT_INDEX, HeaderValue::from(index));
                 headers.insert(MOD_INDEX, HeaderValue::from(value.mod_index));
                 headers.insert(CREATE_INDEX, HeaderValue::from(value.create_index));
                 response
             }
             None => with_index(
-                error(StatusCode::NOT_FOUND, "key_not_found", &format!("key {key:?} not found")),
+                error(
+                    StatusCode::NOT_FOUND,
+                    "key_not_found",
+                    &format!("key {key:?} not found"),
+                ),
                 index,
             ),
         });
     }
     let keys: Vec<Json> = values.iter().map(value_json).collect();
-    Ok(with_index(json_response(StatusCode::OK, json!({"index": index, "keys": keys, "more": more})), index))
+    Ok(with_index(
+        json_response(
+            StatusCode::OK,
+            json!({"index": index, "keys": keys, "more": more}),
+        ),
+        index,
+    ))
 }
 
 fn value_json(value: &ValueView) -> Json {
-    let mut entry = json!({"key": value.key, "mod_index": value.mod_index, "create_index": value.create_index});
+    let mut entry =
+        json!({"key": value.key, "mod_index": value.mod_index, "create_index": value.create_index});
     match std::str::from_utf8(&value.data) {
         Ok(text) => entry["value"] = json!(text),
         Err(_) => entry["value_hex"] = json!(hex(&value.data)),
@@ -433,28 +560,58 @@ async fn write(
         None => None,
         Some(Ok(index)) => Some(index),
         Some(Err(_)) => {
-            return Ok(error(StatusCode::BAD_REQUEST, "bad_cas", "cas must be a modification index (0: create only)"))
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "bad_cas",
+                "cas must be a modification index (0: create only)",
+            ))
         }
     };
     let op = match (parts.method == Method::PUT, cas) {
         (true, None) => WriteOp::Put { key, value: body },
-        (true, Some(expected_mod_index)) => WriteOp::Cas { key, expected_mod_index, value: body },
+        (true, Some(expected_mod_index)) => WriteOp::Cas {
+            key,
+            expected_mod_index,
+            value: body,
+        },
         (false, None) => WriteOp::Delete { key },
-        (false, Some(expected_mod_index)) => WriteOp::CasDelete { key, expected_mod_index },
+        (false, Some(expected_mod_index)) => WriteOp::CasDelete {
+            key,
+            expected_mod_index,
+        },
     };
-    let request = WriteRequest { idempotency_key, op };
+    let request = WriteRequest {
+        idempotency_key,
+        op,
+    };
     if let Err(e) = request.validate() {
-        return Ok(error(StatusCode::BAD_REQUEST, "invalid_write", &e.to_string()));
+        return Ok(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_write",
+            &e.to_string(),
+        ));
     }
     let outcome = node.write(request).await?;
     let index = outcome.index;
     let response = match outcome.result {
         WriteResult::Put { mod_index, created } => {
-            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
-            json_response(code, json!({"index": index, "mod_index": mod_index, "created": created}))
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json_response(
+                code,
+                json!({"index": index, "mod_index": mod_index, "created": created}),
+            )
         }
-        WriteResult::Deleted { existed } => json_response(StatusCode::OK, json!({"index": index, "deleted": existed})),
-        WriteResult::CasOk { mod_index } => json_response(StatusCode::OK, json!({"index": index, "mod_index": mod_index})),
+        WriteResult::Deleted { existed } => {
+            json_response(StatusCode::OK, json!({"index": index, "deleted": existed}))
+        }
+        WriteResult::CasOk { mod_index } => json_response(
+            StatusCode::OK,
+            json!({"index": index, "mod_index": mod_index}),
+        ),
         WriteResult::CasMismatch { current_mod_index } => json_response(
             StatusCode::CONFLICT,
             json!({
@@ -482,23 +639,45 @@ async fn forward(
         return node_error_response(&NodeError::NotLeader { leader: None });
     };
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut builder = Request::builder().method(method).uri(path).header(FORWARDED, state.name.as_str());
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(FORWARDED, state.name.as_str());
     for name in [CONTENT_TYPE.as_str(), IDEMPOTENCY_KEY] {
         if let Some(value) = headers.get(name) {
             builder = builder.header(name, value);
         }
     }
     let Ok(request) = builder.body(Full::new(body)) else {
-        return error(StatusCode::BAD_REQUEST, "bad_request", "request cannot be forwarded");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "request cannot be forwarded",
+        );
     };
     let body_limit = state.limits.value_bytes_max.saturating_mul(2).max(16 << 20);
-    match state.client.call(&member.addr, request, body_limit, state.limits.forward_timeout).await {
+    match state
+        .client
+        .call(
+            &member.addr,
+            request,
+            body_limit,
+            state.limits.forward_timeout,
+        )
+        .await
+    {
         Ok(response) => {
             let (parts, body) = response.into_parts();
             let mut relayed = Response::new(Full::new(body));
             *relayed.status_mut() = parts.status;
             for (name, value) in parts.headers.iter() {
-                let keep = [CONTENT_TYPE.as_str(), RAFT_INDEX, MOD_INDEX, CREATE_INDEX, RETRY_AFTER.as_str()];
+                let keep = [
+                    CONTENT_TYPE.as_str(),
+                    RAFT_INDEX,
+                    MOD_INDEX,
+                    CREATE_INDEX,
+                    RETRY_AFTER.as_str(),
+                ];
                 if keep.contains(&name.as_str()) {
                     relayed.headers_mut().insert(name.clone(), value.clone());
                 }
@@ -506,9 +685,8 @@ async fn forward(
             relayed
         }
         // The request may have reached the leader: its outcome is unknown.
-        Err(super::client::ClientError::Timeout { .. }) | Err(super::client::ClientError::Http { .. }) => {
-            node_error_response(&NodeError::Timeout)
-        }
+        Err(super::client::ClientError::Timeout { .. })
+        | Err(super::client::ClientError::Http { .. }) => node_error_response(&NodeError::Timeout),
         // Never sent: the client may retry safely.
         Err(e @ super::client::ClientError::Connect { .. }) => {
             let mut response = error(
@@ -516,7 +694,9 @@ async fn forward(
                 "leader_unreachable",
                 &format!("cannot reach the leader {}: {e}", member.name),
             );
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             response
         }
     }
@@ -525,7 +705,7 @@ async fn forward(
 async fn read_body<B>(body: B, bytes_max: usize, timeout: Duration) -> Result<Bytes, HttpResponse>
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if let Some(declared) = body.size_hint().exact() {
         if declared > bytes_max as u64 {
@@ -535,10 +715,16 @@ where
     match env::timeout(timeout, Limited::new(body, bytes_max).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(too_large(bytes_max as u64 + 1, bytes_max))
             } else {
-                Err(error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the request body: {e}")))
+                Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    &format!("cannot read the request body: {e}"),
+                ))
             }
         }
         Err(_) => Err(error(
@@ -572,7 +758,9 @@ fn node_error_response(e: &NodeError) -> HttpResponse {
     };
     let mut response = error(code, name, &message);
     if retry {
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
 }
@@ -583,23 +771,33 @@ fn not_started(state: &AppState) -> HttpResponse {
         "starting",
         &format!("node {} is starting (waiting for its peers)", state.name),
     );
-    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 
 fn member_name(node: &NodeHandle, id: NodeId) -> String {
-    node.cluster.member(id).map(|m| m.name.clone()).unwrap_or_else(|| format!("{id:x}"))
+    node.cluster
+        .member(id)
+        .map(|m| m.name.clone())
+        .unwrap_or_else(|| format!("{id:x}"))
 }
 
 fn with_index(mut response: HttpResponse, index: u64) -> HttpResponse {
-    response.headers_mut().insert(HeaderName::from_static(RAFT_INDEX), HeaderValue::from(index));
+    response.headers_mut().insert(
+        HeaderName::from_static(RAFT_INDEX),
+        HeaderValue::from(index),
+    );
     response
 }
 
 fn json_response(code: StatusCode, body: Json) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = code;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -618,7 +816,9 @@ fn percent_decode(text: &str) -> Result<String, String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let digits = bytes.get(i + 1..i + 3).and_then(|d| std::str::from_utf8(d).ok());
+            let digits = bytes
+                .get(i + 1..i + 3)
+                .and_then(|d| std::str::from_utf8(d).ok());
             match digits.and_then(|d| u8::from_str_radix(d, 16).ok()) {
                 Some(byte) => out.push(byte),
                 None => return Err(format!("bad percent escape at byte {i}")),
@@ -640,14 +840,18 @@ impl Query {
         let mut pairs = Vec::new();
         for part in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
-            let decode = |s: &str| percent_decode(&s.replace('+', " ")).unwrap_or_else(|_| s.to_string());
+            let decode =
+                |s: &str| percent_decode(&s.replace('+', " ")).unwrap_or_else(|_| s.to_string());
             pairs.push((decode(name), decode(value)));
         }
         Query(pairs)
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -44,10 +44,13 @@ pub enum ClientError {
     },
 }
 
+/// Idle connections by address.
+type IdlePool = BTreeMap<String, Vec<SendRequest<Full<Bytes>>>>;
+
 /// A cheap-to-clone pooled client.
 #[derive(Clone, Default)]
 pub struct HttpClient {
-    idle: Arc<Mutex<BTreeMap<String, Vec<SendRequest<Full<Bytes>>>>>>,
+    idle: Arc<Mutex<IdlePool>>,
 }
 
 /// A response with its whole body read.
@@ -70,7 +73,10 @@ impl HttpClient {
     ) -> Result<FullResponse, ClientError> {
         match env::timeout(timeout, self.call_inner(addr, request, body_bytes_max)).await {
             Ok(result) => result,
-            Err(_) => Err(ClientError::Timeout { addr: addr.to_string(), timeout }),
+            Err(_) => Err(ClientError::Timeout {
+                addr: addr.to_string(),
+                timeout,
+            }),
         }
     }
 
@@ -90,7 +96,10 @@ impl HttpClient {
             addr: addr.to_string(),
             message: e.to_string(),
         };
-        let response = sender.send_request(request).await.map_err(|e| http_error(&e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| http_error(&e))?;
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, body_bytes_max)
             .collect()
@@ -119,13 +128,20 @@ impl HttpClient {
                 None => break,
             }
         }
-        let stream = env::TcpStream::connect(addr)
-            .await
-            .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
-        env::set_nodelay(&stream);
+        let stream =
+            env::TcpStream::connect(addr)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+        let _ = stream.set_nodelay(true);
         let (sender, connection) = hyper::client::conn::http1::handshake(env::TokioIo::new(stream))
             .await
-            .map_err(|e| ClientError::Http { addr: addr.to_string(), message: e.to_string() })?;
+            .map_err(|e| ClientError::Http {
+                addr: addr.to_string(),
+                message: e.to_string(),
+            })?;
         env::spawn(async move {
             let _ = connection.await;
         });

@@ -36,7 +36,7 @@ pub async fn serve(
                 continue;
             }
         };
-        env::set_nodelay(&stream);
+        let _ = stream.set_nodelay(true);
         let state = state.clone();
         env::spawn(async move {
             let header_bytes_max = state.limits.header_bytes_max.max(8192);
@@ -46,10 +46,13 @@ pub async fn serve(
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
-                .timer(env::HyperTimer::new())
+                .timer(env::HyperTimer)
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(header_bytes_max);
-            if let Err(error) = builder.serve_connection(env::TokioIo::new(stream), service).await {
+            if let Err(error) = builder
+                .serve_connection(env::TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(%error, "http connection ended with an error");
             }
         });

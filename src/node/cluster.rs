@@ -56,7 +56,11 @@ impl ClusterInfo {
     pub fn new(self_name: &str, self_addr: &str, peers: Vec<(String, String)>) -> ClusterInfo {
         let mut members: Vec<Member> = peers
             .into_iter()
-            .map(|(name, addr)| Member { id: node_id_of(&name), name, addr })
+            .map(|(name, addr)| Member {
+                id: node_id_of(&name),
+                name,
+                addr,
+            })
             .collect();
         members.push(Member {
             name: self_name.to_string(),
@@ -68,7 +72,11 @@ impl ClusterInfo {
         let mut names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
         names.sort_unstable();
         let cluster_id = node_id_of(&names.join("\u{0}"));
-        ClusterInfo { cluster_id, self_id: node_id_of(self_name), members }
+        ClusterInfo {
+            cluster_id,
+            self_id: node_id_of(self_name),
+            members,
+        }
     }
 
     /// The initial Raft membership: every member votes.
@@ -125,14 +133,23 @@ pub enum ClusterError {
 }
 
 /// Loads the membership from the data directory, or learns it from the peers and saves it.
-pub async fn establish(config: &NodeConfig, client: &HttpClient) -> Result<ClusterInfo, ClusterError> {
+pub async fn establish(
+    config: &NodeConfig,
+    client: &HttpClient,
+) -> Result<ClusterInfo, ClusterError> {
     let path = config.data_dir.join(CLUSTER_FILE);
-    if env::fs::exists(&path).await {
+    if env::fs::exists(&path).await.unwrap_or(false) {
         let info = load(&path).await?;
         let self_id = node_id_of(&config.name);
         if info.self_id != self_id {
-            let found = info.member(info.self_id).map(|m| m.name.clone()).unwrap_or_default();
-            return Err(ClusterError::WrongNode { found, expected: config.name.clone() });
+            let found = info
+                .member(info.self_id)
+                .map(|m| m.name.clone())
+                .unwrap_or_default();
+            return Err(ClusterError::WrongNode {
+                found,
+                expected: config.name.clone(),
+            });
         }
         return Ok(info);
     }
@@ -140,7 +157,10 @@ pub async fn establish(config: &NodeConfig, client: &HttpClient) -> Result<Clust
     for addr in &config.peers {
         let hello = ask_until_answered(client, addr, config.rpc_timeout).await;
         if hello.name == config.name || answers.iter().any(|(name, _)| *name == hello.name) {
-            return Err(ClusterError::DuplicateName { addr: addr.clone(), name: hello.name });
+            return Err(ClusterError::DuplicateName {
+                addr: addr.clone(),
+                name: hello.name,
+            });
         }
         answers.push((hello.name, addr.clone()));
     }
@@ -172,13 +192,19 @@ async fn ask_until_answered(client: &HttpClient, addr: &str, timeout: Duration) 
 }
 
 async fn load(path: &Path) -> Result<ClusterInfo, ClusterError> {
-    let bad = |reason: String| ClusterError::BadFile { path: path.display().to_string(), reason };
+    let bad = |reason: String| ClusterError::BadFile {
+        path: path.display().to_string(),
+        reason,
+    };
     let bytes = env::fs::read(path).await.map_err(|e| bad(e.to_string()))?;
     serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
 }
 
 async fn save(path: &Path, info: &ClusterInfo) -> Result<(), ClusterError> {
-    let io = |source| ClusterError::Io { path: path.display().to_string(), source };
+    let io = |source| ClusterError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         env::fs::create_dir_all(dir).await.map_err(io)?;
     }
@@ -195,12 +221,18 @@ mod tests {
         let a = ClusterInfo::new(
             "node1",
             "a:1",
-            vec![("node2".into(), "b:2".into()), ("node3".into(), "c:3".into())],
+            vec![
+                ("node2".into(), "b:2".into()),
+                ("node3".into(), "c:3".into()),
+            ],
         );
         let b = ClusterInfo::new(
             "node2",
             "b:2",
-            vec![("node3".into(), "c:3".into()), ("node1".into(), "a:1".into())],
+            vec![
+                ("node3".into(), "c:3".into()),
+                ("node1".into(), "a:1".into()),
+            ],
         );
         assert_eq!(a.cluster_id, b.cluster_id);
         assert_eq!(a.membership(), b.membership());

@@ -12,16 +12,16 @@ use tokio::sync::{mpsc, oneshot};
 use super::cluster::{self, ClusterInfo};
 use super::transport::Transport;
 use super::{
-    Consistency, Inspection, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeMetrics, NodeStatus, ReadOutcome, ReadQuery, Request,
-    ValueView, WriteOutcome,
+    Consistency, Inspection, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeMetrics, NodeStatus,
+    ReadOutcome, ReadQuery, Request, ValueView, WriteOutcome,
 };
 use crate::env;
 use crate::http::client::HttpClient;
 use crate::kv::{self, KvOptions, KvStore};
 use crate::raft::invariants::{entry_digest, NodeView};
 use crate::raft::{
-    self, Config, EntryKind, Error as RaftError, HardState, Index, Message, Raft, ReadContext, Ready, Role,
-    Snapshot, SnapshotMeta, Term,
+    self, Config, EntryKind, Error as RaftError, HardState, Index, Message, Raft, ReadContext,
+    Ready, Role, Snapshot, SnapshotMeta, Term,
 };
 use crate::wal::{Wal, WalOptions};
 
@@ -84,12 +84,17 @@ struct Driver {
     failure: Option<String>,
 }
 
-pub(super) async fn start(config: NodeConfig, client: HttpClient) -> Result<NodeHandle, StartError> {
+pub(super) async fn start(
+    config: NodeConfig,
+    client: HttpClient,
+) -> Result<NodeHandle, StartError> {
     let config = Arc::new(config);
     let cluster = Arc::new(cluster::establish(&config, &client).await?);
     let (wal, restore) = Wal::open(
         &config.data_dir.join("wal"),
-        WalOptions { segment_bytes_max: config.wal_segment_bytes_max },
+        WalOptions {
+            segment_bytes_max: config.wal_segment_bytes_max,
+        },
     )
     .await
     .map_err(|e| StartError::Wal(e.to_string()))?;
@@ -99,11 +104,12 @@ pub(super) async fn start(config: NodeConfig, client: HttpClient) -> Result<Node
         restore.hard_state.vote = None;
     }
 
-    let kv_options = KvOptions { idempotency_keys_max: config.idempotency_keys_max };
+    let kv_options = KvOptions {
+        idempotency_keys_max: config.idempotency_keys_max,
+    };
     let kv = match &restore.snapshot {
-        Some(snapshot) => {
-            KvStore::restore(&snapshot.data, kv_options.clone()).map_err(|e| StartError::Restore(e.to_string()))?
-        }
+        Some(snapshot) => KvStore::restore(&snapshot.data, kv_options.clone())
+            .map_err(|e| StartError::Restore(e.to_string()))?,
         None => KvStore::new(kv_options.clone()),
     };
     let synced_term_vote = (restore.hard_state.term, restore.hard_state.vote);
@@ -124,7 +130,13 @@ pub(super) async fn start(config: NodeConfig, client: HttpClient) -> Result<Node
         last_index: raft_status.last_index,
         failure: None,
     }));
-    let transport = Transport::new(&cluster, client, config.rpc_timeout, config.rpc_body_bytes_max, &metrics);
+    let transport = Transport::new(
+        &cluster,
+        client,
+        config.rpc_timeout,
+        config.rpc_body_bytes_max,
+        &metrics,
+    );
     let (requests_tx, requests) = mpsc::channel(config.request_queue_max);
     let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE_MAX);
     tracing::info!(
@@ -157,7 +169,14 @@ pub(super) async fn start(config: NodeConfig, client: HttpClient) -> Result<Node
         failure: None,
     };
     env::spawn(driver.run());
-    Ok(NodeHandle { requests: requests_tx, inbound: inbound_tx, status, cluster, config, metrics })
+    Ok(NodeHandle {
+        requests: requests_tx,
+        inbound: inbound_tx,
+        status,
+        cluster,
+        config,
+        metrics,
+    })
 }
 
 impl Driver {
@@ -166,7 +185,7 @@ impl Driver {
         let mut next_tick = env::now() + tick;
         self.publish_status();
         loop {
-            let wait = next_tick.saturating_duration_since(env::now());
+            let wait = next_tick.duration_since(env::now());
             let mut handled = 0usize;
             tokio::select! {
                 _ = env::sleep(wait) => {}
@@ -195,7 +214,7 @@ impl Driver {
                 if self.failure.is_none() {
                     self.raft.tick();
                 }
-                next_tick = next_tick + tick;
+                next_tick += tick;
             }
             self.flush_reads();
             if self.failure.is_none() && self.raft.has_ready() {
@@ -233,8 +252,9 @@ impl Driver {
                 match self.raft.propose(data) {
                     Ok(index) => {
                         self.metrics.proposals.inc();
-                        let term = self.raft.status().soft_state.term;
-                        self.pending_writes.insert(index, PendingWrite { term, reply });
+                        let term = self.raft.soft_state().term;
+                        self.pending_writes
+                            .insert(index, PendingWrite { term, reply });
                     }
                     Err(error) => {
                         self.metrics.proposals_failed.inc();
@@ -242,13 +262,23 @@ impl Driver {
                     }
                 }
             }
-            Request::Read { query, consistency: Consistency::Stale, reply } => {
+            Request::Read {
+                query,
+                consistency: Consistency::Stale,
+                reply,
+            } => {
                 let _ = reply.send(Ok(self.serve_read(&query)));
             }
-            Request::Read { query, consistency: Consistency::Linearizable, reply } => {
+            Request::Read {
+                query,
+                consistency: Consistency::Linearizable,
+                reply,
+            } => {
                 let status = self.raft.status();
                 if status.soft_state.role != Role::Leader {
-                    let _ = reply.send(Err(NodeError::NotLeader { leader: status.soft_state.leader }));
+                    let _ = reply.send(Err(NodeError::NotLeader {
+                        leader: status.soft_state.leader,
+                    }));
                 } else {
                     self.reads_unsent.push(PendingRead { query, reply });
                 }
@@ -284,7 +314,12 @@ impl Driver {
             snapshot_term,
             log,
         };
-        Inspection { kv_applied_index: self.kv.applied_index(), state_hash: self.kv.state_hash(), status, view }
+        Inspection {
+            kv_applied_index: self.kv.applied_index(),
+            state_hash: self.kv.state_hash(),
+            status,
+            view,
+        }
     }
 
     fn observe(&self, event: NodeEvent) {
@@ -296,11 +331,22 @@ impl Driver {
     fn transfer_leadership(&mut self, to: Option<u64>) -> Result<(), NodeError> {
         let status = self.raft.status();
         if status.soft_state.role != Role::Leader {
-            return Err(NodeError::NotLeader { leader: status.soft_state.leader });
+            return Err(NodeError::NotLeader {
+                leader: status.soft_state.leader,
+            });
         }
-        let target = to.or_else(|| status.membership.voters.iter().copied().find(|id| *id != self.cluster.self_id));
+        let target = to.or_else(|| {
+            status
+                .membership
+                .voters
+                .iter()
+                .copied()
+                .find(|id| *id != self.cluster.self_id)
+        });
         match target {
-            None => Err(NodeError::Invalid("no other voter to hand leadership to".into())),
+            None => Err(NodeError::Invalid(
+                "no other voter to hand leadership to".into(),
+            )),
             Some(target) => self.raft.transfer_leadership(target).map_err(node_error),
         }
     }
@@ -335,35 +381,54 @@ impl Driver {
 
         let mut needs_sync = false;
         if let Some(snapshot) = &ready.snapshot {
-            self.wal.save_snapshot(snapshot).await.map_err(|e| format!("wal snapshot: {e}"))?;
+            self.wal
+                .save_snapshot(snapshot)
+                .await
+                .map_err(|e| format!("wal snapshot: {e}"))?;
             self.kv = KvStore::restore(&snapshot.data, self.kv_options.clone())
                 .map_err(|e| format!("snapshot from leader does not restore: {e}"))?;
-            self.observe(NodeEvent::Restored { node: self.cluster.self_id, index: snapshot.meta.index });
+            self.observe(NodeEvent::Restored {
+                node: self.cluster.self_id,
+                index: snapshot.meta.index,
+            });
             needs_sync = true;
         }
         if !ready.entries.is_empty() {
-            self.wal.append(&ready.entries).await.map_err(|e| format!("wal append: {e}"))?;
+            self.wal
+                .append(&ready.entries)
+                .await
+                .map_err(|e| format!("wal append: {e}"))?;
             needs_sync = true;
         }
         if let Some(hard_state) = ready.hard_state {
-            self.wal.save_hard_state(hard_state).await.map_err(|e| format!("wal hard state: {e}"))?;
+            self.wal
+                .save_hard_state(hard_state)
+                .await
+                .map_err(|e| format!("wal hard state: {e}"))?;
             needs_sync |= (hard_state.term, hard_state.vote) != self.synced_term_vote;
         }
         if needs_sync {
             let started = env::now();
-            self.wal.sync().await.map_err(|e| format!("wal sync: {e}"))?;
-            self.metrics.fsync_seconds.observe(env::now().saturating_duration_since(started).as_secs_f64());
+            self.wal
+                .sync()
+                .await
+                .map_err(|e| format!("wal sync: {e}"))?;
+            self.metrics
+                .fsync_seconds
+                .observe(env::now().duration_since(started).as_secs_f64());
             let hard_state: HardState = self.raft.status().hard_state;
             self.synced_term_vote = (hard_state.term, hard_state.vote);
         }
-        self.transport.send(std::mem::take(&mut ready.persisted_messages));
+        self.transport
+            .send(std::mem::take(&mut ready.persisted_messages));
 
         for entry in std::mem::take(&mut ready.committed_entries) {
             self.apply(entry.index, entry.term, entry.kind, &entry.data);
         }
         for read_state in std::mem::take(&mut ready.read_states) {
             if let Some(reads) = self.reads_confirming.remove(&read_state.context) {
-                self.reads_applying.extend(reads.into_iter().map(|read| (read_state.index, read)));
+                self.reads_applying
+                    .extend(reads.into_iter().map(|read| (read_state.index, read)));
             }
         }
         self.serve_applied_reads();
@@ -381,14 +446,21 @@ impl Driver {
             leader = soft.leader.unwrap_or(0),
             "role changed"
         );
-        self.observe(NodeEvent::Role { node: self.cluster.self_id, term: soft.term, role: soft.role, leader: soft.leader });
+        self.observe(NodeEvent::Role {
+            node: self.cluster.self_id,
+            term: soft.term,
+            role: soft.role,
+            leader: soft.leader,
+        });
         if soft.leader != self.last_leader {
             self.metrics.leader_changes.inc();
             self.last_leader = soft.leader;
         }
         if soft.role != Role::Leader {
             // A deposed leader never releases pending read indexes; answer them now.
-            let error = NodeError::NotLeader { leader: soft.leader };
+            let error = NodeError::NotLeader {
+                leader: soft.leader,
+            };
             for read in std::mem::take(&mut self.reads_unsent) {
                 let _ = read.reply.send(Err(error.clone()));
             }
@@ -403,7 +475,12 @@ impl Driver {
     fn apply(&mut self, index: Index, term: Term, kind: EntryKind, data: &Bytes) {
         if self.config.observer.is_some() {
             let digest = entry_digest(kind, data);
-            self.observe(NodeEvent::Applied { node: self.cluster.self_id, index, term, digest });
+            self.observe(NodeEvent::Applied {
+                node: self.cluster.self_id,
+                index,
+                term,
+                digest,
+            });
         }
         let result = match kind {
             EntryKind::Normal => Some(self.kv.apply(index, data)),
@@ -419,7 +496,10 @@ impl Driver {
             }
             let (pending_index, pending) = entry.remove_entry();
             let answer = match (&result, pending_index == index && pending.term == term) {
-                (Some(Ok(result)), true) => Ok(WriteOutcome { index, result: result.clone() }),
+                (Some(Ok(result)), true) => Ok(WriteOutcome {
+                    index,
+                    result: result.clone(),
+                }),
                 (Some(Err(error)), true) => Err(NodeError::Invalid(error.to_string())),
                 _ => {
                     self.metrics.proposals_failed.inc();
@@ -435,8 +515,9 @@ impl Driver {
             return;
         }
         let applied = self.kv.applied_index();
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.reads_applying).into_iter().partition(|(index, _)| *index <= applied);
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_applying)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
         self.reads_applying = waiting;
         for (_, read) in ready {
             let outcome = self.serve_read(&read.query);
@@ -455,14 +536,33 @@ impl Driver {
         match query {
             ReadQuery::Get(key) => ReadOutcome {
                 index,
-                values: self.kv.get(key).map(|value| view(key, value)).into_iter().collect(),
+                values: self
+                    .kv
+                    .get(key)
+                    .map(|value| view(key, value))
+                    .into_iter()
+                    .collect(),
                 more: false,
             },
-            ReadQuery::List { prefix, after, limit } => {
-                let found = self.kv.list(prefix, after.as_deref(), limit.saturating_add(1));
+            ReadQuery::List {
+                prefix,
+                after,
+                limit,
+            } => {
+                let found = self
+                    .kv
+                    .list(prefix, after.as_deref(), limit.saturating_add(1));
                 let more = found.len() > *limit;
-                let values = found.into_iter().take(*limit).map(|(key, value)| view(key, value)).collect();
-                ReadOutcome { index, values, more }
+                let values = found
+                    .into_iter()
+                    .take(*limit)
+                    .map(|(key, value)| view(key, value))
+                    .collect();
+                ReadOutcome {
+                    index,
+                    values,
+                    more,
+                }
             }
         }
     }
@@ -484,9 +584,21 @@ impl Driver {
             self.kv.applied_index()
         );
         let data = self.kv.snapshot();
-        let snapshot = Snapshot { meta: SnapshotMeta { index: applied, term, membership: status.membership }, data };
-        self.wal.save_snapshot(&snapshot).await.map_err(|e| format!("wal snapshot: {e}"))?;
-        self.raft.compact(applied, snapshot.data).map_err(|e| format!("compact: {e}"))?;
+        let snapshot = Snapshot {
+            meta: SnapshotMeta {
+                index: applied,
+                term,
+                membership: status.membership,
+            },
+            data,
+        };
+        self.wal
+            .save_snapshot(&snapshot)
+            .await
+            .map_err(|e| format!("wal snapshot: {e}"))?;
+        self.raft
+            .compact(applied, snapshot.data)
+            .map_err(|e| format!("compact: {e}"))?;
         self.metrics.snapshots.inc();
         tracing::info!(node = %self.config.name, index = applied, "snapshot taken, log compacted");
         Ok(())
@@ -517,10 +629,16 @@ impl Driver {
         let status = self.raft.status();
         let soft = status.soft_state;
         self.metrics.term.set(soft.term as i64);
-        self.metrics.is_leader.set(i64::from(soft.role == Role::Leader));
-        self.metrics.commit_index.set(status.hard_state.commit as i64);
+        self.metrics
+            .is_leader
+            .set(i64::from(soft.role == Role::Leader));
+        self.metrics
+            .commit_index
+            .set(status.hard_state.commit as i64);
         self.metrics.applied_index.set(status.applied_index as i64);
-        self.metrics.healthy.set(i64::from(self.failure.is_none() && soft.leader.is_some()));
+        self.metrics
+            .healthy
+            .set(i64::from(self.failure.is_none() && soft.leader.is_some()));
         let mut shared = self.status.lock().expect("status lock poisoned");
         *shared = NodeStatus {
             role: soft.role,
@@ -542,8 +660,8 @@ fn node_error(error: RaftError) -> NodeError {
             NodeError::Overloaded(error.to_string())
         }
         RaftError::TransferInProgress => NodeError::Unavailable(error.to_string()),
-        RaftError::ProposalTooLarge { .. } | RaftError::ConfChangePending | RaftError::Invalid(_) => {
-            NodeError::Invalid(error.to_string())
-        }
+        RaftError::ProposalTooLarge { .. }
+        | RaftError::ConfChangePending
+        | RaftError::Invalid(_) => NodeError::Invalid(error.to_string()),
     }
 }

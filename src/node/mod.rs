@@ -127,10 +127,23 @@ pub struct NodeStatus {
 
 /// A request to the driver.
 pub(crate) enum Request {
-    Write { request: WriteRequest, reply: oneshot::Sender<Result<WriteOutcome, NodeError>> },
-    Read { query: ReadQuery, consistency: Consistency, reply: oneshot::Sender<Result<ReadOutcome, NodeError>> },
-    TransferLeadership { to: Option<NodeId>, reply: oneshot::Sender<Result<(), NodeError>> },
-    Inspect { with_log: bool, reply: oneshot::Sender<Inspection> },
+    Write {
+        request: WriteRequest,
+        reply: oneshot::Sender<Result<WriteOutcome, NodeError>>,
+    },
+    Read {
+        query: ReadQuery,
+        consistency: Consistency,
+        reply: oneshot::Sender<Result<ReadOutcome, NodeError>>,
+    },
+    TransferLeadership {
+        to: Option<NodeId>,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Inspect {
+        with_log: bool,
+        reply: oneshot::Sender<Inspection>,
+    },
 }
 
 /// A look inside a running node, for the simulator's checks.
@@ -170,9 +183,21 @@ impl NodeMetrics {
         NodeMetrics {
             term: m.gauge("raft_term", "The node's current Raft term.", &[]),
             is_leader: m.gauge("raft_is_leader", "1 when this node is the leader.", &[]),
-            commit_index: m.gauge("raft_commit_index", "The highest log index known committed.", &[]),
-            applied_index: m.gauge("raft_applied_index", "The highest log index applied to the store.", &[]),
-            proposals: m.counter("raft_proposals_total", "Writes proposed by this node as leader.", &[]),
+            commit_index: m.gauge(
+                "raft_commit_index",
+                "The highest log index known committed.",
+                &[],
+            ),
+            applied_index: m.gauge(
+                "raft_applied_index",
+                "The highest log index applied to the store.",
+                &[],
+            ),
+            proposals: m.counter(
+                "raft_proposals_total",
+                "Writes proposed by this node as leader.",
+                &[],
+            ),
             proposals_failed: m.counter(
                 "raft_proposals_failed_total",
                 "Writes refused or dropped before they committed.",
@@ -189,8 +214,16 @@ impl NodeMetrics {
                 &[],
                 LATENCY_BUCKETS_SECONDS,
             ),
-            snapshots: m.counter("raft_snapshots_total", "Snapshots taken to compact the log.", &[]),
-            healthy: m.gauge("raft_kv_healthy", "1 when the node can serve, 0 otherwise.", &[]),
+            snapshots: m.counter(
+                "raft_snapshots_total",
+                "Snapshots taken to compact the log.",
+                &[],
+            ),
+            healthy: m.gauge(
+                "raft_kv_healthy",
+                "1 when the node can serve, 0 otherwise.",
+                &[],
+            ),
             registry,
         }
     }
@@ -219,9 +252,17 @@ impl NodeHandle {
     }
 
     /// Serves a read.
-    pub async fn read(&self, query: ReadQuery, consistency: Consistency) -> Result<ReadOutcome, NodeError> {
+    pub async fn read(
+        &self,
+        query: ReadQuery,
+        consistency: Consistency,
+    ) -> Result<ReadOutcome, NodeError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Request::Read { query, consistency, reply })?;
+        self.submit(Request::Read {
+            query,
+            consistency,
+            reply,
+        })?;
         self.await_answer(answer).await
     }
 
@@ -260,15 +301,24 @@ impl NodeHandle {
 
     fn submit(&self, request: Request) -> Result<(), NodeError> {
         self.requests.try_send(request).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => NodeError::Overloaded("request queue is full".into()),
-            mpsc::error::TrySendError::Closed(_) => NodeError::Unavailable("node is shutting down".into()),
+            mpsc::error::TrySendError::Full(_) => {
+                NodeError::Overloaded("request queue is full".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                NodeError::Unavailable("node is shutting down".into())
+            }
         })
     }
 
-    async fn await_answer<T>(&self, answer: oneshot::Receiver<Result<T, NodeError>>) -> Result<T, NodeError> {
+    async fn await_answer<T>(
+        &self,
+        answer: oneshot::Receiver<Result<T, NodeError>>,
+    ) -> Result<T, NodeError> {
         match env::timeout(self.config.request_timeout, answer).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(NodeError::Unavailable("node stopped while serving the request".into())),
+            Ok(Err(_)) => Err(NodeError::Unavailable(
+                "node stopped while serving the request".into(),
+            )),
             Err(_) => Err(NodeError::Timeout),
         }
     }
@@ -277,6 +327,9 @@ impl NodeHandle {
 /// Starts a node: opens its WAL, rebuilds its state, and runs its driver and peer links.
 /// The HTTP server is started separately (see [`crate::http::serve`]) so that peers can say
 /// hello before the membership is known.
-pub async fn start(config: NodeConfig, client: crate::http::client::HttpClient) -> Result<NodeHandle, StartError> {
+pub async fn start(
+    config: NodeConfig,
+    client: crate::http::client::HttpClient,
+) -> Result<NodeHandle, StartError> {
     driver::start(config, client).await
 }

@@ -60,12 +60,18 @@ pub fn decode(
     is_member: impl Fn(NodeId) -> bool,
 ) -> Result<RpcEnvelope, RpcError> {
     if bytes.len() > body_bytes_max {
-        return Err(RpcError::TooLarge { size: bytes.len(), limit: body_bytes_max });
+        return Err(RpcError::TooLarge {
+            size: bytes.len(),
+            limit: body_bytes_max,
+        });
     }
     let envelope: RpcEnvelope =
         postcard::from_bytes(bytes).map_err(|e| RpcError::Malformed(e.to_string()))?;
     if envelope.cluster_id != cluster_id {
-        return Err(RpcError::WrongCluster { expected: cluster_id, got: envelope.cluster_id });
+        return Err(RpcError::WrongCluster {
+            expected: cluster_id,
+            got: envelope.cluster_id,
+        });
     }
     if envelope.to != self_id {
         return Err(RpcError::NotMember(format!(
@@ -74,7 +80,10 @@ pub fn decode(
         )));
     }
     if !is_member(envelope.from) {
-        return Err(RpcError::NotMember(format!("sender {:#x} is not a member", envelope.from)));
+        return Err(RpcError::NotMember(format!(
+            "sender {:#x} is not a member",
+            envelope.from
+        )));
     }
     for message in &envelope.messages {
         if message.from != envelope.from || message.to != envelope.to {
@@ -87,14 +96,21 @@ pub fn decode(
                 envelope.to
             )));
         }
-        if let MessageBody::Append { entries, prev_log_index, .. } = &message.body {
+        if let MessageBody::Append {
+            entries,
+            prev_log_index,
+            ..
+        } = &message.body
+        {
             // Checked: a peer may claim any prev_log_index, u64::MAX included.
             let contiguous = entries
                 .iter()
                 .enumerate()
                 .all(|(i, e)| prev_log_index.checked_add(1 + i as u64) == Some(e.index));
             if !contiguous {
-                return Err(RpcError::Malformed("append entries are not contiguous".into()));
+                return Err(RpcError::Malformed(
+                    "append entries are not contiguous".into(),
+                ));
             }
         }
     }
@@ -106,11 +122,24 @@ mod tests {
     use super::*;
 
     fn heartbeat(from: NodeId, to: NodeId) -> Message {
-        Message { from, to, term: 3, body: MessageBody::Heartbeat { leader_commit: 7, read_seq: 0 } }
+        Message {
+            from,
+            to,
+            term: 3,
+            body: MessageBody::Heartbeat {
+                leader_commit: 7,
+                read_seq: 0,
+            },
+        }
     }
 
     fn envelope() -> RpcEnvelope {
-        RpcEnvelope { cluster_id: 9, from: 1, to: 2, messages: vec![heartbeat(1, 2)] }
+        RpcEnvelope {
+            cluster_id: 9,
+            from: 1,
+            to: 2,
+            messages: vec![heartbeat(1, 2)],
+        }
     }
 
     #[test]
@@ -122,10 +151,22 @@ mod tests {
     #[test]
     fn envelopes_from_another_cluster_or_a_stranger_are_refused() {
         let bytes = encode(&envelope());
-        assert!(matches!(decode(&bytes, 1 << 20, 8, 2, |_| true), Err(RpcError::WrongCluster { .. })));
-        assert!(matches!(decode(&bytes, 1 << 20, 9, 2, |_| false), Err(RpcError::NotMember(_))));
-        assert!(matches!(decode(&bytes, 1 << 20, 9, 3, |_| true), Err(RpcError::NotMember(_))));
-        assert!(matches!(decode(&bytes, 4, 9, 2, |_| true), Err(RpcError::TooLarge { .. })));
+        assert!(matches!(
+            decode(&bytes, 1 << 20, 8, 2, |_| true),
+            Err(RpcError::WrongCluster { .. })
+        ));
+        assert!(matches!(
+            decode(&bytes, 1 << 20, 9, 2, |_| false),
+            Err(RpcError::NotMember(_))
+        ));
+        assert!(matches!(
+            decode(&bytes, 1 << 20, 9, 3, |_| true),
+            Err(RpcError::NotMember(_))
+        ));
+        assert!(matches!(
+            decode(&bytes, 4, 9, 2, |_| true),
+            Err(RpcError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -133,20 +174,41 @@ mod tests {
         let mut forged = envelope();
         forged.messages.push(heartbeat(3, 2));
         let bytes = encode(&forged);
-        assert!(matches!(decode(&bytes, 1 << 20, 9, 2, |_| true), Err(RpcError::Malformed(_))));
+        assert!(matches!(
+            decode(&bytes, 1 << 20, 9, 2, |_| true),
+            Err(RpcError::Malformed(_))
+        ));
     }
 
     #[test]
     fn an_append_past_the_last_index_is_malformed_not_an_overflow() {
-        let entry = crate::raft::Entry { term: 1, index: 0, kind: crate::raft::EntryKind::Normal, data: Default::default() };
+        let entry = crate::raft::Entry {
+            term: 1,
+            index: 0,
+            kind: crate::raft::EntryKind::Normal,
+            data: Default::default(),
+        };
         let append = Message {
             from: 1,
             to: 2,
             term: 1,
-            body: MessageBody::Append { prev_log_index: u64::MAX, prev_log_term: 1, entries: vec![entry], leader_commit: 0 },
+            body: MessageBody::Append {
+                prev_log_index: u64::MAX,
+                prev_log_term: 1,
+                entries: vec![entry],
+                leader_commit: 0,
+            },
         };
-        let bytes = encode(&RpcEnvelope { cluster_id: 9, from: 1, to: 2, messages: vec![append] });
-        assert!(matches!(decode(&bytes, 1 << 20, 9, 2, |_| true), Err(RpcError::Malformed(_))));
+        let bytes = encode(&RpcEnvelope {
+            cluster_id: 9,
+            from: 1,
+            to: 2,
+            messages: vec![append],
+        });
+        assert!(matches!(
+            decode(&bytes, 1 << 20, 9, 2, |_| true),
+            Err(RpcError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -102,7 +102,12 @@ impl PeerLink {
                     Err(_) => break,
                 }
             }
-            let body = rpc::encode(&RpcEnvelope { cluster_id: self.cluster_id, from: self.from, to: self.to, messages });
+            let body = rpc::encode(&RpcEnvelope {
+                cluster_id: self.cluster_id,
+                from: self.from,
+                to: self.to,
+                messages,
+            });
             if body.len() > self.body_bytes_max {
                 tracing::warn!(peer = %self.addr, bytes = body.len(), "raft rpc over the body limit dropped");
                 self.errors.inc();
@@ -112,7 +117,11 @@ impl PeerLink {
                 .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
                 .body(Full::new(Bytes::from(body)))
                 .expect("a static request is valid");
-            let ok = match self.client.call(&self.addr, request, 64 << 10, self.rpc_timeout).await {
+            let ok = match self
+                .client
+                .call(&self.addr, request, 64 << 10, self.rpc_timeout)
+                .await
+            {
                 Ok(response) if response.status().is_success() => true,
                 Ok(response) => {
                     tracing::debug!(peer = %self.addr, status = %response.status(), "raft rpc refused");

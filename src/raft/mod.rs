@@ -21,7 +21,25 @@
 //!     raft.advance(ready);
 //! }
 //! ```
+//!
+//! Layout: `core.rs` holds the state machine (roles, elections, replication, commitment,
+//! ReadIndex, transfer, membership), `log.rs` the in-memory log and its persistence markers,
+//! `progress.rs` the leader's per-follower flow control, `membership.rs` the configuration as
+//! recorded in the log, `quorum.rs` and `read_only.rs` the majority and ReadIndex bookkeeping.
+//! [`testkit`] drives whole clusters of cores deterministically for tests and benchmarks.
 
+#![deny(missing_docs)]
+
+mod core;
+pub mod invariants;
+mod log;
+mod membership;
+mod progress;
+mod quorum;
+mod read_only;
+pub mod testkit;
+#[cfg(test)]
+mod tests;
 mod types;
 
 pub use types::*;
@@ -133,10 +151,12 @@ pub struct Ready {
     /// Entries to append to the persisted log. If `entries[0].index` is at or below the
     /// persisted last index, the persisted log is first truncated to `entries[0].index - 1`.
     pub entries: Vec<Entry>,
-    /// Messages that may be sent at once (a leader's appends and heartbeats, vote requests).
+    /// Messages that may be sent at once (a leader's appends, heartbeats, snapshots and
+    /// `TimeoutNow`, pre-vote requests and answers).
     pub messages: Vec<Message>,
     /// Messages that may leave only after `hard_state`, `snapshot` and `entries` are synced
-    /// (votes granted, append acknowledgements): Raft's "persist before you speak".
+    /// (vote requests and answers, append and heartbeat acknowledgements): Raft's "persist
+    /// before you speak".
     pub persisted_messages: Vec<Message>,
     /// Committed entries to apply to the state machine, in order.
     pub committed_entries: Vec<Entry>,
@@ -188,115 +208,156 @@ pub struct Status {
     pub membership: Membership,
 }
 
-// RAFT-CORE-API: the helper building the core replaces the bodies below; the signatures are the
-// contract the node, the simulator, the tests and the fuzzers are written against.
+// RAFT-CORE-API: the signatures below are the contract the node, the simulator, the tests and
+// the fuzzers are written against; the behaviour lives in `core.rs`.
 /// The consensus core of one node.
+#[derive(Debug)]
 pub struct Raft {
-    _private: (),
+    core: core::RaftCore,
 }
 
 impl Raft {
     /// Creates a core from what was persisted. `initial_membership` is used when neither the
     /// snapshot nor the log holds a configuration (a fresh cluster). `rng` draws election
     /// timeouts; the driver seeds it.
+    ///
+    /// The node starts as a follower with `applied_index` = the snapshot index: the driver
+    /// restores its state machine from `restore.snapshot` and the core hands out the committed
+    /// entries after it again. Entries at or below the snapshot index are ignored; the rest must
+    /// be contiguous from `snapshot index + 1`, with terms not above the persisted term.
     pub fn new(
         config: Config,
         initial_membership: Membership,
         restore: RestoreState,
         rng: ChaCha8Rng,
     ) -> Result<Raft, Error> {
-        let _ = (config, initial_membership, restore, rng);
-        unimplemented!()
+        Ok(Raft {
+            core: core::RaftCore::new(config, initial_membership, restore, rng)?,
+        })
     }
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
-        unimplemented!()
+        self.core.guarded(|core| core.tick())
     }
 
-    /// Handles a message from a peer. Messages from non-members or with nonsense contents are
-    /// dropped (with an `Err` saying why) and change nothing.
+    /// Handles a message from a peer. Messages with nonsense contents (wrong receiver, sender 0
+    /// or this node, term 0, non-contiguous entries, ...) and messages from non-members (vote
+    /// requests and answers from non-voters, responses from non-members) are dropped with an
+    /// `Err` saying why and change nothing. A leader's `Append`, `Heartbeat`, `InstallSnapshot`
+    /// and `TimeoutNow` are handled even from a node this node does not know as a member: a
+    /// lagging follower may not yet hold the configuration that added its leader.
     pub fn step(&mut self, message: Message) -> Result<(), Error> {
-        let _ = message;
-        unimplemented!()
+        self.core.guarded(|core| core.step(message))
     }
 
     /// Appends a client command to the leader's log; returns its index. The command is committed
     /// when a `committed_entries` entry with this index and the current term comes out of `ready`;
     /// an entry at this index with another term means the proposal was lost.
     pub fn propose(&mut self, data: Bytes) -> Result<Index, Error> {
-        let _ = data;
-        unimplemented!()
+        self.core.guarded(|core| core.propose(data))
     }
 
     /// Proposes a single-server membership change (thesis §4.1), one at a time.
     pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<Index, Error> {
-        let _ = change;
-        unimplemented!()
+        self.core.guarded(|core| core.propose_conf_change(change))
     }
 
     /// Asks for a linearizable read point (Raft §6.4). Once leadership is confirmed by a
     /// heartbeat round, a [`ReadState`] with `context` comes out of `ready`. A leader that is
     /// deposed before confirmation never releases it; the driver times such reads out.
     pub fn read_index(&mut self, context: ReadContext) -> Result<(), Error> {
-        let _ = context;
-        unimplemented!()
+        self.core.guarded(|core| core.read_index(context))
     }
 
     /// Hands leadership to `to` (thesis §3.10): catch it up, then send `TimeoutNow`. Proposals are
     /// refused while the transfer runs; it is abandoned after an election timeout.
     pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), Error> {
-        let _ = to;
-        unimplemented!()
+        self.core.guarded(|core| core.transfer_leadership(to))
     }
 
     /// Starts an election now (a pre-vote first if enabled), as if the election timer fired.
     pub fn campaign(&mut self) {
-        unimplemented!()
+        self.core.guarded(|core| core.campaign())
     }
 
     /// Records a snapshot the driver took of the state machine at `index` (which must be
     /// applied) and discards the in-memory log up to it.
     pub fn compact(&mut self, index: Index, data: Bytes) -> Result<(), Error> {
-        let _ = (index, data);
-        unimplemented!()
+        self.core.guarded(|core| core.compact(index, data))
     }
 
     /// Whether `ready` would return anything.
     pub fn has_ready(&self) -> bool {
-        unimplemented!()
+        self.core.has_ready()
     }
 
     /// Collects what the driver must do next.
     pub fn ready(&mut self) -> Ready {
-        unimplemented!()
+        self.core.guarded(|core| core.ready())
     }
 
     /// Acknowledges that everything in `ready` was persisted, synced, sent and applied.
     pub fn advance(&mut self, ready: &Ready) {
-        let _ = ready;
-        unimplemented!()
+        self.core.guarded(|core| core.advance(ready))
     }
 
     /// A snapshot of the core's state for tests, metrics and the HTTP API.
     pub fn status(&self) -> Status {
-        unimplemented!()
+        self.core.status()
     }
 
     /// The log entries in `[lo, hi)` still held in memory (after the snapshot).
     pub fn entries(&self, lo: Index, hi: Index) -> &[Entry] {
-        let _ = (lo, hi);
-        unimplemented!()
+        self.core.entries(lo, hi)
     }
 
     /// The term of the entry at `index`, if known (the snapshot's last entry included).
     pub fn term_at(&self, index: Index) -> Option<Term> {
-        let _ = index;
-        unimplemented!()
+        self.core.term_at(index)
     }
 
     /// The latest snapshot this core holds, if any.
     pub fn snapshot(&self) -> Option<&Snapshot> {
-        unimplemented!()
+        self.core.snapshot()
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.core.id()
+    }
+
+    /// This node's role, leader and term (cheaper than [`Raft::status`]).
+    pub fn soft_state(&self) -> SoftState {
+        self.core.soft_state()
+    }
+
+    /// This node's term, vote and commit index (cheaper than [`Raft::status`]).
+    pub fn hard_state(&self) -> HardState {
+        self.core.hard_state()
+    }
+
+    /// The current membership (the latest in the log, committed or not).
+    pub fn membership(&self) -> &Membership {
+        self.core.membership()
+    }
+
+    /// The target of a leadership transfer in progress, if any.
+    pub fn lead_transferee(&self) -> Option<NodeId> {
+        self.core.lead_transferee()
+    }
+
+    /// The highest log index the driver acknowledged as persisted.
+    pub fn persisted_index(&self) -> Index {
+        self.core.persisted_index()
+    }
+
+    /// On a leader, the highest index known to be replicated on `id` (this node: its persisted
+    /// index); `None` on a non-leader or for a non-member.
+    pub fn match_index(&self, id: NodeId) -> Option<Index> {
+        if self.core.soft_state().role != Role::Leader {
+            return None;
+        }
+        self.core.match_index(id)
     }
 }

@@ -19,8 +19,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     pub fn header_u64(&self, name: &str) -> Option<u64> {
@@ -29,16 +33,31 @@ impl Reply {
 }
 
 /// Sends one request; `None` when the node did not answer (down, or timed out).
-pub async fn call(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<Reply> {
+pub async fn call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Reply> {
     let client = HttpClient::new();
     let mut builder = hyper::Request::builder().method(method).uri(path);
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
-    let request = builder.body(Full::new(Bytes::copy_from_slice(body))).expect("valid test request");
-    let response = client.call(addr, request, 64 << 20, Duration::from_secs(10)).await.ok()?;
+    let request = builder
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .expect("valid test request");
+    let response = client
+        .call(addr, request, 64 << 20, Duration::from_secs(10))
+        .await
+        .ok()?;
     let (parts, body) = response.into_parts();
-    Some(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
+    Some(Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// Finds a free loopback port (bind to 0, read, release).
@@ -61,13 +80,24 @@ impl NodeProcess {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let port = self.addr.rsplit_once(':').expect("addr has a port").1;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_raft-kv"));
         command
             .args(["--id", &self.name, "--host", "127.0.0.1", "--port", port])
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--tick-ms", "10", "--election-ticks", "20", "--heartbeat-ticks", "3"])
+            .args([
+                "--tick-ms",
+                "10",
+                "--election-ticks",
+                "20",
+                "--heartbeat-ticks",
+                "3",
+            ])
             .args(["--max-value-bytes", "65536"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
@@ -110,7 +140,9 @@ pub struct Cluster {
 impl Cluster {
     pub fn start(size: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let addrs: Vec<String> = (0..size).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let addrs: Vec<String> = (0..size)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
         let mut nodes = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let name = format!("node{}", i + 1);
@@ -174,7 +206,10 @@ where
         if let Some(value) = f().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {wait_max:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {wait_max:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,0 +1,55 @@
+//! The simulation backend (`cfg(madsim)`): madsim's tasks, network and virtual clock, plus two
+//! plugins of our own: per-node clock skew ([`clock`]) and a crash-modelling disk ([`disk`]).
+
+use std::any::type_name;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_core::SeedableRng;
+
+pub(super) mod clock;
+pub(super) mod control;
+pub(super) mod disk;
+
+pub(super) use clock::{now_nanos, to_true_duration, unix_time_ms};
+pub(super) use disk::fs;
+
+pub(super) const IS_SIMULATION: bool = true;
+
+/// The seam's plugin `S` of the current simulation, with a clear message when the runtime was
+/// built without [`control::install`].
+fn plugin<S: madsim::plugin::Simulator>() -> Arc<S> {
+    match std::panic::catch_unwind(madsim::plugin::simulator::<S>) {
+        Ok(simulator) => simulator,
+        Err(_) => panic!(
+            "the env seam's {} plugin is not registered: call \
+             raft_kv::env::sim_control::install(&runtime) before creating nodes \
+             (#[madsim::test] cannot; build a madsim::runtime::Runtime instead)",
+            type_name::<S>()
+        ),
+    }
+}
+
+pub(super) fn std_instant_now() -> std::time::Instant {
+    // madsim intercepts the OS clock: this is the virtual (true, unskewed) time.
+    std::time::Instant::now()
+}
+
+pub(super) fn sleep_true(d: Duration) -> tokio::time::Sleep {
+    tokio::time::sleep(d)
+}
+
+pub(super) fn rng() -> rand_chacha::ChaCha8Rng {
+    let seed: [u8; 32] = madsim::rand::random();
+    rand_chacha::ChaCha8Rng::from_seed(seed)
+}
+
+pub(super) async fn shutdown_signal() {
+    std::future::pending::<()>().await
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod wal_tests;
