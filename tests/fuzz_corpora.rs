@@ -14,7 +14,8 @@ mod fuzz_logic;
 
 /// The rpc_decode target bounds what decoding allocates: count it here as in the fuzzer.
 #[global_allocator]
-static ALLOCATOR: fuzz_logic::alloc_probe::CountingAllocator = fuzz_logic::alloc_probe::CountingAllocator;
+static ALLOCATOR: fuzz_logic::alloc_probe::CountingAllocator =
+    fuzz_logic::alloc_probe::CountingAllocator;
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -27,7 +28,11 @@ fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
         return Vec::new();
     };
     let mut files: Vec<PathBuf> = entries
-        .map(|entry| entry.unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display())).path())
+        .map(|entry| {
+            entry
+                .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+                .path()
+        })
         .filter(|path| path.is_file())
         .collect();
     files.sort();
@@ -44,7 +49,8 @@ fn replay(target: &str) -> usize {
     let mut count = 0;
     for kind in ["corpus", "regressions"] {
         for path in inputs(kind, target) {
-            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            let data = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run(&data))) {
                 eprintln!(
                     "fuzz input {} failed; reproduce with: cd fuzz && cargo fuzz run -s none {target} {}",
@@ -61,18 +67,30 @@ fn replay(target: &str) -> usize {
 
 #[test]
 fn rpc_decode_inputs_replay_clean() {
-    assert!(fuzz_logic::alloc_probe::is_installed(), "the counting allocator must be installed for rpc_decode");
-    assert!(replay("rpc_decode") > 0, "rpc_decode has no checked-in inputs");
+    assert!(
+        fuzz_logic::alloc_probe::is_installed(),
+        "the counting allocator must be installed for rpc_decode"
+    );
+    assert!(
+        replay("rpc_decode") > 0,
+        "rpc_decode has no checked-in inputs"
+    );
 }
 
 #[test]
 fn core_step_inputs_replay_clean() {
-    assert!(replay("core_step") > 0, "core_step has no checked-in inputs");
+    assert!(
+        replay("core_step") > 0,
+        "core_step has no checked-in inputs"
+    );
 }
 
 #[test]
 fn wal_recovery_inputs_replay_clean() {
-    assert!(replay("wal_recovery") > 0, "wal_recovery has no checked-in inputs");
+    assert!(
+        replay("wal_recovery") > 0,
+        "wal_recovery has no checked-in inputs"
+    );
 }
 
 #[test]
@@ -86,14 +104,22 @@ fn the_rpc_overflow_regression_still_reaches_the_append_check() {
     // prev_log_index is u64::MAX inside a well-framed envelope. If the decoder's framing changes
     // and the file decays into plain garbage, this says so instead of passing silently.
     let path = fuzz_dir().join("regressions/rpc_decode/append-prev-log-index-u64-max-overflows");
-    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let mut framed = postcard::to_stdvec(&(fuzz_logic::rpc_decode::CLUSTER_ID, 1u64, fuzz_logic::rpc_decode::SELF_ID))
-        .expect("a header encodes");
+    let data =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut framed = postcard::to_stdvec(&(
+        fuzz_logic::rpc_decode::CLUSTER_ID,
+        1u64,
+        fuzz_logic::rpc_decode::SELF_ID,
+    ))
+    .expect("a header encodes");
     framed.extend_from_slice(&data);
     let decoded: Result<raft_kv::node::rpc::RpcEnvelope, _> = postcard::from_bytes(&framed);
     let envelope = decoded.expect("the regression decodes as an envelope once framed");
     let has_overflowing_append = envelope.messages.iter().any(|m| {
         matches!(&m.body, raft_kv::raft::MessageBody::Append { prev_log_index: u64::MAX, entries, .. } if !entries.is_empty())
     });
-    assert!(has_overflowing_append, "the regression no longer carries an append at prev_log_index u64::MAX: {envelope:?}");
+    assert!(
+        has_overflowing_append,
+        "the regression no longer carries an append at prev_log_index u64::MAX: {envelope:?}"
+    );
 }

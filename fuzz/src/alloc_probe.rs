@@ -83,7 +83,10 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, usize) {
     PEAK_BYTES.with(|peak| peak.set(start_bytes));
     let result = f();
     let peak_bytes = PEAK_BYTES.with(Cell::get);
-    (result, usize::try_from(peak_bytes.saturating_sub(start_bytes)).unwrap_or(0))
+    (
+        result,
+        usize::try_from(peak_bytes.saturating_sub(start_bytes)).unwrap_or(0),
+    )
 }
 
 /// Whether this binary counts allocations (its global allocator is [`CountingAllocator`]).

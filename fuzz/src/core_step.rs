@@ -153,7 +153,11 @@ struct World {
 
 impl World {
     fn new(setup: &Setup) -> World {
-        let node_count = if setup.lone { 3 } else { u64::from(setup.nodes_minus_one % 5) + 1 };
+        let node_count = if setup.lone {
+            3
+        } else {
+            u64::from(setup.nodes_minus_one % 5) + 1
+        };
         let election_ticks = u32::from(setup.election_ticks_minus_three % 6) + 3;
         let cluster = Cluster::with_config(node_count, setup.seed, |config| {
             config.pre_vote = setup.pre_vote;
@@ -222,7 +226,9 @@ impl World {
                 let id = self.member(*id);
                 // Changes name members of the world only, so every voter is a node that runs.
                 let target = SmallId(self.member(match change {
-                    FuzzConfChange::AddVoter(t) | FuzzConfChange::AddLearner(t) | FuzzConfChange::Remove(t) => *t,
+                    FuzzConfChange::AddVoter(t)
+                    | FuzzConfChange::AddLearner(t)
+                    | FuzzConfChange::Remove(t) => *t,
                 }));
                 let change = match change {
                     FuzzConfChange::AddVoter(_) => FuzzConfChange::AddVoter(target),
@@ -230,7 +236,9 @@ impl World {
                     FuzzConfChange::Remove(_) => FuzzConfChange::Remove(target),
                 };
                 if self.live(id) {
-                    let _ = self.cluster.propose_conf_change(id, change.to_conf_change());
+                    let _ = self
+                        .cluster
+                        .propose_conf_change(id, change.to_conf_change());
                 }
             }
             Action::ReadIndex(id) => {
@@ -253,7 +261,10 @@ impl World {
             Action::Compact(id, back) => {
                 let id = self.member(*id);
                 if self.live(id) {
-                    let index = self.cluster.applied_index(id).saturating_sub(u64::from(*back % 4));
+                    let index = self
+                        .cluster
+                        .applied_index(id)
+                        .saturating_sub(u64::from(*back % 4));
                     let _ = self.cluster.compact(id, index);
                 }
             }
@@ -364,7 +375,9 @@ impl World {
             message.from = 0;
         }
         match message.body {
-            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. } => {
                 return;
             }
             MessageBody::TimeoutNow => {
@@ -377,9 +390,17 @@ impl World {
         let before = fingerprint(self.cluster.node(to));
         let had_ready = self.cluster.node(to).has_ready();
         let result = self.cluster.node_mut(to).step(message.clone());
-        assert!(result.is_err(), "node {to} accepted {message:?} from non-member {}", message.from);
+        assert!(
+            result.is_err(),
+            "node {to} accepted {message:?} from non-member {}",
+            message.from
+        );
         let after = fingerprint(self.cluster.node(to));
-        assert_eq!(before, after, "node {to} changed state on {message:?} from non-member {}", message.from);
+        assert_eq!(
+            before, after,
+            "node {to} changed state on {message:?} from non-member {}",
+            message.from
+        );
         assert!(
             had_ready || !self.cluster.node(to).has_ready(),
             "node {to} has output after refusing {message:?} from non-member {}",
@@ -425,7 +446,10 @@ impl World {
             }
             for entry in &applied[*fed..] {
                 let digest = entry_digest(entry.kind, &entry.data);
-                if let Err(violation) = self.checker.observe_applied(id, entry.index, entry.term, digest) {
+                if let Err(violation) =
+                    self.checker
+                        .observe_applied(id, entry.index, entry.term, digest)
+                {
                     panic!("after {when}: {violation}");
                 }
             }
@@ -435,9 +459,16 @@ impl World {
             let seen = self.reads_seen.entry(id).or_insert(0);
             for read in &read_states[(*seen).min(read_states.len())..] {
                 let Some((asker, committed_when_asked)) = self.reads.remove(&read.context) else {
-                    panic!("after {when}: node {id} answered read {} twice or unasked", read.context);
+                    panic!(
+                        "after {when}: node {id} answered read {} twice or unasked",
+                        read.context
+                    );
                 };
-                assert_eq!(asker, id, "after {when}: read {} asked of {asker} answered by {id}", read.context);
+                assert_eq!(
+                    asker, id,
+                    "after {when}: read {} asked of {asker} answered by {id}",
+                    read.context
+                );
                 assert!(
                     read.index >= committed_when_asked,
                     "after {when}: read {} on node {id} answered at index {} below the commit index {} \

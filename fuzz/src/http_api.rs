@@ -244,7 +244,12 @@ fn build_world() -> World {
     config.heartbeat_ticks = 2;
     config.snapshot_entries = 1000;
     config.request_timeout = Duration::from_secs(5);
-    let started = Arc::new(AppState::new(name.to_string(), node_id_of(name), limits(), HttpClient::new()));
+    let started = Arc::new(AppState::new(
+        name.to_string(),
+        node_id_of(name),
+        limits(),
+        HttpClient::new(),
+    ));
     let handle = runtime
         .block_on(node::start(config, HttpClient::new()))
         .unwrap_or_else(|e| panic!("the http_api single-node cluster did not start: {e}"));
@@ -259,9 +264,23 @@ fn build_world() -> World {
         }
         false
     });
-    assert!(leading, "the http_api single node did not become leader within 10 s: {:?}", handle.status());
-    let starting = Arc::new(AppState::new("fuzz2".to_string(), node_id_of("fuzz2"), limits(), HttpClient::new()));
-    World { runtime, started, starting, _data_dir: data_dir }
+    assert!(
+        leading,
+        "the http_api single node did not become leader within 10 s: {:?}",
+        handle.status()
+    );
+    let starting = Arc::new(AppState::new(
+        "fuzz2".to_string(),
+        node_id_of("fuzz2"),
+        limits(),
+        HttpClient::new(),
+    ));
+    World {
+        runtime,
+        started,
+        starting,
+        _data_dir: data_dir,
+    }
 }
 
 /// Runs one input; panics when a property above does not hold.
@@ -329,20 +348,47 @@ async fn run_request(world: &World, spec: &RequestSpec) {
     let response = http::handle(state, request).await;
     let status = response.status();
     let allow = response.headers().get(hyper::header::ALLOW).cloned();
-    let body = response.into_body().collect().await.unwrap_or_else(|e: Infallible| match e {}).to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap_or_else(|e: Infallible| match e {})
+        .to_bytes();
     check_response(&method, &uri, status, allow.is_some(), &body);
 
-    let is_key_route = request_uri.path().starts_with("/v1/kv/") && request_uri.path().len() > "/v1/kv/".len();
-    let body_was_whole = matches!(&spec.body, BodySpec::Chunks { error_at_end: false, .. })
-        && declared_bytes.is_none_or(|declared| declared == written.len() as u64);
-    if spec.node == NodeChoice::Started && status.is_success() && is_key_route && !has_idempotency_key {
+    let is_key_route =
+        request_uri.path().starts_with("/v1/kv/") && request_uri.path().len() > "/v1/kv/".len();
+    let body_was_whole = matches!(
+        &spec.body,
+        BodySpec::Chunks {
+            error_at_end: false,
+            ..
+        }
+    ) && declared_bytes
+        .is_none_or(|declared| declared == written.len() as u64);
+    if spec.node == NodeChoice::Started
+        && status.is_success()
+        && is_key_route
+        && !has_idempotency_key
+    {
         if method == Method::PUT && body_was_whole {
             let (read_status, value) = get(state, request_uri.path()).await;
-            assert_eq!(read_status, StatusCode::OK, "PUT {uri} answered {status}, but a GET after it answered {read_status}");
-            assert_eq!(value, written, "PUT {uri} answered {status}, but a GET after it returned another value");
+            assert_eq!(
+                read_status,
+                StatusCode::OK,
+                "PUT {uri} answered {status}, but a GET after it answered {read_status}"
+            );
+            assert_eq!(
+                value, written,
+                "PUT {uri} answered {status}, but a GET after it returned another value"
+            );
         } else if method == Method::DELETE {
             let (read_status, _) = get(state, request_uri.path()).await;
-            assert_eq!(read_status, StatusCode::NOT_FOUND, "DELETE {uri} answered {status}, but a GET after it answered {read_status}");
+            assert_eq!(
+                read_status,
+                StatusCode::NOT_FOUND,
+                "DELETE {uri} answered {status}, but a GET after it answered {read_status}"
+            );
         }
     }
 }
@@ -354,13 +400,25 @@ async fn get(state: &AppState, path: &str) -> (StatusCode, Bytes) {
         .unwrap_or_else(|e| panic!("a GET of a path that was just served must build: {path}: {e}"));
     let response = http::handle(state, request).await;
     let status = response.status();
-    let body = response.into_body().collect().await.unwrap_or_else(|e: Infallible| match e {}).to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap_or_else(|e: Infallible| match e {})
+        .to_bytes();
     (status, body)
 }
 
 fn check_response(method: &Method, uri: &str, status: StatusCode, has_allow: bool, body: &[u8]) {
-    assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{method} {uri} answered 500: {}", String::from_utf8_lossy(body));
-    let expected = [200, 201, 202, 204, 400, 403, 404, 405, 408, 409, 413, 503, 504];
+    assert_ne!(
+        status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{method} {uri} answered 500: {}",
+        String::from_utf8_lossy(body)
+    );
+    let expected = [
+        200, 201, 202, 204, 400, 403, 404, 405, 408, 409, 413, 503, 504,
+    ];
     assert!(
         expected.contains(&status.as_u16()),
         "{method} {uri} answered an unexpected {status}: {}",
@@ -369,20 +427,31 @@ fn check_response(method: &Method, uri: &str, status: StatusCode, has_allow: boo
     let is_health = uri == "/health" || uri.starts_with("/health?");
     if is_health && status == StatusCode::SERVICE_UNAVAILABLE {
         // /health is a report, not an error: its 503 says why the node cannot serve.
-        let json: serde_json::Value = serde_json::from_slice(body)
-            .unwrap_or_else(|e| panic!("{method} {uri} answered {status} with a body that is not JSON ({e})"));
-        assert!(json.get("status").is_some_and(|v| v.is_string()), "{method} {uri} answered {status} without a status: {json}");
-    } else if status.is_client_error() || status.is_server_error() {
         let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|e| {
-            panic!("{method} {uri} answered {status} with a body that is not JSON ({e}): {}", String::from_utf8_lossy(body))
+            panic!("{method} {uri} answered {status} with a body that is not JSON ({e})")
         });
         assert!(
-            json.get("error").is_some_and(|v| v.is_string()) && json.get("code").is_some_and(|v| v.is_string()),
+            json.get("status").is_some_and(|v| v.is_string()),
+            "{method} {uri} answered {status} without a status: {json}"
+        );
+    } else if status.is_client_error() || status.is_server_error() {
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+            panic!(
+                "{method} {uri} answered {status} with a body that is not JSON ({e}): {}",
+                String::from_utf8_lossy(body)
+            )
+        });
+        assert!(
+            json.get("error").is_some_and(|v| v.is_string())
+                && json.get("code").is_some_and(|v| v.is_string()),
             "{method} {uri} answered {status} without string `error` and `code`: {json}"
         );
     }
     if status == StatusCode::METHOD_NOT_ALLOWED {
-        assert!(has_allow, "{method} {uri} answered 405 without an Allow header");
+        assert!(
+            has_allow,
+            "{method} {uri} answered 405 without an Allow header"
+        );
     }
 }
 
@@ -448,24 +517,38 @@ fn percent_encode(bytes: &[u8]) -> String {
 
 fn scripted_body(spec: &BodySpec, state: &AppState) -> ScriptedBody {
     match spec {
-        BodySpec::Chunks { chunks, error_at_end, declared_bytes } => {
+        BodySpec::Chunks {
+            chunks,
+            error_at_end,
+            declared_bytes,
+        } => {
             let mut hint = SizeHint::new();
             if let Some(declared) = declared_bytes {
                 hint.set_exact(u64::from(*declared));
             }
             ScriptedBody {
-                chunks: chunks.iter().map(|chunk| Bytes::copy_from_slice(chunk)).collect(),
+                chunks: chunks
+                    .iter()
+                    .map(|chunk| Bytes::copy_from_slice(chunk))
+                    .collect(),
                 error_at_end: *error_at_end,
                 hint,
             }
         }
-        BodySpec::Envelope { from_self, messages } => {
+        BodySpec::Envelope {
+            from_self,
+            messages,
+        } => {
             // The started node's cluster; the starting node refuses any envelope anyway.
             let (cluster_id, self_id) = match state.node() {
                 Some(node) => (node.cluster.cluster_id, node.cluster.self_id),
                 None => (0, state.id),
             };
-            let from = if *from_self { self_id } else { self_id.wrapping_add(1).max(1) };
+            let from = if *from_self {
+                self_id
+            } else {
+                self_id.wrapping_add(1).max(1)
+            };
             let envelope = RpcEnvelope {
                 cluster_id,
                 from,
@@ -479,7 +562,11 @@ fn scripted_body(spec: &BodySpec, state: &AppState) -> ScriptedBody {
                     })
                     .collect(),
             };
-            ScriptedBody { chunks: VecDeque::from([Bytes::from(rpc::encode(&envelope))]), error_at_end: false, hint: SizeHint::new() }
+            ScriptedBody {
+                chunks: VecDeque::from([Bytes::from(rpc::encode(&envelope))]),
+                error_at_end: false,
+                hint: SizeHint::new(),
+            }
         }
     }
 }
@@ -493,7 +580,11 @@ pub struct ScriptedBody {
 
 impl ScriptedBody {
     fn empty() -> ScriptedBody {
-        ScriptedBody { chunks: VecDeque::new(), error_at_end: false, hint: SizeHint::with_exact(0) }
+        ScriptedBody {
+            chunks: VecDeque::new(),
+            error_at_end: false,
+            hint: SizeHint::with_exact(0),
+        }
     }
 
     fn all_bytes(&self) -> Bytes {
@@ -521,7 +612,10 @@ impl Body for ScriptedBody {
     type Data = Bytes;
     type Error = BodyFailure;
 
-    fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyFailure>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyFailure>>> {
         let this = self.get_mut();
         if let Some(chunk) = this.chunks.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));

@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use raft_kv::raft::{
-    ConfChange, Entry, EntryKind, Membership, Message, MessageBody, NodeId, RejectHint, Snapshot, SnapshotMeta,
+    ConfChange, Entry, EntryKind, Membership, Message, MessageBody, NodeId, RejectHint, Snapshot,
+    SnapshotMeta,
 };
 
 /// A term in `0..=7`.
@@ -193,7 +194,12 @@ pub struct FuzzMessage {
 impl FuzzMessage {
     /// The core's message, addressed to `to`.
     pub fn to_message(&self, to: NodeId) -> Message {
-        Message { from: self.from.0, to, term: self.term.0, body: self.body.to_body() }
+        Message {
+            from: self.from.0,
+            to,
+            term: self.term.0,
+            body: self.body.to_body(),
+        }
     }
 }
 
@@ -201,35 +207,63 @@ impl FuzzBody {
     /// The core's message body.
     pub fn to_body(&self) -> MessageBody {
         match self {
-            FuzzBody::PreVote { last_log_index, last_log_term } => {
-                MessageBody::PreVote { last_log_index: last_log_index.0, last_log_term: last_log_term.0 }
+            FuzzBody::PreVote {
+                last_log_index,
+                last_log_term,
+            } => MessageBody::PreVote {
+                last_log_index: last_log_index.0,
+                last_log_term: last_log_term.0,
+            },
+            FuzzBody::PreVoteResponse { granted } => {
+                MessageBody::PreVoteResponse { granted: *granted }
             }
-            FuzzBody::PreVoteResponse { granted } => MessageBody::PreVoteResponse { granted: *granted },
-            FuzzBody::Vote { last_log_index, last_log_term, transfer } => MessageBody::Vote {
+            FuzzBody::Vote {
+                last_log_index,
+                last_log_term,
+                transfer,
+            } => MessageBody::Vote {
                 last_log_index: last_log_index.0,
                 last_log_term: last_log_term.0,
                 transfer: *transfer,
             },
             FuzzBody::VoteResponse { granted } => MessageBody::VoteResponse { granted: *granted },
-            FuzzBody::Append { prev_log_index, prev_log_term, entries, leader_commit } => MessageBody::Append {
+            FuzzBody::Append {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+            } => MessageBody::Append {
                 prev_log_index: prev_log_index.0,
                 prev_log_term: prev_log_term.0,
                 entries: entries
                     .iter()
                     .enumerate()
-                    .map(|(position, entry)| to_entry(entry, prev_log_index.0 + 1 + position as u64))
+                    .map(|(position, entry)| {
+                        to_entry(entry, prev_log_index.0 + 1 + position as u64)
+                    })
                     .collect(),
                 leader_commit: leader_commit.0,
             },
             FuzzBody::AppendResponse { index, reject_hint } => MessageBody::AppendResponse {
                 index: index.0,
-                reject_hint: reject_hint.map(|(index, term)| RejectHint { index: index.0, term: term.0 }),
+                reject_hint: reject_hint.map(|(index, term)| RejectHint {
+                    index: index.0,
+                    term: term.0,
+                }),
             },
-            FuzzBody::Heartbeat { leader_commit, read_seq } => {
-                MessageBody::Heartbeat { leader_commit: leader_commit.0, read_seq: u64::from(*read_seq) }
-            }
-            FuzzBody::HeartbeatResponse { read_seq } => MessageBody::HeartbeatResponse { read_seq: u64::from(*read_seq) },
-            FuzzBody::InstallSnapshot(snapshot) => MessageBody::InstallSnapshot { snapshot: to_snapshot(snapshot) },
+            FuzzBody::Heartbeat {
+                leader_commit,
+                read_seq,
+            } => MessageBody::Heartbeat {
+                leader_commit: leader_commit.0,
+                read_seq: u64::from(*read_seq),
+            },
+            FuzzBody::HeartbeatResponse { read_seq } => MessageBody::HeartbeatResponse {
+                read_seq: u64::from(*read_seq),
+            },
+            FuzzBody::InstallSnapshot(snapshot) => MessageBody::InstallSnapshot {
+                snapshot: to_snapshot(snapshot),
+            },
             FuzzBody::TimeoutNow => MessageBody::TimeoutNow,
         }
     }
@@ -248,7 +282,12 @@ fn to_entry(entry: &FuzzEntry, contiguous_index: u64) -> Entry {
         ),
         FuzzEntryKind::ConfigGarbage => (EntryKind::Config, entry.data.0.clone()),
     };
-    Entry { term: entry.term.0, index: entry.index.map_or(contiguous_index, |index| index.0), kind, data }
+    Entry {
+        term: entry.term.0,
+        index: entry.index.map_or(contiguous_index, |index| index.0),
+        kind,
+        data,
+    }
 }
 
 fn to_snapshot(snapshot: &FuzzSnapshot) -> Snapshot {
@@ -257,7 +296,10 @@ fn to_snapshot(snapshot: &FuzzSnapshot) -> Snapshot {
         meta: SnapshotMeta {
             index: snapshot.index.0,
             term: snapshot.term.0,
-            membership: Membership { voters: ids(&snapshot.voters), learners: ids(&snapshot.learners) },
+            membership: Membership {
+                voters: ids(&snapshot.voters),
+                learners: ids(&snapshot.learners),
+            },
         },
         data: snapshot.data.0.clone(),
     }

@@ -46,7 +46,10 @@ pub fn run(data: &[u8]) {
         let refused = rpc::decode(data, limit, CLUSTER_ID, SELF_ID, is_member);
         assert_eq!(
             refused,
-            Err(RpcError::TooLarge { size: data.len(), limit }),
+            Err(RpcError::TooLarge {
+                size: data.len(),
+                limit
+            }),
             "a body of {} bytes over a limit of {limit} must be refused as too large",
             data.len()
         );
@@ -59,19 +62,29 @@ fn is_member(id: NodeId) -> bool {
 
 /// The postcard encoding of an envelope's fixed fields (without the message count).
 fn header_bytes() -> Vec<u8> {
-    let empty = RpcEnvelope { cluster_id: CLUSTER_ID, from: 1, to: SELF_ID, messages: Vec::new() };
+    let empty = RpcEnvelope {
+        cluster_id: CLUSTER_ID,
+        from: 1,
+        to: SELF_ID,
+        messages: Vec::new(),
+    };
     let mut bytes = rpc::encode(&empty);
     // The encoding ends with the message count, 0 for an empty vector: drop it so the input
     // supplies its own.
     let count = bytes.pop();
-    assert_eq!(count, Some(0), "an empty envelope's encoding must end with a zero message count");
+    assert_eq!(
+        count,
+        Some(0),
+        "an empty envelope's encoding must end with a zero message count"
+    );
     bytes
 }
 
 fn check_decode(data: &[u8]) {
     let (result, grown_bytes) =
         alloc_probe::measure(|| rpc::decode(data, BODY_BYTES_MAX, CLUSTER_ID, SELF_ID, is_member));
-    let bound_bytes = ALLOC_FIXED_BYTES_MAX.saturating_add(ALLOC_PER_INPUT_BYTE_MAX.saturating_mul(data.len()));
+    let bound_bytes =
+        ALLOC_FIXED_BYTES_MAX.saturating_add(ALLOC_PER_INPUT_BYTE_MAX.saturating_mul(data.len()));
     assert!(
         grown_bytes <= bound_bytes,
         "decoding {} bytes took {grown_bytes} bytes of heap, over the bound of {bound_bytes}",
@@ -83,13 +96,27 @@ fn check_decode(data: &[u8]) {
     check_accepted(&envelope);
     let reencoded = rpc::encode(&envelope);
     let again = rpc::decode(&reencoded, BODY_BYTES_MAX, CLUSTER_ID, SELF_ID, is_member);
-    assert_eq!(again.as_ref(), Ok(&envelope), "an accepted envelope must survive an encode/decode round trip");
+    assert_eq!(
+        again.as_ref(),
+        Ok(&envelope),
+        "an accepted envelope must survive an encode/decode round trip"
+    );
 }
 
 fn check_accepted(envelope: &RpcEnvelope) {
-    assert_eq!(envelope.cluster_id, CLUSTER_ID, "accepted an envelope of another cluster");
-    assert_eq!(envelope.to, SELF_ID, "accepted an envelope addressed to another node");
-    assert!(is_member(envelope.from), "accepted an envelope from non-member {}", envelope.from);
+    assert_eq!(
+        envelope.cluster_id, CLUSTER_ID,
+        "accepted an envelope of another cluster"
+    );
+    assert_eq!(
+        envelope.to, SELF_ID,
+        "accepted an envelope addressed to another node"
+    );
+    assert!(
+        is_member(envelope.from),
+        "accepted an envelope from non-member {}",
+        envelope.from
+    );
     for message in &envelope.messages {
         assert!(
             message.from == envelope.from && message.to == envelope.to,
@@ -100,7 +127,12 @@ fn check_accepted(envelope: &RpcEnvelope) {
             envelope.from,
             envelope.to
         );
-        if let MessageBody::Append { prev_log_index, entries, .. } = &message.body {
+        if let MessageBody::Append {
+            prev_log_index,
+            entries,
+            ..
+        } = &message.body
+        {
             let mut expected_index = *prev_log_index;
             for entry in entries {
                 expected_index = expected_index.checked_add(1).unwrap_or_else(|| {

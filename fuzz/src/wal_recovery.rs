@@ -23,8 +23,12 @@ use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
-use raft_kv::raft::{Entry, EntryKind, HardState, Index, Membership, RestoreState, Snapshot, SnapshotMeta};
-use raft_kv::wal::{decode_segment, segment_name, DecodedRecord, Record, Tail, Wal, WalError, WalOptions};
+use raft_kv::raft::{
+    Entry, EntryKind, HardState, Index, Membership, RestoreState, Snapshot, SnapshotMeta,
+};
+use raft_kv::wal::{
+    decode_segment, segment_name, DecodedRecord, Record, Tail, Wal, WalError, WalOptions,
+};
 use raft_kv::wal::{FRAME_HEADER_BYTES, RECORD_BYTES_MAX, SNAPSHOT_FILE_NAME};
 
 /// Inputs larger than this skip the quadratic reference check of a torn verdict.
@@ -168,16 +172,26 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 
 fn to_record(record: &FuzzRecord) -> Result<Record, Vec<u8>> {
     Ok(match record {
-        FuzzRecord::Entries { first_index, terms, data } => Record::Entries(
+        FuzzRecord::Entries {
+            first_index,
+            terms,
+            data,
+        } => Record::Entries(
             terms
                 .iter()
                 .enumerate()
                 .map(|(position, term)| {
-                    let len = data.get(position % data.len().max(1)).map_or(0, |&n| usize::from(n % 8));
+                    let len = data
+                        .get(position % data.len().max(1))
+                        .map_or(0, |&n| usize::from(n % 8));
                     Entry {
                         term: u64::from(*term),
                         index: first_index.value().wrapping_add(position as u64),
-                        kind: if len == 0 { EntryKind::Noop } else { EntryKind::Normal },
+                        kind: if len == 0 {
+                            EntryKind::Noop
+                        } else {
+                            EntryKind::Normal
+                        },
                         data: Bytes::from(vec![*term; len]),
                     }
                 })
@@ -188,9 +202,15 @@ fn to_record(record: &FuzzRecord) -> Result<Record, Vec<u8>> {
             vote: vote.map(u64::from),
             commit: commit.value(),
         }),
-        FuzzRecord::SnapshotSaved { index, term, suffix_kept } => {
-            Record::SnapshotSaved { index: index.value(), term: u64::from(*term), suffix_kept: *suffix_kept }
-        }
+        FuzzRecord::SnapshotSaved {
+            index,
+            term,
+            suffix_kept,
+        } => Record::SnapshotSaved {
+            index: index.value(),
+            term: u64::from(*term),
+            suffix_kept: *suffix_kept,
+        },
         FuzzRecord::Payload(payload) => return Err(payload.clone()),
     })
 }
@@ -206,7 +226,10 @@ fn build(spec: &SegmentSpec) -> Built {
     let mut frames = Vec::new();
     for record in &spec.records {
         let (payload, record) = match to_record(record) {
-            Ok(record) => (postcard::to_stdvec(&record).expect("a record encodes into a Vec"), Some(record)),
+            Ok(record) => (
+                postcard::to_stdvec(&record).expect("a record encodes into a Vec"),
+                Some(record),
+            ),
             // A chosen payload may still decode as a record: then it is one.
             Err(payload) => {
                 let record = match postcard::take_from_bytes::<Record>(&payload) {
@@ -264,21 +287,44 @@ fn check_decode(bytes: &[u8]) -> (Vec<DecodedRecord>, Tail) {
     let (records, tail) = decode_segment(bytes);
     let mut offset = 0usize;
     for decoded in &records {
-        assert_eq!(decoded.offset, offset as u64, "records must tile the segment: expected one at byte {offset}");
+        assert_eq!(
+            decoded.offset, offset as u64,
+            "records must tile the segment: expected one at byte {offset}"
+        );
         let Some((frame_bytes, record)) = valid_frame_at(bytes, offset) else {
-            panic!("decode_segment returned a record at byte {offset} whose frame is not valid: {:?}", decoded.record);
+            panic!(
+                "decode_segment returned a record at byte {offset} whose frame is not valid: {:?}",
+                decoded.record
+            );
         };
-        assert_eq!(record, decoded.record, "the record at byte {offset} is not what its frame holds");
+        assert_eq!(
+            record, decoded.record,
+            "the record at byte {offset} is not what its frame holds"
+        );
         offset += frame_bytes;
     }
     match &tail {
-        Tail::Clean => assert_eq!(offset, bytes.len(), "a clean segment must end after its last record"),
+        Tail::Clean => assert_eq!(
+            offset,
+            bytes.len(),
+            "a clean segment must end after its last record"
+        ),
         Tail::Torn { offset: bad, .. } | Tail::Corrupt { offset: bad, .. } => {
-            assert_eq!(*bad, offset as u64, "the bad bytes must start where the last record ends");
-            assert!(offset < bytes.len(), "a torn or corrupt verdict at the very end of the segment");
-            assert!(valid_frame_at(bytes, offset).is_none(), "decoding stopped at byte {offset}, before a valid record");
+            assert_eq!(
+                *bad, offset as u64,
+                "the bad bytes must start where the last record ends"
+            );
+            assert!(
+                offset < bytes.len(),
+                "a torn or corrupt verdict at the very end of the segment"
+            );
+            assert!(
+                valid_frame_at(bytes, offset).is_none(),
+                "decoding stopped at byte {offset}, before a valid record"
+            );
             if bytes.len() <= REFERENCE_SCAN_BYTES_MAX {
-                let later = (offset + 1..bytes.len()).find(|&at| valid_frame_at(bytes, at).is_some());
+                let later =
+                    (offset + 1..bytes.len()).find(|&at| valid_frame_at(bytes, at).is_some());
                 match (&tail, later) {
                     (Tail::Torn { .. }, Some(at)) => {
                         panic!("a torn verdict at byte {offset}, yet a valid record starts at byte {at}")
@@ -292,16 +338,24 @@ fn check_decode(bytes: &[u8]) -> (Vec<DecodedRecord>, Tail) {
         }
     }
     // Any prefix decodes to exactly the records that fit in it.
-    for cut in [offset / 2, offset.saturating_sub(1), offset.saturating_add(1).min(bytes.len())] {
+    for cut in [
+        offset / 2,
+        offset.saturating_sub(1),
+        offset.saturating_add(1).min(bytes.len()),
+    ] {
         let (prefix_records, prefix_tail) = decode_segment(&bytes[..cut]);
-        let fitting: Vec<&DecodedRecord> =
-            records.iter().filter(|r| r.offset as usize + frame_len(bytes, r.offset as usize) <= cut).collect();
+        let fitting: Vec<&DecodedRecord> = records
+            .iter()
+            .filter(|r| r.offset as usize + frame_len(bytes, r.offset as usize) <= cut)
+            .collect();
         assert_eq!(
             prefix_records.iter().collect::<Vec<_>>(),
             fitting,
             "the first {cut} bytes must decode to the records that fit in them"
         );
-        let boundary = fitting.last().map_or(0, |r| r.offset as usize + frame_len(bytes, r.offset as usize));
+        let boundary = fitting.last().map_or(0, |r| {
+            r.offset as usize + frame_len(bytes, r.offset as usize)
+        });
         assert_eq!(
             matches!(prefix_tail, Tail::Clean),
             boundary == cut,
@@ -328,28 +382,59 @@ fn check_damaged(spec: &SegmentSpec) {
             let first_changed = (0..built.bytes.len())
                 .find(|&at| bytes.get(at) != Some(&built.bytes[at]))
                 .unwrap_or(built.bytes.len());
-            built.frames.iter().take_while(|(_, end, _)| *end <= first_changed).count()
+            built
+                .frames
+                .iter()
+                .take_while(|(_, end, _)| *end <= first_changed)
+                .count()
         }
     };
     // An undecodable payload frame stops decoding like damage does.
-    let first_bad = built.frames.iter().position(|(_, _, record)| record.is_none()).unwrap_or(built.frames.len());
+    let first_bad = built
+        .frames
+        .iter()
+        .position(|(_, _, record)| record.is_none())
+        .unwrap_or(built.frames.len());
     let intact = first_touched.min(first_bad);
-    let expected: Vec<&Record> = built.frames[..intact].iter().filter_map(|(_, _, r)| r.as_ref()).collect();
+    let expected: Vec<&Record> = built.frames[..intact]
+        .iter()
+        .filter_map(|(_, _, r)| r.as_ref())
+        .collect();
     let got: Vec<&Record> = records.iter().take(intact).map(|r| &r.record).collect();
-    assert_eq!(got, expected, "records before the damage must come back unchanged");
+    assert_eq!(
+        got, expected,
+        "records before the damage must come back unchanged"
+    );
     if intact < built.frames.len() && first_bad >= first_touched {
         // The damaged frame itself never comes back (a flipped byte always breaks its checksum
         // or its framing; a cut frame is incomplete).
-        assert_eq!(records.len(), intact, "a damaged frame came back as a record: {:?}", records.get(intact));
-        let valid_frame_follows = built.frames[intact + 1..].iter().any(|(_, _, record)| record.is_some());
+        assert_eq!(
+            records.len(),
+            intact,
+            "a damaged frame came back as a record: {:?}",
+            records.get(intact)
+        );
+        let valid_frame_follows = built.frames[intact + 1..]
+            .iter()
+            .any(|(_, _, record)| record.is_some());
         if valid_frame_follows && matches!(spec.damage, Damage::Flip { .. }) {
-            assert!(matches!(tail, Tail::Corrupt { .. }), "damage before the last record must be corrupt, not {tail:?}");
+            assert!(
+                matches!(tail, Tail::Corrupt { .. }),
+                "damage before the last record must be corrupt, not {tail:?}"
+            );
         }
     }
     if let Damage::Zeros(count) = spec.damage {
         if count > 0 && first_bad == built.frames.len() {
-            assert_eq!(records.len(), built.frames.len(), "zeros after valid records lose a record");
-            assert!(matches!(tail, Tail::Torn { .. }), "zeros after the last record must be a torn tail, not {tail:?}");
+            assert_eq!(
+                records.len(),
+                built.frames.len(),
+                "zeros after valid records lose a record"
+            );
+            assert!(
+                matches!(tail, Tail::Torn { .. }),
+                "zeros after the last record must be a torn tail, not {tail:?}"
+            );
         }
     }
 }
@@ -368,8 +453,12 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 fn check_open(segments: &[SegmentSpec], snapshot: Option<&SnapshotFileSpec>) {
     // On tmpfs when the machine has one: the same file code, without paying for real fsyncs.
     let shm = Path::new("/dev/shm");
-    let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }
-        .expect("a temporary directory for wal_recovery");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("a temporary directory for wal_recovery");
     let wal_dir = dir.path().join("wal");
     std::fs::create_dir_all(&wal_dir).expect("create the WAL directory");
     // Every entry any valid record holds: recovery may restore only these.
@@ -382,15 +471,21 @@ fn check_open(segments: &[SegmentSpec], snapshot: Option<&SnapshotFileSpec>) {
                 known_entries.extend(entries);
             }
         }
-        std::fs::write(wal_dir.join(segment_name(position as u64 + 1)), &bytes).expect("write a segment");
+        std::fs::write(wal_dir.join(segment_name(position as u64 + 1)), &bytes)
+            .expect("write a segment");
     }
     let mut snapshot_id = None;
     if let Some(spec) = snapshot {
         let snapshot = Snapshot {
-            meta: SnapshotMeta { index: spec.index.value(), term: u64::from(spec.term), membership: Membership::with_voters([1]) },
+            meta: SnapshotMeta {
+                index: spec.index.value(),
+                term: u64::from(spec.term),
+                membership: Membership::with_voters([1]),
+            },
             data: Bytes::copy_from_slice(&spec.data),
         };
-        let mut bytes = frame(&postcard::to_stdvec(&snapshot).expect("a snapshot encodes into a Vec"));
+        let mut bytes =
+            frame(&postcard::to_stdvec(&snapshot).expect("a snapshot encodes into a Vec"));
         damage(&mut bytes, &spec.damage);
         snapshot_id = Some((snapshot.meta.index, snapshot.meta.term));
         std::fs::write(wal_dir.join(SNAPSHOT_FILE_NAME), &bytes).expect("write the snapshot file");
@@ -398,7 +493,9 @@ fn check_open(segments: &[SegmentSpec], snapshot: Option<&SnapshotFileSpec>) {
     let first = match open(&wal_dir) {
         Ok(restore) => restore,
         Err(WalError::Corrupt { .. }) => return,
-        Err(other) => panic!("recovery failed with {other} instead of refusing with Corrupt or recovering"),
+        Err(other) => {
+            panic!("recovery failed with {other} instead of refusing with Corrupt or recovering")
+        }
     };
     let floor: Index = first.snapshot.as_ref().map_or(0, |s| s.meta.index);
     if let Some(restored) = &first.snapshot {
@@ -410,19 +507,40 @@ fn check_open(segments: &[SegmentSpec], snapshot: Option<&SnapshotFileSpec>) {
     }
     for (position, entry) in first.entries.iter().enumerate() {
         let expected_index = floor.checked_add(position as u64 + 1);
-        assert_eq!(Some(entry.index), expected_index, "restored entries must follow the snapshot contiguously");
-        assert!(known_entries.contains(entry), "recovery restored an entry no valid record holds: {entry:?}");
+        assert_eq!(
+            Some(entry.index),
+            expected_index,
+            "restored entries must follow the snapshot contiguously"
+        );
+        assert!(
+            known_entries.contains(entry),
+            "recovery restored an entry no valid record holds: {entry:?}"
+        );
     }
-    let second = open(&wal_dir).unwrap_or_else(|e| panic!("a WAL that recovered once must open again: {e}"));
+    let second =
+        open(&wal_dir).unwrap_or_else(|e| panic!("a WAL that recovered once must open again: {e}"));
     assert_same(&first, &second);
 }
 
 fn open(dir: &Path) -> Result<RestoreState, WalError> {
-    runtime().block_on(async { Wal::open(dir, WalOptions::default()).await.map(|(_, restore)| restore) })
+    runtime().block_on(async {
+        Wal::open(dir, WalOptions::default())
+            .await
+            .map(|(_, restore)| restore)
+    })
 }
 
 fn assert_same(first: &RestoreState, second: &RestoreState) {
-    assert_eq!(first.hard_state, second.hard_state, "the hard state changed between two recoveries");
-    assert_eq!(first.snapshot, second.snapshot, "the snapshot changed between two recoveries");
-    assert_eq!(first.entries, second.entries, "the entries changed between two recoveries");
+    assert_eq!(
+        first.hard_state, second.hard_state,
+        "the hard state changed between two recoveries"
+    );
+    assert_eq!(
+        first.snapshot, second.snapshot,
+        "the snapshot changed between two recoveries"
+    );
+    assert_eq!(
+        first.entries, second.entries,
+        "the entries changed between two recoveries"
+    );
 }
