@@ -632,6 +632,6 @@ impl Body for ScriptedBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }

@@ -21,9 +21,12 @@ pub mod rpc_decode;
 #[path = "wal_recovery.rs"]
 pub mod wal_recovery;
 
+/// The function of a target that checks one input (it panics on a violation).
+pub type TargetFn = fn(&[u8]);
+
 /// Every target: its name (the directory under `fuzz/corpus/` and `fuzz/regressions/`) and
 /// the function that checks one input.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, TargetFn); 4] = [
     ("rpc_decode", rpc_decode::run),
     ("core_step", core_step::run),
     ("wal_recovery", wal_recovery::run),
