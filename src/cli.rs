@@ -60,10 +60,10 @@ pub struct NodeArgs {
     #[arg(long, env = "RAFT_KV_TICK_MS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub tick_ms: u64,
     /// Election timeout in ticks (randomized up to twice this).
-    #[arg(long, env = "RAFT_KV_ELECTION_TICKS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(3..=10_000))]
+    #[arg(long, env = "RAFT_KV_ELECTION_TICKS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(3..=10_000))]
     pub election_ticks: u32,
     /// Heartbeat interval in ticks (must be below the election timeout).
-    #[arg(long, env = "RAFT_KV_HEARTBEAT_TICKS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = "RAFT_KV_HEARTBEAT_TICKS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub heartbeat_ticks: u32,
     /// Client request timeout in milliseconds.
     #[arg(long, env = "RAFT_KV_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]

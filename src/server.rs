@@ -65,6 +65,7 @@ pub async fn run(
     let election_timeout = config.tick_interval * config.election_ticks;
     tokio::pin!(shutdown);
     let handle = tokio::select! {
+        biased; // deterministic in simulation, see the driver loop
         handle = node::start(config, client) => handle?,
         _ = &mut shutdown => {
             let _ = stop_http.send(());

@@ -114,11 +114,19 @@ async fn a_three_node_cluster_serves_put_get_delete_and_cas_through_any_node() {
         "PUT",
         "/v1/kv/once",
         &[("idempotency-key", "abc")],
-        b"1",
+        b"2",
     )
     .await
     .unwrap();
     assert_eq!(first.json()["mod_index"], retry.json()["mod_index"]);
+    let stored = call(&addrs[2], "GET", "/v1/kv/once", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(
+        &stored.body[..],
+        b"1",
+        "the retried write was applied again"
+    );
     // Cluster and health views.
     let view = call(&addrs[0], "GET", "/v1/cluster", &[], b"")
         .await
@@ -255,6 +263,35 @@ async fn a_killed_node_restarts_from_its_wal_and_catches_up() {
         .unwrap();
         assert_eq!(list.json()["keys"].as_array().unwrap().len(), 20);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_leadership_off_and_exits_cleanly() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    let addrs = cluster.addrs();
+    assert_eq!(
+        call(&addrs[leader], "PUT", "/v1/kv/before", &[], b"v")
+            .await
+            .unwrap()
+            .status,
+        201
+    );
+    let status = cluster.nodes[leader].terminate();
+    assert!(status.success(), "the node exited with {status:?}");
+    assert!(
+        cluster.nodes[leader]
+            .log_text()
+            .contains("leadership handed off"),
+        "no hand-off logged:\n{}",
+        cluster.nodes[leader].log_text()
+    );
+    let new_leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    assert_ne!(new_leader, leader);
+    let reply = call(&addrs[new_leader], "GET", "/v1/kv/before", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! `raft-kv bench`: N concurrent clients writing fixed-size values to a running cluster, with a
 //! progress line per second and throughput plus p50/p99/p999 latency at the end.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -100,6 +101,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
         let keys = args.keys;
         tasks.push(env::spawn(async move {
             let mut latencies_us: Vec<u64> = Vec::new();
+            let mut failures: BTreeMap<String, u64> = BTreeMap::new();
             let mut i: u64 = 0;
             while !done.load(Ordering::Relaxed) {
                 let key = (id.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i)) % keys;
@@ -116,12 +118,24 @@ async fn bench(args: BenchArgs) -> ExitCode {
                         latencies_us.push(env::now().duration_since(started).as_micros() as u64);
                         completed.fetch_add(1, Ordering::Relaxed);
                     }
-                    _ => {
+                    Ok(response) => {
                         failed.fetch_add(1, Ordering::Relaxed);
+                        *failures
+                            .entry(response.status().as_u16().to_string())
+                            .or_insert(0u64) += 1;
+                    }
+                    Err(error) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        let kind = match error {
+                            raft_kv::http::client::ClientError::Timeout { .. } => "client timeout",
+                            raft_kv::http::client::ClientError::Connect { .. } => "connect error",
+                            raft_kv::http::client::ClientError::Http { .. } => "http error",
+                        };
+                        *failures.entry(kind.to_string()).or_insert(0u64) += 1;
                     }
                 }
             }
-            latencies_us
+            (latencies_us, failures)
         }));
     }
     let started = env::now();
@@ -140,9 +154,13 @@ async fn bench(args: BenchArgs) -> ExitCode {
     done.store(true, Ordering::Relaxed);
     let elapsed = env::now().duration_since(started).as_secs_f64();
     let mut latencies: Vec<u64> = Vec::new();
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     for task in tasks {
-        if let Ok(mut part) = task.await {
+        if let Ok((mut part, part_failures)) = task.await {
             latencies.append(&mut part);
+            for (kind, count) in part_failures {
+                *failures.entry(kind).or_insert(0) += count;
+            }
         }
     }
     latencies.sort_unstable();

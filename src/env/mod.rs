@@ -216,6 +216,68 @@ pub async fn shutdown_signal() {
 // Network
 // ---------------------------------------------------------------------------------------------
 
+/// A TCP stream as hyper should drive it: see [`FlushWhenWritten`].
+pub fn hyper_io(stream: TcpStream) -> TokioIo<FlushWhenWritten<TcpStream>> {
+    TokioIo::new(FlushWhenWritten {
+        inner: stream,
+        unflushed: false,
+    })
+}
+
+/// A stream whose `flush` does nothing when nothing was written since the last one.
+///
+/// Why: madsim's simulated TCP turns every flush into a packet, empty or not, and draining a
+/// packet costs at least 1 ms of virtual time. hyper flushes connections with nothing buffered,
+/// so on a reused connection stale empty packets piled up and every request took one network
+/// latency longer than the one before (measured: 8, 10, 12, ... 62 ms over 30 calls at 2 ms
+/// latency; constant 8 ms with this wrapper). On a real socket an empty flush is a no-op
+/// anyway, so production behaves the same.
+#[derive(Debug)]
+pub struct FlushWhenWritten<S> {
+    inner: S,
+    /// Bytes were written since the last flush.
+    unflushed: bool,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FlushWhenWritten<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FlushWhenWritten<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.unflushed = true;
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.unflushed {
+            return Poll::Ready(Ok(()));
+        }
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(flushed, Poll::Ready(Ok(()))) {
+            self.unflushed = false;
+        }
+        flushed
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Splits a stream into a read half and a write half (the simulated stream has no
 /// `into_split`).
 pub fn split(

@@ -688,17 +688,11 @@ async fn forward(
         Err(super::client::ClientError::Timeout { .. })
         | Err(super::client::ClientError::Http { .. }) => node_error_response(&NodeError::Timeout),
         // Never sent: the client may retry safely.
-        Err(e @ super::client::ClientError::Connect { .. }) => {
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "leader_unreachable",
-                &format!("cannot reach the leader {}: {e}", member.name),
-            );
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            response
-        }
+        Err(e @ super::client::ClientError::Connect { .. }) => retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leader_unreachable",
+            &format!("cannot reach the leader {}: {e}", member.name),
+        ),
     }
 }
 
@@ -756,21 +750,24 @@ fn node_error_response(e: &NodeError) -> HttpResponse {
         NodeError::NotLeader { .. } => "no leader is known right now; retry shortly".to_string(),
         other => other.to_string(),
     };
-    let mut response = error(code, name, &message);
     if retry {
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        retry_later(code, name, &message)
+    } else {
+        error(code, name, &message)
     }
-    response
 }
 
 fn not_started(state: &AppState) -> HttpResponse {
-    let mut response = error(
+    retry_later(
         StatusCode::SERVICE_UNAVAILABLE,
         "starting",
         &format!("node {} is starting (waiting for its peers)", state.name),
-    );
+    )
+}
+
+/// An error the client may retry after a second.
+fn retry_later(code: StatusCode, name: &str, message: &str) -> HttpResponse {
+    let mut response = error(code, name, message);
     response
         .headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from_static("1"));

@@ -136,7 +136,7 @@ impl HttpClient {
                     source,
                 })?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(env::TokioIo::new(stream))
+        let (sender, connection) = hyper::client::conn::http1::handshake(env::hyper_io(stream))
             .await
             .map_err(|e| ClientError::Http {
                 addr: addr.to_string(),

@@ -25,6 +25,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
+            biased; // deterministic in simulation, see the driver loop
             _ = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
@@ -50,7 +51,7 @@ pub async fn serve(
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(header_bytes_max);
             if let Err(error) = builder
-                .serve_connection(env::TokioIo::new(stream), service)
+                .serve_connection(env::hyper_io(stream), service)
                 .await
             {
                 tracing::debug!(%error, "http connection ended with an error");

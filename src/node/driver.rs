@@ -188,6 +188,9 @@ impl Driver {
             let wait = next_tick.duration_since(env::now());
             let mut handled = 0usize;
             tokio::select! {
+                // A fixed polling order: an unbiased select draws from tokio's per-thread RNG,
+                // seeded from a process-wide counter no simulation seed controls.
+                biased;
                 _ = env::sleep(wait) => {}
                 request = self.requests.recv() => match request {
                     Some(request) => { self.handle_request(request); handled += 1; }
@@ -209,12 +212,18 @@ impl Driver {
                 }
                 handled += 1;
             }
+            // One tick per round at most, and a late round does not catch up on missed ticks
+            // (like a Go ticker): a node starved of CPU must not see a whole election timeout
+            // pass in one burst while its peers' messages still sit in the queue.
             let now = env::now();
-            while now >= next_tick {
+            if now >= next_tick {
                 if self.failure.is_none() {
                     self.raft.tick();
                 }
                 next_tick += tick;
+                if now >= next_tick {
+                    next_tick = now + tick;
+                }
             }
             self.flush_reads();
             if self.failure.is_none() && self.raft.has_ready() {
@@ -636,6 +645,9 @@ impl Driver {
             .commit_index
             .set(status.hard_state.commit as i64);
         self.metrics.applied_index.set(status.applied_index as i64);
+        for (role, gauge) in &self.metrics.roles {
+            gauge.set(i64::from(*role == soft.role));
+        }
         self.metrics
             .healthy
             .set(i64::from(self.failure.is_none() && soft.leader.is_some()));

@@ -166,6 +166,8 @@ pub struct NodeMetrics {
     pub registry: Arc<Metrics>,
     pub(crate) term: Gauge,
     pub(crate) is_leader: Gauge,
+    /// `raft_role{role=...}`: 1 for the node's current role, 0 for the others.
+    pub(crate) roles: Vec<(Role, Gauge)>,
     pub(crate) commit_index: Gauge,
     pub(crate) applied_index: Gauge,
     pub(crate) proposals: Counter,
@@ -183,6 +185,21 @@ impl NodeMetrics {
         NodeMetrics {
             term: m.gauge("raft_term", "The node's current Raft term.", &[]),
             is_leader: m.gauge("raft_is_leader", "1 when this node is the leader.", &[]),
+            roles: [
+                Role::Follower,
+                Role::PreCandidate,
+                Role::Candidate,
+                Role::Leader,
+            ]
+            .into_iter()
+            .map(|role| {
+                let labels = [("role", role.as_str().to_string())];
+                (
+                    role,
+                    m.gauge("raft_role", "1 for the node's current Raft role.", &labels),
+                )
+            })
+            .collect(),
             commit_index: m.gauge(
                 "raft_commit_index",
                 "The highest log index known committed.",

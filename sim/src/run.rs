@@ -1,0 +1,985 @@
+//! One seed's run: build the madsim world (the real nodes, a client machine), run the fault
+//! schedule and the workload, watch Raft safety while it runs, then heal everything and demand
+//! liveness and convergence, and finally check the client history for linearizability.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use madsim::runtime::{Handle, Runtime};
+use raft_kv::env;
+use raft_kv::env::sim_control::{self, DiskFaults, NodeId as SimNodeId};
+use raft_kv::http::client::HttpClient;
+use raft_kv::node::config::node_id_of;
+use raft_kv::node::{NodeConfig, NodeEvent, NodeHandle};
+use raft_kv::raft::invariants::InvariantChecker;
+use raft_kv::raft::Role;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use tokio::sync::mpsc;
+
+use crate::linearizability::{self, Budget, CheckResult, KvInput, Operation};
+use crate::recorder::Shared;
+use crate::scenario::{
+    Fault, Plant, Scenario, CLIENTS_DRAIN_MS_MAX, CLIENTS_STOP_MS, CONVERGE_MS_MAX, FAULTS_END_MS,
+    LEADER_AFTER_HEAL_MS_MAX,
+};
+use crate::workload::{self, virtual_nanos, ClientContext, Ending};
+
+/// The HTTP port every node listens on.
+const PORT: u16 = 7000;
+/// How often the inspector looks inside every live node (virtual milliseconds).
+const INSPECT_EVERY_MS: u64 = 500;
+/// Virtual time after which a run is declared hung (madsim panics).
+pub const TIME_LIMIT_MS: u64 = 200_000;
+/// Voters crashed at most per run.
+const VOTER_CRASHES_MAX: u32 = 20;
+/// Spacing of the ids the invariant checker knows the boots of one node by.
+const BOOT_ID_STRIDE: u64 = 0x9e37_79b9_7f4a_7c15;
+/// Model steps the linearizability check may take.
+const CHECK_STEPS_MAX: u64 = 20_000_000;
+
+/// The result of one seed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every property held.
+    Pass,
+    /// Every checked property held but the linearizability search ran out of budget.
+    Inconclusive,
+    /// Some property broke (see the recorder's failures).
+    Fail,
+}
+
+fn virtual_ms() -> u64 {
+    virtual_nanos() / 1_000_000
+}
+
+/// Sleeps until `at_ms`, or returns early with a voter the monitor saw being asked for its vote.
+async fn sleep_until_ms_or_voter(
+    at_ms: u64,
+    voters: &mut mpsc::UnboundedReceiver<u64>,
+) -> Option<u64> {
+    let now = virtual_ms();
+    if at_ms <= now {
+        return None;
+    }
+    tokio::select! {
+        biased;
+        voter = voters.recv() => voter,
+        () = env::sleep(Duration::from_millis(at_ms - now)) => None,
+    }
+}
+
+/// What the supervisor knows about each node.
+struct NodeSlot {
+    name: String,
+    raft_id: u64,
+    sim_id: SimNodeId,
+    /// Boots so far (0 for the first). The invariant checker sees each boot as its own node:
+    /// inspections show in-memory state, and a term or log suffix that was never synced may
+    /// legitimately be gone after a crash (a node that bumped its term and crashed before the
+    /// fsync). Safety across boots is still checked: two leaders of one term, log matching,
+    /// leader completeness and state machine safety do not care which boot they see.
+    boot: u64,
+    /// The running node's handle (set by `on_started`, cleared on kill).
+    handle: Arc<Mutex<Option<NodeHandle>>>,
+    crashed: bool,
+    paused: bool,
+    disk_full: bool,
+}
+
+/// The simulated world of one seed, seen from the supervisor.
+struct World {
+    scenario: Scenario,
+    shared: Shared,
+    nodes: Vec<NodeSlot>,
+    client_sim_id: SimNodeId,
+    checker: Arc<Mutex<InvariantChecker>>,
+    /// Directed links currently clogged (node indices, the client machine is `nodes_count`).
+    clogged: BTreeSet<(usize, usize)>,
+    /// Links each active cut episode clogs, by episode number.
+    active_cuts: BTreeMap<usize, Vec<(usize, usize)>>,
+    /// Active loss spikes and delay spikes, by episode number.
+    active_loss: BTreeMap<usize, f64>,
+    active_delay: BTreeMap<usize, u64>,
+    /// Decides which voters crash (seeded from the scenario's seed).
+    rng: ChaCha8Rng,
+    /// Voters crashed so far.
+    voter_crashes: u32,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl World {
+    fn sim_id(&self, index: usize) -> SimNodeId {
+        if index == self.scenario.nodes_count {
+            self.client_sim_id
+        } else {
+            self.nodes[index].sim_id
+        }
+    }
+
+    fn name_of_raft_id(&self, raft_id: u64) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.raft_id == raft_id)
+            .map_or_else(|| format!("#{raft_id}"), |n| n.name.clone())
+    }
+
+    fn trace(&self, what: String) {
+        self.shared.trace(format!("{:>6} ms  {what}", virtual_ms()));
+    }
+
+    /// Brings the network to the union of the active faults.
+    fn apply_network(&mut self) {
+        let desired: BTreeSet<(usize, usize)> =
+            self.active_cuts.values().flatten().copied().collect();
+        let net = NetSim::current();
+        for &(src, dst) in desired.difference(&self.clogged) {
+            net.clog_link(self.sim_id(src), self.sim_id(dst));
+        }
+        for &(src, dst) in self.clogged.difference(&desired) {
+            net.unclog_link(self.sim_id(src), self.sim_id(dst));
+        }
+        self.clogged = desired;
+        let loss = self
+            .active_loss
+            .values()
+            .copied()
+            .fold(self.scenario.packet_loss_rate, f64::max);
+        let latency_ms_max = self
+            .active_delay
+            .values()
+            .copied()
+            .fold(self.scenario.latency_ms.1, u64::max);
+        let latency_ms_min = self.scenario.latency_ms.0;
+        net.update_config(|config| {
+            config.packet_loss_rate = loss;
+            config.send_latency = Duration::from_millis(latency_ms_min)
+                ..Duration::from_millis(latency_ms_max.max(latency_ms_min + 1));
+        });
+    }
+
+    fn disk_faults(&self, index: usize, fail_writes: bool) -> DiskFaults {
+        DiskFaults {
+            torn_write_probability: self.scenario.torn_write_probability[index],
+            lying_fsync: self.scenario.plant == Plant::LyingFsync,
+            fail_writes,
+            latency_min: Duration::from_micros(self.scenario.disk_latency_us.0),
+            latency_max: Duration::from_micros(self.scenario.disk_latency_us.1),
+        }
+    }
+
+    fn kill(&mut self, index: usize) {
+        *lock(&self.nodes[index].handle) = None;
+        Handle::current().kill(self.nodes[index].sim_id);
+        self.nodes[index].crashed = true;
+        self.nodes[index].paused = false;
+        self.shared.lock().crashes += 1;
+    }
+
+    fn restart(&mut self, index: usize) {
+        Handle::current().restart(self.nodes[index].sim_id);
+        self.nodes[index].crashed = false;
+        self.nodes[index].boot += 1;
+    }
+
+    /// The id the invariant checker knows node `index`'s current boot by.
+    fn checker_id(&self, index: usize) -> u64 {
+        let node = &self.nodes[index];
+        node.raft_id
+            .wrapping_add(node.boot.wrapping_mul(BOOT_ID_STRIDE))
+    }
+
+    /// `text` with every checker id replaced by the node's name (and boot).
+    fn with_names(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for (index, node) in self.nodes.iter().enumerate() {
+            for boot in (0..=node.boot).rev() {
+                let id = node.raft_id.wrapping_add(boot.wrapping_mul(BOOT_ID_STRIDE));
+                let name = if boot == 0 {
+                    node.name.clone()
+                } else {
+                    format!("{}(boot {boot})", node.name)
+                };
+                text = text.replace(&id.to_string(), &name);
+            }
+            let _ = index;
+        }
+        text
+    }
+
+    /// With the scenario's probability, crashes the node with raft id `voter` (just asked for
+    /// its vote in a new term) and restarts it a few milliseconds later.
+    async fn maybe_crash_voter(&mut self, voter: u64) {
+        let Some(index) = self.nodes.iter().position(|n| n.raft_id == voter) else {
+            return;
+        };
+        let node = &self.nodes[index];
+        let eligible = !node.crashed
+            && !node.paused
+            && !node.disk_full
+            && virtual_ms() + 1_000 < FAULTS_END_MS;
+        let draw = (self.rng.next_u64() % 10_000) as f64 / 10_000.0;
+        if !eligible
+            || self.voter_crashes >= VOTER_CRASHES_MAX
+            || draw >= self.scenario.voter_crash_probability
+        {
+            return;
+        }
+        self.voter_crashes += 1;
+        // Let the vote reach the disk and the wire first (or not: the delay may be zero).
+        let delay_ms = self.rng.next_u64() % 15;
+        let downtime_ms = self.rng.next_u64() % 20;
+        env::sleep(Duration::from_millis(delay_ms)).await;
+        let node = &self.nodes[index];
+        if node.crashed || node.paused || node.disk_full {
+            return;
+        }
+        self.trace(format!(
+            "fault: crash voter {} for {downtime_ms} ms",
+            node.name
+        ));
+        self.kill(index);
+        env::sleep(Duration::from_millis(downtime_ms)).await;
+        self.trace(format!("heal: restart voter {}", self.nodes[index].name));
+        self.restart(index);
+    }
+
+    /// The leader the running nodes report, if one node leads in the highest term.
+    fn current_leader(&self) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
+        for (index, node) in self.nodes.iter().enumerate() {
+            if node.crashed || node.paused {
+                continue;
+            }
+            if let Some(handle) = lock(&node.handle).as_ref() {
+                let status = handle.status();
+                if status.role == Role::Leader && best.is_none_or(|(term, _)| status.term > term) {
+                    best = Some((status.term, index));
+                }
+            }
+        }
+        best.map(|(_, index)| index)
+    }
+
+    fn start_episode(&mut self, number: usize) {
+        let episode = self.scenario.episodes[number].clone();
+        let label = |i: usize| self.scenario.label(i);
+        match &episode.fault {
+            Fault::Cut { shape, links } => {
+                self.trace(format!(
+                    "fault {number}: cut {shape} ({} links)",
+                    links.len()
+                ));
+                self.active_cuts.insert(number, links.clone());
+            }
+            Fault::IsolateLeader => match self.current_leader() {
+                Some(leader) => {
+                    self.trace(format!("fault {number}: isolate leader {}", label(leader)));
+                    let links = (0..=self.scenario.nodes_count)
+                        .filter(|&n| n != leader)
+                        .flat_map(|n| [(leader, n), (n, leader)])
+                        .collect();
+                    self.active_cuts.insert(number, links);
+                }
+                None => self.trace(format!(
+                    "fault {number}: isolate leader: no leader now, nothing cut"
+                )),
+            },
+            Fault::Crash { node } => {
+                self.trace(format!("fault {number}: crash {}", label(*node)));
+                self.kill(*node);
+            }
+            Fault::Pause { node } => {
+                self.trace(format!("fault {number}: pause {}", label(*node)));
+                Handle::current().pause(self.nodes[*node].sim_id);
+                self.nodes[*node].paused = true;
+            }
+            Fault::LossSpike { loss_rate } => {
+                self.trace(format!("fault {number}: loss spike {loss_rate}"));
+                self.active_loss.insert(number, *loss_rate);
+            }
+            Fault::DelaySpike { latency_ms_max } => {
+                self.trace(format!("fault {number}: delay spike {latency_ms_max} ms"));
+                self.active_delay.insert(number, *latency_ms_max);
+            }
+            Fault::ClockJump {
+                node,
+                offset_ms,
+                drift_ppm,
+            } => {
+                self.trace(format!(
+                    "fault {number}: clock of {} to {offset_ms:+} ms {drift_ppm:+} ppm",
+                    label(*node)
+                ));
+                sim_control::set_clock_skew(
+                    self.nodes[*node].sim_id,
+                    offset_ms * 1_000_000,
+                    *drift_ppm,
+                );
+            }
+            Fault::DiskFull { node } => {
+                self.trace(format!("fault {number}: disk full on {}", label(*node)));
+                sim_control::set_disk_faults(
+                    self.nodes[*node].sim_id,
+                    self.disk_faults(*node, true),
+                );
+                self.nodes[*node].disk_full = true;
+            }
+        }
+        self.apply_network();
+    }
+
+    fn end_episode(&mut self, number: usize) {
+        let episode = self.scenario.episodes[number].clone();
+        match &episode.fault {
+            Fault::Cut { .. } | Fault::IsolateLeader => {
+                self.active_cuts.remove(&number);
+            }
+            Fault::Crash { node } => {
+                self.trace(format!(
+                    "heal {number}: restart {}",
+                    self.scenario.label(*node)
+                ));
+                self.restart(*node);
+            }
+            Fault::Pause { node } => {
+                if self.nodes[*node].paused {
+                    self.trace(format!(
+                        "heal {number}: resume {}",
+                        self.scenario.label(*node)
+                    ));
+                    Handle::current().resume(self.nodes[*node].sim_id);
+                    self.nodes[*node].paused = false;
+                }
+            }
+            Fault::LossSpike { .. } => {
+                self.active_loss.remove(&number);
+            }
+            Fault::DelaySpike { .. } => {
+                self.active_delay.remove(&number);
+            }
+            Fault::ClockJump { .. } => {}
+            Fault::DiskFull { node } => {
+                self.trace(format!(
+                    "heal {number}: disk fixed, restart {}",
+                    self.scenario.label(*node)
+                ));
+                sim_control::set_disk_faults(
+                    self.nodes[*node].sim_id,
+                    self.disk_faults(*node, false),
+                );
+                self.nodes[*node].disk_full = false;
+                self.kill(*node);
+                self.restart(*node);
+            }
+        }
+        if !matches!(episode.fault, Fault::Cut { .. } | Fault::IsolateLeader) {
+            return;
+        }
+        self.trace(format!(
+            "heal {number}: {} links stay cut",
+            self.active_cuts.values().flatten().count()
+        ));
+        self.apply_network();
+    }
+
+    /// Looks inside every running node and feeds the invariant checker.
+    async fn inspect_all(&self) -> Vec<(usize, raft_kv::node::Inspection)> {
+        let mut inspections = Vec::new();
+        for (index, node) in self.nodes.iter().enumerate() {
+            if node.crashed || node.paused {
+                continue;
+            }
+            let Some(handle) = lock(&node.handle).clone() else {
+                continue;
+            };
+            if let Ok(Ok(inspection)) =
+                env::timeout(Duration::from_millis(300), handle.inspect(true)).await
+            {
+                inspections.push((index, inspection));
+            }
+        }
+        let views: Vec<_> = inspections
+            .iter()
+            .map(|(index, inspection)| {
+                let mut view = inspection.view.clone();
+                view.id = self.checker_id(*index);
+                view
+            })
+            .collect();
+        if !views.is_empty() {
+            let verdict = lock(&self.checker).observe(&views);
+            if let Err(violation) = verdict {
+                self.shared.fail(
+                    "raft invariant (periodic inspection)",
+                    self.with_names(&violation.to_string()),
+                    Vec::new(),
+                );
+            }
+        }
+        inspections
+    }
+}
+
+/// Watches every node's events: at most one leader per term (Raft §5.2, election safety) and no
+/// two nodes applying different entries at one index (§5.4.3, state machine safety).
+async fn monitor(
+    mut events: mpsc::UnboundedReceiver<NodeEvent>,
+    checker: Arc<Mutex<InvariantChecker>>,
+    shared: Shared,
+    names: BTreeMap<u64, String>,
+    voters: mpsc::UnboundedSender<u64>,
+) {
+    let name = |id: u64| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+    let mut leaders: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut terms: BTreeMap<u64, u64> = BTreeMap::new();
+    while let Some(event) = events.recv().await {
+        let at = virtual_ms();
+        match event {
+            NodeEvent::Role {
+                node,
+                term,
+                role,
+                leader,
+            } => {
+                shared.trace(format!(
+                    "{at:>6} ms  {} is {role:?} in term {term} (leader {:?})",
+                    name(node),
+                    leader.map(name)
+                ));
+                // A follower in a new term with no leader was just asked for its vote.
+                let new_term = terms.insert(node, term).is_none_or(|old| term > old);
+                if new_term && role == Role::Follower && leader.is_none() {
+                    let _ = voters.send(node);
+                }
+                if role == Role::Leader {
+                    match leaders.get(&term) {
+                        Some(&other) if other != node => shared.fail(
+                            "election safety (Raft §5.2)",
+                            format!(
+                                "{} and {} both became leader in term {term}",
+                                name(other),
+                                name(node)
+                            ),
+                            Vec::new(),
+                        ),
+                        _ => {
+                            leaders.insert(term, node);
+                        }
+                    }
+                }
+            }
+            NodeEvent::Applied {
+                node,
+                index,
+                term,
+                digest,
+            } => {
+                shared.trace(format!(
+                    "{at:>6} ms  {} applied {index} (term {term}, digest {digest:016x})",
+                    name(node)
+                ));
+                if let Err(violation) = lock(&checker).observe_applied(node, index, term, digest) {
+                    let detail = names
+                        .iter()
+                        .fold(violation.to_string(), |text, (id, name)| {
+                            text.replace(&id.to_string(), name)
+                        });
+                    shared.fail("state machine safety (Raft §5.4.3)", detail, Vec::new());
+                }
+            }
+            NodeEvent::Restored { node, index } => {
+                shared.trace(format!(
+                    "{at:>6} ms  {} restored a snapshot at {index}",
+                    name(node)
+                ));
+            }
+        }
+    }
+}
+
+fn node_config(
+    scenario: &Scenario,
+    index: usize,
+    addrs: &[String],
+    observer: mpsc::UnboundedSender<NodeEvent>,
+) -> NodeConfig {
+    let name = Scenario::node_name(index);
+    let mut config = NodeConfig::new(name.clone(), addrs[index].clone());
+    config.peers = addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .map(|(_, a)| a.clone())
+        .collect();
+    config.data_dir = std::path::PathBuf::from("/data").join(&name);
+    config.tick_interval = Duration::from_millis(scenario.tick_ms);
+    config.election_ticks = scenario.election_ticks;
+    config.heartbeat_ticks = scenario.heartbeat_ticks;
+    config.request_timeout = Duration::from_millis(scenario.request_timeout_ms);
+    config.rpc_timeout = Duration::from_millis(scenario.rpc_timeout_ms);
+    config.snapshot_entries = scenario.snapshot_entries;
+    config.wal_segment_bytes_max = scenario.wal_segment_bytes_max;
+    config.observer = Some(observer);
+    config.plant_forget_vote = scenario.plant == Plant::ForgetVote;
+    config
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("a valid simulated IP address")
+}
+
+/// Runs `scenario` in a fresh madsim runtime on this thread, recording into `shared`. Call it on
+/// a fresh OS thread per seed; a panic (a node's invariant assertion, a hang past the time limit)
+/// propagates and leaves `shared` with everything recorded so far.
+pub fn run_scenario(scenario: &Scenario, shared: &Shared) {
+    let mut runtime = Runtime::with_seed_and_config(scenario.seed, madsim::Config::default());
+    sim_control::install(&runtime);
+    runtime.set_time_limit(Duration::from_millis(TIME_LIMIT_MS));
+    let scenario = scenario.clone();
+    let shared_inner = shared.clone();
+    runtime.block_on(async move { supervise(scenario, shared_inner).await });
+}
+
+async fn supervise(scenario: Scenario, shared: Shared) {
+    let handle = Handle::current();
+    let addrs: Vec<String> = (0..scenario.nodes_count)
+        .map(|i| format!("10.0.0.{}:{PORT}", i + 1))
+        .collect();
+    let (observer, events) = mpsc::unbounded_channel();
+    let checker = Arc::new(Mutex::new(InvariantChecker::new()));
+    let mut nodes = Vec::new();
+    for index in 0..scenario.nodes_count {
+        let config = node_config(&scenario, index, &addrs, observer.clone());
+        let slot: Arc<Mutex<Option<NodeHandle>>> = Arc::new(Mutex::new(None));
+        let slot_for_init = slot.clone();
+        let shared_for_init = shared.clone();
+        let name = config.name.clone();
+        let node = handle
+            .create_node()
+            .name(name.clone())
+            .ip(ip(&format!("10.0.0.{}", index + 1)))
+            .init(move || {
+                let config = config.clone();
+                let slot = slot_for_init.clone();
+                let shared = shared_for_init.clone();
+                async move {
+                    let name = config.name.clone();
+                    let on_started = |started: &NodeHandle| *lock(&slot) = Some(started.clone());
+                    if let Err(error) =
+                        raft_kv::server::run(config, std::future::pending(), on_started).await
+                    {
+                        shared.trace(format!("{:>6} ms  {name} stopped: {error}", virtual_ms()));
+                        *lock(&slot) = None;
+                    }
+                }
+            })
+            .build();
+        nodes.push(NodeSlot {
+            raft_id: node_id_of(&name),
+            name,
+            sim_id: node.id(),
+            boot: 0,
+            handle: slot,
+            crashed: false,
+            paused: false,
+            disk_full: false,
+        });
+    }
+    drop(observer);
+    let client_node = handle
+        .create_node()
+        .name("client")
+        .ip(ip("10.0.1.1"))
+        .build();
+    let mut world = World {
+        scenario: scenario.clone(),
+        shared: shared.clone(),
+        nodes,
+        client_sim_id: client_node.id(),
+        checker: checker.clone(),
+        clogged: BTreeSet::new(),
+        active_cuts: BTreeMap::new(),
+        active_loss: BTreeMap::new(),
+        active_delay: BTreeMap::new(),
+        rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x00b0_07ed_c0de_0001),
+        voter_crashes: 0,
+    };
+    for index in 0..scenario.nodes_count {
+        let skew = scenario.clock_skews[index];
+        sim_control::set_clock_skew(
+            world.nodes[index].sim_id,
+            skew.offset_ms * 1_000_000,
+            skew.drift_ppm,
+        );
+        sim_control::set_disk_faults(world.nodes[index].sim_id, world.disk_faults(index, false));
+    }
+    world.apply_network();
+    world.trace(format!(
+        "start: {} nodes, {} clients",
+        scenario.nodes_count, scenario.clients_count
+    ));
+
+    let names: BTreeMap<u64, String> = world
+        .nodes
+        .iter()
+        .map(|n| (n.raft_id, n.name.clone()))
+        .collect();
+    let (voters_tx, mut voters) = mpsc::unbounded_channel();
+    let monitor_task = env::spawn(monitor(
+        events,
+        checker.clone(),
+        shared.clone(),
+        names,
+        voters_tx,
+    ));
+
+    // The clients.
+    let stop_clients = Arc::new(AtomicBool::new(false));
+    let ctx = ClientContext::new(&scenario, addrs.clone(), shared.clone());
+    let mut clients = Vec::new();
+    for client in 0..scenario.clients_count {
+        let ctx = ctx.clone();
+        let stop = stop_clients.clone();
+        let think_ms = scenario.think_ms;
+        let duplicate = scenario.duplicate_write_probability;
+        clients.push(client_node.spawn(async move {
+            workload::client_loop(client as u64, ctx, think_ms, duplicate, stop).await;
+        }));
+    }
+
+    // Phase 1: the fault schedule, with periodic inspections in between.
+    let mut actions: Vec<(u64, bool, usize)> = Vec::new();
+    for (number, episode) in scenario.episodes.iter().enumerate() {
+        actions.push((episode.start_ms, true, number));
+        actions.push((episode.end_ms(), false, number));
+    }
+    // Ends before starts at one instant, so a node restarted and crashed at one moment is fine.
+    actions.sort_by_key(|&(at, is_start, number)| (at, is_start, number));
+    let mut next_inspect_ms = INSPECT_EVERY_MS;
+    let mut next_action = 0;
+    while virtual_ms() < FAULTS_END_MS && !shared.failed() {
+        let action_at = actions.get(next_action).map_or(FAULTS_END_MS, |a| a.0);
+        if let Some(voter) =
+            sleep_until_ms_or_voter(next_inspect_ms.min(action_at), &mut voters).await
+        {
+            world.maybe_crash_voter(voter).await;
+            continue;
+        }
+        if next_inspect_ms <= action_at {
+            world.inspect_all().await;
+            next_inspect_ms = virtual_ms() + INSPECT_EVERY_MS;
+            continue;
+        }
+        if let Some(&(_, is_start, number)) = actions.get(next_action) {
+            if is_start {
+                world.start_episode(number);
+            } else {
+                world.end_episode(number);
+            }
+            next_action += 1;
+        }
+    }
+
+    if !shared.failed() {
+        heal_and_check_liveness(&mut world, &stop_clients, clients, &ctx).await;
+    }
+    stop_clients.store(true, Ordering::Relaxed);
+    shared.close_pending_as_unknown();
+    check_history(&shared);
+    shared.lock().virtual_ms = virtual_ms();
+    // Kill every machine so no task outlives the seed.
+    for node in &world.nodes {
+        handle.kill(node.sim_id);
+    }
+    handle.kill(world.client_sim_id);
+    monitor_task.abort();
+}
+
+/// Phase 2: heal every fault, then demand a leader, the clients' operations to finish, every
+/// replica to converge, and a final read of every key.
+async fn heal_and_check_liveness(
+    world: &mut World,
+    stop_clients: &Arc<AtomicBool>,
+    clients: Vec<madsim::task::JoinHandle<()>>,
+    ctx: &ClientContext,
+) {
+    let shared = world.shared.clone();
+    world.trace("heal: every fault ends".to_string());
+    world.active_cuts.clear();
+    world.active_loss.clear();
+    world.active_delay.clear();
+    world.apply_network();
+    for index in 0..world.nodes.len() {
+        if world.nodes[index].paused {
+            Handle::current().resume(world.nodes[index].sim_id);
+            world.nodes[index].paused = false;
+        }
+        // A node whose disk filled up stopped serving by design: fix the disk, restart it.
+        let disk_was_full = world.nodes[index].disk_full;
+        if disk_was_full {
+            let faults = world.disk_faults(index, false);
+            sim_control::set_disk_faults(world.nodes[index].sim_id, faults);
+            world.nodes[index].disk_full = false;
+        }
+        // A crashed node, or one whose process stopped (it could not start), is restarted.
+        if disk_was_full || world.nodes[index].crashed || lock(&world.nodes[index].handle).is_none()
+        {
+            world.trace(format!("heal: restart {}", world.nodes[index].name));
+            if !world.nodes[index].crashed {
+                world.kill(index);
+            }
+            world.restart(index);
+        }
+    }
+
+    // A leader that every running node follows, within the bound.
+    let heal_ms = virtual_ms();
+    let leader_deadline_ms = heal_ms + LEADER_AFTER_HEAL_MS_MAX;
+    loop {
+        if let Some(leader) = agreed_leader(world) {
+            world.trace(format!(
+                "liveness: {} leads, {} ms after the heal",
+                world.nodes[leader].name,
+                virtual_ms() - heal_ms
+            ));
+            break;
+        }
+        if virtual_ms() >= leader_deadline_ms {
+            shared.fail(
+                "liveness: leader after heal",
+                format!("no leader followed by every node {LEADER_AFTER_HEAL_MS_MAX} ms after the heal; {}", statuses(world)),
+                Vec::new(),
+            );
+            return;
+        }
+        env::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The clients keep going on the healed cluster, then stop; their operations must finish.
+    let mut next_inspect_ms = virtual_ms();
+    while virtual_ms() < CLIENTS_STOP_MS && !shared.failed() {
+        if virtual_ms() >= next_inspect_ms {
+            world.inspect_all().await;
+            next_inspect_ms = virtual_ms() + INSPECT_EVERY_MS;
+        }
+        env::sleep(Duration::from_millis(100)).await;
+    }
+    stop_clients.store(true, Ordering::Relaxed);
+    let drain_deadline_ms = virtual_ms() + CLIENTS_DRAIN_MS_MAX;
+    let all_done = async {
+        for client in clients {
+            let _ = client.await;
+        }
+    };
+    if env::timeout(Duration::from_millis(CLIENTS_DRAIN_MS_MAX), all_done)
+        .await
+        .is_err()
+    {
+        let pending: Vec<String> = shared
+            .pending_ops()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        shared.fail(
+            "liveness: client operations finish",
+            format!(
+                "operations still pending at {drain_deadline_ms} ms: {}",
+                pending.join("; ")
+            ),
+            Vec::new(),
+        );
+        return;
+    }
+
+    // Every replica converges: same applied index, same state hash, nothing left to apply.
+    let converge_deadline_ms = virtual_ms() + CONVERGE_MS_MAX;
+    loop {
+        let inspections = world.inspect_all().await;
+        if shared.failed() {
+            return;
+        }
+        let applied: BTreeSet<u64> = inspections
+            .iter()
+            .map(|(_, i)| i.kv_applied_index)
+            .collect();
+        let hashes: BTreeSet<u64> = inspections.iter().map(|(_, i)| i.state_hash).collect();
+        let caught_up = inspections
+            .iter()
+            .all(|(_, i)| i.kv_applied_index == i.status.hard_state.commit);
+        if inspections.len() == world.nodes.len()
+            && applied.len() == 1
+            && hashes.len() == 1
+            && caught_up
+        {
+            world.trace(format!(
+                "liveness: replicas converged at index {:?}",
+                applied.first()
+            ));
+            break;
+        }
+        if virtual_ms() >= converge_deadline_ms {
+            let detail: Vec<String> = inspections
+                .iter()
+                .map(|(index, i)| {
+                    format!(
+                        "{}: applied {} commit {} last {} hash {:016x}",
+                        world.nodes[*index].name,
+                        i.kv_applied_index,
+                        i.status.hard_state.commit,
+                        i.status.last_index,
+                        i.state_hash
+                    )
+                })
+                .collect();
+            shared.fail(
+                "liveness: replicas converge",
+                format!(
+                    "{} of {} nodes answered; {}",
+                    inspections.len(),
+                    world.nodes.len(),
+                    detail.join("; ")
+                ),
+                Vec::new(),
+            );
+            return;
+        }
+        env::sleep(Duration::from_millis(100)).await;
+    }
+
+    // No acknowledged write lost: a final linearizable read of every key joins the history.
+    let final_reader = world.scenario.clients_count as u64;
+    let keys = ctx.keys.clone();
+    let ctx = ctx.clone();
+    let client_node = Handle::current()
+        .get_node(world.client_sim_id)
+        .expect("the client machine exists");
+    let shared_reader = shared.clone();
+    let reads = client_node.spawn(async move {
+        let http = HttpClient::new();
+        let mut rng = env::rng();
+        for key in keys {
+            let mut read = false;
+            for _ in 0..20 {
+                let call = virtual_nanos();
+                let slot = shared_reader.begin_op(Operation {
+                    client: final_reader,
+                    key: key.clone(),
+                    input: KvInput::Get,
+                    call,
+                    ret: None,
+                    output: None,
+                });
+                match workload::run_operation(&http, &ctx, &mut rng, &key, &KvInput::Get, "", false)
+                    .await
+                {
+                    Ending::Definite(output) => {
+                        shared_reader.end_op(slot, Some((virtual_nanos(), output)));
+                        read = true;
+                        break;
+                    }
+                    _ => shared_reader.drop_op(slot),
+                }
+                env::sleep(Duration::from_millis(100)).await;
+            }
+            if !read {
+                return Err(key);
+            }
+        }
+        Ok(())
+    });
+    match reads.await {
+        Ok(Ok(())) => world.trace("liveness: final reads done".to_string()),
+        Ok(Err(key)) => shared.fail(
+            "liveness: final read",
+            format!("key {key:?} could not be read after the heal"),
+            Vec::new(),
+        ),
+        Err(error) => shared.fail(
+            "liveness: final read",
+            format!("the final reader failed: {error}"),
+            Vec::new(),
+        ),
+    }
+}
+
+/// The node every running node agrees leads, if any.
+fn agreed_leader(world: &World) -> Option<usize> {
+    let leader = world.current_leader()?;
+    let leader_status = lock(&world.nodes[leader].handle).as_ref()?.status();
+    for node in &world.nodes {
+        let status = lock(&node.handle).as_ref()?.status();
+        if status.term != leader_status.term || status.leader != Some(world.nodes[leader].raft_id) {
+            return None;
+        }
+    }
+    Some(leader)
+}
+
+fn statuses(world: &World) -> String {
+    let parts: Vec<String> = world
+        .nodes
+        .iter()
+        .map(|node| match lock(&node.handle).as_ref() {
+            Some(handle) => {
+                let s = handle.status();
+                format!(
+                    "{}: {:?} term {} leader {} commit {} applied {}",
+                    node.name,
+                    s.role,
+                    s.term,
+                    s.leader
+                        .map_or_else(|| "none".to_string(), |l| world.name_of_raft_id(l)),
+                    s.commit_index,
+                    s.applied_index
+                )
+            }
+            None => format!("{}: not running", node.name),
+        })
+        .collect();
+    parts.join("; ")
+}
+
+/// Checks the whole history for linearizability; records a violation with its operations.
+fn check_history(shared: &Shared) {
+    let history = shared.lock().history.clone();
+    match linearizability::check(&history, Budget::steps(CHECK_STEPS_MAX)) {
+        CheckResult::Ok => shared.trace(format!(
+            "linearizability: {} operations linearizable",
+            history.len()
+        )),
+        CheckResult::Unknown => {
+            shared.trace(format!(
+                "linearizability: budget ran out on {} operations",
+                history.len()
+            ));
+            shared.lock().inconclusive = true;
+        }
+        CheckResult::Violation(violation) => shared.fail(
+            format!("linearizability (key {:?})", violation.key),
+            violation.explanation,
+            violation.ops,
+        ),
+    }
+}
+
+/// The verdict of a finished (or panicked) run.
+pub fn verdict(shared: &Shared, panicked: bool) -> Verdict {
+    let rec = shared.lock();
+    if panicked || !rec.failures.is_empty() {
+        Verdict::Fail
+    } else if rec.inconclusive {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Pass
+    }
+}

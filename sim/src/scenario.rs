@@ -1,0 +1,799 @@
+//! Everything one seed decides: the cluster, its timing, the network, the disks, the clocks, the
+//! fault schedule and the workload.
+//!
+//! [`Scenario::derive`] is a pure function of the seed (and the planted bug, if any), so a
+//! failing seed's parameters can be printed, read and replayed exactly. The madsim runtime that
+//! runs the scenario is seeded with the same seed.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+/// Virtual milliseconds of the standard scenario: faults, then healing, then the final checks.
+pub const RUN_MS: u64 = 60_000;
+/// When every fault is healed (virtual milliseconds from the start).
+pub const FAULTS_END_MS: u64 = 40_000;
+/// After the heal, a leader must exist within this bound (virtual milliseconds).
+pub const LEADER_AFTER_HEAL_MS_MAX: u64 = 10_000;
+/// When the clients stop starting new operations.
+pub const CLIENTS_STOP_MS: u64 = 52_000;
+/// After the clients stop, every operation still in flight must finish within this bound (it
+/// covers a client's whole retry budget).
+pub const CLIENTS_DRAIN_MS_MAX: u64 = 4 * (CLIENT_TIMEOUT_MS_MAX + CLIENT_BACKOFF_MS_MAX);
+/// After the clients drain, all replicas must converge (same applied index and state hash)
+/// within this bound.
+pub const CONVERGE_MS_MAX: u64 = 10_000;
+/// The longest client call (request timeout plus forwarding slack).
+pub const CLIENT_TIMEOUT_MS_MAX: u64 = 4_000;
+/// The shortest election timeout any seed draws, in milliseconds.
+pub const ELECTION_MS_MIN: u64 = 150;
+/// The shortest election timeout is at least this many worst-case one-way latencies.
+pub const ELECTION_LATENCIES_MIN: u64 = 10;
+/// The longest pause between two attempts of one client operation.
+pub const CLIENT_BACKOFF_MS_MAX: u64 = 400;
+
+/// A bug planted on purpose, to prove the checks catch it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Plant {
+    /// No planted bug: the real system.
+    #[default]
+    None,
+    /// Every disk's fsync reports success and makes nothing durable.
+    LyingFsync,
+    /// Nodes forget their persisted vote on restart.
+    ForgetVote,
+}
+
+impl Plant {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Plant::None => "none",
+            Plant::LyingFsync => "lying-fsync",
+            Plant::ForgetVote => "forget-vote",
+        }
+    }
+}
+
+impl FromStr for Plant {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Plant, String> {
+        match text {
+            "none" => Ok(Plant::None),
+            "lying-fsync" => Ok(Plant::LyingFsync),
+            "forget-vote" => Ok(Plant::ForgetVote),
+            other => Err(format!(
+                "unknown plant {other:?} (none, lying-fsync, forget-vote)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Plant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One kind of fault. Node numbers are indices into the cluster (0-based); the index
+/// `nodes_count` is the clients' machine.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// Clog the directed `links` (src, dst) for the episode.
+    Cut {
+        /// The partition's shape, for reports (`majority`, `one-way`, `bridge`, `ring`, `swizzle`).
+        shape: &'static str,
+        /// Directed links to clog.
+        links: Vec<(usize, usize)>,
+    },
+    /// Cut whichever node leads when the episode starts from everybody, both ways.
+    IsolateLeader,
+    /// Kill the node (its unsynced disk writes are lost or torn), restart it when the episode ends.
+    Crash {
+        /// The node.
+        node: usize,
+    },
+    /// Freeze the node while time runs on; resume it when the episode ends.
+    Pause {
+        /// The node.
+        node: usize,
+    },
+    /// Raise the global packet loss rate for the episode.
+    LossSpike {
+        /// The loss rate during the spike.
+        loss_rate: f64,
+    },
+    /// Raise the global send latency for the episode.
+    DelaySpike {
+        /// The highest latency during the spike, in milliseconds.
+        latency_ms_max: u64,
+    },
+    /// Set the node's clock to a new offset and drift (the change stays after the episode).
+    ClockJump {
+        /// The node.
+        node: usize,
+        /// The new offset from true time, in milliseconds.
+        offset_ms: i64,
+        /// The new drift, in parts per million.
+        drift_ppm: i32,
+    },
+    /// The node's disk fails every write for the episode; at its end the disk is fixed and the
+    /// node restarted (a node that saw its storage fail stops serving until restarted).
+    DiskFull {
+        /// The node.
+        node: usize,
+    },
+}
+
+impl Fault {
+    /// The node the fault is pinned to, if it acts on one node's process or disk.
+    fn process_node(&self) -> Option<usize> {
+        match self {
+            Fault::Crash { node } | Fault::Pause { node } | Fault::DiskFull { node } => Some(*node),
+            _ => None,
+        }
+    }
+}
+
+/// A fault active from `start_ms` for `duration_ms` (virtual milliseconds).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Episode {
+    /// When the fault starts.
+    pub start_ms: u64,
+    /// How long it lasts (0: an instant change, such as a clock jump).
+    pub duration_ms: u64,
+    /// What it does.
+    pub fault: Fault,
+}
+
+impl Episode {
+    /// When the fault ends.
+    pub fn end_ms(&self) -> u64 {
+        self.start_ms + self.duration_ms
+    }
+}
+
+/// A node's clock relative to true time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockSkew {
+    /// Offset in milliseconds.
+    pub offset_ms: i64,
+    /// Drift in parts per million.
+    pub drift_ppm: i32,
+}
+
+/// Everything one seed decides.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// The seed.
+    pub seed: u64,
+    /// The planted bug.
+    pub plant: Plant,
+    /// Cluster size (3 or 5).
+    pub nodes_count: usize,
+    /// One Raft tick, in milliseconds.
+    pub tick_ms: u64,
+    /// Election timeout in ticks.
+    pub election_ticks: u32,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: u32,
+    /// The node's client request timeout, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// The node's peer RPC timeout, in milliseconds.
+    pub rpc_timeout_ms: u64,
+    /// Snapshot after this many applied entries.
+    pub snapshot_entries: u64,
+    /// Largest WAL segment.
+    pub wal_segment_bytes_max: u64,
+    /// Base network latency range, in milliseconds.
+    pub latency_ms: (u64, u64),
+    /// Base packet loss rate.
+    pub packet_loss_rate: f64,
+    /// Probability that a client sends a write twice (same idempotency key) to two nodes.
+    pub duplicate_write_probability: f64,
+    /// Per node: probability that a crash tears the unsynced tail instead of dropping it.
+    pub torn_write_probability: Vec<f64>,
+    /// Per node: disk call latency range, in microseconds.
+    pub disk_latency_us: (u64, u64),
+    /// Per node: initial clock skew.
+    pub clock_skews: Vec<ClockSkew>,
+    /// Number of concurrent clients.
+    pub clients_count: usize,
+    /// Number of keys the clients share (few, so histories are contended).
+    pub keys_count: usize,
+    /// A client's pause between two operations, in milliseconds.
+    pub think_ms: (u64, u64),
+    /// The fault schedule, ordered by start.
+    pub episodes: Vec<Episode>,
+    /// Probability that a node which just moved to a new term with no leader known (it is
+    /// being asked for its vote) is crashed and restarted at once, before the faults end: a
+    /// crash at the worst moment for a forgotten vote.
+    pub voter_crash_probability: f64,
+}
+
+/// A small seeded generator for scenario parameters.
+struct Draw(ChaCha8Rng);
+
+impl Draw {
+    fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0, "cannot draw below 0");
+        self.0.next_u64() % n
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        assert!(lo <= hi, "empty range {lo}..={hi}");
+        lo + self.below(hi - lo + 1)
+    }
+
+    fn signed(&mut self, magnitude: i64) -> i64 {
+        let m = u64::try_from(magnitude).expect("magnitude is not negative");
+        i64::try_from(self.range(0, 2 * m)).expect("small range") - magnitude
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn chance(&mut self, probability: f64) -> bool {
+        self.unit() < probability
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[usize::try_from(self.below(items.len() as u64)).expect("small index")]
+    }
+
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = usize::try_from(self.below(i as u64 + 1)).expect("small index");
+            items.swap(i, j);
+        }
+    }
+}
+
+/// Fault kinds the generator can draw, with a per-seed weight each (the seed's "fault mix").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Majority,
+    IsolateLeader,
+    OneWay,
+    Bridge,
+    Ring,
+    Swizzle,
+    Crash,
+    Pause,
+    LossSpike,
+    DelaySpike,
+    ClockJump,
+    DiskFull,
+}
+
+const KINDS: [Kind; 12] = [
+    Kind::Majority,
+    Kind::IsolateLeader,
+    Kind::OneWay,
+    Kind::Bridge,
+    Kind::Ring,
+    Kind::Swizzle,
+    Kind::Crash,
+    Kind::Pause,
+    Kind::LossSpike,
+    Kind::DelaySpike,
+    Kind::ClockJump,
+    Kind::DiskFull,
+];
+
+/// Both directions of every link between `a` and `b`.
+fn links_between(a: &[usize], b: &[usize]) -> Vec<(usize, usize)> {
+    let mut links = Vec::new();
+    for &x in a {
+        for &y in b {
+            links.push((x, y));
+            links.push((y, x));
+        }
+    }
+    links
+}
+
+impl Scenario {
+    /// The scenario of `seed`, with `plant` planted.
+    pub fn derive(seed: u64, plant: Plant) -> Scenario {
+        let mut draw = Draw(ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5ce7_a210_0001));
+        let nodes_count = if draw.chance(0.5) { 3 } else { 5 };
+        let tick_ms = *draw.pick(&[5, 10, 10, 20]);
+        let latency_hi = *draw.pick(&[2, 5, 10, 20, 40]);
+        let latency_ms = (1, latency_hi);
+        // Raft needs broadcast time << election timeout (§5.6): an RPC round trip plus fsyncs
+        // must fit many times into the shortest election timeout.
+        let election_ms_min = (ELECTION_LATENCIES_MIN * latency_hi).max(ELECTION_MS_MIN);
+        let election_ticks_min = election_ms_min.div_ceil(tick_ms);
+        let election_ticks =
+            u32::try_from(draw.range(election_ticks_min, election_ticks_min + 20)).expect("small");
+        let heartbeat_ticks =
+            u32::try_from(draw.range(1, u64::from(election_ticks / 4))).expect("small");
+        let request_timeout_ms = draw.range(1_000, 3_000);
+        let rpc_timeout_ms = draw.range(300, 1_000);
+        let snapshot_entries = *draw.pick(&[25, 100, 400, 20_000]);
+        let wal_segment_bytes_max = *draw.pick(&[2_048, 16_384, 1 << 20]);
+        let packet_loss_rate = if draw.chance(0.5) {
+            0.0
+        } else {
+            draw.range(1, 30) as f64 / 1000.0
+        };
+        let duplicate_write_probability = if draw.chance(0.5) { 0.0 } else { 0.1 };
+        let torn = draw.chance(0.7);
+        let torn_write_probability = (0..nodes_count)
+            .map(|_| {
+                if torn {
+                    draw.range(20, 90) as f64 / 100.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let disk_latency_us = *draw.pick(&[(0, 0), (0, 200), (50, 2_000)]);
+        let big_drift = draw.chance(0.2);
+        let clock_skews = (0..nodes_count)
+            .map(|_| ClockSkew {
+                offset_ms: draw.signed(500),
+                drift_ppm: i32::try_from(draw.signed(if big_drift { 30_000 } else { 200 }))
+                    .expect("small"),
+            })
+            .collect();
+        let clients_count = usize::try_from(draw.range(2, 5)).expect("small");
+        let keys_count = usize::try_from(draw.range(1, 4)).expect("small");
+        let think_ms = *draw.pick(&[(0, 20), (10, 100), (50, 300)]);
+        let episodes = Self::draw_episodes(&mut draw, nodes_count);
+        let voter_crash_probability = if draw.chance(0.5) {
+            0.0
+        } else {
+            draw.range(5, 40) as f64 / 100.0
+        };
+        Scenario {
+            seed,
+            plant,
+            nodes_count,
+            tick_ms,
+            election_ticks,
+            heartbeat_ticks,
+            request_timeout_ms,
+            rpc_timeout_ms,
+            snapshot_entries,
+            wal_segment_bytes_max,
+            latency_ms,
+            packet_loss_rate,
+            duplicate_write_probability,
+            torn_write_probability,
+            disk_latency_us,
+            clock_skews,
+            clients_count,
+            keys_count,
+            think_ms,
+            episodes,
+            voter_crash_probability,
+        }
+    }
+
+    fn draw_episodes(draw: &mut Draw, nodes_count: usize) -> Vec<Episode> {
+        let weights: Vec<u64> = KINDS.iter().map(|_| draw.range(0, 3)).collect();
+        let weight_total: u64 = weights.iter().sum::<u64>().max(1);
+        let episodes_count = draw.range(6, 24);
+        let nodes: Vec<usize> = (0..nodes_count).collect();
+        let client = nodes_count;
+        // Per node: intervals during which a crash, pause or full disk holds it.
+        let mut busy: Vec<Vec<(u64, u64)>> = vec![Vec::new(); nodes_count];
+        let mut episodes = Vec::new();
+        for _ in 0..episodes_count {
+            let mut ticket = draw.below(weight_total);
+            let mut kind = Kind::Crash;
+            for (k, w) in KINDS.iter().zip(&weights) {
+                if ticket < *w {
+                    kind = *k;
+                    break;
+                }
+                ticket -= w;
+            }
+            let start_ms = draw.range(500, FAULTS_END_MS - 1_000);
+            let duration_ms = draw.range(200, 6_000).min(FAULTS_END_MS - start_ms);
+            let mut push = |fault: Fault, start_ms: u64, duration_ms: u64| {
+                episodes.push(Episode {
+                    start_ms,
+                    duration_ms,
+                    fault,
+                });
+            };
+            match kind {
+                Kind::Majority => {
+                    let mut shuffled = nodes.clone();
+                    draw.shuffle(&mut shuffled);
+                    let cut = usize::try_from(draw.range(1, (nodes_count as u64 - 1) / 2))
+                        .expect("small");
+                    let mut minority = shuffled[..cut].to_vec();
+                    let mut majority = shuffled[cut..].to_vec();
+                    match draw.below(3) {
+                        0 => minority.push(client),
+                        1 => majority.push(client),
+                        _ => {}
+                    }
+                    push(
+                        Fault::Cut {
+                            shape: "majority",
+                            links: links_between(&minority, &majority),
+                        },
+                        start_ms,
+                        duration_ms,
+                    );
+                }
+                Kind::IsolateLeader => push(Fault::IsolateLeader, start_ms, duration_ms),
+                Kind::OneWay => {
+                    let links_count = draw.range(1, nodes_count as u64);
+                    let mut links = Vec::new();
+                    for _ in 0..links_count {
+                        let src = *draw.pick(&nodes);
+                        let dst = *draw.pick(&nodes);
+                        if src != dst {
+                            links.push((src, dst));
+                        }
+                    }
+                    push(
+                        Fault::Cut {
+                            shape: "one-way",
+                            links,
+                        },
+                        start_ms,
+                        duration_ms,
+                    );
+                }
+                Kind::Bridge => {
+                    let mut shuffled = nodes.clone();
+                    draw.shuffle(&mut shuffled);
+                    // One node reaches both halves; the halves cannot reach each other.
+                    let half = (nodes_count - 1) / 2;
+                    let left = &shuffled[1..1 + half];
+                    let right = &shuffled[1 + half..];
+                    push(
+                        Fault::Cut {
+                            shape: "bridge",
+                            links: links_between(left, right),
+                        },
+                        start_ms,
+                        duration_ms,
+                    );
+                }
+                Kind::Ring => {
+                    let mut order = nodes.clone();
+                    draw.shuffle(&mut order);
+                    let position =
+                        |node: usize| order.iter().position(|&n| n == node).expect("in the ring");
+                    let mut links = Vec::new();
+                    for &a in &nodes {
+                        for &b in &nodes {
+                            let distance = position(a).abs_diff(position(b));
+                            let neighbours = distance == 1 || distance == nodes_count - 1;
+                            if a != b && !neighbours {
+                                links.push((a, b));
+                            }
+                        }
+                    }
+                    push(
+                        Fault::Cut {
+                            shape: "ring",
+                            links,
+                        },
+                        start_ms,
+                        duration_ms,
+                    );
+                }
+                Kind::Swizzle => {
+                    // Cut nodes one by one, then heal them in another order.
+                    let mut cut_order = nodes.clone();
+                    draw.shuffle(&mut cut_order);
+                    let count = usize::try_from(draw.range(2, nodes_count as u64)).expect("small");
+                    let step_ms = draw.range(100, 800);
+                    let mut heal_order: Vec<usize> = (0..count).collect();
+                    draw.shuffle(&mut heal_order);
+                    let all_cut_ms = start_ms + step_ms * count as u64;
+                    for (i, node) in cut_order[..count].iter().enumerate() {
+                        let cut_at = start_ms + step_ms * i as u64;
+                        let heal_rank = heal_order.iter().position(|&r| r == i).expect("a rank");
+                        let heal_at = (all_cut_ms + step_ms * heal_rank as u64).min(FAULTS_END_MS);
+                        let others: Vec<usize> = (0..=nodes_count).filter(|n| n != node).collect();
+                        if cut_at < heal_at {
+                            push(
+                                Fault::Cut {
+                                    shape: "swizzle",
+                                    links: links_between(&[*node], &others),
+                                },
+                                cut_at,
+                                heal_at - cut_at,
+                            );
+                        }
+                    }
+                }
+                Kind::Crash | Kind::Pause | Kind::DiskFull => {
+                    let node = *draw.pick(&nodes);
+                    let end_ms = start_ms + duration_ms;
+                    let overlaps = busy[node].iter().any(|&(s, e)| start_ms < e && s < end_ms);
+                    if !overlaps {
+                        busy[node].push((start_ms, end_ms));
+                        let fault = match kind {
+                            Kind::Crash => Fault::Crash { node },
+                            Kind::Pause => Fault::Pause { node },
+                            _ => Fault::DiskFull { node },
+                        };
+                        push(fault, start_ms, duration_ms);
+                    }
+                }
+                Kind::LossSpike => push(
+                    Fault::LossSpike {
+                        loss_rate: draw.range(10, 50) as f64 / 100.0,
+                    },
+                    start_ms,
+                    duration_ms,
+                ),
+                Kind::DelaySpike => push(
+                    Fault::DelaySpike {
+                        latency_ms_max: *draw.pick(&[50, 200, 1_000]),
+                    },
+                    start_ms,
+                    duration_ms,
+                ),
+                Kind::ClockJump => {
+                    let node = *draw.pick(&nodes);
+                    let offset_ms = draw.signed(2_000);
+                    let drift_ppm = i32::try_from(draw.signed(50_000)).expect("small");
+                    push(
+                        Fault::ClockJump {
+                            node,
+                            offset_ms,
+                            drift_ppm,
+                        },
+                        start_ms,
+                        0,
+                    );
+                }
+            }
+        }
+        episodes.sort_by_key(|e| (e.start_ms, e.duration_ms));
+        for episode in &episodes {
+            assert!(
+                episode.end_ms() <= FAULTS_END_MS,
+                "episode {episode:?} ends after the faults end at {FAULTS_END_MS} ms"
+            );
+        }
+        episodes
+    }
+
+    /// Nodes whose processes two episodes would hold at once (must be empty: the generator
+    /// keeps crash, pause and disk-full episodes of one node apart).
+    pub fn overlapping_process_faults(&self) -> BTreeSet<usize> {
+        let mut overlapping = BTreeSet::new();
+        for (i, a) in self.episodes.iter().enumerate() {
+            for b in &self.episodes[i + 1..] {
+                if let (Some(x), Some(y)) = (a.fault.process_node(), b.fault.process_node()) {
+                    if x == y && a.start_ms < b.end_ms() && b.start_ms < a.end_ms() {
+                        overlapping.insert(x);
+                    }
+                }
+            }
+        }
+        overlapping
+    }
+
+    /// The name of node `index` (`n1`, `n2`, ...).
+    pub fn node_name(index: usize) -> String {
+        format!("n{}", index + 1)
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "seed {} (plant: {})", self.seed, self.plant)?;
+        writeln!(
+            f,
+            "  cluster: {} nodes, tick {} ms, election {} ticks, heartbeat {} ticks",
+            self.nodes_count, self.tick_ms, self.election_ticks, self.heartbeat_ticks
+        )?;
+        writeln!(
+            f,
+            "  timeouts: request {} ms, rpc {} ms; snapshot every {} entries; wal segment {} bytes",
+            self.request_timeout_ms,
+            self.rpc_timeout_ms,
+            self.snapshot_entries,
+            self.wal_segment_bytes_max
+        )?;
+        writeln!(
+            f,
+            "  network: latency {}..={} ms, loss {:.3}, duplicate writes {:.2}",
+            self.latency_ms.0,
+            self.latency_ms.1,
+            self.packet_loss_rate,
+            self.duplicate_write_probability
+        )?;
+        writeln!(
+            f,
+            "  disks: torn-write probability {:?}, latency {}..={} us",
+            self.torn_write_probability, self.disk_latency_us.0, self.disk_latency_us.1
+        )?;
+        let clocks: Vec<String> = self
+            .clock_skews
+            .iter()
+            .map(|c| format!("{:+}ms/{:+}ppm", c.offset_ms, c.drift_ppm))
+            .collect();
+        writeln!(f, "  clocks: {}", clocks.join(" "))?;
+        writeln!(
+            f,
+            "  workload: {} clients, {} keys, think {}..={} ms",
+            self.clients_count, self.keys_count, self.think_ms.0, self.think_ms.1
+        )?;
+        writeln!(
+            f,
+            "  faults ({} episodes, healed at {} ms):",
+            self.episodes.len(),
+            FAULTS_END_MS
+        )?;
+        for episode in &self.episodes {
+            let what = match &episode.fault {
+                Fault::Cut { shape, links } => {
+                    let links: Vec<String> = links
+                        .iter()
+                        .map(|(a, b)| format!("{}>{}", self.label(*a), self.label(*b)))
+                        .collect();
+                    format!("cut {shape}: {}", links.join(" "))
+                }
+                Fault::IsolateLeader => "isolate the leader".to_string(),
+                Fault::Crash { node } => format!("crash {}", self.label(*node)),
+                Fault::Pause { node } => format!("pause {}", self.label(*node)),
+                Fault::LossSpike { loss_rate } => format!("loss spike {loss_rate:.2}"),
+                Fault::DelaySpike { latency_ms_max } => {
+                    format!("delay spike up to {latency_ms_max} ms")
+                }
+                Fault::ClockJump {
+                    node,
+                    offset_ms,
+                    drift_ppm,
+                } => {
+                    format!(
+                        "clock of {} to {offset_ms:+} ms, {drift_ppm:+} ppm",
+                        self.label(*node)
+                    )
+                }
+                Fault::DiskFull { node } => format!("disk full on {}", self.label(*node)),
+            };
+            writeln!(
+                f,
+                "    {:>6}..{:>6} ms  {what}",
+                episode.start_ms,
+                episode.end_ms()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Scenario {
+    /// `n1`.. for nodes, `client` for the clients' machine.
+    pub fn label(&self, index: usize) -> String {
+        if index == self.nodes_count {
+            "client".to_string()
+        } else {
+            Scenario::node_name(index)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_seed_derives_one_scenario() {
+        for seed in 0..50 {
+            assert_eq!(
+                Scenario::derive(seed, Plant::None),
+                Scenario::derive(seed, Plant::None)
+            );
+        }
+        assert_ne!(
+            Scenario::derive(1, Plant::None),
+            Scenario::derive(2, Plant::None)
+        );
+    }
+
+    #[test]
+    fn scenarios_stay_within_their_stated_bounds() {
+        for seed in 0..500 {
+            let s = Scenario::derive(seed, Plant::None);
+            assert!(
+                s.nodes_count == 3 || s.nodes_count == 5,
+                "seed {seed}: {} nodes",
+                s.nodes_count
+            );
+            assert!(
+                s.heartbeat_ticks >= 1 && s.heartbeat_ticks < s.election_ticks,
+                "seed {seed}"
+            );
+            let election_ms = u64::from(s.election_ticks) * s.tick_ms;
+            assert!(
+                election_ms >= ELECTION_MS_MIN
+                    && election_ms >= ELECTION_LATENCIES_MIN * s.latency_ms.1,
+                "seed {seed}"
+            );
+            assert_eq!(s.clock_skews.len(), s.nodes_count);
+            assert_eq!(s.torn_write_probability.len(), s.nodes_count);
+            assert!(
+                s.overlapping_process_faults().is_empty(),
+                "seed {seed}: overlapping process faults"
+            );
+            for episode in &s.episodes {
+                assert!(
+                    episode.end_ms() <= FAULTS_END_MS,
+                    "seed {seed}: {episode:?}"
+                );
+                if let Fault::Cut { links, .. } = &episode.fault {
+                    for &(a, b) in links {
+                        assert!(
+                            a != b && a <= s.nodes_count && b <= s.nodes_count,
+                            "seed {seed}: link {a}>{b}"
+                        );
+                    }
+                }
+            }
+            assert!(s.request_timeout_ms + 1_000 <= CLIENT_TIMEOUT_MS_MAX);
+        }
+    }
+
+    #[test]
+    fn seeds_cover_every_fault_kind_and_both_cluster_sizes() {
+        let mut seen = BTreeSet::new();
+        let mut sizes = BTreeSet::new();
+        for seed in 0..200 {
+            let s = Scenario::derive(seed, Plant::None);
+            sizes.insert(s.nodes_count);
+            for episode in &s.episodes {
+                seen.insert(match &episode.fault {
+                    Fault::Cut { shape, .. } => *shape,
+                    Fault::IsolateLeader => "isolate-leader",
+                    Fault::Crash { .. } => "crash",
+                    Fault::Pause { .. } => "pause",
+                    Fault::LossSpike { .. } => "loss",
+                    Fault::DelaySpike { .. } => "delay",
+                    Fault::ClockJump { .. } => "clock",
+                    Fault::DiskFull { .. } => "disk-full",
+                });
+            }
+        }
+        assert_eq!(sizes.len(), 2);
+        for kind in [
+            "majority",
+            "one-way",
+            "bridge",
+            "ring",
+            "swizzle",
+            "isolate-leader",
+            "crash",
+            "pause",
+            "loss",
+            "delay",
+            "clock",
+            "disk-full",
+        ] {
+            assert!(
+                seen.contains(kind),
+                "no seed among 200 draws a {kind} fault: {seen:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn plants_parse_from_their_names() {
+        for plant in [Plant::None, Plant::LyingFsync, Plant::ForgetVote] {
+            assert_eq!(plant.name().parse::<Plant>(), Ok(plant));
+        }
+        assert!("lying".parse::<Plant>().is_err());
+    }
+}
