@@ -102,10 +102,11 @@ pub fn decode(
             ..
         } = &message.body
         {
+            // Checked: a peer may claim any prev_log_index, u64::MAX included.
             let contiguous = entries
                 .iter()
                 .enumerate()
-                .all(|(i, e)| e.index == prev_log_index + 1 + i as u64);
+                .all(|(i, e)| prev_log_index.checked_add(1 + i as u64) == Some(e.index));
             if !contiguous {
                 return Err(RpcError::Malformed(
                     "append entries are not contiguous".into(),
@@ -173,6 +174,37 @@ mod tests {
         let mut forged = envelope();
         forged.messages.push(heartbeat(3, 2));
         let bytes = encode(&forged);
+        assert!(matches!(
+            decode(&bytes, 1 << 20, 9, 2, |_| true),
+            Err(RpcError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn an_append_past_the_last_index_is_malformed_not_an_overflow() {
+        let entry = crate::raft::Entry {
+            term: 1,
+            index: 0,
+            kind: crate::raft::EntryKind::Normal,
+            data: Default::default(),
+        };
+        let append = Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::Append {
+                prev_log_index: u64::MAX,
+                prev_log_term: 1,
+                entries: vec![entry],
+                leader_commit: 0,
+            },
+        };
+        let bytes = encode(&RpcEnvelope {
+            cluster_id: 9,
+            from: 1,
+            to: 2,
+            messages: vec![append],
+        });
         assert!(matches!(
             decode(&bytes, 1 << 20, 9, 2, |_| true),
             Err(RpcError::Malformed(_))

@@ -680,7 +680,7 @@ impl RaftCore {
                             entry.index
                         ));
                     }
-                    if entry.term < previous_term || entry.term > message.term {
+                    if entry.term == 0 || entry.term < previous_term || entry.term > message.term {
                         return invalid(format!(
                             "append entry {} has term {} (previous {previous_term}, leader {})",
                             entry.index, entry.term, message.term

@@ -695,9 +695,12 @@ async fn load_snapshot(dir: &Path) -> Result<Option<Snapshot>, WalError> {
             bytes.len() - frame_bytes
         )));
     }
-    decode_payload::<Snapshot>(payload)
-        .map(Some)
-        .map_err(corrupt)
+    let snapshot = decode_payload::<Snapshot>(payload).map_err(corrupt)?;
+    // Index arithmetic (`index + 1`) must not overflow on a checksummed but absurd file.
+    if snapshot.meta.index == Index::MAX {
+        return Err(corrupt(format!("a snapshot at index {}", Index::MAX)));
+    }
+    Ok(Some(snapshot))
 }
 
 /// Decodes one segment into `replay`, cutting a torn tail if it is the last segment.
@@ -796,6 +799,10 @@ impl Replay {
     fn apply(&mut self, record: Record) -> Result<(), String> {
         match record {
             Record::Entries(batch) => {
+                // Index arithmetic (`index + 1`) must not overflow on a checksummed but absurd record.
+                if let Some(entry) = batch.iter().find(|entry| entry.index == Index::MAX) {
+                    return Err(format!("an entry at index {}", entry.index));
+                }
                 let Some(first) = batch.first() else {
                     return Err("an empty entries record".to_owned());
                 };
@@ -855,6 +862,9 @@ impl Replay {
                 term,
                 suffix_kept,
             } => {
+                if index == Index::MAX {
+                    return Err(format!("a snapshot recorded at index {index}"));
+                }
                 let file_index = self.snapshot_id.map_or(0, |(index, _)| index);
                 if index > file_index {
                     return Err(format!(

@@ -1,0 +1,148 @@
+//! Target `rpc_decode`: arbitrary bytes into the Raft RPC decoder, the first code that sees a
+//! peer's HTTP body.
+//!
+//! Checked for every input:
+//! - `decode` never panics, on the raw bytes and on the bytes behind a valid envelope header
+//!   (so the fuzzer reaches message decoding without guessing the cluster id first);
+//! - its peak heap growth stays under [`ALLOC_FIXED_BYTES_MAX`] + [`ALLOC_PER_INPUT_BYTE_MAX`]
+//!   times the input size (when the counting allocator is installed);
+//! - an accepted envelope satisfies everything `decode` promises (cluster, addressee, member
+//!   sender, every message claiming the envelope's ends, contiguous append entries), and
+//!   encodes and decodes back to itself;
+//! - an input over the body limit is refused as `TooLarge` before it is parsed.
+
+use raft_kv::node::rpc::{self, RpcEnvelope, RpcError};
+use raft_kv::raft::{MessageBody, NodeId};
+
+use super::alloc_probe;
+
+/// The cluster the decoding node belongs to.
+pub const CLUSTER_ID: u64 = 0x00c0_ffee;
+/// The decoding node.
+pub const SELF_ID: NodeId = 2;
+/// The members of the cluster.
+pub const MEMBER_IDS: [NodeId; 3] = [1, 2, 3];
+/// The body limit the production node uses (`NodeConfig::rpc_body_bytes_max`).
+pub const BODY_BYTES_MAX: usize = 64 << 20;
+/// Heap the decoder may take whatever the input: serde preallocates at most 1 MiB for a
+/// sequence whose declared length is not backed by bytes, and one envelope nests two sequences
+/// (messages, then entries or member sets inside one message).
+pub const ALLOC_FIXED_BYTES_MAX: usize = 4 << 20;
+/// Heap the decoder may take per input byte: a 4-byte message decodes into a ~150-byte struct,
+/// and vectors double as they grow.
+pub const ALLOC_PER_INPUT_BYTE_MAX: usize = 512;
+
+/// Runs one input; panics when a property above does not hold.
+pub fn run(data: &[u8]) {
+    check_decode(data);
+    // The same bytes behind a valid header: cluster id, sender 1, addressee 2, then `data`
+    // read as the message vector.
+    let mut framed = header_bytes();
+    framed.extend_from_slice(data);
+    check_decode(&framed);
+    // The body limit is checked before anything is parsed.
+    if !data.is_empty() {
+        let limit = data.len() - 1;
+        let refused = rpc::decode(data, limit, CLUSTER_ID, SELF_ID, is_member);
+        assert_eq!(
+            refused,
+            Err(RpcError::TooLarge {
+                size: data.len(),
+                limit
+            }),
+            "a body of {} bytes over a limit of {limit} must be refused as too large",
+            data.len()
+        );
+    }
+}
+
+fn is_member(id: NodeId) -> bool {
+    MEMBER_IDS.contains(&id)
+}
+
+/// The postcard encoding of an envelope's fixed fields (without the message count).
+fn header_bytes() -> Vec<u8> {
+    let empty = RpcEnvelope {
+        cluster_id: CLUSTER_ID,
+        from: 1,
+        to: SELF_ID,
+        messages: Vec::new(),
+    };
+    let mut bytes = rpc::encode(&empty);
+    // The encoding ends with the message count, 0 for an empty vector: drop it so the input
+    // supplies its own.
+    let count = bytes.pop();
+    assert_eq!(
+        count,
+        Some(0),
+        "an empty envelope's encoding must end with a zero message count"
+    );
+    bytes
+}
+
+fn check_decode(data: &[u8]) {
+    let (result, grown_bytes) =
+        alloc_probe::measure(|| rpc::decode(data, BODY_BYTES_MAX, CLUSTER_ID, SELF_ID, is_member));
+    let bound_bytes =
+        ALLOC_FIXED_BYTES_MAX.saturating_add(ALLOC_PER_INPUT_BYTE_MAX.saturating_mul(data.len()));
+    assert!(
+        grown_bytes <= bound_bytes,
+        "decoding {} bytes took {grown_bytes} bytes of heap, over the bound of {bound_bytes}",
+        data.len()
+    );
+    let Ok(envelope) = result else {
+        return;
+    };
+    check_accepted(&envelope);
+    let reencoded = rpc::encode(&envelope);
+    let again = rpc::decode(&reencoded, BODY_BYTES_MAX, CLUSTER_ID, SELF_ID, is_member);
+    assert_eq!(
+        again.as_ref(),
+        Ok(&envelope),
+        "an accepted envelope must survive an encode/decode round trip"
+    );
+}
+
+fn check_accepted(envelope: &RpcEnvelope) {
+    assert_eq!(
+        envelope.cluster_id, CLUSTER_ID,
+        "accepted an envelope of another cluster"
+    );
+    assert_eq!(
+        envelope.to, SELF_ID,
+        "accepted an envelope addressed to another node"
+    );
+    assert!(
+        is_member(envelope.from),
+        "accepted an envelope from non-member {}",
+        envelope.from
+    );
+    for message in &envelope.messages {
+        assert!(
+            message.from == envelope.from && message.to == envelope.to,
+            "accepted message {} from {} to {} inside an envelope from {} to {}",
+            message.body.name(),
+            message.from,
+            message.to,
+            envelope.from,
+            envelope.to
+        );
+        if let MessageBody::Append {
+            prev_log_index,
+            entries,
+            ..
+        } = &message.body
+        {
+            let mut expected_index = *prev_log_index;
+            for entry in entries {
+                expected_index = expected_index.checked_add(1).unwrap_or_else(|| {
+                    panic!("accepted append entries past the last index: prev_log_index {prev_log_index}")
+                });
+                assert_eq!(
+                    entry.index, expected_index,
+                    "accepted non-contiguous append entries after prev_log_index {prev_log_index}"
+                );
+            }
+        }
+    }
+}
