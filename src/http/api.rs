@@ -213,7 +213,7 @@ fn health(state: &AppState) -> HttpResponse {
     let Some(node) = state.node() else {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "starting", "node": state.name}),
+            json!({"status": "starting", "code": "starting", "error": "the node is starting", "node": state.name}),
         );
     };
     let status = node.status();
@@ -229,10 +229,13 @@ fn health(state: &AppState) -> HttpResponse {
     });
     let code = if let Some(failure) = &status.failure {
         body["status"] = json!("failed");
-        body["error"] = json!(failure);
+        body["code"] = json!("failed");
+        body["error"] = json!(format!("the node stopped serving: {failure}"));
         StatusCode::SERVICE_UNAVAILABLE
     } else if status.leader.is_none() {
         body["status"] = json!("no_leader");
+        body["code"] = json!("no_leader");
+        body["error"] = json!("no leader is known right now");
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         body["status"] = json!("ok");
@@ -813,8 +816,10 @@ fn percent_decode(text: &str) -> Result<String, String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
+            // Exactly two hex digits (`from_str_radix` alone would accept a sign, as in `%+f`).
             let digits = bytes
                 .get(i + 1..i + 3)
+                .filter(|d| d.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|d| std::str::from_utf8(d).ok());
             match digits.and_then(|d| u8::from_str_radix(d, 16).ok()) {
                 Some(byte) => out.push(byte),
@@ -863,6 +868,7 @@ mod tests {
         assert!(percent_decode("bad%2").is_err());
         assert!(percent_decode("bad%zz").is_err());
         assert!(percent_decode("%ff").is_err());
+        assert!(percent_decode("%+f").is_err());
     }
 
     #[test]
