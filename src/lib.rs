@@ -7,6 +7,7 @@
 //! - [`node`]: the driver loop tying them together; [`http`]: the HTTP API; [`server`]: one node.
 
 pub mod env;
+pub mod fnv;
 pub mod http;
 pub mod kv;
 pub mod metrics;

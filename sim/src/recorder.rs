@@ -4,6 +4,7 @@
 //! The recorder lives outside the simulation runtime (behind an `Arc`), so a seed whose run
 //! panics still leaves its history and trace for the report.
 
+use raft_kv::fnv::Fnv1a64;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -40,7 +41,7 @@ pub struct Recorder {
     /// Broken properties found after those kept.
     pub failures_more: u64,
     /// FNV-1a over every trace line.
-    trace_hash: u64,
+    trace_hash: Fnv1a64,
     /// Trace lines recorded.
     pub trace_lines: u64,
     /// The last [`TRACE_TAIL_LINES`] trace lines.
@@ -61,13 +62,10 @@ pub struct Recorder {
     pub crashes: u64,
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
 impl Recorder {
     /// FNV-1a of the whole trace: two runs of one seed must agree.
     pub fn trace_hash(&self) -> u64 {
-        self.trace_hash
+        self.trace_hash.finish()
     }
 }
 
@@ -85,7 +83,7 @@ impl Shared {
     /// A fresh recorder; `echo` prints trace lines as they come.
     pub fn new(echo: bool) -> Shared {
         Shared(Arc::new(Mutex::new(Recorder {
-            trace_hash: FNV_OFFSET,
+            trace_hash: Fnv1a64::new(),
             echo,
             ..Recorder::default()
         })))
@@ -101,12 +99,8 @@ impl Shared {
     /// Adds `line` (already stamped with its virtual time) to the trace.
     pub fn trace(&self, line: String) {
         let mut rec = self.lock();
-        let mut hash = rec.trace_hash;
-        for byte in line.as_bytes().iter().chain(b"\n") {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(FNV_PRIME);
-        }
-        rec.trace_hash = hash;
+        rec.trace_hash.update(line.as_bytes());
+        rec.trace_hash.update(b"\n");
         rec.trace_lines += 1;
         if rec.echo {
             eprintln!("[trace] {line}");

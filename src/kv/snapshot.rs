@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::fnv::Fnv1a64;
+
 use super::idempotency::IdempotencyTable;
 use super::{
     validate_idempotency_key, validate_key, KvError, KvOptions, KvStore, Value, WriteResult,
@@ -29,11 +31,6 @@ const SNAPSHOT_MAGIC: [u8; 4] = *b"RKVS";
 const SNAPSHOT_VERSION: u8 = 1;
 /// Bytes before the body: magic, version, crc32c.
 const SNAPSHOT_HEADER_BYTES: usize = 4 + 1 + 4;
-
-/// FNV-1a 64-bit offset basis.
-const FNV1A64_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-/// FNV-1a 64-bit prime.
-const FNV1A64_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// The body as written, borrowing from the store.
 #[derive(Serialize)]
@@ -64,25 +61,6 @@ struct IdempotencyRef<'a>(&'a IdempotencyTable);
 impl Serialize for IdempotencyRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(self.0.iter())
-    }
-}
-
-/// FNV-1a 64 as an [`std::io::Write`] sink, so the state hash needs no buffer.
-struct Fnv1a64 {
-    hash: u64,
-}
-
-impl std::io::Write for Fnv1a64 {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        for byte in bytes {
-            self.hash ^= u64::from(*byte);
-            self.hash = self.hash.wrapping_mul(FNV1A64_PRIME);
-        }
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -209,47 +187,25 @@ impl KvStore {
     /// body (the bytes after the header of [`KvStore::snapshot`]). Equal states give equal
     /// hashes whatever order they were built in, on every platform and run.
     pub fn state_hash(&self) -> u64 {
-        let hasher = postcard::to_io(
-            &self.body_ref(),
-            Fnv1a64 {
-                hash: FNV1A64_OFFSET_BASIS,
-            },
-        )
-        .unwrap_or_else(|error| panic!("hashing a KvStore cannot fail: {error}"));
-        hasher.hash
+        // Streams the body into the hasher: no buffer.
+        let hasher = postcard::to_io(&self.body_ref(), Fnv1a64::new())
+            .unwrap_or_else(|error| panic!("hashing a KvStore cannot fail: {error}"));
+        hasher.finish()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fnv1a64_matches_published_test_vectors() {
-        use std::io::Write;
-        let hash_of = |bytes: &[u8]| {
-            let mut hasher = Fnv1a64 {
-                hash: FNV1A64_OFFSET_BASIS,
-            };
-            hasher.write_all(bytes).unwrap();
-            hasher.hash
-        };
-        assert_eq!(hash_of(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(hash_of(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(hash_of(b"foobar"), 0x8594_4171_f739_67e8);
-    }
+    use crate::fnv::fnv1a64;
 
     #[test]
     fn state_hash_is_fnv1a64_of_the_snapshot_body() {
-        use std::io::Write;
         let store = KvStore::new(KvOptions::default());
         let snapshot = store.snapshot();
-        let mut hasher = Fnv1a64 {
-            hash: FNV1A64_OFFSET_BASIS,
-        };
-        hasher
-            .write_all(&snapshot[SNAPSHOT_HEADER_BYTES..])
-            .unwrap();
-        assert_eq!(store.state_hash(), hasher.hash);
+        assert_eq!(
+            store.state_hash(),
+            fnv1a64(&snapshot[SNAPSHOT_HEADER_BYTES..])
+        );
     }
 }

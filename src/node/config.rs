@@ -113,10 +113,5 @@ impl NodeConfig {
 
 /// A stable 64-bit id for a member name (FNV-1a), never 0.
 pub fn node_id_of(name: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in name.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash.max(1)
+    crate::fnv::fnv1a64(name.as_bytes()).max(1)
 }

@@ -94,18 +94,15 @@ impl NodeView {
 /// The fingerprint of an entry's kind and payload: 64-bit FNV-1a over a kind tag byte followed by
 /// the data. Fixed forever, so digests from different runs and processes compare.
 pub fn entry_digest(kind: EntryKind, data: &[u8]) -> u64 {
-    const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
     let tag: u8 = match kind {
         EntryKind::Normal => 1,
         EntryKind::Noop => 2,
         EntryKind::Config => 3,
     };
-    std::iter::once(tag)
-        .chain(data.iter().copied())
-        .fold(FNV_OFFSET_BASIS, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
-        })
+    let mut hasher = crate::fnv::Fnv1a64::new();
+    hasher.update(&[tag]);
+    hasher.update(data);
+    hasher.finish()
 }
 
 /// How the checker learned that an entry sits at an index for good.
