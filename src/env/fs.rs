@@ -6,8 +6,9 @@
 //! - data written to a file is durable only after [`File::sync`] returns `Ok`;
 //! - a file's name (creation, [`rename`], [`remove_file`]) is durable only after
 //!   [`sync_dir`] of its parent directory returns `Ok`;
-//! - directories made by [`create_dir_all`] are durable at once (the simulated disk keeps them;
-//!   production callers should sync the parent if they depend on it).
+//! - a directory's entry is durable likewise only after its parent is synced; [`create_dir_all`]
+//!   does that for every directory it creates, and [`write_atomic`] syncs the directory after its
+//!   rename, so both return with their result durable.
 //!
 //! All errors are `std::io::Error`.
 
@@ -165,12 +166,34 @@ pub async fn list_dir(dir: impl AsRef<Path>) -> io::Result<Vec<String>> {
         .map_err(|error| with_path(error, "list", dir))
 }
 
-/// Creates `dir` and any missing parents.
+/// Creates `dir` and any missing parents, and makes each directory it creates durable (syncs
+/// its parent), so that files later created and synced in `dir` survive a crash.
+///
+/// A directory that already exists is taken as durable: it was made by an earlier call, or
+/// by the operator. (Syncing every ancestor would also need read access to directories we
+/// did not create.)
 pub async fn create_dir_all(dir: impl AsRef<Path>) -> io::Result<()> {
     let dir = dir.as_ref();
+    // The missing directories, deepest first. Created by someone else meanwhile, they are
+    // merely synced once more.
+    let mut missing = Vec::new();
+    for ancestor in dir.ancestors() {
+        if ancestor.as_os_str().is_empty() || exists(ancestor).await? {
+            break;
+        }
+        missing.push(ancestor);
+    }
     backend::fs::create_dir_all(dir)
         .await
-        .map_err(|error| with_path(error, "create directory", dir))
+        .map_err(|error| with_path(error, "create directory", dir))?;
+    for created in missing.iter().rev() {
+        #[cfg(madsim)]
+        if backend::fs::plants().create_dir_all_skips_parent_sync {
+            continue;
+        }
+        sync_dir(parent_dir(created)).await?;
+    }
+    Ok(())
 }
 
 /// Makes the creations, renames and removals of entries in `dir` durable.

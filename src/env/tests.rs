@@ -142,6 +142,17 @@ fn directory_operations_list_sorted_names() {
 }
 
 #[test]
+fn create_dir_all_below_a_file_fails_naming_the_path() {
+    run_with_dir(|dir| async move {
+        let file_path = dir.join("plain");
+        fs::write_atomic(&file_path, b"x").await.unwrap();
+        let error = fs::create_dir_all(file_path.join("sub")).await.unwrap_err();
+        assert!(error.to_string().contains("plain"), "{error}");
+        assert_eq!(fs::read(&file_path).await.unwrap(), b"x");
+    });
+}
+
+#[test]
 fn write_atomic_replaces_content_and_leaves_no_temp_file() {
     run_with_dir(|dir| async move {
         let path = dir.join("state");

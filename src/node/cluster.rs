@@ -122,8 +122,8 @@ pub enum ClusterError {
         /// The duplicated name.
         name: String,
     },
-    /// I/O while saving.
-    #[error("cannot write {path}: {source}")]
+    /// I/O while checking for or saving the file.
+    #[error("cannot access {path}: {source}")]
     Io {
         /// The file.
         path: String,
@@ -138,7 +138,14 @@ pub async fn establish(
     client: &HttpClient,
 ) -> Result<ClusterInfo, ClusterError> {
     let path = config.data_dir.join(CLUSTER_FILE);
-    if env::fs::exists(&path).await.unwrap_or(false) {
+    // An error here must not read as "no file": that would overwrite the saved membership.
+    let saved = env::fs::exists(&path)
+        .await
+        .map_err(|source| ClusterError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    if saved {
         let info = load(&path).await?;
         let self_id = node_id_of(&config.name);
         if info.self_id != self_id {

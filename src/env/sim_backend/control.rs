@@ -7,7 +7,7 @@ use madsim::runtime::Runtime;
 pub use madsim::task::NodeId;
 
 pub use super::clock::ClockSim;
-pub use super::disk::{DiskFaults, DiskSim};
+pub use super::disk::{DiskFaults, DiskSim, FsPlants};
 use super::plugin;
 
 /// Registers the seam's plugins (per-node clocks and disks) with `runtime`. Call it right after
@@ -40,6 +40,11 @@ pub fn set_disk_faults(node: NodeId, faults: DiskFaults) {
 /// The faults currently set on `node`'s disk.
 pub fn disk_faults(node: NodeId) -> DiskFaults {
     plugin::<DiskSim>().faults(node)
+}
+
+/// Plants bugs in `node`'s file code (see [`FsPlants`]), from now on (they survive restarts).
+pub fn set_fs_plants(node: NodeId, plants: FsPlants) {
+    plugin::<DiskSim>().set_plants(node, plants);
 }
 
 /// What the file at `path` on `node` would hold after a crash that tears nothing (`None` if the

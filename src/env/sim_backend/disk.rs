@@ -5,16 +5,22 @@
 //! one. Semantics:
 //! - writes and resizes go to a file's pending list and are visible to reads at once;
 //!   [`File::sync`](fs::File::sync) moves them to the durable image;
-//! - creations, renames and removals change the current namespace; `sync_dir(dir)` makes the
-//!   namespace of `dir`'s direct children durable; directories themselves are durable at once;
+//! - creations (of files and of directories), renames and removals change the current namespace;
+//!   `sync_dir(dir)` makes the namespace of `dir`'s direct children durable, files and
+//!   directories alike. A directory's entry is durable only once its parent was synced after it
+//!   was created, like a file's name (POSIX: an fsync of the file or directory itself does not
+//!   make its entry in the parent durable);
 //! - when the node is killed (madsim's `reset_node` hook) the namespace reverts to its durable
-//!   state and every file's pending operations are dropped. With probability
+//!   state: names created since their directory's last sync vanish (a lost new file with its
+//!   contents), renamed names go back, removed names return. A directory whose own entry is lost
+//!   takes everything under it along, even names synced inside it (on a real disk they would be
+//!   orphans for fsck). Every file's pending operations are dropped. With probability
 //!   `torn_write_probability` (per file) the crash instead lands inside the pending operations:
 //!   the first `k` (random) of them reach the platter whole and the next one as a random prefix
 //!   of its bytes (a torn write). When `k` is the last one, this is "the last pending write
 //!   survives torn". Writes reach the platter in the order they were issued: the model has no
 //!   reordering, so a torn write never leaves a hole before older unsynced data;
-//! - `lying_fsync`: syncs report success and make nothing durable (a planted bug);
+//! - `lying_fsync`: syncs of files and directories report success and make nothing durable;
 //! - `fail_writes`: every mutating call fails with `StorageFull` (like ENOSPC);
 //! - every call first waits a random latency drawn from `[latency_min, latency_max]`.
 //!
@@ -50,6 +56,15 @@ pub struct DiskFaults {
     pub latency_min: Duration,
     /// The longest delay of a disk call.
     pub latency_max: Duration,
+}
+
+/// Bugs planted in the seam's own file code, for tests that prove the simulated disk and the
+/// checkers above it catch them. Simulation builds only; the default plants nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsPlants {
+    /// `env::fs::create_dir_all` creates directories without syncing their parents, so a crash
+    /// loses each new directory with everything written into it.
+    pub create_dir_all_skips_parent_sync: bool,
 }
 
 type InodeId = u64;
@@ -138,11 +153,15 @@ struct NodeDisk {
     /// Bumped by every crash; file handles of an older boot are refused.
     boot: u64,
     faults: DiskFaults,
-    /// Directories (durable at once). The root is implicit.
+    plants: FsPlants,
+    /// Directories as the running node sees them. The root (`/`, or `` for relative paths) is
+    /// implicit and always durable.
     dirs: BTreeSet<PathBuf>,
-    /// The namespace as the running node sees it.
+    /// The directories a crash reverts to (some may be orphans, pruned by the crash).
+    durable_dirs: BTreeSet<PathBuf>,
+    /// The file names as the running node sees them.
     names: BTreeMap<PathBuf, InodeId>,
-    /// The namespace a crash reverts to.
+    /// The file names a crash reverts to (some may be orphans, pruned by the crash).
     durable_names: BTreeMap<PathBuf, InodeId>,
     inodes: BTreeMap<InodeId, Inode>,
     next_inode: InodeId,
@@ -150,7 +169,14 @@ struct NodeDisk {
 
 impl NodeDisk {
     fn dir_exists(&self, dir: &Path) -> bool {
-        dir.parent().is_none() || dir.as_os_str().is_empty() || self.dirs.contains(dir)
+        is_root(dir) || self.dirs.contains(dir)
+    }
+
+    /// Whether `path`'s entry and the entries of all its ancestors are durable: only then does
+    /// a crash keep it reachable.
+    fn durably_reachable(&self, path: &Path) -> bool {
+        let mut ancestors = path.ancestors().skip(1);
+        ancestors.all(|dir| is_root(dir) || self.durable_dirs.contains(dir))
     }
 
     fn check_parent(&self, path: &Path) -> io::Result<()> {
@@ -196,7 +222,30 @@ impl NodeDisk {
 
     fn crash(&mut self, rand: &GlobalRng) {
         self.boot += 1;
-        self.names = self.durable_names.clone();
+        // Lost directory entries take their subtrees along. The parent test suffices for
+        // directories because a lost ancestor fails it at the topmost lost level, and sorted
+        // paths list parents before their children.
+        let mut dirs = BTreeSet::new();
+        for dir in &self.durable_dirs {
+            if dir
+                .parent()
+                .is_some_and(|parent| is_root(parent) || dirs.contains(parent))
+            {
+                dirs.insert(dir.clone());
+            }
+        }
+        self.dirs = dirs;
+        self.durable_dirs = self.dirs.clone();
+        let reachable =
+            |path: &PathBuf| path.parent().is_some_and(|parent| self.dir_exists(parent));
+        let names: BTreeMap<PathBuf, InodeId> = self
+            .durable_names
+            .iter()
+            .filter(|(path, _)| reachable(path))
+            .map(|(path, inode)| (path.clone(), *inode))
+            .collect();
+        self.names = names;
+        self.durable_names = self.names.clone();
         self.collect_garbage();
         let mut rand = rand.clone();
         for inode in self.inodes.values_mut() {
@@ -216,6 +265,12 @@ impl NodeDisk {
             inode.crash(torn);
         }
     }
+}
+
+/// Whether `dir` is a root of the simulated namespace (`/`, or the empty path that relative paths
+/// start from): always there, never created or lost.
+fn is_root(dir: &Path) -> bool {
+    dir.parent().is_none() || dir.as_os_str().is_empty()
 }
 
 /// Normalizes a path so `a/./b` and `a/b` name the same simulated file (no `..` resolution).
@@ -276,10 +331,21 @@ impl DiskSim {
         self.with_disk(node, |disk| disk.faults.clone())
     }
 
+    pub(in crate::env) fn set_plants(&self, node: NodeId, plants: FsPlants) {
+        self.with_disk(node, |disk| disk.plants = plants);
+    }
+
+    pub(in crate::env) fn plants(&self, node: NodeId) -> FsPlants {
+        self.with_disk(node, |disk| disk.plants)
+    }
+
     /// What `path` on `node` would hold after a crash that tears nothing, if it would exist.
     pub(in crate::env) fn durable_content(&self, node: NodeId, path: &Path) -> Option<Vec<u8>> {
         let path = normalize(path);
         self.with_disk(node, |disk| {
+            if !disk.durably_reachable(&path) {
+                return None;
+            }
             let inode = disk.durable_names.get(&path)?;
             disk.inodes.get(inode).map(|inode| inode.durable.clone())
         })
@@ -316,6 +382,11 @@ pub(in crate::env) mod fs {
             tokio::time::sleep(Duration::from_nanos(delay_nanos)).await;
         }
         (disk_sim, node)
+    }
+
+    /// The bugs planted in the current node's file code.
+    pub(in crate::env) fn plants() -> FsPlants {
+        plugin::<DiskSim>().plants(madsim::plugin::node())
     }
 
     /// An open simulated file: an inode of one boot of one node.
@@ -463,6 +534,12 @@ pub(in crate::env) mod fs {
         disk_sim.with_disk(node, |disk| {
             disk.check_writable()?;
             disk.check_parent(&to)?;
+            if disk.dirs.contains(&from) || disk.dirs.contains(&to) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "renaming directories is not modelled (simulated disk)",
+                ));
+            }
             let inode = disk.inode_of(&from)?;
             disk.names.remove(&from);
             disk.names.insert(to, inode);
@@ -510,7 +587,7 @@ pub(in crate::env) mod fs {
         disk_sim.with_disk(node, |disk| {
             disk.check_writable()?;
             for ancestor in dir.ancestors() {
-                if ancestor.parent().is_none() || ancestor.as_os_str().is_empty() {
+                if is_root(ancestor) {
                     continue;
                 }
                 if disk.names.contains_key(ancestor) {
@@ -548,6 +625,14 @@ pub(in crate::env) mod fs {
                 .map(|(path, inode)| (path.clone(), *inode))
                 .collect();
             disk.durable_names.extend(current);
+            disk.durable_dirs.retain(|path| !in_dir(path));
+            let current_dirs: Vec<PathBuf> = disk
+                .dirs
+                .iter()
+                .filter(|path| in_dir(path))
+                .cloned()
+                .collect();
+            disk.durable_dirs.extend(current_dirs);
             disk.collect_garbage();
             Ok(())
         })

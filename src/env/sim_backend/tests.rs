@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use madsim::runtime::{Handle, Runtime};
 
-use crate::env::sim_control::{self, DiskFaults, NodeId};
+use super::disk::fs as raw_fs;
+use crate::env::sim_control::{self, DiskFaults, FsPlants, NodeId};
 use crate::env::{self, fs};
 
 use crate::env::testing::simulation_runtime_with_seed as runtime_with_seed;
@@ -114,6 +115,176 @@ fn renames_and_removals_need_a_directory_sync() {
     });
 }
 
+/// Creates `dir/file` holding `content`, with the content and the name synced, but nothing
+/// done about `dir`'s own entry.
+async fn write_synced_file(dir: &Path, content: &[u8]) {
+    let file = fs::File::create(dir.join("file")).await.unwrap();
+    file.append(content).await.unwrap();
+    file.sync().await.unwrap();
+    fs::sync_dir(dir).await.unwrap();
+}
+
+#[test]
+fn a_directory_created_without_a_parent_sync_is_lost_on_crash_with_its_files() {
+    runtime_with_seed(8).block_on(async {
+        let node = create_node("disk", "10.0.0.1");
+        on_node(node, async {
+            raw_fs::create_dir_all(Path::new(DIR)).await.unwrap();
+            write_synced_file(Path::new(DIR), b"synced inside").await;
+            assert_eq!(fs::list_dir("/").await.unwrap(), vec!["data"]);
+        })
+        .await;
+        // Its content and name are synced, but the directory holding it is not.
+        assert_eq!(sim_control::durable_content(node, &path("file")), None);
+        crash(node);
+        on_node(node, async {
+            assert!(!fs::exists(DIR).await.unwrap());
+            assert!(fs::list_dir("/").await.unwrap().is_empty());
+            assert!(fs::File::create(path("file")).await.is_err());
+        })
+        .await;
+    });
+}
+
+#[test]
+fn a_directory_survives_a_crash_once_its_parent_is_synced() {
+    runtime_with_seed(9).block_on(async {
+        let node = create_node("disk", "10.0.0.1");
+        on_node(node, async {
+            raw_fs::create_dir_all(Path::new(DIR)).await.unwrap();
+            fs::sync_dir("/").await.unwrap();
+            write_synced_file(Path::new(DIR), b"kept").await;
+        })
+        .await;
+        assert_eq!(
+            sim_control::durable_content(node, &path("file")).as_deref(),
+            Some(&b"kept"[..])
+        );
+        crash(node);
+        on_node(node, async {
+            assert_eq!(fs::read(path("file")).await.unwrap(), b"kept");
+        })
+        .await;
+    });
+}
+
+#[test]
+fn a_lost_ancestor_takes_synced_subdirectories_along() {
+    runtime_with_seed(10).block_on(async {
+        let node = create_node("disk", "10.0.0.1");
+        let nested = Path::new("/data/a/b");
+        on_node(node, async move {
+            raw_fs::create_dir_all(nested).await.unwrap();
+            // Every entry below /data is synced; /data's own entry in / is not.
+            fs::sync_dir("/data").await.unwrap();
+            fs::sync_dir("/data/a").await.unwrap();
+            write_synced_file(nested, b"orphan").await;
+        })
+        .await;
+        assert_eq!(
+            sim_control::durable_content(node, &nested.join("file")),
+            None
+        );
+        crash(node);
+        on_node(node, async move {
+            for dir in ["/data", "/data/a", "/data/a/b"] {
+                assert!(!fs::exists(dir).await.unwrap(), "{dir} survived");
+            }
+            // What a crash lost stays lost: re-creating /data does not bring back its old tree.
+            raw_fs::create_dir_all(Path::new(DIR)).await.unwrap();
+            assert!(fs::list_dir(DIR).await.unwrap().is_empty());
+        })
+        .await;
+    });
+}
+
+#[test]
+fn create_dir_all_makes_every_directory_it_creates_durable() {
+    runtime_with_seed(11).block_on(async {
+        let node = create_node("disk", "10.0.0.1");
+        let nested = Path::new("/data/a/b");
+        on_node(node, async move {
+            fs::create_dir_all(DIR).await.unwrap();
+            // Only a and b are new here; /data already was.
+            fs::create_dir_all(nested).await.unwrap();
+            write_synced_file(nested, b"kept").await;
+            // A relative path (the default data directory is one) hangs off the other root.
+            fs::create_dir_all("relative/dir").await.unwrap();
+            write_synced_file(Path::new("relative/dir"), b"relative").await;
+        })
+        .await;
+        crash(node);
+        on_node(node, async move {
+            assert_eq!(fs::read(nested.join("file")).await.unwrap(), b"kept");
+            assert_eq!(fs::read("relative/dir/file").await.unwrap(), b"relative");
+        })
+        .await;
+    });
+}
+
+#[test]
+fn create_dir_all_planted_to_skip_the_parent_sync_loses_the_directory() {
+    runtime_with_seed(12).block_on(async {
+        let node = create_node("disk", "10.0.0.1");
+        sim_control::set_fs_plants(
+            node,
+            FsPlants {
+                create_dir_all_skips_parent_sync: true,
+            },
+        );
+        on_node(node, async {
+            fs::create_dir_all(DIR).await.unwrap();
+            write_synced_file(Path::new(DIR), b"lost").await;
+        })
+        .await;
+        crash(node);
+        on_node(node, async {
+            assert!(!fs::exists(DIR).await.unwrap());
+        })
+        .await;
+    });
+}
+
+#[test]
+fn a_lost_rename_reverts_and_a_lost_creation_vanishes_with_its_contents() {
+    runtime_with_seed(13).block_on(async {
+        let node = create_node("disk", "10.0.0.1");
+        on_node(node, async {
+            fs::create_dir_all(DIR).await.unwrap();
+            fs::write_atomic(path("state"), b"old").await.unwrap();
+            // write_atomic's steps, without the final directory sync.
+            let temp = fs::File::create(path("state.tmp")).await.unwrap();
+            temp.append(b"new").await.unwrap();
+            temp.sync().await.unwrap();
+            fs::rename(path("state.tmp"), path("state")).await.unwrap();
+            assert_eq!(fs::read(path("state")).await.unwrap(), b"new");
+            let created = fs::File::create(path("created")).await.unwrap();
+            created.append(b"content").await.unwrap();
+            created.sync().await.unwrap();
+        })
+        .await;
+        crash(node);
+        on_node(node, async {
+            assert_eq!(fs::list_dir(DIR).await.unwrap(), vec!["state"]);
+            assert_eq!(fs::read(path("state")).await.unwrap(), b"old");
+        })
+        .await;
+    });
+}
+
+#[test]
+fn renaming_a_directory_is_refused_rather_than_modelled_wrongly() {
+    runtime_with_seed(14).block_on(async {
+        let node = create_node("disk", "10.0.0.1");
+        on_node(node, async {
+            fs::create_dir_all(path("sub")).await.unwrap();
+            let error = fs::rename(path("sub"), path("moved")).await.unwrap_err();
+            assert_eq!(error.kind(), std::io::ErrorKind::Unsupported, "{error}");
+        })
+        .await;
+    });
+}
+
 /// Writes a synced base, then two unsynced appends, then crashes with certain tearing; returns
 /// what the file holds after the restart.
 fn torn_crash_outcome(seed: u64) -> Vec<u8> {
@@ -184,11 +355,15 @@ fn lying_fsync_loses_synced_data() {
             let file = fs::File::open(path("state")).await.unwrap();
             file.write_at(0, b"new").await.unwrap();
             file.sync().await.expect("a lying fsync reports success");
+            fs::create_dir_all(path("sub"))
+                .await
+                .expect("a lying directory sync reports success");
         })
         .await;
         crash(node);
         on_node(node, async {
             assert_eq!(fs::read(path("state")).await.unwrap(), b"old");
+            assert!(!fs::exists(path("sub")).await.unwrap());
         })
         .await;
     });
@@ -221,6 +396,8 @@ fn failing_disk_refuses_writes_but_serves_reads() {
                 std::io::ErrorKind::StorageFull
             );
             assert!(fs::File::create(path("new")).await.is_err());
+            let error = fs::create_dir_all(path("sub")).await.unwrap_err();
+            assert_eq!(error.kind(), std::io::ErrorKind::StorageFull, "{error}");
             assert_eq!(file.read_all().await.unwrap(), b"kept");
         })
         .await;

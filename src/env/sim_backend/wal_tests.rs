@@ -9,7 +9,7 @@ use bytes::Bytes;
 use madsim::runtime::Handle;
 use rand_core::RngCore;
 
-use crate::env::sim_control::{self, DiskFaults, NodeId};
+use crate::env::sim_control::{self, DiskFaults, FsPlants, NodeId};
 use crate::raft::{
     Entry, EntryKind, HardState, Index, Membership, RestoreState, Snapshot, SnapshotMeta, Term,
 };
@@ -273,9 +273,15 @@ async fn worker(model: Arc<Mutex<Model>>, check_only: bool) {
 
 /// Runs the worker through `rounds` random crashes on a disk with `faults`; returns the model.
 fn crash_rounds(seed: u64, faults: DiskFaults, rounds: usize) -> Model {
+    crash_rounds_planted(seed, faults, FsPlants::default(), rounds)
+}
+
+/// [`crash_rounds`] with bugs planted in the seam's file code.
+fn crash_rounds_planted(seed: u64, faults: DiskFaults, plants: FsPlants, rounds: usize) -> Model {
     runtime_with_seed(seed).block_on(async move {
         let node = create_node();
         sim_control::set_disk_faults(node, faults);
+        sim_control::set_fs_plants(node, plants);
         let model = Arc::new(Mutex::new(Model::default()));
         let handle = Handle::current();
         let mut rng = crate::env::rng();
@@ -349,4 +355,30 @@ fn a_lying_fsync_is_caught_by_the_crash_checker() {
     };
     let caught = (0..8).any(|seed| !crash_rounds(seed, lying.clone(), 4).violations.is_empty());
     assert!(caught, "no seed noticed that fsync lied");
+}
+
+/// The checker catches a WAL directory whose creation was never made durable: with
+/// `create_dir_all` planted to skip the parent sync, the first crash loses `/data/wal` with every
+/// synced entry in it; the same seeds without the plant keep everything.
+#[test]
+fn a_wal_directory_created_without_a_parent_sync_is_caught_by_the_crash_checker() {
+    let skip_parent_sync = FsPlants {
+        create_dir_all_skips_parent_sync: true,
+    };
+    for seed in 0..4 {
+        let planted = crash_rounds_planted(seed, crashy_disk(), skip_parent_sync, 3);
+        assert!(
+            planted.violations.iter().any(|violation| violation
+                .contains("restored LogicalState { snapshot_id: (0, 0), log: []")),
+            "seed {seed}: the lost WAL directory went unnoticed: {:?}",
+            planted.violations
+        );
+        let fixed = crash_rounds_planted(seed, crashy_disk(), FsPlants::default(), 3);
+        assert!(
+            fixed.violations.is_empty(),
+            "seed {seed}: {:?}",
+            fixed.violations
+        );
+        assert!(fixed.syncs > 0, "seed {seed}: nothing was synced");
+    }
 }
