@@ -93,14 +93,22 @@ async fn hand_off_leadership(handle: &NodeHandle, wait_max: Duration) {
         tracing::warn!(%error, "leadership transfer refused");
         return;
     }
+    // Stepping down comes first (the target's higher term), learning the new leader comes with
+    // its first append: wait for both, or a shutdown right after stepping down reads as a failed
+    // hand-off.
     let deadline = env::now() + wait_max;
-    while handle.status().role == Role::Leader && env::now() < deadline {
-        env::sleep(Duration::from_millis(10)).await;
-    }
-    match handle.status().leader {
-        Some(leader) if handle.status().role != Role::Leader => {
-            tracing::info!(leader, "leadership handed off")
+    loop {
+        let status = handle.status();
+        match status.leader {
+            Some(leader) if status.role != Role::Leader => {
+                tracing::info!(leader, "leadership handed off");
+                return;
+            }
+            _ if env::now() >= deadline => {
+                tracing::warn!("leadership hand-off did not finish in time");
+                return;
+            }
+            _ => env::sleep(Duration::from_millis(10)).await,
         }
-        _ => tracing::warn!("leadership hand-off did not finish in time"),
     }
 }
