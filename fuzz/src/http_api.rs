@@ -28,7 +28,7 @@ use raft_kv::http::client::HttpClient;
 use raft_kv::http::{self, AppState, HttpLimits};
 use raft_kv::node::config::node_id_of;
 use raft_kv::node::rpc::{self, RpcEnvelope};
-use raft_kv::node::{self, NodeConfig};
+use raft_kv::node::{self, InspectScope, NodeConfig};
 use raft_kv::raft::Role;
 
 use super::messages::FuzzMessage;
@@ -294,7 +294,7 @@ pub fn run(data: &[u8]) {
             run_request(world, spec).await;
         }
         let node = world.started.node().expect("the started node has a handle");
-        if let Err(e) = node.inspect(false).await {
+        if let Err(e) = node.inspect(InspectScope::STATUS_ONLY).await {
             panic!("the node's driver stopped answering after this input: {e}");
         }
     });

@@ -14,7 +14,7 @@ use raft_kv::env;
 use raft_kv::env::sim_control::{self, DiskFaults, NodeId as SimNodeId};
 use raft_kv::http::client::HttpClient;
 use raft_kv::node::config::node_id_of;
-use raft_kv::node::{NodeConfig, NodeEvent, NodeHandle};
+use raft_kv::node::{InspectScope, NodeConfig, NodeEvent, NodeHandle};
 use raft_kv::raft::invariants::InvariantChecker;
 use raft_kv::raft::Role;
 use rand_chacha::ChaCha8Rng;
@@ -381,8 +381,13 @@ impl World {
         self.apply_network();
     }
 
-    /// Looks inside every running node and feeds the invariant checker.
-    async fn inspect_all(&self) -> Vec<(usize, raft_kv::node::Inspection)> {
+    /// Looks inside every running node and feeds the invariant checker; `with_state_hash` also
+    /// hashes each state machine (a pass over all of it: only the convergence check needs it).
+    async fn inspect_all(&self, with_state_hash: bool) -> Vec<(usize, raft_kv::node::Inspection)> {
+        let scope = InspectScope {
+            log: true,
+            state_hash: with_state_hash,
+        };
         let mut inspections = Vec::new();
         for (index, node) in self.nodes.iter().enumerate() {
             if node.crashed || node.paused {
@@ -392,7 +397,7 @@ impl World {
                 continue;
             };
             if let Ok(Ok(inspection)) =
-                env::timeout(Duration::from_millis(300), handle.inspect(true)).await
+                env::timeout(Duration::from_millis(300), handle.inspect(scope)).await
             {
                 inspections.push((index, inspection));
             }
@@ -665,7 +670,7 @@ async fn supervise(scenario: Scenario, shared: Shared) {
             continue;
         }
         if next_inspect_ms <= action_at {
-            world.inspect_all().await;
+            world.inspect_all(false).await;
             next_inspect_ms = virtual_ms() + INSPECT_EVERY_MS;
             continue;
         }
@@ -758,7 +763,7 @@ async fn heal_and_check_liveness(
     let mut next_inspect_ms = virtual_ms();
     while virtual_ms() < CLIENTS_STOP_MS && !shared.failed() {
         if virtual_ms() >= next_inspect_ms {
-            world.inspect_all().await;
+            world.inspect_all(false).await;
             next_inspect_ms = virtual_ms() + INSPECT_EVERY_MS;
         }
         env::sleep(Duration::from_millis(100)).await;
@@ -793,7 +798,7 @@ async fn heal_and_check_liveness(
     // Every replica converges: same applied index, same state hash, nothing left to apply.
     let converge_deadline_ms = virtual_ms() + CONVERGE_MS_MAX;
     loop {
-        let inspections = world.inspect_all().await;
+        let inspections = world.inspect_all(true).await;
         if shared.failed() {
             return;
         }
@@ -801,7 +806,7 @@ async fn heal_and_check_liveness(
             .iter()
             .map(|(_, i)| i.kv_applied_index)
             .collect();
-        let hashes: BTreeSet<u64> = inspections.iter().map(|(_, i)| i.state_hash).collect();
+        let hashes: BTreeSet<Option<u64>> = inspections.iter().map(|(_, i)| i.state_hash).collect();
         let caught_up = inspections
             .iter()
             .all(|(_, i)| i.kv_applied_index == i.status.hard_state.commit);
@@ -826,7 +831,7 @@ async fn heal_and_check_liveness(
                         i.kv_applied_index,
                         i.status.hard_state.commit,
                         i.status.last_index,
-                        i.state_hash
+                        i.state_hash.unwrap_or_default()
                     )
                 })
                 .collect();

@@ -1,7 +1,8 @@
 //! Request routing and handlers. `handle` takes any request and always returns a response: bad
 //! input gets a 4xx with a JSON body, never a panic.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use serde_json::{json, Value as Json};
 use super::client::HttpClient;
 use crate::env;
 use crate::kv::{WriteOp, WriteRequest, WriteResult};
-use crate::metrics::{Metrics, LATENCY_BUCKETS_SECONDS};
+use crate::metrics::{Histogram, Metrics, LATENCY_BUCKETS_SECONDS};
 use crate::node::cluster::Hello;
 use crate::node::rpc;
 use crate::node::{Consistency, NodeError, NodeHandle, ReadOutcome, ReadQuery, ValueView};
@@ -65,6 +66,10 @@ pub struct AppState {
     node: OnceLock<NodeHandle>,
     client: HttpClient,
     metrics: Arc<Metrics>,
+    /// `http_request_duration_seconds` by route and status, looked up in the registry once:
+    /// a registry lookup validates, allocates and sorts the labels, on every request otherwise.
+    /// Bounded by the static routes times the status codes the handlers answer.
+    request_durations: Mutex<BTreeMap<(&'static str, u16), Histogram>>,
 }
 
 impl AppState {
@@ -77,7 +82,29 @@ impl AppState {
             node: OnceLock::new(),
             client,
             metrics: Arc::new(Metrics::new()),
+            request_durations: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    fn request_duration(&self, route: &'static str, status: StatusCode) -> Histogram {
+        let mut cache = self
+            .request_durations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        cache
+            .entry((route, status.as_u16()))
+            .or_insert_with(|| {
+                self.metrics.histogram(
+                    "http_request_duration_seconds",
+                    "Latency of HTTP requests by route.",
+                    &[
+                        ("route", route.to_string()),
+                        ("status", status.as_u16().to_string()),
+                    ],
+                    LATENCY_BUCKETS_SECONDS,
+                )
+            })
+            .clone()
     }
 
     /// Attaches the running node.
@@ -103,16 +130,7 @@ where
     let (route, response) = route(state, request).await;
     let seconds = env::now().duration_since(started).as_secs_f64();
     state
-        .metrics
-        .histogram(
-            "http_request_duration_seconds",
-            "Latency of HTTP requests by route.",
-            &[
-                ("route", route.to_string()),
-                ("status", response.status().as_u16().to_string()),
-            ],
-            LATENCY_BUCKETS_SECONDS,
-        )
+        .request_duration(route, response.status())
         .observe(seconds);
     response
 }

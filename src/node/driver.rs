@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::cluster::{self, ClusterInfo};
 use super::transport::Transport;
 use super::{
-    Consistency, Inspection, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeMetrics, NodeStatus,
-    ReadOutcome, ReadQuery, Request, ValueView, WriteOutcome,
+    Consistency, InspectScope, Inspection, NodeConfig, NodeError, NodeEvent, NodeHandle,
+    NodeMetrics, NodeStatus, ReadOutcome, ReadQuery, Request, ValueView, WriteOutcome,
 };
 use crate::env;
 use crate::http::client::HttpClient;
@@ -251,7 +251,7 @@ impl Driver {
                 Request::Write { reply, .. } => drop(reply.send(Err(error))),
                 Request::Read { reply, .. } => drop(reply.send(Err(error))),
                 Request::TransferLeadership { reply, .. } => drop(reply.send(Err(error))),
-                Request::Inspect { with_log, reply } => drop(reply.send(self.inspect(with_log))),
+                Request::Inspect { scope, reply } => drop(reply.send(self.inspect(scope))),
             }
             return;
         }
@@ -295,17 +295,17 @@ impl Driver {
             Request::TransferLeadership { to, reply } => {
                 let _ = reply.send(self.transfer_leadership(to));
             }
-            Request::Inspect { with_log, reply } => {
-                let _ = reply.send(self.inspect(with_log));
+            Request::Inspect { scope, reply } => {
+                let _ = reply.send(self.inspect(scope));
             }
         }
     }
 
-    fn inspect(&self, with_log: bool) -> Inspection {
+    fn inspect(&self, scope: InspectScope) -> Inspection {
         let status = self.raft.status();
         let snapshot_index = status.snapshot_index;
         let snapshot_term = self.raft.term_at(snapshot_index).unwrap_or(0);
-        let log = if with_log {
+        let log = if scope.log {
             self.raft
                 .entries(snapshot_index + 1, status.last_index + 1)
                 .iter()
@@ -325,7 +325,7 @@ impl Driver {
         };
         Inspection {
             kv_applied_index: self.kv.applied_index(),
-            state_hash: self.kv.state_hash(),
+            state_hash: scope.state_hash.then(|| self.kv.state_hash()),
             status,
             view,
         }

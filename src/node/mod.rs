@@ -141,9 +141,28 @@ pub(crate) enum Request {
         reply: oneshot::Sender<Result<(), NodeError>>,
     },
     Inspect {
-        with_log: bool,
+        scope: InspectScope,
         reply: oneshot::Sender<Inspection>,
     },
+}
+
+/// What an inspection gathers besides the core's status; each part is a pass over the node's
+/// state (the log since the snapshot, or the whole state machine), so a caller asks only for
+/// what it checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InspectScope {
+    /// The log's (index, term, digest) since the snapshot, in [`Inspection::view`].
+    pub log: bool,
+    /// [`Inspection::state_hash`].
+    pub state_hash: bool,
+}
+
+impl InspectScope {
+    /// The core's status only: the cheapest proof that the driver still answers.
+    pub const STATUS_ONLY: InspectScope = InspectScope {
+        log: false,
+        state_hash: false,
+    };
 }
 
 /// A look inside a running node, for the simulator's checks.
@@ -153,8 +172,8 @@ pub struct Inspection {
     pub status: crate::raft::Status,
     /// The state machine's applied index.
     pub kv_applied_index: Index,
-    /// [`crate::kv::KvStore::state_hash`] of the state machine.
-    pub state_hash: u64,
+    /// [`crate::kv::KvStore::state_hash`] of the state machine, when the scope asked for it.
+    pub state_hash: Option<u64>,
     /// The core's view for [`crate::raft::invariants`] (its log only when asked for).
     pub view: crate::raft::invariants::NodeView,
 }
@@ -290,10 +309,10 @@ impl NodeHandle {
         self.await_answer(answer).await
     }
 
-    /// Looks inside the node (status, state hash and, if asked, the log) for checks.
-    pub async fn inspect(&self, with_log: bool) -> Result<Inspection, NodeError> {
+    /// Looks inside the node (status and, if asked, the log and the state hash) for checks.
+    pub async fn inspect(&self, scope: InspectScope) -> Result<Inspection, NodeError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Request::Inspect { with_log, reply })?;
+        self.submit(Request::Inspect { scope, reply })?;
         match env::timeout(self.config.request_timeout, answer).await {
             Ok(Ok(inspection)) => Ok(inspection),
             Ok(Err(_)) => Err(NodeError::Unavailable("node stopped".into())),

@@ -2,7 +2,10 @@
 //! plugins of our own: per-node clock skew ([`clock`]) and a crash-modelling disk ([`disk`]).
 
 use std::any::type_name;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rand_core::SeedableRng;
@@ -35,8 +38,46 @@ pub(super) fn std_instant_now() -> std::time::Instant {
     std::time::Instant::now()
 }
 
-pub(super) fn sleep_true(d: Duration) -> tokio::time::Sleep {
-    tokio::time::sleep(d)
+pub(super) fn sleep_true(d: Duration) -> SleepOnce {
+    SleepOnce {
+        inner: tokio::time::sleep(d),
+        armed_for: None,
+    }
+}
+
+/// madsim's sleep, with one timer per sleep instead of one per poll.
+///
+/// madsim's `Sleep::poll` queues a new timer in the runtime's heap on every poll that finds it
+/// pending, and nothing removes a timer before its deadline. A sleep polled again and again (a
+/// timeout around an RPC that is woken by every packet, hyper's header-read timer, a select
+/// loop) therefore left one heap entry per poll, each a boxed callback that is popped and wakes
+/// its task at the deadline: the timer heap dominated the simulator's profile. A timer already
+/// queued for the same task wakes it at the same deadline, so it is enough to queue one again
+/// only when the waker changes.
+pub(super) struct SleepOnce {
+    inner: tokio::time::Sleep,
+    /// The waker the queued timer will wake (`None` before the first pending poll).
+    armed_for: Option<Waker>,
+}
+
+impl Future for SleepOnce {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Every field is `Unpin` (madsim's sleep is a handle and an instant).
+        let this = self.get_mut();
+        if this.inner.is_elapsed() {
+            return Poll::Ready(());
+        }
+        if let Some(armed_for) = &this.armed_for {
+            if armed_for.will_wake(cx.waker()) {
+                return Poll::Pending;
+            }
+        }
+        let polled = Pin::new(&mut this.inner).poll(cx);
+        this.armed_for = Some(cx.waker().clone());
+        polled
+    }
 }
 
 pub(super) fn rng() -> rand_chacha::ChaCha8Rng {
