@@ -183,7 +183,7 @@ impl fmt::Display for SweepCoverage {
         writeln!(f, "coverage of {seeds} seeds:")?;
         writeln!(
             f,
-            "  {:<24} {:>6} {:>9}",
+            "  {:<26} {:>6} {:>9}",
             "fault (that did something)", "seeds", "episodes"
         )?;
         for kind in FAULT_KINDS {
