@@ -7,6 +7,8 @@
 //! (`cargo sim ...`); the plain build holds the seed-derived parameters, the checkers and the
 //! report formatting, which are unit-tested without madsim.
 
+pub mod coverage;
+pub mod history_file;
 pub mod linearizability;
 pub mod recorder;
 pub mod regressions;

@@ -64,7 +64,7 @@
 //! log indices, on thousands of small random histories.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::hash::BuildHasherDefault;
 
@@ -194,6 +194,37 @@ pub struct Violation {
 /// Keys are checked in ascending order; the first violation found is returned. If no key has a
 /// violation but some key ran out of budget, the answer is [`CheckResult::Unknown`].
 pub fn check(history: &[Operation], budget: Budget) -> CheckResult {
+    check_counting_steps(history, budget).0
+}
+
+/// [`check`], and how many model steps of the budget it used.
+pub fn check_counting_steps(history: &[Operation], budget: Budget) -> (CheckResult, u64) {
+    check_with(history, budget, Pruning::ALL)
+}
+
+/// Which prunings the search uses (all of them, except in the tests that compare).
+#[derive(Clone, Copy, Debug)]
+struct Pruning {
+    /// Skip search nodes an explored node dominates ([`Memo`]); off: Lowe's plain memo.
+    dominance: bool,
+    /// Try the smaller searches of [`optional_tiers`] first.
+    tiers: bool,
+}
+
+impl Pruning {
+    const ALL: Pruning = Pruning {
+        dominance: true,
+        tiers: true,
+    };
+    #[cfg(test)]
+    const NONE: Pruning = Pruning {
+        dominance: false,
+        tiers: false,
+    };
+}
+
+/// [`check_counting_steps`] with the given prunings.
+fn check_with(history: &[Operation], budget: Budget, pruning: Pruning) -> (CheckResult, u64) {
     let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (index, operation) in history.iter().enumerate() {
         by_key.entry(&operation.key).or_default().push(index);
@@ -201,17 +232,23 @@ pub fn check(history: &[Operation], budget: Budget) -> CheckResult {
     let mut steps_left = budget.steps_max;
     let mut unknown = false;
     for (key, indices) in by_key {
-        match check_key(key, history, &indices, &mut steps_left) {
+        match check_key(key, history, &indices, &mut steps_left, pruning) {
             KeyVerdict::Linearizable => {}
             KeyVerdict::OutOfBudget => unknown = true,
-            KeyVerdict::Violation(violation) => return CheckResult::Violation(violation),
+            KeyVerdict::Violation(violation) => {
+                return (
+                    CheckResult::Violation(violation),
+                    budget.steps_max - steps_left,
+                )
+            }
         }
     }
-    if unknown {
+    let verdict = if unknown {
         CheckResult::Unknown
     } else {
         CheckResult::Ok
-    }
+    };
+    (verdict, budget.steps_max - steps_left)
 }
 
 impl fmt::Display for KvInput {
@@ -733,6 +770,83 @@ impl BitSet {
 /// a fixed hasher keeps even the memory layout identical from run to run.
 type FixedHasher = BuildHasherDefault<DefaultHasher>;
 
+/// What of a [`State`] the future of the search can tell apart (see [`State::class`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum StateClass {
+    /// A present value whose modification index is known exactly: only the same value at the
+    /// same index behaves the same.
+    Exact { value: ValueId, index: u64 },
+    /// The key is absent, or present with an unknown (wildcard) index. Everything the model
+    /// can still do depends only on the value and on `floor = last_known_index +
+    /// unknown_writes`, and a smaller floor admits everything a larger one does.
+    Floor { value: Option<ValueId> },
+}
+
+impl State {
+    /// The state's class and floor (0 for [`StateClass::Exact`]).
+    ///
+    /// Why a `Floor` state is fully described by `(value, floor)` and why a smaller floor
+    /// *simulates* a larger one (accepts every sequence of operations the larger accepts): an
+    /// absent key reads as index 0 whatever the floor, and its next write needs an index of at
+    /// least `floor + 1`; a wildcard index reads as "at least `floor`", a successful CAS or a
+    /// read pins it to an index at least `floor` (after which the states are equal), a CAS
+    /// mismatch never narrows it, and the next write needs at least `floor + 1`. Every bound is
+    /// a lower bound in `floor`, and every transition either forgets the floor (a pin, a write
+    /// at a known index) or adds the same amount to it (a write of unknown index).
+    fn class(self) -> (StateClass, u64) {
+        match self.value {
+            Some(value) if self.unknown_writes == 0 => (
+                StateClass::Exact {
+                    value,
+                    index: self.last_known_index,
+                },
+                0,
+            ),
+            value => (
+                StateClass::Floor { value },
+                self.last_known_index + self.unknown_writes,
+            ),
+        }
+    }
+}
+
+/// Lowe's memo of the search nodes already explored, with dominance: a node is (set of ops
+/// taken effect, state). Every node in the memo was explored to the end without a
+/// linearization (the search stops at the first one, and a node never recurs below itself
+/// because its set only grows there). A new node is skipped if an explored node has the same
+/// set and a state that simulates its state: the same [`StateClass`] and a floor no larger.
+#[derive(Default)]
+struct Memo {
+    /// For each (set, class): the smallest floor explored.
+    floors: HashMap<(BitSet, StateClass), u64, FixedHasher>,
+    /// Off: Lowe's plain memo, where only an equal state counts as explored (kept for the
+    /// tests, which compare the two).
+    dominance: bool,
+    /// The plain memo's states, when `dominance` is off.
+    exact: HashSet<(BitSet, State), FixedHasher>,
+}
+
+impl Memo {
+    /// Records the node; false if an explored node dominates it (skip it).
+    fn visit(&mut self, linearized: &BitSet, state: State) -> bool {
+        if !self.dominance {
+            return self.exact.insert((linearized.clone(), state));
+        }
+        let (class, floor) = state.class();
+        match self.floors.get_mut(&(linearized.clone(), class)) {
+            Some(explored) if *explored <= floor => false,
+            Some(explored) => {
+                *explored = floor;
+                true
+            }
+            None => {
+                self.floors.insert((linearized.clone(), class), floor);
+                true
+            }
+        }
+    }
+}
+
 /// One operation the search let take effect, and the state before it.
 #[derive(Clone, Copy, Debug)]
 struct Frame {
@@ -754,6 +868,7 @@ fn check_key(
     history: &[Operation],
     indices: &[usize],
     steps_left: &mut u64,
+    pruning: Pruning,
 ) -> KeyVerdict {
     let ops = match compile(history, indices) {
         Ok(ops) => ops,
@@ -765,10 +880,95 @@ fn check_key(
             })
         }
     };
-    let mut list = EventList::new(&ops, history);
+    let tiers = if pruning.tiers {
+        optional_tiers(&ops)
+    } else {
+        Vec::new()
+    };
+    for tier in tiers {
+        let mut slice_left = *steps_left / TIER_BUDGET_DIVISOR;
+        let slice = slice_left;
+        let outcome = search(&tier, history, &mut slice_left, pruning.dominance);
+        *steps_left -= slice - slice_left;
+        if matches!(outcome, SearchOutcome::Linearizable) {
+            return KeyVerdict::Linearizable;
+        }
+    }
+    match search(&ops, history, steps_left, pruning.dominance) {
+        SearchOutcome::Linearizable => KeyVerdict::Linearizable,
+        SearchOutcome::OutOfBudget => KeyVerdict::OutOfBudget,
+        SearchOutcome::DeadEnd(dead_end) => {
+            KeyVerdict::Violation(explain(key, history, &ops, &dead_end))
+        }
+    }
+}
+
+/// A tier of [`optional_tiers`] may use at most this fraction (1/n) of the steps left.
+const TIER_BUDGET_DIVISOR: u64 = 8;
+
+/// Smaller searches to try before the full one: the key's ops without some of the operations
+/// whose outcome is unknown. Such an operation may never have taken effect (rule 5), so a
+/// linearization of a tier is one of the whole history in which the left-out ops never took
+/// effect: a tier can prove a history linearizable, never refute it (the full search does
+/// that). Tier 1 leaves out every unknown-outcome op; tier 2 only the unknown puts and CASes
+/// whose value no read returned (kept: the deletes and the writes someone saw). Timed-out
+/// writes nobody saw are the common case (a partitioned leader's clients), and each one
+/// multiplies the orders the full search must try when it gets stuck.
+fn optional_tiers(ops: &[Op]) -> Vec<Vec<Op>> {
+    if ops.iter().all(|op| op.output.is_some()) {
+        return Vec::new();
+    }
+    let observed: BTreeSet<ValueId> = ops
+        .iter()
+        .filter_map(|op| match op.output {
+            Some(Output::Get {
+                value: Some(value), ..
+            }) => Some(value),
+            _ => None,
+        })
+        .collect();
+    let known_only: Vec<Op> = ops
+        .iter()
+        .filter(|op| op.output.is_some())
+        .copied()
+        .collect();
+    let seen_only: Vec<Op> = ops
+        .iter()
+        .filter(|op| match (op.output, op.input) {
+            (Some(_), _) | (None, Input::Delete) | (None, Input::Get) => true,
+            (None, Input::Put(value) | Input::Cas { value, .. }) => observed.contains(&value),
+        })
+        .copied()
+        .collect();
+    let mut tiers = vec![known_only];
+    if seen_only.len() != tiers[0].len() && seen_only.len() != ops.len() {
+        tiers.push(seen_only);
+    }
+    tiers
+}
+
+/// How a search of one set of ops ended.
+enum SearchOutcome {
+    Linearizable,
+    /// No linearization: the deepest dead end met.
+    DeadEnd(DeadEnd),
+    OutOfBudget,
+}
+
+/// The Wing–Gong search over `ops` (a key's ops, or a tier of them) from the empty key.
+fn search(
+    ops: &[Op],
+    history: &[Operation],
+    steps_left: &mut u64,
+    dominance: bool,
+) -> SearchOutcome {
+    let mut list = EventList::new(ops, history);
     let mut returns_left = ops.iter().filter(|op| op.output.is_some()).count();
     let mut linearized = BitSet::new(ops.len());
-    let mut memo: HashSet<(BitSet, State), FixedHasher> = HashSet::default();
+    let mut memo = Memo {
+        dominance,
+        ..Memo::default()
+    };
     let mut stack: Vec<Frame> = Vec::new();
     let mut state = State::EMPTY;
     let mut deepest: Option<DeadEnd> = None;
@@ -782,7 +982,7 @@ fn check_key(
         if returns_left == 0 {
             // Every op with a known outcome took effect; the remaining unknown-outcome ops
             // never do (rule 5).
-            return KeyVerdict::Linearizable;
+            return SearchOutcome::Linearizable;
         }
         assert_ne!(
             entry,
@@ -796,12 +996,12 @@ fn check_key(
                 continue;
             }
             if *steps_left == 0 {
-                return KeyVerdict::OutOfBudget;
+                return SearchOutcome::OutOfBudget;
             }
             *steps_left -= 1;
             if let Ok(next_state) = step(state, &ops[event.op]) {
                 linearized.insert(event.op);
-                if memo.insert((linearized.clone(), next_state)) {
+                if memo.visit(&linearized, next_state) {
                     stack.push(Frame {
                         call_entry: entry,
                         state_before: state,
@@ -839,7 +1039,7 @@ fn check_key(
             }
             let Some(frame) = stack.pop() else {
                 let dead_end = deepest.expect("a dead end was just recorded");
-                return KeyVerdict::Violation(explain(key, history, &ops, &dead_end));
+                return SearchOutcome::DeadEnd(dead_end);
             };
             let undone = list.events[frame.call_entry];
             state = frame.state_before;
@@ -1718,8 +1918,295 @@ mod tests {
             )
     }
 
+    /// A key whose state is reached with many different floors: a known write, then writes
+    /// of unknown outcome (puts of fresh values and deletes) that all overlap one another and
+    /// a run of known reads of the known value; the order in which the search lets them take
+    /// effect changes only the floor. Then a read of `last_read`.
+    fn many_floors(unknown_pairs: u64, last_read: Option<&str>) -> Vec<Operation> {
+        let mut history = vec![put(1, "a", 0, 10, 1)];
+        for pair in 0..unknown_pairs {
+            history.push(put_timed_out(10 + pair, &format!("x{pair}"), 20));
+            history.push(op(100 + pair, "k", KvInput::Delete, 20, None, None));
+        }
+        for round in 0..6 {
+            let time = 30 + 20 * round;
+            history.push(put(
+                2,
+                &format!("b{round}"),
+                time,
+                time + 10,
+                100 + round * 100,
+            ));
+        }
+        history.push(delete(3, true, 200, 210));
+        let value = last_read.map(str::as_bytes).map(<[u8]>::to_vec);
+        history.push(op(
+            4,
+            "k",
+            KvInput::Get,
+            300,
+            Some(310),
+            Some(KvOutput::Get {
+                value,
+                mod_index: 0,
+            }),
+        ));
+        history
+    }
+
+    #[test]
+    fn pruning_accepts_a_good_history_of_many_floors_in_no_more_steps() {
+        let history = many_floors(3, None);
+        let (pruned, pruned_steps) = check_with(&history, Budget::default(), Pruning::ALL);
+        let (plain, plain_steps) = check_with(&history, Budget::default(), Pruning::NONE);
+        assert_eq!(pruned, CheckResult::Ok);
+        assert_eq!(plain, CheckResult::Ok);
+        assert!(
+            pruned_steps <= plain_steps,
+            "pruning took {pruned_steps} steps, the plain memo {plain_steps}"
+        );
+    }
+
+    #[test]
+    fn dominance_still_rejects_a_bad_history_of_many_floors_and_searches_less() {
+        // The final read sees a value nobody wrote: no order of the unknown writes explains it.
+        let history = many_floors(3, Some("never"));
+        let dominance_only = Pruning {
+            dominance: true,
+            tiers: false,
+        };
+        let (pruned, pruned_steps) = check_with(&history, Budget::default(), dominance_only);
+        let (plain, plain_steps) = check_with(&history, Budget::default(), Pruning::NONE);
+        assert!(matches!(pruned, CheckResult::Violation(_)), "{pruned:?}");
+        assert!(matches!(plain, CheckResult::Violation(_)), "{plain:?}");
+        assert!(
+            pruned_steps < plain_steps,
+            "pruning took {pruned_steps} steps, the plain memo {plain_steps}"
+        );
+    }
+
+    #[test]
+    fn a_smaller_floor_simulates_a_larger_one() {
+        // The same value and class: absent with floors 3 and 5, a wildcard with floors 4 and 6.
+        let absent_low = State {
+            value: None,
+            last_known_index: 1,
+            unknown_writes: 2,
+        };
+        let absent_high = State {
+            value: None,
+            last_known_index: 5,
+            unknown_writes: 0,
+        };
+        assert_eq!(absent_low.class().0, absent_high.class().0);
+        assert!(absent_low.class().1 < absent_high.class().1);
+        let wild_low = State {
+            value: Some(0),
+            last_known_index: 3,
+            unknown_writes: 1,
+        };
+        let wild_high = State {
+            value: Some(0),
+            last_known_index: 2,
+            unknown_writes: 4,
+        };
+        assert_eq!(wild_low.class().0, wild_high.class().0);
+        let probes = [
+            Op {
+                history_index: 0,
+                input: Input::Get,
+                output: Some(Output::Get {
+                    value: Some(0),
+                    mod_index: 5,
+                }),
+            },
+            Op {
+                history_index: 0,
+                input: Input::Put(1),
+                output: Some(Output::Put { mod_index: 5 }),
+            },
+            Op {
+                history_index: 0,
+                input: Input::Cas {
+                    expected: 4,
+                    value: 1,
+                },
+                output: Some(Output::CasOk { mod_index: 9 }),
+            },
+            Op {
+                history_index: 0,
+                input: Input::Cas {
+                    expected: 4,
+                    value: 1,
+                },
+                output: Some(Output::CasMismatch),
+            },
+            Op {
+                history_index: 0,
+                input: Input::Delete,
+                output: Some(Output::Delete { existed: true }),
+            },
+        ];
+        for (low, high) in [(absent_low, absent_high), (wild_low, wild_high)] {
+            for probe in &probes {
+                if let Ok(after_high) = step(high, probe) {
+                    let after_low = step(low, probe).unwrap_or_else(|reject| {
+                        panic!("{low:?} refuses {probe:?} ({reject:?}) that {high:?} accepts")
+                    });
+                    let (class_low, floor_low) = after_low.class();
+                    let (class_high, floor_high) = after_high.class();
+                    assert_eq!(class_low, class_high, "{probe:?}");
+                    assert!(floor_low <= floor_high, "{probe:?}");
+                }
+            }
+        }
+    }
+
+    /// Timed-out writes nobody saw, overlapping rounds of two concurrent writes whose indices
+    /// run against their call order (so the search, trying calls in order, first picks the
+    /// wrong one and gets stuck: it then tries the timed-out writes) and a read of the winner.
+    fn unseen_timed_out_writes(count: u64, stale_read: bool) -> Vec<Operation> {
+        let mut history: Vec<Operation> = (0..count)
+            .map(|client| put_timed_out(client, &format!("lost{client}"), 0))
+            .collect();
+        for round in 0..10 {
+            let time = 1_000 + 100 * round;
+            let index = 10 + 10 * round;
+            history.push(put(100, &format!("x{round}"), time, time + 30, index + 2));
+            history.push(put(
+                101,
+                &format!("y{round}"),
+                time + 5,
+                time + 35,
+                index + 1,
+            ));
+            history.push(get(
+                102,
+                Some(&format!("x{round}")),
+                time + 40,
+                time + 50,
+                index + 2,
+            ));
+        }
+        if stale_read {
+            history.push(get(103, Some("x3"), 9_000, 9_010, 42));
+        }
+        history
+    }
+
+    #[test]
+    fn tiers_accept_a_history_of_unseen_timed_out_writes_in_fewer_steps() {
+        let history = unseen_timed_out_writes(12, false);
+        let (pruned, pruned_steps) = check_with(&history, Budget::default(), Pruning::ALL);
+        let (plain, plain_steps) = check_with(&history, Budget::default(), Pruning::NONE);
+        assert_eq!((pruned, plain), (CheckResult::Ok, CheckResult::Ok));
+        assert!(
+            pruned_steps < plain_steps,
+            "with tiers {pruned_steps} steps, without {plain_steps}"
+        );
+    }
+
+    #[test]
+    fn tiers_never_refute_so_a_stale_read_among_unseen_writes_is_still_caught() {
+        let history = unseen_timed_out_writes(6, true);
+        let violation = violation(&history);
+        assert!(
+            violation.explanation.contains("\"x3\" at mod 42"),
+            "{}",
+            violation.explanation
+        );
+    }
+
+    #[test]
+    fn a_history_needing_an_unseen_timed_out_write_passes_the_full_search() {
+        // Only the timed-out put, which nobody read, can make the key exist for the delete;
+        // both tiers leave it out and fail, the full search must still accept the history.
+        let history = [
+            put_timed_out(1, "unseen", 0),
+            delete(2, true, 10, 20),
+            get(3, None, 30, 40, 0),
+        ];
+        let tiers = optional_tiers(&compile(&history, &[0, 1, 2]).expect("well formed"));
+        assert_eq!(
+            tiers.len(),
+            1,
+            "the delete is kept in tier 2, so tier 2 is the full search"
+        );
+        assert_eq!(run(&history), CheckResult::Ok);
+        let without_the_write = [delete(2, true, 10, 20), get(3, None, 30, 40, 0)];
+        assert!(matches!(run(&without_the_write), CheckResult::Violation(_)));
+    }
+
+    #[test]
+    fn tier_two_keeps_the_timed_out_writes_someone_read() {
+        let history = [
+            put_timed_out(1, "seen", 0),
+            put_timed_out(2, "unseen", 0),
+            op(3, "k", KvInput::Delete, 0, None, None),
+            get(4, Some("seen"), 10, 20, 5),
+        ];
+        let ops = compile(&history, &[0, 1, 2, 3]).expect("well formed");
+        let tiers = optional_tiers(&ops);
+        let kept =
+            |tier: &Vec<Op>| -> Vec<usize> { tier.iter().map(|op| op.history_index).collect() };
+        assert_eq!(kept(&tiers[0]), vec![3]);
+        assert_eq!(kept(&tiers[1]), vec![0, 2, 3]);
+        assert_eq!(run(&history), CheckResult::Ok);
+    }
+
+    /// Prints the model steps of the check with and without dominance pruning on the history
+    /// file named by `RAFT_KV_HISTORY` (`cargo test -p raft-kv-sim --lib -- --ignored
+    /// steps_on_a_history_file --nocapture`).
+    #[test]
+    #[ignore = "a measurement on a file the caller names"]
+    fn steps_on_a_history_file() {
+        let path = std::env::var("RAFT_KV_HISTORY").expect("RAFT_KV_HISTORY names a history file");
+        let history = crate::history_file::read(std::path::Path::new(&path)).expect("a history");
+        for (name, pruning) in [
+            ("none", Pruning::NONE),
+            (
+                "dominance",
+                Pruning {
+                    dominance: true,
+                    tiers: false,
+                },
+            ),
+            (
+                "tiers",
+                Pruning {
+                    dominance: false,
+                    tiers: true,
+                },
+            ),
+            ("all", Pruning::ALL),
+        ] {
+            let (verdict, steps) = check_with(&history, Budget::steps(200_000_000), pruning);
+            let verdict = match verdict {
+                CheckResult::Violation(_) => "violation",
+                CheckResult::Ok => "ok",
+                CheckResult::Unknown => "unknown",
+            };
+            println!("{path}: pruning {name}: {verdict} after {steps} steps");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// The prunings (dominance, tiers) change how much is searched, never the verdict.
+        #[test]
+        fn pruning_never_changes_a_verdict(
+            history in prop::collection::vec(arbitrary_op(), 1..9),
+        ) {
+            let (pruned, _) = check_with(&history, Budget::default(), Pruning::ALL);
+            let (plain, _) = check_with(&history, Budget::default(), Pruning::NONE);
+            prop_assert_eq!(
+                matches!(pruned, CheckResult::Violation(_)),
+                matches!(plain, CheckResult::Violation(_)),
+                "pruned {:?}, plain {:?}", pruned, plain
+            );
+            prop_assert_ne!(pruned, CheckResult::Unknown);
+        }
 
         #[test]
         fn correct_register_histories_are_linearizable(

@@ -19,10 +19,13 @@ fn main() {
 #[cfg(madsim)]
 mod cli {
     use clap::{Parser, Subcommand};
+    use raft_kv_sim::linearizability::{self, Budget, CheckResult};
     use raft_kv_sim::regressions::{self, Regression};
-    use raft_kv_sim::report;
+    use raft_kv_sim::report::{self, Verdict};
     use raft_kv_sim::scenario::{Plant, Scenario};
     use raft_kv_sim::sweep::{self, SweepOptions, SweepSummary};
+    use raft_kv_sim::{history_file, run};
+    use std::path::PathBuf;
 
     /// The deterministic simulator of raft-kv.
     #[derive(Parser, Debug)]
@@ -61,6 +64,10 @@ mod cli {
             /// Run only the seeds (of the range) whose cluster has this many nodes.
             #[arg(long)]
             cluster_size: Option<usize>,
+            /// Tolerate up to this percentage of inconclusive seeds (the linearizability search
+            /// ran out of budget) before the sweep exits 3; they are listed either way.
+            #[arg(long, default_value_t = 0.0)]
+            inconclusive_max_percent: f64,
         },
         /// Replay one seed with full tracing logs (RUST_LOG filters, default info).
         Replay {
@@ -69,6 +76,19 @@ mod cli {
             /// The planted bug it ran with.
             #[arg(long, default_value = "none")]
             plant: Plant,
+            /// Write the client history to this file as JSON (format: sim/src/history_file.rs,
+            /// README "Histories out").
+            #[arg(long)]
+            history_out: Option<PathBuf>,
+        },
+        /// Check a JSON history file (as written by `replay --history-out`) for
+        /// linearizability: exit 0 linearizable, 1 not, 3 inconclusive, 2 unreadable.
+        Check {
+            /// The history file.
+            file: PathBuf,
+            /// The search budget in model steps.
+            #[arg(long, default_value_t = run::CHECK_STEPS_MAX)]
+            steps: u64,
         },
         /// Replay the seeds pinned in sim/regressions.txt.
         Regressions,
@@ -106,7 +126,14 @@ mod cli {
                 fail_fast,
                 no_regressions,
                 cluster_size,
+                inconclusive_max_percent,
             } => {
+                if !(0.0..=100.0).contains(&inconclusive_max_percent) {
+                    eprintln!(
+                        "error: --inconclusive-max-percent {inconclusive_max_percent} is not a percentage (0 to 100)"
+                    );
+                    return 2;
+                }
                 let jobs = jobs
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
                 let mut status = 0;
@@ -140,7 +167,7 @@ mod cli {
                     }
                 );
                 let summary = sweep::sweep(&options);
-                print_summary(&summary);
+                print_summary(&summary, inconclusive_max_percent);
                 if expect_failure {
                     match summary.failed.first() {
                         Some(found) => {
@@ -160,19 +187,36 @@ mod cli {
                             1
                         }
                     }
-                } else if summary.failed.is_empty() {
-                    status
                 } else {
-                    let seeds: Vec<String> = summary
-                        .failed
-                        .iter()
-                        .map(|r| r.scenario.seed.to_string())
-                        .collect();
-                    println!("FAILED seeds: {}", seeds.join(" "));
-                    1
+                    let verdict = report::sweep_verdict(
+                        summary.seeds_run,
+                        summary.failed.len(),
+                        summary.inconclusive.len(),
+                        inconclusive_max_percent,
+                    );
+                    if verdict == Verdict::Failed {
+                        let seeds: Vec<String> = summary
+                            .failed
+                            .iter()
+                            .map(|r| r.scenario.seed.to_string())
+                            .collect();
+                        println!("FAILED seeds: {}", seeds.join(" "));
+                    }
+                    println!("verdict: {verdict}");
+                    match verdict {
+                        Verdict::Passed => status,
+                        // A failed pinned regression (1) outranks inconclusive seeds (3).
+                        Verdict::Inconclusive if status != 0 => status,
+                        Verdict::Inconclusive | Verdict::Failed => verdict.exit_code(),
+                    }
                 }
             }
-            Command::Replay { seed, plant } => replay(seed, plant),
+            Command::Replay {
+                seed,
+                plant,
+                history_out,
+            } => replay(seed, plant, history_out.as_deref()),
+            Command::Check { file, steps } => check_file(&file, steps),
             Command::Regressions => {
                 let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
                 replay_regressions(jobs)
@@ -189,8 +233,9 @@ mod cli {
         }
     }
 
-    fn print_summary(summary: &SweepSummary) {
+    fn print_summary(summary: &SweepSummary, inconclusive_max_percent: f64) {
         let seeds_run = summary.seeds_run.max(1) as f64;
+        print!("{}", summary.coverage);
         println!(
             "result: {} seeds, {} failed, {} inconclusive (checker budget){}",
             summary.seeds_run,
@@ -202,6 +247,19 @@ mod cli {
                 format!(" {:?}", summary.inconclusive)
             }
         );
+        if !summary.inconclusive.is_empty() {
+            println!(
+                "inconclusive: {} of {} seeds ({:.2}%), {} {inconclusive_max_percent}% allowed (--inconclusive-max-percent)",
+                summary.inconclusive.len(),
+                summary.seeds_run,
+                summary.inconclusive.len() as f64 * 100.0 / seeds_run,
+                if summary.inconclusive.len() as f64 * 100.0 / seeds_run > inconclusive_max_percent {
+                    "MORE than the"
+                } else {
+                    "within the"
+                },
+            );
+        }
         println!(
             "speed: {:.2} seeds/s over {:.1} s wall; {:.0}x virtual/wall per core; {:.1} virtual s and {:.0} client ops per seed",
             summary.seeds_per_second(),
@@ -219,7 +277,7 @@ mod cli {
         }
     }
 
-    fn replay(seed: u64, plant: Plant) -> i32 {
+    fn replay(seed: u64, plant: Plant, history_out: Option<&std::path::Path>) -> i32 {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
         tracing_subscriber::fmt()
@@ -230,7 +288,7 @@ mod cli {
         println!("replaying {}", report::replay_command(seed, plant));
         print!("{}", Scenario::derive(seed, plant));
         let result = sweep::run_seed(seed, plant, true);
-        let timeline = if result.passed() {
+        let timeline = if !result.failed() {
             None
         } else {
             match report::write_timeline(&result, &report::failures_dir()) {
@@ -242,7 +300,61 @@ mod cli {
             }
         };
         println!("{}", report::render(&result, timeline.as_deref()));
-        i32::from(!result.passed())
+        if let Some(path) = history_out {
+            match history_file::write(path, &result.history, Some(seed)) {
+                Ok(()) => println!(
+                    "history: {} operations written to {}",
+                    result.history.len(),
+                    path.display()
+                ),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return 2;
+                }
+            }
+        }
+        result.verdict().exit_code()
+    }
+
+    /// Checks a history file with our own checker.
+    fn check_file(path: &std::path::Path, steps: u64) -> i32 {
+        let history = match history_file::read(path) {
+            Ok(history) => history,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return 2;
+            }
+        };
+        let (result, steps_used) =
+            linearizability::check_counting_steps(&history, Budget::steps(steps));
+        let verdict = match result {
+            CheckResult::Ok => {
+                println!(
+                    "{}: {} operations, linearizable ({steps_used} model steps)",
+                    path.display(),
+                    history.len()
+                );
+                Verdict::Passed
+            }
+            CheckResult::Unknown => {
+                println!(
+                    "{}: {} operations, INCONCLUSIVE (the search ran out of its {steps} steps)",
+                    path.display(),
+                    history.len()
+                );
+                Verdict::Inconclusive
+            }
+            CheckResult::Violation(violation) => {
+                println!(
+                    "{}: {} operations, NOT linearizable: {}",
+                    path.display(),
+                    history.len(),
+                    violation.explanation
+                );
+                Verdict::Failed
+            }
+        };
+        verdict.exit_code()
     }
 
     /// Replays every pinned seed; 0 when each behaves as pinned (planted ones fail, others pass).
@@ -280,13 +392,21 @@ mod cli {
                     .failed
                     .iter()
                     .any(|r| r.scenario.seed == regression.seed);
-                let ok = failed == regression.expects_failure();
+                let inconclusive = summary.inconclusive.contains(&regression.seed);
+                // An inconclusive seed proves nothing either way.
+                let ok = !inconclusive && failed == regression.expects_failure();
                 println!(
                     "  {} {:>8} --plant {:<12} {}  # {}",
                     if ok { "ok  " } else { "BAD " },
                     regression.seed,
                     plant.name(),
-                    if failed { "failed" } else { "passed" },
+                    if failed {
+                        "failed"
+                    } else if inconclusive {
+                        "inconclusive"
+                    } else {
+                        "passed"
+                    },
                     regression.note
                 );
                 if !ok {
@@ -305,7 +425,8 @@ mod cli {
             let same = first.trace_hash == second.trace_hash
                 && first.trace_lines == second.trace_lines
                 && first.history == second.history
-                && first.failures == second.failures;
+                && first.failures == second.failures
+                && first.coverage == second.coverage;
             println!(
                 "seed {seed}: trace {:016x} ({} lines, {} ops) vs {:016x} ({} lines, {} ops): {}",
                 first.trace_hash,

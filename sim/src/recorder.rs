@@ -8,6 +8,7 @@ use raft_kv::fnv::Fnv1a64;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::coverage::Coverage;
 use crate::linearizability::{KvOutput, Operation};
 
 /// How many trace lines the report shows (the tail of the event stream).
@@ -58,8 +59,8 @@ pub struct Recorder {
     pub virtual_ms: u64,
     /// Whether the linearizability search ran out of budget.
     pub inconclusive: bool,
-    /// Nodes killed (crashes and disk-full restarts).
-    pub crashes: u64,
+    /// What the run exercised (faults that did something, elections, snapshots).
+    pub coverage: Coverage,
 }
 
 impl Recorder {

@@ -2,9 +2,10 @@
 //! part of the history that shows it, the tail of the event stream, an HTML timeline and the one
 //! command that replays it.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 
+use crate::coverage::Coverage;
 use crate::linearizability::Operation;
 use crate::recorder::Failure;
 use crate::scenario::{Plant, Scenario};
@@ -37,14 +38,80 @@ pub struct SeedResult {
     pub wall_ms: u64,
     /// Operations with a definite answer, with an unknown outcome, and refused.
     pub ops: (u64, u64, u64),
-    /// Nodes killed during the run.
-    pub crashes: u64,
+    /// What the run exercised.
+    pub coverage: Coverage,
+}
+
+/// The outcome of one seed (or one checked history).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    /// Every property held and the linearizability search reached a verdict.
+    Passed,
+    /// No property broke, but the linearizability search ran out of budget: the history was
+    /// not proven linearizable. Never counted as a pass.
+    Inconclusive,
+    /// A property broke (whether or not the search also ran out of budget elsewhere).
+    Failed,
+}
+
+impl Verdict {
+    /// The process exit code for this outcome: 0 passed, 1 failed, 3 inconclusive (2 is taken
+    /// by "refused to run").
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Verdict::Passed => 0,
+            Verdict::Failed => 1,
+            Verdict::Inconclusive => EXIT_INCONCLUSIVE,
+        }
+    }
+}
+
+/// The exit code of a run whose only problem is inconclusive seeds.
+pub const EXIT_INCONCLUSIVE: i32 = 3;
+
+/// The verdict on a sweep: failed if any seed failed; inconclusive if more than
+/// `inconclusive_percent_max` percent of the seeds run were inconclusive; else passed.
+pub fn sweep_verdict(
+    seeds_run: usize,
+    failed: usize,
+    inconclusive: usize,
+    inconclusive_percent_max: f64,
+) -> Verdict {
+    if failed > 0 {
+        Verdict::Failed
+    } else if inconclusive as f64 > seeds_run as f64 * inconclusive_percent_max / 100.0 {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Passed
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Passed => "passed",
+            Verdict::Inconclusive => "INCONCLUSIVE",
+            Verdict::Failed => "FAILED",
+        })
+    }
 }
 
 impl SeedResult {
-    /// Whether every property held.
-    pub fn passed(&self) -> bool {
-        self.failures.is_empty()
+    /// The seed's outcome: failed if any property broke, else inconclusive if the
+    /// linearizability search ran out of budget, else passed.
+    pub fn verdict(&self) -> Verdict {
+        if !self.failures.is_empty() {
+            Verdict::Failed
+        } else if self.inconclusive {
+            Verdict::Inconclusive
+        } else {
+            Verdict::Passed
+        }
+    }
+
+    /// Whether some property broke.
+    pub fn failed(&self) -> bool {
+        self.verdict() == Verdict::Failed
     }
 }
 
@@ -121,15 +188,23 @@ pub fn history_tail(history: &[Operation]) -> String {
 pub fn render(result: &SeedResult, timeline: Option<&Path>) -> String {
     let mut out = String::new();
     let seed = result.scenario.seed;
-    let verdict = if result.passed() { "passed" } else { "FAILED" };
+    let verdict = result.verdict();
     let _ = writeln!(out, "=== seed {seed} {verdict} ===");
     let _ = write!(out, "{}", result.scenario);
     let (definite, unknown, refused) = result.ops;
     let _ = writeln!(
         out,
         "run: {} virtual ms in {} wall ms; {} ops definite, {} unknown, {} refused; {} kills; {} trace lines, trace hash {:016x}",
-        result.virtual_ms, result.wall_ms, definite, unknown, refused, result.crashes, result.trace_lines, result.trace_hash
+        result.virtual_ms, result.wall_ms, definite, unknown, refused, result.coverage.crashes, result.trace_lines, result.trace_hash
     );
+    if verdict == Verdict::Inconclusive {
+        let _ = writeln!(
+            out,
+            "inconclusive: the linearizability search ran out of budget on {} operations; the \
+             history is not proven linearizable (export it with --history-out FILE)",
+            result.history.len()
+        );
+    }
     for failure in &result.failures {
         let _ = writeln!(out, "broken: {}", failure.property);
         let _ = writeln!(out, "  {}", failure.detail);
@@ -147,7 +222,7 @@ pub fn render(result: &SeedResult, timeline: Option<&Path>) -> String {
         );
         out.push_str(&history_tail(&result.history));
     }
-    if !result.passed() {
+    if verdict == Verdict::Failed {
         let _ = writeln!(
             out,
             "event stream (last {} lines):",
@@ -159,6 +234,8 @@ pub fn render(result: &SeedResult, timeline: Option<&Path>) -> String {
         if let Some(path) = timeline {
             let _ = writeln!(out, "timeline: {}", path.display());
         }
+    }
+    if verdict != Verdict::Passed {
         let _ = writeln!(
             out,
             "replay: {}",
@@ -205,7 +282,10 @@ mod tests {
             virtual_ms: 60_000,
             wall_ms: 100,
             ops: (2, 0, 0),
-            crashes: 1,
+            coverage: Coverage {
+                crashes: 1,
+                ..Coverage::default()
+            },
         };
         let text = render(&result, Some(Path::new("target/sim-failures/seed-77.html")));
         assert!(text.contains("=== seed 77 FAILED ==="), "{text}");
@@ -221,6 +301,53 @@ mod tests {
         );
         assert!(text.contains("fault 0: crash n1"), "{text}");
         assert!(text.contains("seed-77.html"), "{text}");
+    }
+
+    #[test]
+    fn a_sweep_with_inconclusive_seeds_passes_only_within_the_allowed_share() {
+        assert_eq!(sweep_verdict(200, 0, 0, 0.0), Verdict::Passed);
+        assert_eq!(sweep_verdict(200, 0, 1, 0.0), Verdict::Inconclusive);
+        assert_eq!(sweep_verdict(200, 0, 2, 1.0), Verdict::Passed);
+        assert_eq!(sweep_verdict(200, 0, 3, 1.0), Verdict::Inconclusive);
+        assert_eq!(sweep_verdict(200, 1, 0, 100.0), Verdict::Failed);
+        assert_eq!(sweep_verdict(200, 1, 3, 1.0), Verdict::Failed);
+        assert_eq!(Verdict::Inconclusive.exit_code(), EXIT_INCONCLUSIVE);
+        assert_ne!(
+            Verdict::Inconclusive.exit_code(),
+            Verdict::Passed.exit_code()
+        );
+    }
+
+    #[test]
+    fn a_seed_is_failed_over_inconclusive_over_passed() {
+        let mut result = SeedResult {
+            scenario: Scenario::derive(5, Plant::None),
+            failures: Vec::new(),
+            failures_more: 0,
+            inconclusive: true,
+            history: vec![op(0, 1, 2)],
+            trace_hash: 0,
+            trace_lines: 1,
+            trace_tail: Vec::new(),
+            virtual_ms: 1,
+            wall_ms: 1,
+            ops: (1, 0, 0),
+            coverage: Coverage::default(),
+        };
+        assert_eq!(result.verdict(), Verdict::Inconclusive);
+        let text = render(&result, None);
+        assert!(text.contains("=== seed 5 INCONCLUSIVE ==="), "{text}");
+        assert!(text.contains("replay: cargo sim replay 5"), "{text}");
+        result.failures.push(Failure {
+            property: "panic".into(),
+            detail: "boom".into(),
+            ops: Vec::new(),
+        });
+        assert_eq!(result.verdict(), Verdict::Failed);
+        result.failures.clear();
+        result.inconclusive = false;
+        assert_eq!(result.verdict(), Verdict::Passed);
+        assert!(!render(&result, None).contains("replay:"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use tokio::sync::mpsc;
 
+use crate::coverage::cut_kind;
 use crate::linearizability::{self, Budget, CheckResult, KvInput, Operation};
 use crate::recorder::Shared;
 use crate::scenario::{
@@ -40,7 +41,7 @@ const VOTER_CRASHES_MAX: u32 = 20;
 /// Spacing of the ids the invariant checker knows the boots of one node by.
 const BOOT_ID_STRIDE: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Model steps the linearizability check may take.
-const CHECK_STEPS_MAX: u64 = 20_000_000;
+pub const CHECK_STEPS_MAX: u64 = 20_000_000;
 
 fn virtual_ms() -> u64 {
     virtual_nanos() / 1_000_000
@@ -167,11 +168,12 @@ impl World {
     }
 
     fn kill(&mut self, index: usize) {
+        let unsynced_bytes = sim_control::pending_bytes(self.nodes[index].sim_id);
+        self.shared.lock().coverage.crashed(unsynced_bytes);
         *lock(&self.nodes[index].handle) = None;
         Handle::current().kill(self.nodes[index].sim_id);
         self.nodes[index].crashed = true;
         self.nodes[index].paused = false;
-        self.shared.lock().crashes += 1;
     }
 
     fn restart(&mut self, index: usize) {
@@ -236,6 +238,7 @@ impl World {
             "fault: crash voter {} for {downtime_ms} ms",
             node.name
         ));
+        self.shared.lock().coverage.fault("crash of a voter");
         self.kill(index);
         env::sleep(Duration::from_millis(downtime_ms)).await;
         self.trace(format!("heal: restart voter {}", self.nodes[index].name));
@@ -269,6 +272,7 @@ impl World {
                     links.len()
                 ));
                 self.active_cuts.insert(number, links.clone());
+                self.shared.lock().coverage.fault(cut_kind(shape));
             }
             Fault::IsolateLeader => match self.current_leader() {
                 Some(leader) => {
@@ -278,27 +282,35 @@ impl World {
                         .flat_map(|n| [(leader, n), (n, leader)])
                         .collect();
                     self.active_cuts.insert(number, links);
+                    self.shared.lock().coverage.fault("isolate leader");
                 }
-                None => self.trace(format!(
-                    "fault {number}: isolate leader: no leader now, nothing cut"
-                )),
+                None => {
+                    self.trace(format!(
+                        "fault {number}: isolate leader: no leader now, nothing cut"
+                    ));
+                    self.shared.lock().coverage.episodes_idle += 1;
+                }
             },
             Fault::Crash { node } => {
                 self.trace(format!("fault {number}: crash {}", label(*node)));
+                self.shared.lock().coverage.fault("crash and restart");
                 self.kill(*node);
             }
             Fault::Pause { node } => {
                 self.trace(format!("fault {number}: pause {}", label(*node)));
                 Handle::current().pause(self.nodes[*node].sim_id);
                 self.nodes[*node].paused = true;
+                self.shared.lock().coverage.fault("pause");
             }
             Fault::LossSpike { loss_rate } => {
                 self.trace(format!("fault {number}: loss spike {loss_rate}"));
                 self.active_loss.insert(number, *loss_rate);
+                self.shared.lock().coverage.fault("loss spike");
             }
             Fault::DelaySpike { latency_ms_max } => {
                 self.trace(format!("fault {number}: delay spike {latency_ms_max} ms"));
                 self.active_delay.insert(number, *latency_ms_max);
+                self.shared.lock().coverage.fault("delay spike");
             }
             Fault::ClockJump {
                 node,
@@ -314,6 +326,7 @@ impl World {
                     offset_ms * 1_000_000,
                     *drift_ppm,
                 );
+                self.shared.lock().coverage.fault("clock jump");
             }
             Fault::DiskFull { node } => {
                 self.trace(format!("fault {number}: disk full on {}", label(*node)));
@@ -322,6 +335,7 @@ impl World {
                     self.disk_faults(*node, true),
                 );
                 self.nodes[*node].disk_full = true;
+                self.shared.lock().coverage.fault("disk full");
             }
         }
         self.apply_network();
@@ -456,6 +470,7 @@ async fn monitor(
                     let _ = voters.send(node);
                 }
                 if role == Role::Leader {
+                    shared.lock().coverage.leaders_elected += 1;
                     match leaders.get(&term) {
                         Some(&other) if other != node => shared.fail(
                             "election safety (Raft §5.2)",
@@ -496,6 +511,14 @@ async fn monitor(
                     "{at:>6} ms  {} restored a snapshot at {index}",
                     name(node)
                 ));
+                shared.lock().coverage.snapshots_installed += 1;
+            }
+            NodeEvent::Snapshotted { node, index } => {
+                shared.trace(format!(
+                    "{at:>6} ms  {} took a snapshot at {index}",
+                    name(node)
+                ));
+                shared.lock().coverage.snapshots_taken += 1;
             }
         }
     }
@@ -618,6 +641,13 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         sim_control::set_disk_faults(world.nodes[index].sim_id, world.disk_faults(index, false));
     }
     world.apply_network();
+    if scenario
+        .clock_skews
+        .iter()
+        .any(|c| c.drift_ppm.abs() > 10_000)
+    {
+        shared.lock().coverage.fault("clock drift over 1%");
+    }
     world.trace(format!(
         "start: {} nodes, {} clients",
         scenario.nodes_count, scenario.clients_count
@@ -691,6 +721,12 @@ async fn supervise(scenario: Scenario, shared: Shared) {
     shared.close_pending_as_unknown();
     check_history(&shared);
     shared.lock().virtual_ms = virtual_ms();
+    let torn_files = world
+        .nodes
+        .iter()
+        .map(|node| sim_control::torn_files(node.sim_id))
+        .sum();
+    shared.lock().coverage.faults_add("torn writes", torn_files);
     // Kill every machine so no task outlives the seed.
     for node in &world.nodes {
         handle.kill(node.sim_id);

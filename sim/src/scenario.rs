@@ -400,6 +400,11 @@ impl Scenario {
             let start_ms = draw.range(500, FAULTS_END_MS - 1_000);
             let duration_ms = draw.range(200, 6_000).min(FAULTS_END_MS - start_ms);
             let mut push = |fault: Fault, start_ms: u64, duration_ms: u64| {
+                // A cut without links (a ring of 3, where all are neighbours; one-way links
+                // all drawn with src == dst) would do nothing while counting as a fault.
+                if matches!(&fault, Fault::Cut { links, .. } if links.is_empty()) {
+                    return;
+                }
                 episodes.push(Episode {
                     start_ms,
                     duration_ms,
@@ -735,6 +740,7 @@ mod tests {
                     "seed {seed}: {episode:?}"
                 );
                 if let Fault::Cut { links, .. } = &episode.fault {
+                    assert!(!links.is_empty(), "seed {seed}: a cut of no links");
                     for &(a, b) in links {
                         assert!(
                             a != b && a <= s.nodes_count && b <= s.nodes_count,

@@ -11,8 +11,9 @@ use std::sync::{mpsc, Arc, Mutex, Once};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
+use crate::coverage::SweepCoverage;
 use crate::recorder::{Failure, Shared};
-use crate::report::{self, SeedResult};
+use crate::report::{self, SeedResult, Verdict};
 use crate::run;
 use crate::scenario::{Plant, Scenario};
 
@@ -94,6 +95,8 @@ pub fn run_seed(seed: u64, plant: Plant, echo: bool) -> SeedResult {
         });
     }
     let rec = shared.lock();
+    let mut coverage = rec.coverage.clone();
+    coverage.count_operations(&rec.history);
     SeedResult {
         scenario,
         failures: rec.failures.clone(),
@@ -106,7 +109,7 @@ pub fn run_seed(seed: u64, plant: Plant, echo: bool) -> SeedResult {
         virtual_ms: rec.virtual_ms,
         wall_ms,
         ops: (rec.ops_definite, rec.ops_unknown, rec.ops_not_applied),
-        crashes: rec.crashes,
+        coverage,
     }
 }
 
@@ -132,8 +135,10 @@ pub struct SweepSummary {
     pub seeds_run: usize,
     /// Failed seeds with their reports.
     pub failed: Vec<SeedResult>,
-    /// Seeds whose linearizability search ran out of budget.
+    /// Seeds that broke no property but whose linearizability search ran out of budget.
     pub inconclusive: Vec<u64>,
+    /// What the seeds exercised.
+    pub coverage: SweepCoverage,
     /// Wall time of the sweep.
     pub wall: Duration,
     /// Sum of the seeds' virtual milliseconds.
@@ -205,10 +210,17 @@ pub fn sweep(options: &SweepOptions) -> SweepSummary {
         if let Some(rss) = rss_kb() {
             summary.rss_kb_max = Some(summary.rss_kb_max.unwrap_or(0).max(rss));
         }
-        if result.inconclusive {
+        summary.coverage.add(result.coverage.clone());
+        if result.verdict() == Verdict::Inconclusive {
             summary.inconclusive.push(result.scenario.seed);
+            println!(
+                "seed {} INCONCLUSIVE: the linearizability search ran out of budget on {} operations (replay: {})",
+                result.scenario.seed,
+                result.history.len(),
+                report::replay_command(result.scenario.seed, result.scenario.plant)
+            );
         }
-        if !result.passed() {
+        if result.failed() {
             let timeline = report::write_timeline(&result, &report::failures_dir());
             if let Err(error) = &timeline {
                 eprintln!(
@@ -236,10 +248,11 @@ pub fn sweep(options: &SweepOptions) -> SweepSummary {
             last_progress = Instant::now();
             let elapsed = started.elapsed().as_secs_f64().max(1e-9);
             let line = format!(
-                "[sweep] {}/{} seeds, {} failed, {:.1} seeds/s, {:.0}x virtual/wall per core, rss {} MB",
+                "[sweep] {}/{} seeds, {} failed, {} inconclusive, {:.1} seeds/s, {:.0}x virtual/wall per core, rss {} MB",
                 summary.seeds_run,
                 seeds.len(),
                 summary.failed.len(),
+                summary.inconclusive.len(),
                 summary.seeds_run as f64 / elapsed,
                 summary.virtual_ms_total as f64 / summary.seed_wall_ms_total.max(1) as f64,
                 rss_kb().map_or_else(|| "?".to_string(), |kb| (kb / 1024).to_string()),

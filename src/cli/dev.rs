@@ -95,6 +95,7 @@ pub fn run(args: DevArgs) -> ExitCode {
     runtime.block_on(async {
         let client = raft_kv::http::client::HttpClient::new();
         tokio::select! {
+            biased; // every select! is biased (sim/tests/determinism_guard.rs)
             _ = raft_kv::env::shutdown_signal() => {}
             _ = super::bench::wait_for_leader(&client, &addrs, Duration::from_secs(60)) => {
                 println!("a leader is elected; the cluster is serving.");

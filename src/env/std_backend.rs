@@ -69,6 +69,7 @@ pub(super) async fn shutdown_signal() {
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     tokio::select! {
+        biased; // every select! is biased (sim/tests/determinism_guard.rs)
         () = ctrl_c => tracing::info!("ctrl-c received"),
         () = terminate => tracing::info!("SIGTERM received"),
     }

@@ -73,6 +73,13 @@ pub enum NodeEvent {
         /// Digest of the entry's kind and data.
         digest: u64,
     },
+    /// The node took a snapshot of its state machine at `index` and compacted its log.
+    Snapshotted {
+        /// The node's id.
+        node: u64,
+        /// The snapshot's index.
+        index: u64,
+    },
     /// The node restored its state machine from a snapshot at `index` (entries up to it are
     /// not reported one by one).
     Restored {

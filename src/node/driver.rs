@@ -614,6 +614,10 @@ impl Driver {
             .compact(applied, snapshot.data)
             .map_err(|e| format!("compact: {e}"))?;
         self.metrics.snapshots.inc();
+        self.observe(NodeEvent::Snapshotted {
+            node: self.cluster.self_id,
+            index: applied,
+        });
         tracing::info!(node = %self.config.name, index = applied, "snapshot taken, log compacted");
         Ok(())
     }

@@ -57,3 +57,8 @@ pub fn durable_content(node: NodeId, path: &Path) -> Option<Vec<u8>> {
 pub fn pending_bytes(node: NodeId) -> u64 {
     plugin::<DiskSim>().pending_bytes(node)
 }
+
+/// How many files `node`'s crashes left torn so far (coverage: did torn writes happen at all?).
+pub fn torn_files(node: NodeId) -> u64 {
+    plugin::<DiskSim>().torn_files(node)
+}

@@ -165,6 +165,8 @@ struct NodeDisk {
     durable_names: BTreeMap<PathBuf, InodeId>,
     inodes: BTreeMap<InodeId, Inode>,
     next_inode: InodeId,
+    /// Files a crash left torn (part of their unsynced writes survived), over all crashes.
+    torn_files: u64,
 }
 
 impl NodeDisk {
@@ -258,6 +260,7 @@ impl NodeDisk {
                     PendingOp::Write { bytes, .. } => bytes.len() as u64,
                     PendingOp::SetLen(_) => 1,
                 };
+                self.torn_files += 1;
                 Some((surviving, rand.gen_range(0..=prefix_bytes_max)))
             } else {
                 None
@@ -349,6 +352,11 @@ impl DiskSim {
             let inode = disk.durable_names.get(&path)?;
             disk.inodes.get(inode).map(|inode| inode.durable.clone())
         })
+    }
+
+    /// Files the crashes of `node` left torn so far.
+    pub(in crate::env) fn torn_files(&self, node: NodeId) -> u64 {
+        self.with_disk(node, |disk| disk.torn_files)
     }
 
     /// Bytes held by `node`'s files that a crash would lose (pending writes).
