@@ -8,6 +8,7 @@
 //! report formatting, which are unit-tested without madsim.
 
 pub mod linearizability;
+pub mod plants;
 pub mod recorder;
 pub mod regressions;
 pub mod report;
