@@ -183,7 +183,11 @@ mod cli {
                             println!(
                                 "expected failure found: plant {plant} caught by its victim {victim:?}: \
                                  seed {} broke {property} ({} seeds run; promised within {})",
-                                found.scenario.seed, summary.seeds_run, promise.seeds_max
+                                found.scenario.seed,
+                                summary.seeds_run,
+                                promise
+                                    .seeds_max
+                                    .map_or_else(|| "no bound".to_string(), |s| s.to_string())
                             );
                             status
                         }
