@@ -179,6 +179,21 @@ fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Exit code of a node process that panicked anywhere (the driver, an HTTP task, a peer link).
+const EXIT_PANIC: u8 = 70;
+
+/// Makes a panic in any task end the process with [`EXIT_PANIC`] after the usual message: tokio
+/// would otherwise catch it, end that one task and let the node limp on, answering from state
+/// nobody maintains any more. A supervisor (systemd, Kubernetes) restarts it from its WAL.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("raft-kv: a task panicked; the node stops (exit code {EXIT_PANIC})");
+        std::process::exit(i32::from(EXIT_PANIC));
+    }));
+}
+
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -201,6 +216,7 @@ fn run_node(args: NodeArgs) -> ExitCode {
         eprintln!("raft-kv: {message}");
         return ExitCode::from(2);
     }
+    exit_on_panic();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

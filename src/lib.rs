@@ -4,6 +4,7 @@
 //! - [`env`]: the one seam to time, network, disk and randomness (tokio or madsim);
 //! - [`wal`]: the checksummed write-ahead log;
 //! - [`kv`]: the replicated key-value state machine;
+//! - [`plants`]: bugs planted on purpose, alive only inside the simulator;
 //! - [`node`]: the driver loop tying them together; [`http`]: the HTTP API; [`server`]: one node.
 
 pub mod env;
@@ -12,6 +13,7 @@ pub mod http;
 pub mod kv;
 pub mod metrics;
 pub mod node;
+pub mod plants;
 pub mod raft;
 pub mod server;
 pub mod wal;

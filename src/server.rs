@@ -27,6 +27,12 @@ pub enum RunError {
     /// The node could not start.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The driver task stopped (it panicked): the node can keep no promise any more.
+    #[error("node {node}: {}", crate::node::DRIVER_STOPPED)]
+    DriverStopped {
+        /// The node's name.
+        node: String,
+    },
 }
 
 /// Runs a node until `shutdown` resolves. `on_started` sees the handle once the node runs.
@@ -75,7 +81,20 @@ pub async fn run(
     };
     state.set_node(handle.clone());
     on_started(&handle);
-    shutdown.await;
+    let driver_stopped = tokio::select! {
+        biased;
+        () = handle.wait_driver_stopped() => true,
+        () = &mut shutdown => false,
+    };
+    if driver_stopped {
+        // A node without its driver answers nothing truthfully: stop serving and report it.
+        tracing::error!(node = %handle.config.name, "{}", crate::node::DRIVER_STOPPED);
+        let _ = stop_http.send(());
+        let _ = server.await;
+        return Err(RunError::DriverStopped {
+            node: handle.config.name.clone(),
+        });
+    }
     hand_off_leadership(&handle, election_timeout * 2).await;
     let _ = stop_http.send(());
     let _ = server.await;

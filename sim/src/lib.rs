@@ -10,6 +10,7 @@
 pub mod coverage;
 pub mod history_file;
 pub mod linearizability;
+pub mod plants;
 pub mod recorder;
 pub mod regressions;
 pub mod report;

@@ -20,6 +20,7 @@ fn main() {
 mod cli {
     use clap::{Parser, Subcommand};
     use raft_kv_sim::linearizability::{self, Budget, CheckResult};
+    use raft_kv_sim::plants;
     use raft_kv_sim::regressions::{self, Regression};
     use raft_kv_sim::report::{self, Verdict};
     use raft_kv_sim::scenario::{Plant, Scenario};
@@ -48,13 +49,19 @@ mod cli {
             /// Worker threads (default: the available cores).
             #[arg(long)]
             jobs: Option<usize>,
-            /// Plant a bug (none, lying-fsync, forget-vote).
+            /// Plant a bug (see `raft_kv::plants::Plant`; the README lists them with their victims).
             #[arg(long, default_value = "none")]
             plant: Plant,
-            /// Succeed only if some seed fails (proof that the checks catch the planted bug);
-            /// stops at the first failure.
+            /// Succeed only if some seed is failed by the plant's victim checker (proof that
+            /// this check catches the planted bug; failures of other checks do not count);
+            /// stops at that seed.
             #[arg(long)]
             expect_failure: bool,
+            /// With --expect-failure: the checker that must fire instead of the plant's own
+            /// victim (a property name prefix such as `linearizability`; shows that a failure
+            /// of another check does not count).
+            #[arg(long)]
+            victim: Option<String>,
             /// Stop at the first failure.
             #[arg(long)]
             fail_fast: bool,
@@ -123,6 +130,7 @@ mod cli {
                 jobs,
                 plant,
                 expect_failure,
+                victim,
                 fail_fast,
                 no_regressions,
                 cluster_size,
@@ -136,6 +144,14 @@ mod cli {
                 }
                 let jobs = jobs
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                let promise = plants::promise(plant).map(|promise| plants::Promise {
+                    victim: victim.map_or(promise.victim, |v| &*String::leak(v)),
+                    ..promise
+                });
+                if expect_failure && promise.is_none() {
+                    eprintln!("error: --expect-failure needs a planted bug (--plant NAME)");
+                    return 2;
+                }
                 let mut status = 0;
                 if !no_regressions && plant == Plant::None && !expect_failure {
                     status = replay_regressions(jobs);
@@ -154,6 +170,7 @@ mod cli {
                     plant,
                     jobs,
                     stop_at_first_failure: expect_failure || fail_fast,
+                    victim: promise.filter(|_| expect_failure).map(|p| p.victim),
                     brief_failures: false,
                 };
                 println!(
@@ -168,21 +185,45 @@ mod cli {
                 );
                 let summary = sweep::sweep(&options);
                 print_summary(&summary, inconclusive_max_percent);
-                if expect_failure {
-                    match summary.failed.first() {
+                if let Some(promise) = promise.filter(|_| expect_failure) {
+                    let victim = promise.victim;
+                    let (by_victim, by_others): (Vec<_>, Vec<_>) = summary
+                        .failed
+                        .iter()
+                        .partition(|r| plants::caught_by(victim, &r.failures));
+                    for other in &by_others {
+                        let properties: Vec<&str> =
+                            other.failures.iter().map(|f| f.property.as_str()).collect();
+                        println!(
+                            "seed {} failed by another check ({}), not the victim {victim:?}",
+                            other.scenario.seed,
+                            properties.join("; ")
+                        );
+                    }
+                    match by_victim.iter().min_by_key(|r| r.scenario.seed) {
                         Some(found) => {
+                            let property = found
+                                .failures
+                                .iter()
+                                .find(|f| plants::is_victim(victim, f))
+                                .map_or("?", |f| f.property.as_str());
                             println!(
-                                "expected failure found: seed {} broke {} ({} seeds run)",
+                                "expected failure found: plant {plant} caught by its victim {victim:?}: \
+                                 seed {} broke {property} ({} seeds run; promised within {})",
                                 found.scenario.seed,
-                                found.failures.first().map_or("?", |f| f.property.as_str()),
-                                summary.seeds_run
+                                summary.seeds_run,
+                                promise
+                                    .seeds_max
+                                    .map_or_else(|| "no bound".to_string(), |s| s.to_string())
                             );
                             status
                         }
                         None => {
                             println!(
-                                "EXPECTED A FAILURE with plant {plant}, but all {} seeds passed",
-                                summary.seeds_run
+                                "EXPECTED plant {plant} to be caught by {victim:?}, but no seed of {} was \
+                                 ({} failed by other checks)",
+                                summary.seeds_run,
+                                by_others.len()
                             );
                             1
                         }
@@ -373,7 +414,7 @@ mod cli {
             path.display()
         );
         let mut status = 0;
-        for plant in [Plant::None, Plant::LyingFsync, Plant::ForgetVote] {
+        for plant in Plant::ALL {
             let group: Vec<&Regression> = pinned.iter().filter(|r| r.plant == plant).collect();
             if group.is_empty() {
                 continue;
@@ -383,18 +424,28 @@ mod cli {
                 plant,
                 jobs,
                 stop_at_first_failure: false,
+                victim: None,
                 // A planted seed is expected to fail: its report would only be noise.
                 brief_failures: plant != Plant::None,
             };
             let summary = sweep::sweep(&options);
             for regression in group {
-                let failed = summary
+                let failures = summary
                     .failed
                     .iter()
-                    .any(|r| r.scenario.seed == regression.seed);
+                    .find(|r| r.scenario.seed == regression.seed)
+                    .map(|r| r.failures.as_slice());
+                let failed = failures.is_some();
                 let inconclusive = summary.inconclusive.contains(&regression.seed);
-                // An inconclusive seed proves nothing either way.
-                let ok = !inconclusive && failed == regression.expects_failure();
+                // An inconclusive seed proves nothing either way; a planted seed must fail by its
+                // victim checker, not by just any check.
+                let ok = !inconclusive
+                    && match plants::promise(plant) {
+                        None => !failed,
+                        Some(promise) => {
+                            failures.is_some_and(|f| plants::caught_by(promise.victim, f))
+                        }
+                    };
                 println!(
                     "  {} {:>8} --plant {:<12} {}  # {}",
                     if ok { "ok  " } else { "BAD " },

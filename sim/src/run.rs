@@ -291,6 +291,22 @@ impl World {
                     self.shared.lock().coverage.episodes_idle += 1;
                 }
             },
+            Fault::StrandLeader => match self.current_leader() {
+                Some(leader) => {
+                    self.trace(format!(
+                        "fault {number}: strand leader {} (every node's link to it cut one way)",
+                        label(leader)
+                    ));
+                    let links = (0..self.scenario.nodes_count)
+                        .filter(|&n| n != leader)
+                        .map(|n| (n, leader))
+                        .collect();
+                    self.active_cuts.insert(number, links);
+                }
+                None => self.trace(format!(
+                    "fault {number}: strand leader: no leader now, nothing cut"
+                )),
+            },
             Fault::Crash { node } => {
                 self.trace(format!("fault {number}: crash {}", label(*node)));
                 self.shared.lock().coverage.fault("crash and restart");
@@ -344,7 +360,7 @@ impl World {
     fn end_episode(&mut self, number: usize) {
         let episode = self.scenario.episodes[number].clone();
         match &episode.fault {
-            Fault::Cut { .. } | Fault::IsolateLeader => {
+            Fault::Cut { .. } | Fault::IsolateLeader | Fault::StrandLeader => {
                 self.active_cuts.remove(&number);
             }
             Fault::Crash { node } => {
@@ -385,7 +401,10 @@ impl World {
                 self.restart(*node);
             }
         }
-        if !matches!(episode.fault, Fault::Cut { .. } | Fault::IsolateLeader) {
+        if !matches!(
+            episode.fault,
+            Fault::Cut { .. } | Fault::IsolateLeader | Fault::StrandLeader
+        ) {
             return;
         }
         self.trace(format!(
@@ -428,7 +447,7 @@ impl World {
             let verdict = lock(&self.checker).observe(&views);
             if let Err(violation) = verdict {
                 self.shared.fail(
-                    "raft invariant (periodic inspection)",
+                    format!("{} (periodic inspection)", violation.property()),
                     self.with_names(&violation.to_string()),
                     Vec::new(),
                 );
@@ -547,7 +566,6 @@ fn node_config(
     config.snapshot_entries = scenario.snapshot_entries;
     config.wal_segment_bytes_max = scenario.wal_segment_bytes_max;
     config.observer = Some(observer);
-    config.plant_forget_vote = scenario.plant == Plant::ForgetVote;
     config
 }
 
@@ -561,6 +579,7 @@ fn ip(text: &str) -> IpAddr {
 pub fn run_scenario(scenario: &Scenario, shared: &Shared) {
     let mut runtime = Runtime::with_seed_and_config(scenario.seed, madsim::Config::default());
     sim_control::install(&runtime);
+    sim_control::set_plant(scenario.plant);
     runtime.set_time_limit(Duration::from_millis(TIME_LIMIT_MS));
     let scenario = scenario.clone();
     let shared_inner = shared.clone();

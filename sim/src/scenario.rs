@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::str::FromStr;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -27,57 +26,34 @@ pub const CLIENTS_DRAIN_MS_MAX: u64 = 4 * (CLIENT_TIMEOUT_MS_MAX + CLIENT_BACKOF
 /// within this bound.
 pub const CONVERGE_MS_MAX: u64 = 10_000;
 /// The longest client call (request timeout plus forwarding slack).
-pub const CLIENT_TIMEOUT_MS_MAX: u64 = 4_000;
+pub const CLIENT_TIMEOUT_MS_MAX: u64 = REQUEST_TIMEOUT_MS_MAX + 1_000;
+/// The longest request timeout a seed draws (above the production default of 5 s).
+pub const REQUEST_TIMEOUT_MS_MAX: u64 = 8_000;
+/// The production defaults (`NodeConfig::new`) every drawn range includes.
+pub const PRODUCTION_TICK_MS: u64 = 10;
+/// Production election timeout in ticks.
+pub const PRODUCTION_ELECTION_TICKS: u32 = 100;
+/// Production heartbeat interval in ticks.
+pub const PRODUCTION_HEARTBEAT_TICKS: u32 = 10;
+/// Production request timeout.
+pub const PRODUCTION_REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// Production peer RPC timeout.
+pub const PRODUCTION_RPC_TIMEOUT_MS: u64 = 2_000;
+/// Production snapshot interval in entries.
+pub const PRODUCTION_SNAPSHOT_ENTRIES: u64 = 20_000;
+/// Production WAL segment size.
+pub const PRODUCTION_WAL_SEGMENT_BYTES: u64 = 64 << 20;
 /// The shortest election timeout any seed draws, in milliseconds.
 pub const ELECTION_MS_MIN: u64 = 150;
 /// The shortest election timeout is at least this many worst-case one-way latencies.
 pub const ELECTION_LATENCIES_MIN: u64 = 10;
+/// Seeds whose fault schedule is only stranded leaders, one at a time (see
+/// `Scenario::draw_strand_focus`).
+pub const STRAND_FOCUS_PROBABILITY: f64 = 0.2;
 /// The longest pause between two attempts of one client operation.
 pub const CLIENT_BACKOFF_MS_MAX: u64 = 400;
 
-/// A bug planted on purpose, to prove the checks catch it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Plant {
-    /// No planted bug: the real system.
-    #[default]
-    None,
-    /// Every disk's fsync reports success and makes nothing durable.
-    LyingFsync,
-    /// Nodes forget their persisted vote on restart.
-    ForgetVote,
-}
-
-impl Plant {
-    /// The name used on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Plant::None => "none",
-            Plant::LyingFsync => "lying-fsync",
-            Plant::ForgetVote => "forget-vote",
-        }
-    }
-}
-
-impl FromStr for Plant {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Plant, String> {
-        match text {
-            "none" => Ok(Plant::None),
-            "lying-fsync" => Ok(Plant::LyingFsync),
-            "forget-vote" => Ok(Plant::ForgetVote),
-            other => Err(format!(
-                "unknown plant {other:?} (none, lying-fsync, forget-vote)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Plant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use raft_kv::plants::Plant;
 
 /// One kind of fault. Node numbers are indices into the cluster (0-based); the index
 /// `nodes_count` is the clients' machine.
@@ -92,6 +68,12 @@ pub enum Fault {
     },
     /// Cut whichever node leads when the episode starts from everybody, both ways.
     IsolateLeader,
+    /// Cut the links from every other node to whichever node leads when the episode starts,
+    /// one way: the leader keeps replicating (its followers append) but never hears an
+    /// acknowledgement, so it steps down with client writes pending while the others elect a
+    /// new leader and move on (past a snapshot, if the episode lasts); at the end the deposed
+    /// leader catches up, often by an InstallSnapshot over its pending writes (issues 6 and 8).
+    StrandLeader,
     /// Kill the node (its unsynced disk writes are lost or torn), restart it when the episode ends.
     Crash {
         /// The node.
@@ -260,6 +242,7 @@ impl Draw {
 enum Kind {
     Majority,
     IsolateLeader,
+    StrandLeader,
     OneWay,
     Bridge,
     Ring,
@@ -272,9 +255,10 @@ enum Kind {
     DiskFull,
 }
 
-const KINDS: [Kind; 12] = [
+const KINDS: [Kind; 13] = [
     Kind::Majority,
     Kind::IsolateLeader,
+    Kind::StrandLeader,
     Kind::OneWay,
     Kind::Bridge,
     Kind::Ring,
@@ -304,21 +288,52 @@ impl Scenario {
     pub fn derive(seed: u64, plant: Plant) -> Scenario {
         let mut draw = Draw(ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5ce7_a210_0001));
         let nodes_count = if draw.chance(0.5) { 3 } else { 5 };
-        let tick_ms = *draw.pick(&[5, 10, 10, 20]);
+        // Some seeds hunt the lie of issues 6 and 8: stranded leaders only, requests that wait
+        // long enough (the production 5 s or more) and snapshots every few entries.
+        let strand_focus = draw.chance(STRAND_FOCUS_PROBABILITY);
+        // One seed in five runs the production timing (1 s elections, 100 ms heartbeats).
+        let production_timing = draw.chance(0.2);
+        let tick_ms = if production_timing {
+            PRODUCTION_TICK_MS
+        } else {
+            *draw.pick(&[5, 10, 10, 20])
+        };
         let latency_hi = *draw.pick(&[2, 5, 10, 20, 40]);
         let latency_ms = (1, latency_hi);
         // Raft needs broadcast time << election timeout (§5.6): an RPC round trip plus fsyncs
         // must fit many times into the shortest election timeout.
         let election_ms_min = (ELECTION_LATENCIES_MIN * latency_hi).max(ELECTION_MS_MIN);
         let election_ticks_min = election_ms_min.div_ceil(tick_ms);
-        let election_ticks =
-            u32::try_from(draw.range(election_ticks_min, election_ticks_min + 20)).expect("small");
-        let heartbeat_ticks =
-            u32::try_from(draw.range(1, u64::from(election_ticks / 4))).expect("small");
-        let request_timeout_ms = draw.range(1_000, 3_000);
-        let rpc_timeout_ms = draw.range(300, 1_000);
-        let snapshot_entries = *draw.pick(&[25, 100, 400, 20_000]);
-        let wal_segment_bytes_max = *draw.pick(&[2_048, 16_384, 1 << 20]);
+        let (election_ticks, heartbeat_ticks) = if production_timing {
+            (PRODUCTION_ELECTION_TICKS, PRODUCTION_HEARTBEAT_TICKS)
+        } else {
+            let election_ticks =
+                u32::try_from(draw.range(election_ticks_min, election_ticks_min + 20))
+                    .expect("small");
+            let heartbeat_ticks =
+                u32::try_from(draw.range(1, u64::from(election_ticks / 4))).expect("small");
+            (election_ticks, heartbeat_ticks)
+        };
+        let request_timeout_ms = if draw.chance(0.3) {
+            PRODUCTION_REQUEST_TIMEOUT_MS
+        } else if strand_focus {
+            draw.range(PRODUCTION_REQUEST_TIMEOUT_MS, REQUEST_TIMEOUT_MS_MAX)
+        } else {
+            draw.range(1_000, REQUEST_TIMEOUT_MS_MAX)
+        };
+        let rpc_timeout_ms = if draw.chance(0.2) {
+            PRODUCTION_RPC_TIMEOUT_MS
+        } else {
+            draw.range(300, 2_500)
+        };
+        // Mostly a few dozen entries or fewer, so that most seeds compact and install snapshots.
+        let snapshot_entries = if strand_focus {
+            *draw.pick(&[5, 10, 20])
+        } else {
+            *draw.pick(&[5, 10, 20, 20, 25, 50, 100, 400, PRODUCTION_SNAPSHOT_ENTRIES])
+        };
+        let wal_segment_bytes_max =
+            *draw.pick(&[2_048, 16_384, 1 << 20, PRODUCTION_WAL_SEGMENT_BYTES]);
         let packet_loss_rate = if draw.chance(0.5) {
             0.0
         } else {
@@ -347,7 +362,12 @@ impl Scenario {
         let clients_count = usize::try_from(draw.range(2, 5)).expect("small");
         let keys_count = usize::try_from(draw.range(1, 4)).expect("small");
         let think_ms = *draw.pick(&[(0, 20), (10, 100), (50, 300)]);
-        let episodes = Self::draw_episodes(&mut draw, nodes_count);
+        let election_ms = u64::from(election_ticks) * tick_ms;
+        let episodes = if strand_focus {
+            Self::draw_strand_focus(&mut draw, election_ms)
+        } else {
+            Self::draw_episodes(&mut draw, nodes_count, election_ms)
+        };
         let voter_crash_probability = if draw.chance(0.5) {
             0.0
         } else {
@@ -378,7 +398,7 @@ impl Scenario {
         }
     }
 
-    fn draw_episodes(draw: &mut Draw, nodes_count: usize) -> Vec<Episode> {
+    fn draw_episodes(draw: &mut Draw, nodes_count: usize, election_ms: u64) -> Vec<Episode> {
         let weights: Vec<u64> = KINDS.iter().map(|_| draw.range(0, 3)).collect();
         let weight_total: u64 = weights.iter().sum::<u64>().max(1);
         let episodes_count = draw.range(6, 24);
@@ -434,15 +454,26 @@ impl Scenario {
                     );
                 }
                 Kind::IsolateLeader => push(Fault::IsolateLeader, start_ms, duration_ms),
+                Kind::StrandLeader => {
+                    // Long enough for check-quorum (up to two election timeouts), a new
+                    // election (up to two more) and a few dozen writes past a snapshot.
+                    let duration_ms = (election_ms * draw.range(4, 8) + draw.range(500, 2_500))
+                        .min(FAULTS_END_MS - start_ms);
+                    push(Fault::StrandLeader, start_ms, duration_ms);
+                }
                 Kind::OneWay => {
                     let links_count = draw.range(1, nodes_count as u64);
                     let mut links = Vec::new();
                     for _ in 0..links_count {
                         let src = *draw.pick(&nodes);
                         let dst = *draw.pick(&nodes);
-                        if src != dst {
+                        if src != dst && !links.contains(&(src, dst)) {
                             links.push((src, dst));
                         }
+                    }
+                    // A cut with no link would be a fault that does nothing.
+                    if links.is_empty() {
+                        continue;
                     }
                     push(
                         Fault::Cut {
@@ -469,6 +500,8 @@ impl Scenario {
                         duration_ms,
                     );
                 }
+                // On three nodes every pair are neighbours in a ring: nothing to cut.
+                Kind::Ring if nodes_count <= 3 => {}
                 Kind::Ring => {
                     let mut order = nodes.clone();
                     draw.shuffle(&mut order);
@@ -573,6 +606,30 @@ impl Scenario {
         episodes
     }
 
+    /// A schedule of stranded leaders and nothing else, spaced so that each one plays out
+    /// alone: the leader steps down with writes pending, the others elect a new leader and
+    /// take writes past a snapshot, and the heal brings the deposed leader back through an
+    /// InstallSnapshot over its pending writes (the state where the issue 6 lie hid). Other
+    /// faults at the same time (a ring, a crash) mostly keep the new leader from being elected.
+    fn draw_strand_focus(draw: &mut Draw, election_ms: u64) -> Vec<Episode> {
+        let mut episodes = Vec::new();
+        let mut start_ms = draw.range(500, 3_000);
+        while start_ms + 1_000 < FAULTS_END_MS {
+            // Step-down, election and a snapshot's worth of writes, but shorter than the
+            // request timeout, so that writes still wait at the deposed leader when it heals.
+            let duration_ms = (election_ms * draw.range(3, 5) + draw.range(300, 1_500))
+                .min(FAULTS_END_MS - start_ms);
+            episodes.push(Episode {
+                start_ms,
+                duration_ms,
+                fault: Fault::StrandLeader,
+            });
+            // Time for the deposed leader to catch up and the clients to settle.
+            start_ms += duration_ms + election_ms * 2 + draw.range(500, 3_000);
+        }
+        episodes
+    }
+
     /// Nodes whose processes two episodes would hold at once (must be empty: the generator
     /// keeps crash, pause and disk-full episodes of one node apart).
     pub fn overlapping_process_faults(&self) -> BTreeSet<usize> {
@@ -651,6 +708,7 @@ impl fmt::Display for Scenario {
                     format!("cut {shape}: {}", links.join(" "))
                 }
                 Fault::IsolateLeader => "isolate the leader".to_string(),
+                Fault::StrandLeader => "strand the leader (followers > leader cut)".to_string(),
                 Fault::Crash { node } => format!("crash {}", self.label(*node)),
                 Fault::Pause { node } => format!("pause {}", self.label(*node)),
                 Fault::LossSpike { loss_rate } => format!("loss spike {loss_rate:.2}"),
@@ -754,6 +812,85 @@ mod tests {
     }
 
     #[test]
+    fn the_constants_called_production_defaults_are_the_node_defaults() {
+        let config = raft_kv::node::NodeConfig::new("n1", "127.0.0.1:1");
+        assert_eq!(
+            config.tick_interval.as_millis(),
+            u128::from(PRODUCTION_TICK_MS)
+        );
+        assert_eq!(config.election_ticks, PRODUCTION_ELECTION_TICKS);
+        assert_eq!(config.heartbeat_ticks, PRODUCTION_HEARTBEAT_TICKS);
+        assert_eq!(
+            config.request_timeout.as_millis(),
+            u128::from(PRODUCTION_REQUEST_TIMEOUT_MS)
+        );
+        assert_eq!(
+            config.rpc_timeout.as_millis(),
+            u128::from(PRODUCTION_RPC_TIMEOUT_MS)
+        );
+        assert_eq!(config.snapshot_entries, PRODUCTION_SNAPSHOT_ENTRIES);
+        assert_eq!(config.wal_segment_bytes_max, PRODUCTION_WAL_SEGMENT_BYTES);
+    }
+
+    #[test]
+    fn every_drawn_range_reaches_its_production_default_and_beyond() {
+        let scenarios: Vec<Scenario> = (0..200)
+            .map(|seed| Scenario::derive(seed, Plant::None))
+            .collect();
+        let any = |what: &str, test: &dyn Fn(&Scenario) -> bool| {
+            assert!(scenarios.iter().any(test), "no seed among 200 draws {what}");
+        };
+        any("the production timing", &|s| {
+            s.tick_ms == PRODUCTION_TICK_MS
+                && s.election_ticks == PRODUCTION_ELECTION_TICKS
+                && s.heartbeat_ticks == PRODUCTION_HEARTBEAT_TICKS
+        });
+        any("the production request timeout", &|s| {
+            s.request_timeout_ms == PRODUCTION_REQUEST_TIMEOUT_MS
+        });
+        any("a request timeout above the production one", &|s| {
+            s.request_timeout_ms > PRODUCTION_REQUEST_TIMEOUT_MS
+        });
+        any("a request timeout below 2 s", &|s| {
+            s.request_timeout_ms < 2_000
+        });
+        any("the production RPC timeout", &|s| {
+            s.rpc_timeout_ms == PRODUCTION_RPC_TIMEOUT_MS
+        });
+        any("the production snapshot interval", &|s| {
+            s.snapshot_entries == PRODUCTION_SNAPSHOT_ENTRIES
+        });
+        any("a snapshot every few entries", &|s| s.snapshot_entries <= 5);
+        any("the production WAL segment", &|s| {
+            s.wal_segment_bytes_max == PRODUCTION_WAL_SEGMENT_BYTES
+        });
+        any("a schedule of stranded leaders only", &|s| {
+            !s.episodes.is_empty() && s.episodes.iter().all(|e| e.fault == Fault::StrandLeader)
+        });
+        // Most seeds compact their log at least every few dozen entries.
+        let compacting = scenarios
+            .iter()
+            .filter(|s| s.snapshot_entries <= 50)
+            .count();
+        assert!(
+            compacting * 2 > scenarios.len(),
+            "{compacting} of 200 seeds snapshot within 50 entries"
+        );
+    }
+
+    #[test]
+    fn no_episode_is_a_fault_that_does_nothing() {
+        for seed in 0..300 {
+            let s = Scenario::derive(seed, Plant::None);
+            for episode in &s.episodes {
+                if let Fault::Cut { shape, links } = &episode.fault {
+                    assert!(!links.is_empty(), "seed {seed}: cut {shape} with no link");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn seeds_cover_every_fault_kind_and_both_cluster_sizes() {
         let mut seen = BTreeSet::new();
         let mut sizes = BTreeSet::new();
@@ -764,6 +901,7 @@ mod tests {
                 seen.insert(match &episode.fault {
                     Fault::Cut { shape, .. } => *shape,
                     Fault::IsolateLeader => "isolate-leader",
+                    Fault::StrandLeader => "strand-leader",
                     Fault::Crash { .. } => "crash",
                     Fault::Pause { .. } => "pause",
                     Fault::LossSpike { .. } => "loss",
@@ -781,6 +919,7 @@ mod tests {
             "ring",
             "swizzle",
             "isolate-leader",
+            "strand-leader",
             "crash",
             "pause",
             "loss",
@@ -793,13 +932,5 @@ mod tests {
                 "no seed among 200 draws a {kind} fault: {seen:?}"
             );
         }
-    }
-
-    #[test]
-    fn plants_parse_from_their_names() {
-        for plant in [Plant::None, Plant::LyingFsync, Plant::ForgetVote] {
-            assert_eq!(plant.name().parse::<Plant>(), Ok(plant));
-        }
-        assert!("lying".parse::<Plant>().is_err());
     }
 }

@@ -12,6 +12,7 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use crate::coverage::SweepCoverage;
+use crate::plants::{self, Victim};
 use crate::recorder::{Failure, Shared};
 use crate::report::{self, SeedResult, Verdict};
 use crate::run;
@@ -122,8 +123,10 @@ pub struct SweepOptions {
     pub plant: Plant,
     /// Worker threads.
     pub jobs: usize,
-    /// Stop at the first failure.
+    /// Stop at the first failure (with `victim`: at the first failure of that checker).
     pub stop_at_first_failure: bool,
+    /// The checker a planted bug must break: failures of other checkers do not stop the sweep.
+    pub victim: Option<Victim>,
     /// Print a one-line summary instead of the full report of a failed seed.
     pub brief_failures: bool,
 }
@@ -234,8 +237,11 @@ pub fn sweep(options: &SweepOptions) -> SweepSummary {
             } else {
                 println!("{}", report::render(&result, timeline.as_deref().ok()));
             }
+            let stops = options
+                .victim
+                .is_none_or(|victim| plants::caught_by(victim, &result.failures));
             summary.failed.push(result);
-            if options.stop_at_first_failure {
+            if options.stop_at_first_failure && stops {
                 stop.store(true, Ordering::Relaxed);
             }
         }

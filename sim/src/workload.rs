@@ -6,6 +6,9 @@
 //! overloaded) and a refused connection mean the attempt was not applied; 504 and a broken or
 //! timed-out call leave the outcome unknown, so writes are retried with the same
 //! `Idempotency-Key` and, if never resolved, recorded with `ret: None`. Failed reads are dropped.
+//! A 503 `dropped` is a promise that the write did not and will never apply: the client takes
+//! it at its word and ends the operation there (a retry with the same key would be answered
+//! from the idempotency table and hide a broken promise from the checker).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +53,8 @@ enum Attempt {
     Definite(KvOutput),
     /// The attempt was certainly not applied (503, connection refused).
     NotApplied(String),
+    /// The node promised the write did not and will never apply (503 `dropped`).
+    Dropped(String),
     /// The attempt may or may not have been applied (504, broken or timed-out call).
     Unknown(String),
 }
@@ -230,6 +235,10 @@ pub async fn run_operation(
             Attempt::NotApplied(reason) => {
                 tracing::debug!(key, %input, attempt, addr, reason, "client attempt not applied")
             }
+            Attempt::Dropped(reason) => {
+                tracing::debug!(key, %input, attempt, addr, reason, "client attempt dropped");
+                break;
+            }
             Attempt::Unknown(reason) => {
                 tracing::debug!(key, %input, attempt, addr, reason, "client attempt outcome unknown");
                 maybe_applied = true;
@@ -272,6 +281,11 @@ fn json_u64(body: &[u8], field: &str) -> Option<u64> {
     json.get(field)?.as_u64()
 }
 
+fn json_str(body: &[u8], field: &str) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some(json.get(field)?.as_str()?.to_string())
+}
+
 fn json_bool(body: &[u8], field: &str) -> Option<bool> {
     let json: serde_json::Value = serde_json::from_slice(body).ok()?;
     json.get(field)?.as_bool()
@@ -293,6 +307,9 @@ fn classify(
     let body = response.body();
     let text = || String::from_utf8_lossy(body).into_owned();
     match (status, input) {
+        (503, _) if json_str(body, "code").as_deref() == Some("dropped") => {
+            Attempt::Dropped(text())
+        }
         (503 | 408, _) => Attempt::NotApplied(text()),
         (504, _) => Attempt::Unknown(text()),
         (200, KvInput::Get) => {

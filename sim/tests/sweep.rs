@@ -5,8 +5,7 @@
 //! - a sweep of the standard scenario over 200 seeds (the pinned regressions first) passes, with
 //!   at most 1% of its seeds inconclusive and every fault kind exercised;
 //! - a replayed seed's history, written as JSON, checks linearizable when read back;
-//! - the planted `lying_fsync` disk bug is caught within 300 seeds;
-//! - the planted "forget the vote on restart" bug is caught within 300 seeds;
+//! - (the planted bugs are in `plants.rs`, each caught by its own victim checker);
 //! - one seed run twice gives the same trace hash (history and event stream).
 //!
 //! The tests run one at a time (each simulation uses every core).
@@ -144,40 +143,8 @@ fn a_replayed_history_written_as_json_checks_linearizable_when_read_back() {
 }
 
 #[test]
-fn a_lying_fsync_is_caught_within_300_seeds() {
-    let (ok, stdout) = run_sim(&[
-        "sweep",
-        "--plant",
-        "lying-fsync",
-        "--seeds",
-        "300",
-        "--expect-failure",
-    ]);
-    assert!(
-        ok && stdout.contains("expected failure found"),
-        "lying fsync went unnoticed:\n{stdout}"
-    );
-}
-
-#[test]
-fn forgetting_the_vote_on_restart_is_caught_within_300_seeds() {
-    let (ok, stdout) = run_sim(&[
-        "sweep",
-        "--plant",
-        "forget-vote",
-        "--seeds",
-        "300",
-        "--expect-failure",
-    ]);
-    assert!(
-        ok && stdout.contains("expected failure found"),
-        "the forgotten vote went unnoticed:\n{stdout}"
-    );
-}
-
-#[test]
 fn one_seed_run_twice_gives_the_same_trace() {
-    let (ok, stdout) = run_sim(&["determinism", "--seeds", "2", "--start", "7"]);
+    let (ok, stdout) = run_sim(&["determinism", "--seeds", "3", "--start", "7"]);
     assert!(ok, "a seed did not replay identically:\n{stdout}");
-    assert_eq!(stdout.matches("identical").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("identical").count(), 3, "{stdout}");
 }

@@ -53,6 +53,12 @@ pub use tokio::task::JoinHandle;
 /// Whether this build runs inside the deterministic simulator.
 pub const IS_SIMULATION: bool = backend::IS_SIMULATION;
 
+/// Whether `plant` is planted (see [`crate::plants`]): the constant `false` in production.
+#[inline(always)]
+pub(crate) fn plant_active(plant: crate::plants::Plant) -> bool {
+    backend::plant_active(plant)
+}
+
 /// The clock reading every [`Instant`] starts from, so that a node's clock can be set behind
 /// true time (negative skew) and `now() - d` exists for any `d` below about 13 days.
 pub(crate) const CLOCK_BASE_NANOS: u64 = 1 << 50;

@@ -763,6 +763,7 @@ fn node_error_response(e: &NodeError) -> HttpResponse {
         NodeError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_leader", true),
         NodeError::Dropped => (StatusCode::SERVICE_UNAVAILABLE, "dropped", true),
         NodeError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout", false),
+        NodeError::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", false),
         NodeError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", true),
         NodeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", true),
         NodeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid", false),
@@ -878,6 +879,60 @@ impl Query {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::{NodeConfig, NodeStatus, DRIVER_STOPPED};
+    use crate::raft::Role;
+
+    fn app_state() -> AppState {
+        let limits = HttpLimits {
+            key_bytes_max: 1024,
+            value_bytes_max: 1024,
+            rpc_body_bytes_max: 1024,
+            header_bytes_max: 1024,
+            body_read_timeout: Duration::from_secs(1),
+            forward_timeout: Duration::from_secs(1),
+        };
+        AppState::new("n1".into(), 1, limits, HttpClient::new())
+    }
+
+    #[test]
+    fn health_never_answers_200_for_a_node_whose_driver_is_gone() {
+        let state = app_state();
+        // The last status the driver published says: a healthy leader.
+        let last_published = NodeStatus {
+            role: Role::Leader,
+            term: 3,
+            leader: Some(1),
+            commit_index: 7,
+            applied_index: 7,
+            last_index: 7,
+            failure: None,
+        };
+        let config = NodeConfig::new("n1", "127.0.0.1:1");
+        state.set_node(NodeHandle::with_driver_gone(config, last_published));
+        let response = health(&state);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = response.into_body();
+        let bytes = futures_body_bytes(body);
+        let json: Json = serde_json::from_slice(&bytes).expect("a JSON body");
+        assert_eq!(json["status"], "failed", "{json}");
+        assert!(
+            json["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(DRIVER_STOPPED)),
+            "{json}"
+        );
+    }
+
+    /// The bytes of a complete in-memory body.
+    fn futures_body_bytes(body: Full<Bytes>) -> Bytes {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        runtime
+            .block_on(body.collect())
+            .expect("an in-memory body cannot fail")
+            .to_bytes()
+    }
 
     #[test]
     fn percent_decoding_handles_escapes_and_refuses_bad_ones() {

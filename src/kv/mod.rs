@@ -31,6 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use idempotency::IdempotencyTable;
 
+use crate::plants::{self, Plant};
+
 /// Longest key accepted, in bytes (UTF-8).
 pub const KEY_BYTES_MAX: usize = 4096;
 /// Largest value the HTTP layer should accept, in bytes (1 MiB). The store itself does not
@@ -294,11 +296,19 @@ impl KvStore {
         request.validate()?;
         if let Some(idempotency_key) = &request.idempotency_key {
             if let Some(first_result) = self.idempotency.get(idempotency_key) {
-                return Ok(first_result.clone());
+                if !plants::active(Plant::ApplyRetryTwice) {
+                    return Ok(first_result.clone());
+                }
             }
         }
         let result = self.apply_op(index, request.op);
-        if let Some(idempotency_key) = request.idempotency_key {
+        // Only the planted bug reaches here with a key already recorded.
+        let known = plants::active(Plant::ApplyRetryTwice)
+            && request
+                .idempotency_key
+                .as_ref()
+                .is_some_and(|key| self.idempotency.get(key).is_some());
+        if let Some(idempotency_key) = request.idempotency_key.filter(|_| !known) {
             self.idempotency.record(
                 idempotency_key,
                 index,

@@ -43,9 +43,6 @@ pub struct NodeConfig {
     /// Receives a [`NodeEvent`] for every role change and applied entry (the simulator's
     /// safety checks listen here); `None` in production.
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<NodeEvent>>,
-    /// Fault injection for the simulator's planted-bug tests: forget the persisted vote on
-    /// restart (breaks Raft's election safety). Never set in production.
-    pub plant_forget_vote: bool,
 }
 
 /// What a node reports to an observer.
@@ -113,7 +110,6 @@ impl NodeConfig {
             request_queue_max: 65_536,
             idempotency_keys_max: 100_000,
             observer: None,
-            plant_forget_vote: false,
         }
     }
 }

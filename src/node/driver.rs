@@ -18,6 +18,7 @@ use super::{
 use crate::env;
 use crate::http::client::HttpClient;
 use crate::kv::{self, KvOptions, KvStore};
+use crate::plants::{self, Plant};
 use crate::raft::invariants::{entry_digest, NodeView};
 use crate::raft::{
     self, Config, EntryKind, Error as RaftError, HardState, Index, Message, Raft, ReadContext,
@@ -29,6 +30,8 @@ use crate::wal::{Wal, WalOptions};
 const INPUTS_PER_ROUND_MAX: usize = 8192;
 /// Capacity of the inbound Raft message queue.
 const INBOUND_QUEUE_MAX: usize = 16_384;
+/// With the `driver-panic` plant, the driver panics when it applies this index.
+const PLANTED_PANIC_INDEX: Index = 40;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +102,7 @@ pub(super) async fn start(
     .await
     .map_err(|e| StartError::Wal(e.to_string()))?;
     let mut restore = restore;
-    if config.plant_forget_vote {
+    if plants::active(Plant::ForgetVote) {
         tracing::warn!("planted bug: forgetting the persisted vote");
         restore.hard_state.vote = None;
     }
@@ -396,6 +399,7 @@ impl Driver {
                 .map_err(|e| format!("wal snapshot: {e}"))?;
             self.kv = KvStore::restore(&snapshot.data, self.kv_options.clone())
                 .map_err(|e| format!("snapshot from leader does not restore: {e}"))?;
+            self.answer_writes_under_snapshot(&snapshot.meta);
             self.observe(NodeEvent::Restored {
                 node: self.cluster.self_id,
                 index: snapshot.meta.index,
@@ -481,7 +485,46 @@ impl Driver {
         }
     }
 
+    /// Issue 8: a snapshot installed at index S covers the writes pending at indexes <= S, whose
+    /// entries this node will never apply one by one. Such a write may be in the snapshot, so
+    /// its outcome is unknown (504: retry with the same Idempotency-Key), unless the entry at its
+    /// index is known to carry another term. Terms never decrease along a log, so a snapshot
+    /// whose last term is below the write's term cannot hold it, and at S itself the snapshot's
+    /// term decides.
+    fn answer_writes_under_snapshot(&mut self, meta: &SnapshotMeta) {
+        if let Some((index, _)) = self.pending_writes.first_key_value() {
+            if *index <= meta.index {
+                tracing::info!(
+                    node = %self.config.name,
+                    index,
+                    snapshot_index = meta.index,
+                    "a snapshot install covers pending writes"
+                );
+            }
+        }
+        if plants::active(Plant::DroppedUnderSnapshot) {
+            // The planted lie: leave them to the next apply, which answers "dropped".
+            return;
+        }
+        while let Some(entry) = self.pending_writes.first_entry() {
+            if *entry.key() > meta.index {
+                break;
+            }
+            let (index, pending) = entry.remove_entry();
+            let answer = answer_under_snapshot(index, pending.term, meta);
+            if answer == NodeError::Dropped {
+                self.metrics.proposals_failed.inc();
+            }
+            let _ = pending.reply.send(Err(answer));
+        }
+    }
+
     fn apply(&mut self, index: Index, term: Term, kind: EntryKind, data: &Bytes) {
+        assert!(
+            !(plants::active(Plant::DriverPanic) && index >= PLANTED_PANIC_INDEX),
+            "planted panic: the driver of {} panics applying index {index}",
+            self.config.name
+        );
         if self.config.observer.is_some() {
             let digest = entry_digest(kind, data);
             self.observe(NodeEvent::Applied {
@@ -673,6 +716,28 @@ impl Driver {
     }
 }
 
+/// What a write proposed at `index` in term `term` learns when a snapshot (`meta`) covering
+/// that index is installed: "dropped" only when the entry at `index` is known to carry another
+/// term, "outcome unknown" otherwise (see `Driver::answer_writes_under_snapshot`).
+fn answer_under_snapshot(index: Index, term: Term, meta: &SnapshotMeta) -> NodeError {
+    assert!(
+        index <= meta.index,
+        "the write at {index} is not under the snapshot at {}",
+        meta.index
+    );
+    // Terms never decrease along a log: below the snapshot's last term, no entry is ours.
+    let another_term = meta.term < term || (index == meta.index && meta.term != term);
+    if another_term {
+        NodeError::Dropped
+    } else {
+        NodeError::OutcomeUnknown(format!(
+            "a snapshot up to index {} replaced the log slot {index} of the write, which may or \
+             may not be in it",
+            meta.index
+        ))
+    }
+}
+
 /// Maps a core refusal to what a client sees.
 fn node_error(error: RaftError) -> NodeError {
     match error {
@@ -684,5 +749,44 @@ fn node_error(error: RaftError) -> NodeError {
         RaftError::ProposalTooLarge { .. }
         | RaftError::ConfChangePending
         | RaftError::Invalid(_) => NodeError::Invalid(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::Membership;
+
+    fn meta(index: Index, term: Term) -> SnapshotMeta {
+        SnapshotMeta {
+            index,
+            term,
+            membership: Membership::default(),
+        }
+    }
+
+    #[test]
+    fn a_write_under_an_installed_snapshot_is_unknown_when_the_snapshot_may_hold_it() {
+        // Issue 8: proposed in term 2 at index 5, the snapshot runs to index 100 of term 3; the
+        // entry at 5 may be ours (term 2) or another leader's, nobody here knows.
+        let answer = answer_under_snapshot(5, 2, &meta(100, 3));
+        assert!(matches!(answer, NodeError::OutcomeUnknown(_)), "{answer:?}");
+        // At the snapshot's own index, with the snapshot's term, it may be ours too.
+        let answer = answer_under_snapshot(100, 3, &meta(100, 3));
+        assert!(matches!(answer, NodeError::OutcomeUnknown(_)), "{answer:?}");
+    }
+
+    #[test]
+    fn a_write_under_an_installed_snapshot_is_dropped_only_when_its_term_cannot_be_there() {
+        // The snapshot's last entry is of term 2: nothing at or below it carries term 4.
+        assert_eq!(
+            answer_under_snapshot(5, 4, &meta(100, 2)),
+            NodeError::Dropped
+        );
+        // At the snapshot's own index, a different term is known.
+        assert_eq!(
+            answer_under_snapshot(100, 2, &meta(100, 3)),
+            NodeError::Dropped
+        );
     }
 }

@@ -95,6 +95,10 @@ pub enum NodeError {
     /// The request took too long; a write may or may not have been applied.
     #[error("timed out; the outcome is unknown")]
     Timeout,
+    /// The write may or may not have been applied (a snapshot covered its log slot, or the node
+    /// stopped while serving it); retrying with the same Idempotency-Key is safe.
+    #[error("the outcome is unknown: {0}; retry with the same Idempotency-Key")]
+    OutcomeUnknown(String),
     /// Too many requests are queued.
     #[error("overloaded: {0}")]
     Overloaded(String),
@@ -105,6 +109,9 @@ pub enum NodeError {
     #[error("invalid request: {0}")]
     Invalid(String),
 }
+
+/// The failure a node whose driver task is gone reports.
+pub const DRIVER_STOPPED: &str = "the driver task stopped (it panicked or ended)";
 
 /// What the node shows to `/health`, `/metrics` and the request router.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -330,9 +337,41 @@ impl NodeHandle {
         Ok(())
     }
 
-    /// The node's current status.
+    /// The node's current status. A node whose driver task is gone (it panicked or ended)
+    /// reports that as its failure: its last published status is no longer true.
     pub fn status(&self) -> NodeStatus {
-        self.status.lock().expect("status lock poisoned").clone()
+        let mut status = self.status.lock().expect("status lock poisoned").clone();
+        if self.driver_stopped() && status.failure.is_none() {
+            status.failure = Some(DRIVER_STOPPED.to_string());
+        }
+        status
+    }
+
+    /// Whether the driver task is gone (its request queue has no receiver any more).
+    pub fn driver_stopped(&self) -> bool {
+        self.requests.is_closed()
+    }
+
+    /// A handle whose driver is already gone, as after a panic in the driver task (tests of
+    /// what the API answers then).
+    #[cfg(test)]
+    pub(crate) fn with_driver_gone(config: NodeConfig, status: NodeStatus) -> NodeHandle {
+        let cluster = ClusterInfo::new(&config.name, &config.listen_addr, Vec::new());
+        let (requests, _) = mpsc::channel(1);
+        let (inbound, _) = mpsc::channel(1);
+        NodeHandle {
+            requests,
+            inbound,
+            status: Arc::new(Mutex::new(status)),
+            cluster: Arc::new(cluster),
+            config: Arc::new(config),
+            metrics: NodeMetrics::new(),
+        }
+    }
+
+    /// Resolves when the driver task is gone (it panicked or ended).
+    pub async fn wait_driver_stopped(&self) {
+        self.requests.closed().await;
     }
 
     fn submit(&self, request: Request) -> Result<(), NodeError> {
@@ -352,8 +391,9 @@ impl NodeHandle {
     ) -> Result<T, NodeError> {
         match env::timeout(self.config.request_timeout, answer).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(NodeError::Unavailable(
-                "node stopped while serving the request".into(),
+            // The driver is gone: a write it took may still commit through the peers.
+            Ok(Err(_)) => Err(NodeError::OutcomeUnknown(
+                "the node stopped while serving the request".into(),
             )),
             Err(_) => Err(NodeError::Timeout),
         }

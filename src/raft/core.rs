@@ -8,6 +8,8 @@ use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
 use rand_core::RngCore;
 
+use crate::plants::{self, Plant};
+
 use super::log::RaftLog;
 use super::membership::{decode_conf_change, MembershipLog};
 use super::progress::{Progress, ProgressState};
@@ -358,7 +360,8 @@ impl RaftCore {
         }
         if self.election_elapsed >= self.config.election_ticks {
             self.election_elapsed = 0;
-            if self.config.check_quorum && !self.quorum_recently_active() {
+            let never_step_down = plants::active(Plant::LeaderNeverStepsDown);
+            if self.config.check_quorum && !self.quorum_recently_active() && !never_step_down {
                 // Thesis §6.2: a leader that cannot reach a quorum steps down.
                 self.become_follower(self.term, None);
                 return;
@@ -562,6 +565,9 @@ impl RaftCore {
             body,
         };
         match message.body {
+            MessageBody::AppendResponse { .. } if plants::active(Plant::AckBeforeFsync) => {
+                self.messages.push(message)
+            }
             MessageBody::Vote { .. }
             | MessageBody::VoteResponse { .. }
             | MessageBody::AppendResponse { .. }
@@ -809,7 +815,7 @@ impl RaftCore {
         let can_vote = term > self.term
             || self.vote == Some(from)
             || (self.vote.is_none() && self.leader.is_none());
-        let granted = can_vote && !self.in_lease() && self.log.is_up_to_date(last_index, last_term);
+        let granted = can_vote && !self.in_lease() && self.is_up_to_date(last_index, last_term);
         let answer_term = if granted { term } else { self.term };
         self.send(from, answer_term, MessageBody::PreVoteResponse { granted });
     }
@@ -817,12 +823,18 @@ impl RaftCore {
     /// Raft §5.2, §5.4.1: one vote per term, only for a candidate at least as up to date.
     fn handle_vote(&mut self, from: NodeId, last_index: Index, last_term: Term) {
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
-        let granted = can_vote && self.log.is_up_to_date(last_index, last_term);
+        let granted = can_vote && self.is_up_to_date(last_index, last_term);
         if granted {
             self.vote = Some(from);
             self.reset_election_timer();
         }
         self.send(from, self.term, MessageBody::VoteResponse { granted });
+    }
+
+    /// Raft §5.4.1: whether a candidate's log (`last_index`, `last_term`) is at least as up to
+    /// date as ours.
+    fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
+        plants::active(Plant::VoteWithoutLogCheck) || self.log.is_up_to_date(last_index, last_term)
     }
 
     /// Counts a (pre-)vote answer.
@@ -1389,7 +1401,9 @@ impl RaftCore {
         }
         let index = self.log.commit;
         let voters = &self.membership.current().voters;
-        if voters.len() == 1 && voters.contains(&self.id) {
+        let unconfirmed = plants::active(Plant::ReadWithoutConfirm)
+            || plants::active(Plant::LeaderNeverStepsDown);
+        if (voters.len() == 1 && voters.contains(&self.id)) || unconfirmed {
             self.read_states.push(ReadState { context, index });
             return Ok(());
         }

@@ -246,6 +246,23 @@ pub enum InvariantViolation {
     },
 }
 
+impl InvariantViolation {
+    /// The property broken, with the paper section (what a report names as the failed check).
+    pub fn property(&self) -> &'static str {
+        match self {
+            InvariantViolation::ElectionSafety { .. } => "election safety (Raft §5.2)",
+            InvariantViolation::LogMatching { .. } => "log matching (Raft §5.3)",
+            InvariantViolation::LeaderCompleteness { .. } => "leader completeness (Raft §5.4)",
+            InvariantViolation::StateMachineSafety { .. } => "state machine safety (Raft §5.4.3)",
+            InvariantViolation::TermWentBackwards { .. } => "term is persistent (Raft Figure 2)",
+            InvariantViolation::CommitWentBackwards { .. } => {
+                "commit index only increases (Raft Figure 2)"
+            }
+            InvariantViolation::MalformedView { .. } => "well-formed node state",
+        }
+    }
+}
+
 /// What the checker remembers of one (index, term) entry.
 #[derive(Clone, Copy, Debug)]
 struct EntrySeen {

@@ -17,6 +17,12 @@ pub fn install(runtime: &Runtime) {
     runtime.add_simulator::<DiskSim>();
 }
 
+/// Plants `plant` in every node of the simulation running on this thread (see
+/// [`crate::plants`]); `Plant::None` removes it.
+pub fn set_plant(plant: crate::plants::Plant) {
+    super::set_plant(plant);
+}
+
 /// Sets `node`'s clock to read true time + `offset_nanos` from now on, running `drift_ppm` parts
 /// per million fast (positive) or slow (negative). The node's sleeps and timeouts follow its
 /// clock: a fast clock fires early in true time. A change that would move the clock backwards

@@ -19,6 +19,21 @@ pub(super) use disk::fs;
 
 pub(super) const IS_SIMULATION: bool = true;
 
+thread_local! {
+    /// The plant of the simulation running on this thread (one seed per OS thread, every
+    /// simulated node of it on that thread).
+    static PLANT: std::cell::Cell<crate::plants::Plant> =
+        const { std::cell::Cell::new(crate::plants::Plant::None) };
+}
+
+pub(super) fn plant_active(plant: crate::plants::Plant) -> bool {
+    plant != crate::plants::Plant::None && PLANT.with(std::cell::Cell::get) == plant
+}
+
+pub(super) fn set_plant(plant: crate::plants::Plant) {
+    PLANT.with(|cell| cell.set(plant));
+}
+
 /// The seam's plugin `S` of the current simulation, with a clear message when the runtime was
 /// built without [`control::install`].
 fn plugin<S: madsim::plugin::Simulator>() -> Arc<S> {

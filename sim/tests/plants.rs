@@ -1,0 +1,168 @@
+//! Every planted bug is caught by the checker it names, within the seeds it promises: each test
+//! runs `raft-kv-sim sweep --plant NAME --seeds N --expect-failure` (the release simulator, built
+//! with `--cfg madsim` in `target/sim`, as `sim/tests/sweep.rs` does) and asserts that the
+//! plant's victim fired, not just that something failed. The promises (victim and seed bound)
+//! live in `raft_kv_sim::plants::promise`, the README's plant table quotes them.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+use raft_kv_sim::plants::{self, Plant};
+
+/// One nested simulation at a time (each uses every core).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Runs `raft-kv-sim <args>`, returns (success, stdout).
+fn run_sim(args: &[&str]) -> (bool, String) {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(&root)
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "raft-kv-sim",
+            "--target-dir",
+        ])
+        .arg(root.join("target").join("sim"))
+        .arg("--")
+        .args(args);
+    // An exported RUSTFLAGS would override build.rustflags: put the cfg where cargo reads it.
+    match std::env::var("CARGO_ENCODED_RUSTFLAGS") {
+        Ok(encoded) if !encoded.is_empty() => {
+            command.env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                format!("{encoded}\u{1f}--cfg\u{1f}madsim"),
+            );
+        }
+        _ => {
+            let existing = std::env::var("RUSTFLAGS").unwrap_or_default();
+            command.env_remove("CARGO_ENCODED_RUSTFLAGS");
+            command.env("RUSTFLAGS", format!("{existing} --cfg madsim").trim());
+        }
+    }
+    let output = command.output().expect("run cargo for the simulation");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    println!("$ raft-kv-sim {}\n{stdout}", args.join(" "));
+    eprintln!("{stderr}");
+    assert_ne!(
+        output.status.code(),
+        Some(2),
+        "the simulator refused to run (built without --cfg madsim?):\n{stdout}\n{stderr}"
+    );
+    (output.status.success(), stdout)
+}
+
+/// Sweeps `plant` over its promised seeds and asserts its own victim caught it.
+fn assert_caught_by_its_victim(plant: Plant) {
+    let promise = plants::promise(plant).expect("a plant with a promise");
+    let seeds = promise
+        .seeds_max
+        .expect("a plant whose catch a test claims has a seed bound")
+        .to_string();
+    let name = plant.name();
+    let (ok, stdout) = run_sim(&[
+        "sweep",
+        "--plant",
+        name,
+        "--seeds",
+        &seeds,
+        "--expect-failure",
+    ]);
+    let caught = format!(
+        "expected failure found: plant {name} caught by its victim {:?}",
+        promise.victim
+    );
+    assert!(
+        ok && stdout.contains(&caught),
+        "plant {name} was not caught by {:?} within {seeds} seeds:\n{stdout}",
+        promise.victim
+    );
+}
+
+#[test]
+fn lying_fsync_is_caught_by_state_machine_safety() {
+    assert_caught_by_its_victim(Plant::LyingFsync);
+}
+
+#[test]
+fn a_vote_without_the_log_check_is_caught_by_leader_completeness() {
+    assert_caught_by_its_victim(Plant::VoteWithoutLogCheck);
+}
+
+#[test]
+fn a_read_without_confirming_leadership_is_caught_by_linearizability() {
+    assert_caught_by_its_victim(Plant::ReadWithoutConfirm);
+}
+
+#[test]
+fn a_leader_that_never_steps_down_and_keeps_reading_is_caught_by_linearizability() {
+    assert_caught_by_its_victim(Plant::LeaderNeverStepsDown);
+}
+
+#[test]
+fn acknowledging_before_fsync_is_caught_by_state_machine_safety() {
+    assert_caught_by_its_victim(Plant::AckBeforeFsync);
+}
+
+#[test]
+fn applying_a_retried_write_twice_is_caught_by_linearizability() {
+    assert_caught_by_its_victim(Plant::ApplyRetryTwice);
+}
+
+#[test]
+fn answering_dropped_under_a_snapshot_is_caught_by_linearizability() {
+    assert_caught_by_its_victim(Plant::DroppedUnderSnapshot);
+}
+
+#[test]
+fn a_panicking_node_fails_the_seed_with_the_message_and_the_replay_command() {
+    assert_caught_by_its_victim(Plant::DriverPanic);
+    let (ok, stdout) = run_sim(&["replay", "1", "--plant", "driver-panic"]);
+    assert!(!ok, "a seed with a panicking node passed:\n{stdout}");
+    assert!(
+        stdout.contains("broken: panic") && stdout.contains("planted panic: the driver of"),
+        "the report does not carry the panic message:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("replay: cargo sim replay 1 --plant driver-panic"),
+        "the report does not name the replay command:\n{stdout}"
+    );
+}
+
+#[test]
+fn expect_failure_does_not_count_a_failure_of_another_checker() {
+    // The planted panic fails every seed by the panic check; asked to expect linearizability
+    // instead, the sweep must refuse to call those failures a catch.
+    let (ok, stdout) = run_sim(&[
+        "sweep",
+        "--plant",
+        "driver-panic",
+        "--victim",
+        "linearizability",
+        "--seeds",
+        "2",
+        "--expect-failure",
+    ]);
+    assert!(
+        !ok,
+        "a panic was counted as a linearizability catch:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("failed by another check (panic)"),
+        "the other check's failure is not reported as such:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("EXPECTED plant driver-panic to be caught by \"linearizability\""),
+        "{stdout}"
+    );
+}
