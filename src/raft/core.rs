@@ -989,11 +989,9 @@ impl RaftCore {
         if self.role != Role::Leader {
             return;
         }
-        let probe_index = match reject_hint {
-            Some(hint) if hint.index == 0 => Some(0),
-            Some(hint) => Some(self.log.find_conflict_by_term(hint.index, hint.term)),
-            None => None,
-        };
+        // A hint at index 0 (the follower holds nothing) yields 0: the answer is never above it.
+        let probe_index =
+            reject_hint.map(|hint| self.log.find_conflict_by_term(hint.index, hint.term));
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };

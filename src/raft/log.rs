@@ -126,6 +126,8 @@ impl RaftLog {
         if index == self.snapshot_index {
             return Some(self.snapshot_term);
         }
+        // `<=` would do as well as `<` (the snapshot index returned above): cargo-mutants
+        // reports that mutant as missed, and it is equivalent.
         if index < self.snapshot_index || index > self.last_index() {
             return None;
         }
@@ -174,6 +176,8 @@ impl RaftLog {
     /// own term is already too high.
     pub(crate) fn find_conflict_by_term(&self, index: Index, term: Term) -> Index {
         let bound = index.min(self.last_index());
+        // `>=` would do as well (at the snapshot index the slice below is empty): an equivalent
+        // mutant.
         if bound > self.snapshot_index {
             let candidates = self.slice(self.first_index(), bound + 1);
             let qualifying = candidates.partition_point(|e| e.term <= term);
@@ -392,6 +396,119 @@ mod tests {
         assert_eq!(log.find_conflict_by_term(48, 1), 45);
         assert_eq!(log.find_conflict_by_term(46, 2), 46);
         assert_eq!(log.find_conflict_by_term(30, 1), 30);
+    }
+
+    fn snapshot_at(index: Index, term: Term) -> Snapshot {
+        Snapshot {
+            meta: SnapshotMeta {
+                index,
+                term,
+                membership: Membership::with_voters([1]),
+            },
+            data: Default::default(),
+        }
+    }
+
+    fn entry_of_bytes(index: Index, term: Term, data_bytes: usize) -> Entry {
+        Entry {
+            data: vec![0u8; data_bytes].into(),
+            ..entry(index, term)
+        }
+    }
+
+    #[test]
+    fn restore_refuses_a_snapshot_of_term_0() {
+        let error = RaftLog::restore(Some(snapshot_at(5, 0)), vec![], 0).unwrap_err();
+        assert_eq!(error, "snapshot at index 5 has term 0");
+        assert!(RaftLog::restore(Some(snapshot_at(5, 1)), vec![], 0).is_ok());
+    }
+
+    #[test]
+    fn restore_refuses_a_term_that_decreases_and_an_entry_of_term_0() {
+        let decreasing = vec![entry(1, 2), entry(2, 1)];
+        assert_eq!(
+            RaftLog::restore(None, decreasing, 0).unwrap_err(),
+            "restored entry 2 has term 1 after term 2"
+        );
+        let below_snapshot = vec![entry(6, 2)];
+        assert_eq!(
+            RaftLog::restore(Some(snapshot_at(5, 3)), below_snapshot, 0).unwrap_err(),
+            "restored entry 6 has term 2 after term 3"
+        );
+        let zero = vec![entry(1, 0)];
+        assert_eq!(
+            RaftLog::restore(None, zero, 0).unwrap_err(),
+            "restored entry 1 has term 0 after term 0"
+        );
+        let log = RaftLog::restore(None, vec![entry(1, 1), entry(2, 1), entry(3, 2)], 0).unwrap();
+        assert_eq!(log.last_index(), 3);
+    }
+
+    #[test]
+    fn restore_skips_entries_the_snapshot_covers_and_raises_commit_to_it() {
+        let entries = (3..=7).map(|index| entry(index, 1)).collect();
+        let log = RaftLog::restore(Some(snapshot_at(5, 1)), entries, 2).unwrap();
+        assert_eq!(log.first_index(), 6);
+        assert_eq!(log.last_index(), 7);
+        assert_eq!(log.slice(0, 100), &[entry(6, 1), entry(7, 1)]);
+        assert_eq!(log.commit, 5);
+        assert_eq!((log.applied, log.applying), (5, 5));
+        assert_eq!((log.persisted, log.unstable_from), (7, 8));
+        let gap = vec![entry(7, 1)];
+        assert_eq!(
+            RaftLog::restore(Some(snapshot_at(5, 1)), gap, 0).unwrap_err(),
+            "restored entries are not contiguous: expected index 6, found 7"
+        );
+    }
+
+    #[test]
+    fn term_at_knows_the_snapshot_entry_and_nothing_outside_the_log() {
+        let log = log_with((5, 2), &[2, 3]);
+        assert_eq!(log.term_at(4), None);
+        assert_eq!(log.term_at(0), None);
+        assert_eq!(log.term_at(5), Some(2));
+        assert_eq!(log.term_at(6), Some(2));
+        assert_eq!(log.term_at(7), Some(3));
+        assert_eq!(log.term_at(8), None);
+    }
+
+    #[test]
+    fn batch_stops_at_the_entry_and_byte_limits_but_sends_at_least_one_entry() {
+        // Entries of 24 bytes of overhead plus 10, 20 and 30 bytes of data.
+        let entries = vec![
+            entry_of_bytes(1, 1, 10),
+            entry_of_bytes(2, 1, 20),
+            entry_of_bytes(3, 1, 30),
+        ];
+        let log = RaftLog::restore(None, entries, 0).unwrap();
+        let indexes = |batch: &[Entry]| batch.iter().map(|e| e.index).collect::<Vec<_>>();
+        assert_eq!(indexes(log.batch(1, 10, 1_000)), vec![1, 2, 3]);
+        assert_eq!(indexes(log.batch(1, 2, 1_000)), vec![1, 2]);
+        assert_eq!(indexes(log.batch(2, 1, 1_000)), vec![2]);
+        // Exactly the bytes of the first two entries (34 + 44) fit; one byte less does not.
+        assert_eq!(indexes(log.batch(1, 10, 78)), vec![1, 2]);
+        assert_eq!(indexes(log.batch(1, 10, 77)), vec![1]);
+        // An entry larger than the byte limit still goes, alone.
+        assert_eq!(indexes(log.batch(3, 10, 1)), vec![3]);
+        assert_eq!(indexes(log.batch(1, 10, 0)), vec![1]);
+        assert_eq!(indexes(log.batch(4, 10, 1_000)), Vec::<Index>::new());
+    }
+
+    #[test]
+    fn truncate_from_drops_the_tail_and_rewinds_persisted_and_unstable_markers() {
+        let mut log = log_with((5, 1), &[1, 1, 2, 2, 2]);
+        assert_eq!((log.persisted, log.unstable_from), (10, 11));
+        log.truncate_from(8);
+        assert_eq!(log.last_index(), 7);
+        assert_eq!(log.last_term(), 1);
+        assert_eq!(log.persisted, 7);
+        assert_eq!(log.unstable_from, 8);
+        // Markers already below the truncation point stay where they are.
+        log.persisted = 6;
+        log.unstable_from = 7;
+        log.truncate_from(7);
+        assert_eq!(log.last_index(), 6);
+        assert_eq!((log.persisted, log.unstable_from), (6, 7));
     }
 
     #[test]

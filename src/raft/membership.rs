@@ -80,3 +80,63 @@ impl MembershipLog {
         self.changes.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::Term;
+
+    fn config_entry(index: Index, term: Term, change: ConfChange) -> Entry {
+        Entry {
+            term,
+            index,
+            kind: EntryKind::Config,
+            data: postcard::to_allocvec(&change).unwrap().into(),
+        }
+    }
+
+    /// Voters {1, 2, 3}; node 4 added at index 5, node 1 removed at index 8.
+    fn two_changes() -> MembershipLog {
+        let mut log = MembershipLog::new(Membership::with_voters([1, 2, 3]));
+        log.observe_appended(&[
+            config_entry(5, 1, ConfChange::AddVoter(4)),
+            config_entry(8, 1, ConfChange::Remove(1)),
+        ]);
+        log
+    }
+
+    #[test]
+    fn the_membership_at_an_index_is_the_latest_change_at_or_before_it() {
+        let log = two_changes();
+        assert_eq!(log.at(4), &Membership::with_voters([1, 2, 3]));
+        assert_eq!(log.at(5), &Membership::with_voters([1, 2, 3, 4]));
+        assert_eq!(log.at(7), &Membership::with_voters([1, 2, 3, 4]));
+        assert_eq!(log.at(8), &Membership::with_voters([2, 3, 4]));
+        assert_eq!(log.current(), &Membership::with_voters([2, 3, 4]));
+        assert_eq!(log.latest_change_index(), Some(8));
+    }
+
+    #[test]
+    fn truncating_at_a_change_rolls_the_membership_back_before_it() {
+        let mut log = two_changes();
+        log.truncate_from(9);
+        assert_eq!(log.latest_change_index(), Some(8));
+        log.truncate_from(8);
+        assert_eq!(log.latest_change_index(), Some(5));
+        assert_eq!(log.current(), &Membership::with_voters([1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn compacting_folds_the_changes_it_covers_into_the_base() {
+        let mut log = two_changes();
+        log.compact_to(7);
+        assert_eq!(log.latest_change_index(), Some(8));
+        assert_eq!(log.at(6), &Membership::with_voters([1, 2, 3, 4]));
+        assert_eq!(log.current(), &Membership::with_voters([2, 3, 4]));
+        // Compacting exactly at a change folds it in too.
+        log.compact_to(8);
+        assert_eq!(log.latest_change_index(), None);
+        assert_eq!(log.at(8), &Membership::with_voters([2, 3, 4]));
+        assert_eq!(log.current(), &Membership::with_voters([2, 3, 4]));
+    }
+}

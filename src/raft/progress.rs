@@ -191,12 +191,120 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_never_goes_back_to_or_below_the_match() {
+        let mut progress = replicating(6, 10);
+        assert!(progress.maybe_decrease_to(9, 8));
+        assert_eq!(progress.state, ProgressState::Probe);
+        assert_eq!(progress.next_index, 9);
+        progress.sent_append(8, true);
+        // The hint points below the match: the probe stops right after the match.
+        assert!(progress.maybe_decrease_to(8, 2));
+        assert_eq!(progress.next_index, 7);
+    }
+
+    #[test]
     fn every_answered_rejection_moves_the_probe_back() {
         let mut progress = Progress::new(47);
         progress.sent_append(46, true);
         // A useless guess (at or above the rejected index) still backs off by one.
         assert!(progress.maybe_decrease_to(46, 46));
         assert_eq!(progress.next_index, 46);
+    }
+
+    /// A progress that matched `match_index` and pipelines appends up to `next_index - 1`.
+    fn replicating(match_index: Index, next_index: Index) -> Progress {
+        let mut progress = Progress::new(1);
+        progress.maybe_update(match_index);
+        progress.become_replicate();
+        progress.sent_append(next_index - 1, true);
+        progress
+    }
+
+    #[test]
+    fn a_replicating_follower_that_becomes_probed_restarts_after_its_match() {
+        let mut progress = replicating(5, 13);
+        progress.sent_append(15, true);
+        progress.stalled_beats = 2;
+        progress.become_probe();
+        assert_eq!(progress.state, ProgressState::Probe);
+        assert_eq!(progress.next_index, 6);
+        assert!(!progress.probe_sent);
+        assert!(progress.inflight_last_indexes.is_empty());
+        assert_eq!(progress.stalled_beats, 0);
+        assert!(!progress.is_paused(1));
+    }
+
+    #[test]
+    fn a_probe_after_a_snapshot_starts_past_the_snapshot_or_the_match() {
+        let mut progress = replicating(5, 6);
+        progress.become_snapshot(20);
+        progress.stalled_beats = 1;
+        assert!(progress.is_paused(8));
+        progress.become_probe();
+        assert_eq!(progress.state, ProgressState::Probe);
+        assert_eq!(
+            progress.next_index, 21,
+            "the snapshot was sent: probe after it"
+        );
+        assert_eq!(progress.pending_snapshot_index, 0);
+        assert_eq!(progress.stalled_beats, 0);
+
+        // A match beyond the snapshot wins.
+        let mut progress = replicating(5, 6);
+        progress.become_snapshot(20);
+        progress.maybe_update(25);
+        progress.become_probe();
+        assert_eq!(progress.next_index, 26);
+    }
+
+    #[test]
+    fn an_acknowledgement_moves_match_and_next_only_forward_and_retires_inflight_appends() {
+        let mut progress = replicating(5, 8);
+        progress.sent_append(9, true);
+        progress.sent_append(12, true);
+        // A duplicate of the acknowledgement that set the match changes nothing.
+        assert!(!progress.maybe_update(5));
+        assert_eq!(progress.match_index, 5);
+        assert_eq!(
+            progress.inflight_last_indexes,
+            VecDeque::from(vec![7, 9, 12])
+        );
+        // An acknowledgement of exactly the end of an append retires it.
+        assert!(progress.maybe_update(9));
+        assert_eq!(progress.match_index, 9);
+        assert_eq!(progress.next_index, 13);
+        assert_eq!(progress.inflight_last_indexes, VecDeque::from(vec![12]));
+
+        // In probe, an acknowledgement beyond the probe moves next past it and ends the wait.
+        let mut progress = Progress::new(4);
+        progress.sent_append(3, false);
+        assert!(progress.is_paused(8));
+        assert!(progress.maybe_update(7));
+        assert_eq!((progress.match_index, progress.next_index), (7, 8));
+        assert!(!progress.probe_sent);
+        // A stale acknowledgement does not end a new probe's wait.
+        progress.sent_append(7, false);
+        assert!(!progress.maybe_update(6));
+        assert!(progress.probe_sent);
+    }
+
+    #[test]
+    fn a_replicating_follower_that_rejects_above_its_match_is_probed_from_the_hint() {
+        // Rejected at the match point + 1: the probe restarts right after the match.
+        let mut progress = replicating(6, 13);
+        assert!(progress.maybe_decrease_to(7, 10));
+        assert_eq!(progress.next_index, 7);
+        // The hint, when lower than the rejected index, decides (never below match + 1).
+        let mut progress = replicating(6, 13);
+        assert!(progress.maybe_decrease_to(12, 8));
+        assert_eq!(progress.next_index, 9);
+        let mut progress = replicating(6, 13);
+        assert!(progress.maybe_decrease_to(12, 2));
+        assert_eq!(progress.next_index, 7);
+        // A snapshot in flight ignores rejections.
+        progress.become_snapshot(30);
+        assert!(!progress.maybe_decrease_to(12, 2));
+        assert_eq!(progress.state, ProgressState::Snapshot);
     }
 
     #[test]

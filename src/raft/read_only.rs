@@ -63,3 +63,58 @@ impl ReadOnly {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(context: ReadContext, index: Index, read_seq: u64) -> PendingRead {
+        PendingRead {
+            context,
+            index,
+            read_seq,
+        }
+    }
+
+    #[test]
+    fn a_confirmed_round_releases_its_reads_and_earlier_ones_in_order() {
+        let mut reads = ReadOnly::default();
+        reads
+            .pending
+            .extend([read(10, 4, 1), read(11, 6, 2), read(12, 7, 3)]);
+        let mut out = Vec::new();
+        reads.release_up_to(2, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                ReadState {
+                    context: 10,
+                    index: 4
+                },
+                ReadState {
+                    context: 11,
+                    index: 6
+                }
+            ]
+        );
+        assert_eq!(reads.pending, VecDeque::from(vec![read(12, 7, 3)]));
+    }
+
+    #[test]
+    fn a_read_without_a_round_waits_whatever_round_is_confirmed() {
+        // A re-elected leader whose followers echo an old round must not release reads that
+        // wait for the first commit of its new term.
+        let mut reads = ReadOnly::default();
+        reads.pending.extend([read(10, 4, 1), read(11, 0, 0)]);
+        let mut out = Vec::new();
+        reads.release_up_to(u64::MAX, &mut out);
+        assert_eq!(
+            out,
+            vec![ReadState {
+                context: 10,
+                index: 4
+            }]
+        );
+        assert_eq!(reads.pending, VecDeque::from(vec![read(11, 0, 0)]));
+    }
+}

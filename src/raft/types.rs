@@ -96,11 +96,6 @@ impl Membership {
         all.dedup();
         all.into_iter()
     }
-
-    /// How many voters make a majority.
-    pub fn quorum(&self) -> usize {
-        self.voters.len() / 2 + 1
-    }
 }
 
 /// A single-server membership change (thesis §4.1), carried in a `Config` entry.
@@ -319,4 +314,84 @@ pub struct SoftState {
     pub leader: Option<NodeId>,
     /// This node's current term.
     pub term: Term,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_names_are_the_words_the_http_api_and_metrics_publish() {
+        let names = [
+            Role::Follower,
+            Role::PreCandidate,
+            Role::Candidate,
+            Role::Leader,
+        ]
+        .map(|role| role.as_str());
+        assert_eq!(names, ["follower", "pre-candidate", "candidate", "leader"]);
+    }
+
+    #[test]
+    fn message_names_are_the_snake_case_variant_names() {
+        let bodies = [
+            MessageBody::PreVote {
+                last_log_index: 0,
+                last_log_term: 0,
+            },
+            MessageBody::PreVoteResponse { granted: true },
+            MessageBody::Vote {
+                last_log_index: 0,
+                last_log_term: 0,
+                transfer: false,
+            },
+            MessageBody::VoteResponse { granted: true },
+            MessageBody::Append {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: Vec::new(),
+                leader_commit: 0,
+            },
+            MessageBody::AppendResponse {
+                index: 0,
+                reject_hint: None,
+            },
+            MessageBody::Heartbeat {
+                leader_commit: 0,
+                read_seq: 0,
+            },
+            MessageBody::HeartbeatResponse { read_seq: 0 },
+            MessageBody::InstallSnapshot {
+                snapshot: Snapshot::default(),
+            },
+            MessageBody::TimeoutNow,
+        ];
+        let names: Vec<&str> = bodies.iter().map(MessageBody::name).collect();
+        assert_eq!(
+            names,
+            [
+                "pre_vote",
+                "pre_vote_response",
+                "vote",
+                "vote_response",
+                "append",
+                "append_response",
+                "heartbeat",
+                "heartbeat_response",
+                "install_snapshot",
+                "timeout_now",
+            ]
+        );
+    }
+
+    #[test]
+    fn entry_size_counts_the_payload_and_a_fixed_header() {
+        let entry = Entry {
+            term: 1,
+            index: 1,
+            kind: EntryKind::Normal,
+            data: Bytes::from_static(b"hello"),
+        };
+        assert_eq!(entry.size_bytes(), 29);
+    }
 }

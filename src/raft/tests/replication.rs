@@ -3,7 +3,9 @@
 
 use super::{elect, figure_entry, log_of, persisted, run_ticks};
 use crate::raft::testkit::Cluster;
-use crate::raft::{Entry, EntryKind, Error, MessageBody, Role};
+use crate::raft::{
+    Entry, EntryKind, Error, Membership, Message, MessageBody, Role, Snapshot, SnapshotMeta,
+};
 
 #[test]
 fn a_new_leader_repairs_every_follower_log_of_figure_7() {
@@ -375,4 +377,42 @@ fn a_minority_partition_cannot_commit_while_the_majority_can() {
         assert_eq!(cluster.applied(id), cluster.applied(leader), "node {id}");
         assert!(cluster.applied(id).iter().all(|e| e.data != "minority"));
     }
+}
+
+#[test]
+fn a_driver_may_acknowledge_two_snapshot_readies_late_and_in_order() {
+    let mut cluster = Cluster::new(3, 14);
+    let install = |index: u64| Message {
+        from: 1,
+        to: 3,
+        term: 1,
+        body: MessageBody::InstallSnapshot {
+            snapshot: Snapshot {
+                meta: SnapshotMeta {
+                    index,
+                    term: 1,
+                    membership: Membership::with_voters([1, 2, 3]),
+                },
+                data: Default::default(),
+            },
+        },
+    };
+    let node = cluster.node_mut(3);
+    node.step(install(5)).unwrap();
+    let first = node.ready();
+    assert_eq!(first.snapshot.as_ref().map(|s| s.meta.index), Some(5));
+    // A newer snapshot arrives before the driver has persisted the first one.
+    node.step(install(9)).unwrap();
+    let second = node.ready();
+    assert_eq!(second.snapshot.as_ref().map(|s| s.meta.index), Some(9));
+    // Acknowledging the first leaves the second awaiting its acknowledgement: the node runs
+    // on (its invariants allow the snapshot index above the applied index until then).
+    node.advance(&first);
+    assert_eq!(node.status().snapshot_index, 9);
+    assert!(!node.has_ready());
+    node.advance(&second);
+    let status = node.status();
+    assert_eq!(status.applied_index, 9);
+    assert_eq!(status.hard_state.commit, 9);
+    assert_eq!(node.persisted_index(), 9);
 }
