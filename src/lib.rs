@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod server;
+pub mod snapshot;
 pub mod wal;

@@ -83,25 +83,30 @@ impl IdempotencyTable {
             .map(|(key, (index, result))| (key.as_str(), *index, result))
     }
 
-    /// Rebuilds a table from snapshot records, refusing duplicate keys or indices.
-    pub(super) fn from_records(
-        records: impl IntoIterator<Item = (String, u64, WriteResult)>,
-    ) -> Result<Self, String> {
-        let mut table = IdempotencyTable::default();
-        for (idempotency_key, index, result) in records {
-            if let Some(other_key) = table.by_index.insert(index, idempotency_key.clone()) {
-                return Err(format!(
-                    "idempotency keys {other_key:?} and {idempotency_key:?} share index {index}"
-                ));
-            }
-            if table
-                .by_key
-                .insert(idempotency_key.clone(), (index, result))
-                .is_some()
-            {
-                return Err(format!("idempotency key {idempotency_key:?} appears twice"));
-            }
+    /// The record with the greatest idempotency key.
+    pub(super) fn last(&self) -> Option<(&str, u64, &WriteResult)> {
+        self.by_key
+            .last_key_value()
+            .map(|(key, (index, result))| (key.as_str(), *index, result))
+    }
+
+    /// Adds one snapshot record, refusing a duplicate key or index (no eviction).
+    pub(super) fn insert_record(
+        &mut self,
+        idempotency_key: String,
+        index: u64,
+        result: WriteResult,
+    ) -> Result<(), String> {
+        if let Some(other_key) = self.by_index.get(&index) {
+            return Err(format!(
+                "idempotency keys {other_key:?} and {idempotency_key:?} share index {index}"
+            ));
         }
-        Ok(table)
+        if self.by_key.contains_key(&idempotency_key) {
+            return Err(format!("idempotency key {idempotency_key:?} appears twice"));
+        }
+        self.by_index.insert(index, idempotency_key.clone());
+        self.by_key.insert(idempotency_key, (index, result));
+        Ok(())
     }
 }

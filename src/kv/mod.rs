@@ -20,6 +20,7 @@
 
 mod idempotency;
 mod snapshot;
+pub use snapshot::KvRestore;
 #[cfg(test)]
 mod tests;
 
