@@ -210,6 +210,10 @@ mod cli {
             summary.virtual_ms_total as f64 / seeds_run / 1000.0,
             summary.ops_total as f64 / seeds_run,
         );
+        println!(
+            "snapshots: {} installed from a leader, in {} of {} seeds",
+            summary.restores_total, summary.seeds_with_restores, summary.seeds_run
+        );
         if let (Some(end), Some(max)) = (summary.rss_kb_end, summary.rss_kb_max) {
             println!(
                 "memory: rss {} MB at the end, {} MB at most",

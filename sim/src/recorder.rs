@@ -60,6 +60,8 @@ pub struct Recorder {
     pub inconclusive: bool,
     /// Nodes killed (crashes and disk-full restarts).
     pub crashes: u64,
+    /// Snapshots nodes installed from a leader (the coverage of streamed transfers).
+    pub restores: u64,
 }
 
 impl Recorder {

@@ -39,6 +39,8 @@ pub struct SeedResult {
     pub ops: (u64, u64, u64),
     /// Nodes killed during the run.
     pub crashes: u64,
+    /// Snapshots installed from a leader during the run.
+    pub restores: u64,
 }
 
 impl SeedResult {
@@ -206,6 +208,7 @@ mod tests {
             wall_ms: 100,
             ops: (2, 0, 0),
             crashes: 1,
+            restores: 0,
         };
         let text = render(&result, Some(Path::new("target/sim-failures/seed-77.html")));
         assert!(text.contains("=== seed 77 FAILED ==="), "{text}");

@@ -213,6 +213,10 @@ pub struct Scenario {
     /// being asked for its vote) is crashed and restarted at once, before the faults end: a
     /// crash at the worst moment for a forgotten vote.
     pub voter_crash_probability: f64,
+    /// Bytes of a snapshot file per streamed chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// Largest peer RPC body (batches of messages and snapshot chunks stay under it).
+    pub rpc_body_bytes_max: usize,
 }
 
 /// A small seeded generator for scenario parameters.
@@ -317,7 +321,7 @@ impl Scenario {
             u32::try_from(draw.range(1, u64::from(election_ticks / 4))).expect("small");
         let request_timeout_ms = draw.range(1_000, 3_000);
         let rpc_timeout_ms = draw.range(300, 1_000);
-        let snapshot_entries = *draw.pick(&[25, 100, 400, 20_000]);
+        let snapshot_entries = *draw.pick(&[25, 25, 40, 100, 400, 20_000]);
         let wal_segment_bytes_max = *draw.pick(&[2_048, 16_384, 1 << 20]);
         let packet_loss_rate = if draw.chance(0.5) {
             0.0
@@ -353,6 +357,10 @@ impl Scenario {
         } else {
             draw.range(5, 40) as f64 / 100.0
         };
+        // Most seeds stream snapshots in many small chunks under a small body cap, so transfers
+        // span many RPCs and the faults above land in the middle of them.
+        let snapshot_chunk_bytes = *draw.pick(&[128, 512, 1 << 10, 1 << 10, 1 << 20]);
+        let rpc_body_bytes_max = *draw.pick(&[16 << 10, 16 << 10, 64 << 10, 64 << 20]);
         Scenario {
             seed,
             plant,
@@ -375,6 +383,8 @@ impl Scenario {
             think_ms,
             episodes,
             voter_crash_probability,
+            snapshot_chunk_bytes,
+            rpc_body_bytes_max,
         }
     }
 
@@ -605,6 +615,11 @@ impl fmt::Display for Scenario {
             self.rpc_timeout_ms,
             self.snapshot_entries,
             self.wal_segment_bytes_max
+        )?;
+        writeln!(
+            f,
+            "  transfers: snapshot chunks of {} bytes, peer rpc bodies of at most {} bytes",
+            self.snapshot_chunk_bytes, self.rpc_body_bytes_max
         )?;
         writeln!(
             f,

@@ -107,6 +107,7 @@ pub fn run_seed(seed: u64, plant: Plant, echo: bool) -> SeedResult {
         wall_ms,
         ops: (rec.ops_definite, rec.ops_unknown, rec.ops_not_applied),
         crashes: rec.crashes,
+        restores: rec.restores,
     }
 }
 
@@ -142,6 +143,10 @@ pub struct SweepSummary {
     pub seed_wall_ms_total: u64,
     /// Client operations recorded (definite + unknown).
     pub ops_total: u64,
+    /// Snapshots installed from a leader, over all seeds.
+    pub restores_total: u64,
+    /// Seeds in which some node installed a snapshot from a leader.
+    pub seeds_with_restores: usize,
     /// Resident memory at the end, in kilobytes (Linux).
     pub rss_kb_end: Option<u64>,
     /// Highest resident memory seen during the sweep, in kilobytes.
@@ -202,6 +207,8 @@ pub fn sweep(options: &SweepOptions) -> SweepSummary {
         summary.virtual_ms_total += result.virtual_ms;
         summary.seed_wall_ms_total += result.wall_ms;
         summary.ops_total += result.ops.0 + result.ops.1;
+        summary.restores_total += result.restores;
+        summary.seeds_with_restores += usize::from(result.restores > 0);
         if let Some(rss) = rss_kb() {
             summary.rss_kb_max = Some(summary.rss_kb_max.unwrap_or(0).max(rss));
         }

@@ -26,6 +26,14 @@ pub struct NodeConfig {
     pub rpc_timeout: Duration,
     /// Take a snapshot and compact the log after this many applied entries.
     pub snapshot_entries: u64,
+    /// Bytes of a snapshot file in one `POST /v1/raft/snapshot` chunk (`--snapshot-chunk-bytes`;
+    /// clamped so a chunk fits in `rpc_body_bytes_max`).
+    pub snapshot_chunk_bytes: usize,
+    /// Snapshot transfers a leader streams at once (`--snapshot-transfers-max`).
+    pub snapshot_transfers_max: usize,
+    /// Largest snapshot file a follower accepts from a leader: the disk it may spend on one
+    /// (`--snapshot-receive-bytes-max`; unlimited by default).
+    pub snapshot_receive_bytes_max: u64,
     /// Largest WAL segment file.
     pub wal_segment_bytes_max: u64,
     /// Largest key in bytes.
@@ -98,6 +106,9 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(5),
             rpc_timeout: Duration::from_secs(2),
             snapshot_entries: 20_000,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_transfers_max: 2,
+            snapshot_receive_bytes_max: u64::MAX,
             wal_segment_bytes_max: 64 << 20,
             key_bytes_max: crate::kv::KEY_BYTES_MAX,
             value_bytes_max: crate::kv::VALUE_BYTES_MAX,

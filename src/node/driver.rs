@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cluster::{self, ClusterInfo};
+use super::snapshot_transfer::{self, PreparedInstall, TransferOptions};
 use super::transport::Transport;
 use super::{
     Consistency, Inspection, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeMetrics, NodeStatus,
@@ -29,6 +30,10 @@ use crate::wal::{Wal, WalOptions};
 const INPUTS_PER_ROUND_MAX: usize = 8192;
 /// Capacity of the inbound Raft message queue.
 const INBOUND_QUEUE_MAX: usize = 16_384;
+/// Entry bytes in one `Append` at most (the core's default), and at most this share of the peer
+/// RPC body limit, so a batch of appends always fits in a body.
+const APPEND_BYTES_MAX: u64 = 1 << 20;
+const APPEND_SHARE_OF_RPC_BODY: u64 = 4;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +73,11 @@ struct Driver {
     status: Arc<Mutex<NodeStatus>>,
     requests: mpsc::Receiver<Request>,
     inbound: mpsc::Receiver<Message>,
+    /// Snapshots a leader streamed to this node, verified and loaded by the receiver task.
+    installs: mpsc::Receiver<PreparedInstall>,
+    /// The store of the snapshot last stepped into the core, swapped in when the core's `Ready`
+    /// carries that snapshot.
+    prepared_install: Option<(SnapshotMeta, KvStore)>,
     /// Writes by log index.
     pending_writes: BTreeMap<Index, PendingWrite>,
     /// Linearizable reads collected since the last read-index request.
@@ -116,6 +126,8 @@ pub(super) async fn start(
     let mut raft_config = Config::new(cluster.self_id);
     raft_config.election_ticks = config.election_ticks;
     raft_config.heartbeat_ticks = config.heartbeat_ticks;
+    raft_config.max_bytes_per_append =
+        APPEND_BYTES_MAX.min(config.rpc_body_bytes_max as u64 / APPEND_SHARE_OF_RPC_BODY);
     let raft = Raft::new(raft_config, cluster.membership(), restore, env::rng())
         .map_err(|e| StartError::Restore(e.to_string()))?;
 
@@ -130,12 +142,30 @@ pub(super) async fn start(
         last_index: raft_status.last_index,
         failure: None,
     }));
+    let transfer = TransferOptions {
+        cluster_id: cluster.cluster_id,
+        self_id: cluster.self_id,
+        data_dir: config.data_dir.clone(),
+        chunk_bytes: config.snapshot_chunk_bytes.max(1),
+        body_bytes_max: config.rpc_body_bytes_max,
+        transfers_max: config.snapshot_transfers_max,
+        rpc_timeout: config.rpc_timeout,
+    };
     let transport = Transport::new(
         &cluster,
         client,
         config.rpc_timeout,
         config.rpc_body_bytes_max,
+        transfer.clone(),
         &metrics,
+    );
+    let (installs_tx, installs) = mpsc::channel(1);
+    let snapshot_chunks = snapshot_transfer::spawn_receiver(
+        transfer,
+        kv_options.clone(),
+        config.snapshot_receive_bytes_max,
+        installs_tx,
+        metrics.clone(),
     );
     let (requests_tx, requests) = mpsc::channel(config.request_queue_max);
     let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE_MAX);
@@ -159,6 +189,8 @@ pub(super) async fn start(
         status: status.clone(),
         requests,
         inbound,
+        installs,
+        prepared_install: None,
         pending_writes: BTreeMap::new(),
         reads_unsent: Vec::new(),
         reads_confirming: BTreeMap::new(),
@@ -172,6 +204,7 @@ pub(super) async fn start(
     Ok(NodeHandle {
         requests: requests_tx,
         inbound: inbound_tx,
+        snapshot_chunks,
         status,
         cluster,
         config,
@@ -198,6 +231,10 @@ impl Driver {
                 },
                 message = self.inbound.recv() => if let Some(message) = message {
                     self.handle_message(message);
+                    handled += 1;
+                },
+                install = self.installs.recv() => if let Some(install) = install {
+                    self.handle_prepared_install(install);
                     handled += 1;
                 },
             }
@@ -241,6 +278,23 @@ impl Driver {
         }
         if let Err(error) = self.raft.step(message) {
             tracing::debug!(%error, "dropped raft message");
+        }
+    }
+
+    /// A streamed snapshot is on disk and loaded: step its `InstallSnapshot` into the core and
+    /// keep the store until the core's `Ready` says to install it (the core may also refuse it,
+    /// if it already committed past it or the leader's term is stale).
+    fn handle_prepared_install(&mut self, install: PreparedInstall) {
+        if self.failure.is_some() {
+            return;
+        }
+        let crate::raft::MessageBody::InstallSnapshot { snapshot } = &install.message.body else {
+            unreachable!("the receiver only prepares InstallSnapshot messages");
+        };
+        self.prepared_install = Some((snapshot.meta.clone(), install.store));
+        if let Err(error) = self.raft.step(install.message) {
+            tracing::debug!(%error, "prepared snapshot refused by the core");
+            self.prepared_install = None;
         }
     }
 
@@ -394,8 +448,19 @@ impl Driver {
                 .save_snapshot(snapshot)
                 .await
                 .map_err(|e| format!("wal snapshot: {e}"))?;
-            self.kv = KvStore::restore(&snapshot.data, self.kv_options.clone())
-                .map_err(|e| format!("snapshot from leader does not restore: {e}"))?;
+            self.kv = match self.prepared_install.take() {
+                Some((meta, store)) if meta == snapshot.meta => store,
+                _ if !snapshot.data.is_empty() => {
+                    KvStore::restore(&snapshot.data, self.kv_options.clone())
+                        .map_err(|e| format!("snapshot from leader does not restore: {e}"))?
+                }
+                _ => {
+                    return Err(format!(
+                    "the core installed the snapshot at ({}, {}) but no store was prepared for it",
+                    snapshot.meta.index, snapshot.meta.term
+                ))
+                }
+            };
             self.observe(NodeEvent::Restored {
                 node: self.cluster.self_id,
                 index: snapshot.meta.index,
@@ -461,6 +526,8 @@ impl Driver {
             role: soft.role,
             leader: soft.leader,
         });
+        self.transport
+            .set_leadership((soft.role == Role::Leader).then_some(soft.term));
         if soft.leader != self.last_leader {
             self.metrics.leader_changes.inc();
             self.last_leader = soft.leader;

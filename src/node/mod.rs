@@ -5,6 +5,8 @@ pub mod cluster;
 pub mod config;
 mod driver;
 pub mod rpc;
+mod snapshot_receiver;
+mod snapshot_transfer;
 mod transport;
 
 use std::sync::{Arc, Mutex};
@@ -159,6 +161,11 @@ pub struct Inspection {
     pub view: crate::raft::invariants::NodeView,
 }
 
+/// Buckets for snapshot transfers and installs, which take far longer than a request.
+const TRANSFER_BUCKETS_SECONDS: &[f64] = &[
+    0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
 /// The node's metrics, registered once.
 #[derive(Clone)]
 pub struct NodeMetrics {
@@ -175,6 +182,12 @@ pub struct NodeMetrics {
     pub(crate) leader_changes: Counter,
     pub(crate) fsync_seconds: Histogram,
     pub(crate) snapshots: Counter,
+    pub(crate) snapshot_installs: Counter,
+    pub(crate) snapshot_install_bytes: Counter,
+    pub(crate) snapshot_install_seconds: Histogram,
+    pub(crate) snapshot_chunks_received: Counter,
+    pub(crate) snapshot_chunks_sent: Counter,
+    pub(crate) snapshot_sent_bytes: Counter,
     pub(crate) healthy: Gauge,
 }
 
@@ -236,6 +249,37 @@ impl NodeMetrics {
                 "Snapshots taken to compact the log.",
                 &[],
             ),
+            snapshot_installs: m.counter(
+                "raft_snapshot_installs_total",
+                "Snapshots received from a leader, verified and loaded.",
+                &[],
+            ),
+            snapshot_install_bytes: m.counter(
+                "raft_snapshot_install_bytes_total",
+                "Bytes of the snapshot files installed from a leader.",
+                &[],
+            ),
+            snapshot_install_seconds: m.histogram(
+                "raft_snapshot_install_duration_seconds",
+                "Time to verify, rename and load a received snapshot file.",
+                &[],
+                TRANSFER_BUCKETS_SECONDS,
+            ),
+            snapshot_chunks_received: m.counter(
+                "raft_snapshot_chunks_received_total",
+                "Snapshot chunks received and written.",
+                &[],
+            ),
+            snapshot_chunks_sent: m.counter(
+                "raft_snapshot_chunks_sent_total",
+                "Snapshot chunks a follower accepted from this leader.",
+                &[],
+            ),
+            snapshot_sent_bytes: m.counter(
+                "raft_snapshot_sent_bytes_total",
+                "Snapshot bytes a follower accepted from this leader.",
+                &[],
+            ),
             healthy: m.gauge(
                 "raft_kv_healthy",
                 "1 when the node can serve, 0 otherwise.",
@@ -251,6 +295,7 @@ impl NodeMetrics {
 pub struct NodeHandle {
     requests: mpsc::Sender<Request>,
     inbound: mpsc::Sender<Message>,
+    snapshot_chunks: mpsc::Sender<snapshot_transfer::InboundChunk>,
     status: Arc<Mutex<NodeStatus>>,
     /// Who is in the cluster.
     pub cluster: Arc<ClusterInfo>,
@@ -309,6 +354,31 @@ impl NodeHandle {
             }
         }
         Ok(())
+    }
+
+    /// Hands a snapshot chunk to the receiver task and waits for its answer (the next offset
+    /// the node expects, or why it stops the transfer).
+    pub async fn deliver_snapshot_chunk(
+        &self,
+        header: rpc::ChunkHeader,
+        bytes: Bytes,
+    ) -> Result<rpc::ChunkAnswer, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        let chunk = snapshot_transfer::InboundChunk {
+            header,
+            bytes,
+            reply,
+        };
+        if self.snapshot_chunks.try_send(chunk).is_err() {
+            return Err(NodeError::Overloaded(
+                "snapshot receiver queue is full".into(),
+            ));
+        }
+        match env::timeout(self.config.request_timeout, answer).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(NodeError::Unavailable("node stopped".into())),
+            Err(_) => Err(NodeError::Timeout),
+        }
     }
 
     /// The node's current status.
