@@ -521,3 +521,239 @@ impl ReceiverTask {
             .map_err(|_| "the driver stopped".to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::env::testing::run_with_dir;
+    use crate::kv::{encode_write, WriteOp, WriteRequest};
+    use crate::raft::Membership;
+
+    const CHUNK_BYTES: usize = 100;
+
+    fn store_of(keys: u64) -> KvStore {
+        let mut store = KvStore::new(KvOptions::default());
+        for index in 1..=keys {
+            let request = WriteRequest {
+                idempotency_key: (index % 2 == 0).then(|| format!("client-{index}")),
+                op: WriteOp::Put {
+                    key: format!("key-{index:04}"),
+                    value: Bytes::from(format!("value {index}")),
+                },
+            };
+            store.apply(index, &encode_write(&request)).unwrap();
+        }
+        store
+    }
+
+    fn options(data_dir: PathBuf) -> TransferOptions {
+        TransferOptions {
+            cluster_id: 9,
+            self_id: 2,
+            data_dir,
+            chunk_bytes: CHUNK_BYTES,
+            body_bytes_max: 1 << 20,
+            transfers_max: 1,
+            rpc_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// Writes the leader's snapshot file of `store`; returns its meta and bytes.
+    async fn leader_file(dir: &Path, store: &KvStore) -> (SnapshotMeta, Vec<u8>) {
+        let meta = SnapshotMeta {
+            index: store.applied_index(),
+            term: 4,
+            membership: Membership::with_voters([1, 2, 3]),
+        };
+        let snap_dir = snapshot::snapshot_dir(dir);
+        env::fs::create_dir_all(&snap_dir).await.unwrap();
+        let written = snapshot::write(&snap_dir, &meta, store, 64).await.unwrap();
+        let bytes = env::fs::read(&written.path).await.unwrap();
+        (meta, bytes)
+    }
+
+    async fn send(
+        chunks: &mpsc::Sender<InboundChunk>,
+        header: ChunkHeader,
+        bytes: &[u8],
+    ) -> ChunkAnswer {
+        let (reply, answer) = oneshot::channel();
+        chunks
+            .send(InboundChunk {
+                header,
+                bytes: Bytes::copy_from_slice(bytes),
+                reply,
+            })
+            .await
+            .unwrap();
+        answer.await.unwrap()
+    }
+
+    /// Streams `file` like the leader does, following the receiver's answers; before every
+    /// chunk but the first, re-sends the previous chunk (a duplicate) and a byte far ahead (a
+    /// gap). `mangle` may alter a chunk's bytes. Returns the final answer.
+    async fn stream(
+        chunks: &mpsc::Sender<InboundChunk>,
+        meta: &SnapshotMeta,
+        file: &[u8],
+        mangle: impl Fn(u64, &mut Vec<u8>),
+    ) -> ChunkAnswer {
+        let header = |offset: u64| ChunkHeader {
+            cluster_id: 9,
+            from: 1,
+            to: 2,
+            term: 5,
+            meta: meta.clone(),
+            transfer_id: 1,
+            offset,
+            total_bytes: file.len() as u64,
+        };
+        let slice = |offset: u64| {
+            let start = offset as usize;
+            file[start..(start + CHUNK_BYTES).min(file.len())].to_vec()
+        };
+        let mut offset = 0u64;
+        let mut previous = None;
+        loop {
+            if let Some(previous) = previous {
+                // A duplicate of the chunk just accepted and a chunk past a gap: neither is
+                // written, both name the offset the receiver expects.
+                assert_eq!(
+                    send(chunks, header(previous), &slice(previous)).await,
+                    ChunkAnswer::Continue {
+                        next_offset: offset
+                    }
+                );
+                let ahead = (offset + 2 * CHUNK_BYTES as u64).min(file.len() as u64 - 1);
+                if ahead > offset {
+                    assert_eq!(
+                        send(
+                            chunks,
+                            header(ahead),
+                            &file[ahead as usize..ahead as usize + 1]
+                        )
+                        .await,
+                        ChunkAnswer::Continue {
+                            next_offset: offset
+                        }
+                    );
+                }
+            }
+            let mut bytes = slice(offset);
+            mangle(offset, &mut bytes);
+            match send(chunks, header(offset), &bytes).await {
+                ChunkAnswer::Continue { next_offset } => {
+                    previous = Some(offset);
+                    offset = next_offset;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn a_snapshot_streamed_with_duplicates_and_gaps_is_verified_renamed_and_loaded() {
+        run_with_dir(|dir| async move {
+            let store = store_of(60);
+            let (meta, file) = leader_file(&dir.join("leader"), &store).await;
+            assert!(file.len() > 5 * CHUNK_BYTES, "a multi-chunk file");
+            let follower_dir = dir.join("follower");
+            let (installs_tx, mut installs) = mpsc::channel(1);
+            let metrics = NodeMetrics::new();
+            let chunks = spawn_receiver(
+                options(follower_dir.clone()),
+                KvOptions::default(),
+                u64::MAX,
+                installs_tx,
+                metrics.clone(),
+            );
+            assert_eq!(
+                stream(&chunks, &meta, &file, |_, _| {}).await,
+                ChunkAnswer::Complete
+            );
+            let install = installs.recv().await.unwrap();
+            assert_eq!(install.store.state_hash(), store.state_hash());
+            assert_eq!(install.store.applied_index(), meta.index);
+            assert_eq!(install.message.term, 5);
+            assert!(matches!(
+                &install.message.body,
+                MessageBody::InstallSnapshot { snapshot } if snapshot.meta == meta && snapshot.data.is_empty()
+            ));
+            let snap_dir = snapshot::snapshot_dir(&follower_dir);
+            assert_eq!(
+                env::fs::list_dir(&snap_dir).await.unwrap(),
+                vec![snapshot::file_name(&meta)],
+                "the file under its final name and no temp file"
+            );
+            assert_eq!(
+                env::fs::read(snap_dir.join(snapshot::file_name(&meta)))
+                    .await
+                    .unwrap(),
+                file
+            );
+            assert_eq!(metrics.snapshot_installs.get(), 1);
+            assert_eq!(metrics.snapshot_install_bytes.get(), file.len() as u64);
+            assert_eq!(
+                metrics.snapshot_chunks_received.get(),
+                file.len().div_ceil(CHUNK_BYTES) as u64
+            );
+            // The leader retrying its last chunk after a lost answer hears it is complete.
+            let last = ChunkHeader {
+                cluster_id: 9,
+                from: 1,
+                to: 2,
+                term: 5,
+                meta: meta.clone(),
+                transfer_id: 1,
+                offset: 0,
+                total_bytes: file.len() as u64,
+            };
+            assert_eq!(
+                send(&chunks, last, &file[..CHUNK_BYTES]).await,
+                ChunkAnswer::Complete
+            );
+        });
+    }
+
+    #[test]
+    fn a_corrupted_transfer_is_refused_and_leaves_nothing_under_snap() {
+        run_with_dir(|dir| async move {
+            let store = store_of(60);
+            let (meta, file) = leader_file(&dir.join("leader"), &store).await;
+            let follower_dir = dir.join("follower");
+            let (installs_tx, mut installs) = mpsc::channel(1);
+            let chunks = spawn_receiver(
+                options(follower_dir.clone()),
+                KvOptions::default(),
+                u64::MAX,
+                installs_tx,
+                NodeMetrics::new(),
+            );
+            let answer = stream(&chunks, &meta, &file, |offset, bytes| {
+                if offset == 3 * CHUNK_BYTES as u64 {
+                    bytes[7] ^= 0x20;
+                }
+            })
+            .await;
+            assert!(matches!(answer, ChunkAnswer::Refused { .. }), "{answer:?}");
+            assert!(installs.try_recv().is_err(), "nothing handed to the driver");
+            assert_eq!(
+                env::fs::list_dir(snapshot::snapshot_dir(&follower_dir))
+                    .await
+                    .unwrap(),
+                Vec::<String>::new()
+            );
+            // The leader's next attempt starts over and succeeds.
+            assert_eq!(
+                stream(&chunks, &meta, &file, |_, _| {}).await,
+                ChunkAnswer::Complete
+            );
+            assert_eq!(
+                installs.recv().await.unwrap().store.state_hash(),
+                store.state_hash()
+            );
+        });
+    }
+}
