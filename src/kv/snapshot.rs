@@ -13,9 +13,10 @@
 //! [`KvStore::restore`] refuses any other order, so restoring and snapshotting again returns the
 //! same bytes.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::fnv::Fnv1a64;
@@ -48,11 +49,11 @@ struct BodyOwned {
     idempotency: Vec<(String, u64, WriteResult)>,
 }
 
-struct EntriesRef<'a>(&'a BTreeMap<String, Value>);
+struct EntriesRef<'a>(&'a OrdMap<Arc<str>, Value>);
 
 impl Serialize for EntriesRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter())
+        serializer.collect_seq(self.0.iter().map(|(key, value)| (key.as_ref(), value)))
     }
 }
 
@@ -97,8 +98,8 @@ impl KvRestore {
                 "key {key:?} after the idempotency records"
             )));
         }
-        if let Some((previous, _)) = self.store.entries.last_key_value() {
-            if previous.as_str() >= key.as_str() {
+        if let Some((previous, _)) = self.store.entries.get_max() {
+            if previous.as_ref() >= key.as_str() {
                 return Err(corrupt(format!("key {key:?} out of order")));
             }
         }
@@ -113,7 +114,7 @@ impl KvRestore {
                 value.create_index, value.mod_index
             )));
         }
-        self.store.entries.insert(key, value);
+        self.store.entries.insert(Arc::from(key), value);
         Ok(())
     }
 
@@ -232,7 +233,7 @@ impl KvStore {
     pub fn entries_iter(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.entries
             .iter()
-            .map(|(key, value)| (key.as_str(), value))
+            .map(|(key, value)| (key.as_ref(), value))
     }
 
     /// The remembered idempotency records `(idempotency key, first index, result)` in ascending
