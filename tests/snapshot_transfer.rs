@@ -1,0 +1,162 @@
+//! A follower that fell behind the compaction point by more than 200 MiB catches up through a
+//! streamed snapshot, on real processes over loopback HTTP.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{call, eventually, Cluster};
+use http_body_util::Full;
+use raft_kv::http::client::HttpClient;
+
+const LEADER_WAIT: Duration = Duration::from_secs(20);
+/// 200,000 keys of 1 KiB: 200 MiB of values, ten snapshots at the default 20,000 entries.
+const KEYS: u64 = 200_000;
+const VALUE_BYTES: usize = 1024;
+const WRITERS: u64 = 64;
+
+/// One metric's value in a node's `/metrics` text (0 when absent).
+async fn metric(addr: &str, name: &str) -> Option<f64> {
+    let reply = call(addr, "GET", "/metrics", &[], b"").await?;
+    let text = String::from_utf8_lossy(&reply.body).into_owned();
+    Some(
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0),
+    )
+}
+
+/// `(applied_index, state_hash)` of a node.
+async fn state_hash(addr: &str) -> Option<(u64, String)> {
+    let reply = call(addr, "GET", "/v1/state-hash", &[], b"").await?;
+    let json = reply.json();
+    Some((
+        json["applied_index"].as_u64()?,
+        json["state_hash"].as_str()?.to_string(),
+    ))
+}
+
+/// Writes keys `writer, writer + WRITERS, ...` below [`KEYS`] through the nodes in `addrs`
+/// (followers forward), retrying each until it is acknowledged.
+async fn write_share(client: HttpClient, addrs: Vec<String>, writer: u64, acked: Arc<AtomicU64>) {
+    let value = Bytes::from(vec![b'a' + (writer % 26) as u8; VALUE_BYTES]);
+    let mut key = writer;
+    let mut attempt = 0usize;
+    while key < KEYS {
+        let addr = &addrs[attempt % addrs.len()];
+        let request = hyper::Request::put(format!("/v1/kv/bulk-{key:06}"))
+            .body(Full::new(value.clone()))
+            .expect("a valid request");
+        match client
+            .call(addr, request, 64 << 10, Duration::from_secs(10))
+            .await
+        {
+            Ok(reply) if reply.status().is_success() => {
+                acked.fetch_add(1, Ordering::Relaxed);
+                key += WRITERS;
+            }
+            // A node down, an election, an overload: try again, elsewhere.
+            _ => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stopped_past_200_mib_of_writes_catches_up_through_a_streamed_snapshot() {
+    let test_started = Instant::now();
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    let victim = (leader + 1) % 3;
+    cluster.nodes[victim].kill();
+    let running: Vec<String> = (0..3)
+        .filter(|i| *i != victim)
+        .map(|i| cluster.nodes[i].addr.clone())
+        .collect();
+
+    let writes_started = Instant::now();
+    let client = HttpClient::new();
+    let acked = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            tokio::spawn(write_share(
+                client.clone(),
+                running.clone(),
+                writer,
+                acked.clone(),
+            ))
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("a writer task");
+    }
+    assert_eq!(acked.load(Ordering::Relaxed), KEYS);
+    let writes_seconds = writes_started.elapsed().as_secs_f64();
+
+    // The others compacted past everything the victim holds.
+    let live_leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    let snapshots = metric(&cluster.nodes[live_leader].addr, "raft_snapshots_total")
+        .await
+        .expect("the leader answers /metrics");
+    assert!(
+        snapshots >= 5.0,
+        "the leader took only {snapshots} snapshots"
+    );
+    let (target, _) = state_hash(&cluster.nodes[live_leader].addr)
+        .await
+        .expect("the leader's state hash");
+
+    let catch_up_started = Instant::now();
+    cluster.nodes[victim].start();
+    let victim_addr = cluster.nodes[victim].addr.clone();
+    eventually(
+        Duration::from_secs(300),
+        "the restarted follower to catch up",
+        || async {
+            let (applied, _) = state_hash(&victim_addr).await?;
+            (applied >= target).then_some(())
+        },
+    )
+    .await;
+    let catch_up_seconds = catch_up_started.elapsed().as_secs_f64();
+
+    // It caught up through a streamed snapshot of the whole store, not the log.
+    let installs = metric(&victim_addr, "raft_snapshot_installs_total")
+        .await
+        .unwrap();
+    let install_bytes = metric(&victim_addr, "raft_snapshot_install_bytes_total")
+        .await
+        .unwrap();
+    let chunks = metric(&victim_addr, "raft_snapshot_chunks_received_total")
+        .await
+        .unwrap();
+    assert!(installs >= 1.0, "no snapshot installed");
+    assert!(
+        install_bytes >= (KEYS as f64) * VALUE_BYTES as f64,
+        "installed only {install_bytes} bytes"
+    );
+    assert!(chunks >= 200.0, "only {chunks} chunks of at most 1 MiB");
+
+    // Every node ends with one state: same applied index, same hash.
+    let hashes = eventually(Duration::from_secs(30), "equal state hashes", || async {
+        let mut found = Vec::new();
+        for node in &cluster.nodes {
+            found.push(state_hash(&node.addr).await?);
+        }
+        found.windows(2).all(|w| w[0] == w[1]).then_some(found)
+    })
+    .await;
+    eprintln!(
+        "catch-up test: {KEYS} writes of {VALUE_BYTES} B in {writes_seconds:.1} s; follower caught up \
+         {install_bytes:.0} snapshot bytes in {chunks} chunks in {catch_up_seconds:.1} s; \
+         final state {:?}; test wall time {:.1} s (debug build, busy shared machine)",
+        hashes[0],
+        test_started.elapsed().as_secs_f64()
+    );
+}
