@@ -24,8 +24,16 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// How long one peer RPC may take.
     pub rpc_timeout: Duration,
-    /// Take a snapshot and compact the log after this many applied entries.
+    /// Take a snapshot (in the background) once this many entries were applied since the last
+    /// one...
     pub snapshot_entries: u64,
+    /// ...or once this many bytes of entry data were applied since the last one.
+    pub snapshot_bytes: u64,
+    /// Compaction keeps this many entries the snapshot covers in memory, so a follower less
+    /// than this far behind catches up from the log instead of receiving the snapshot.
+    pub snapshot_tail_entries: u64,
+    /// Target payload of one chunk of a snapshot file.
+    pub snapshot_chunk_bytes: usize,
     /// Largest WAL segment file.
     pub wal_segment_bytes_max: u64,
     /// Largest key in bytes.
@@ -98,6 +106,9 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(5),
             rpc_timeout: Duration::from_secs(2),
             snapshot_entries: 20_000,
+            snapshot_bytes: 256 << 20,
+            snapshot_tail_entries: 5_000,
+            snapshot_chunk_bytes: crate::snapshot::CHUNK_BYTES_DEFAULT,
             wal_segment_bytes_max: 64 << 20,
             key_bytes_max: crate::kv::KEY_BYTES_MAX,
             value_bytes_max: crate::kv::VALUE_BYTES_MAX,

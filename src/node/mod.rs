@@ -159,6 +159,11 @@ pub struct Inspection {
     pub view: crate::raft::invariants::NodeView,
 }
 
+/// Buckets of the snapshot write duration: 1 ms to about 10 minutes.
+const SNAPSHOT_BUCKETS_SECONDS: &[f64] = &[
+    0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
 /// The node's metrics, registered once.
 #[derive(Clone)]
 pub struct NodeMetrics {
@@ -175,6 +180,9 @@ pub struct NodeMetrics {
     pub(crate) leader_changes: Counter,
     pub(crate) fsync_seconds: Histogram,
     pub(crate) snapshots: Counter,
+    pub(crate) snapshot_bytes: Counter,
+    pub(crate) snapshot_last_bytes: Gauge,
+    pub(crate) snapshot_write_seconds: Histogram,
     pub(crate) healthy: Gauge,
 }
 
@@ -235,6 +243,22 @@ impl NodeMetrics {
                 "raft_snapshots_total",
                 "Snapshots taken to compact the log.",
                 &[],
+            ),
+            snapshot_bytes: m.counter(
+                "raft_snapshot_bytes_total",
+                "Bytes of snapshot files written by this node's snapshots.",
+                &[],
+            ),
+            snapshot_last_bytes: m.gauge(
+                "raft_snapshot_last_bytes",
+                "Size of the latest snapshot file this node wrote.",
+                &[],
+            ),
+            snapshot_write_seconds: m.histogram(
+                "raft_snapshot_write_duration_seconds",
+                "Time from freezing the store to the snapshot file being durable.",
+                &[],
+                SNAPSHOT_BUCKETS_SECONDS,
             ),
             healthy: m.gauge(
                 "raft_kv_healthy",

@@ -3,6 +3,7 @@
 //! a full queue or a failed call drops messages rather than blocking the driver.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +16,8 @@ use super::NodeMetrics;
 use crate::env;
 use crate::http::client::HttpClient;
 use crate::metrics::Counter;
-use crate::raft::{Message, NodeId};
+use crate::raft::{Message, MessageBody, NodeId};
+use crate::snapshot;
 
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE_MAX: usize = 8192;
@@ -34,6 +36,7 @@ impl Transport {
     pub(super) fn new(
         cluster: &ClusterInfo,
         client: HttpClient,
+        snapshot_dir: PathBuf,
         rpc_timeout: Duration,
         body_bytes_max: usize,
         metrics: &NodeMetrics,
@@ -47,6 +50,7 @@ impl Transport {
                 to: member.id,
                 addr: member.addr.clone(),
                 client: client.clone(),
+                snapshot_dir: snapshot_dir.clone(),
                 rpc_timeout,
                 body_bytes_max,
                 errors: metrics.registry.counter(
@@ -87,12 +91,37 @@ struct PeerLink {
     to: NodeId,
     addr: String,
     client: HttpClient,
+    /// Where the snapshot files an `InstallSnapshot` names live.
+    snapshot_dir: PathBuf,
     rpc_timeout: Duration,
     body_bytes_max: usize,
     errors: Counter,
 }
 
 impl PeerLink {
+    /// Design section 4's shim until the streamed transfer lands: the core's `InstallSnapshot`
+    /// names a snapshot file (its `data` is empty); send the file's bytes whole in `data`. A
+    /// file already replaced by a newer snapshot drops the message (Raft resends).
+    async fn attach_snapshot_files(&self, messages: &mut Vec<Message>) {
+        let mut attached = Vec::with_capacity(messages.len());
+        for mut message in messages.drain(..) {
+            if let MessageBody::InstallSnapshot { snapshot } = &mut message.body {
+                if snapshot.data.is_empty() {
+                    let path = self.snapshot_dir.join(snapshot::file_name(&snapshot.meta));
+                    match env::fs::read(&path).await {
+                        Ok(bytes) => snapshot.data = Bytes::from(bytes),
+                        Err(error) => {
+                            tracing::warn!(peer = %self.addr, %error, "snapshot file to send is gone");
+                            continue;
+                        }
+                    }
+                }
+            }
+            attached.push(message);
+        }
+        *messages = attached;
+    }
+
     async fn run(self, mut queue: mpsc::Receiver<Message>) {
         while let Some(first) = queue.recv().await {
             let mut messages = vec![first];
@@ -101,6 +130,10 @@ impl PeerLink {
                     Ok(message) => messages.push(message),
                     Err(_) => break,
                 }
+            }
+            self.attach_snapshot_files(&mut messages).await;
+            if messages.is_empty() {
+                continue;
             }
             let body = rpc::encode(&RpcEnvelope {
                 cluster_id: self.cluster_id,
