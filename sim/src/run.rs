@@ -518,7 +518,7 @@ fn node_config(
     config.request_timeout = Duration::from_millis(scenario.request_timeout_ms);
     config.rpc_timeout = Duration::from_millis(scenario.rpc_timeout_ms);
     config.snapshot_entries = scenario.snapshot_entries;
-    config.snapshot_chunk_bytes = scenario.snapshot_chunk_bytes;
+    config.snapshot_transfer_chunk_bytes = scenario.snapshot_chunk_bytes;
     config.rpc_body_bytes_max = scenario.rpc_body_bytes_max;
     config.wal_segment_bytes_max = scenario.wal_segment_bytes_max;
     config.observer = Some(observer);

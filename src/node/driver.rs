@@ -2,8 +2,17 @@
 //! every `Ready` in order: send what may leave at once, persist and sync, send what needed the
 //! sync, apply, serve reads, advance. Inputs that arrive while a sync is in flight queue up and
 //! go into the next single sync (group commit).
+//!
+//! Snapshots never stall the loop: when the policy says so ([`Driver::maybe_snapshot`]) the
+//! driver freezes the store (an O(1) clone of persistent maps) at its applied index, with the
+//! membership in force at that index, and a background task streams it to a file in
+//! `<data-dir>/snap/`. Meanwhile the loop keeps applying, replicating and answering. When the
+//! file is durable the task reports on a channel the loop selects on; the driver then records
+//! the snapshot in the WAL (meta only), compacts the core (keeping a tail of entries) and the
+//! WAL, and removes the older snapshot file. At most one write runs at a time.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -24,6 +33,7 @@ use crate::raft::{
     self, Config, EntryKind, Error as RaftError, HardState, Index, Message, Raft, ReadContext,
     Ready, Role, Snapshot, SnapshotMeta, Term,
 };
+use crate::snapshot::{self, SnapshotError, WrittenSnapshot};
 use crate::wal::{Wal, WalOptions};
 
 /// Inputs handled between two `Ready`s at most, so one flood cannot starve the sync.
@@ -49,6 +59,26 @@ pub enum StartError {
     Restore(String),
 }
 
+/// What the background snapshot writer reports when it is done.
+struct SnapshotDone {
+    meta: SnapshotMeta,
+    /// When the store was frozen.
+    started: env::Instant,
+    result: Result<WrittenSnapshot, SnapshotError>,
+}
+
+/// Progress towards the next snapshot ([`NodeConfig::snapshot_entries`],
+/// [`NodeConfig::snapshot_bytes`]).
+#[derive(Debug, Default)]
+struct SnapshotPolicy {
+    /// Entries applied since the store was last frozen for a snapshot (or since start).
+    entries_applied: u64,
+    /// Bytes of entry data applied since then.
+    bytes_applied: u64,
+    /// The applied index of the snapshot being written, if one is.
+    writing_index: Option<Index>,
+}
+
 /// A write waiting for its entry to apply.
 struct PendingWrite {
     term: Term,
@@ -65,7 +95,6 @@ struct Driver {
     raft: Raft,
     wal: Wal,
     kv: KvStore,
-    kv_options: KvOptions,
     config: Arc<NodeConfig>,
     cluster: Arc<ClusterInfo>,
     transport: Transport,
@@ -92,6 +121,12 @@ struct Driver {
     last_leader: Option<u64>,
     /// Set when storage failed: the node stops acknowledging anything.
     failure: Option<String>,
+    /// `<data-dir>/snap/`.
+    snapshot_dir: PathBuf,
+    snapshot_policy: SnapshotPolicy,
+    /// Given to each background snapshot writer; the driver keeps one so `recv` never ends.
+    snapshot_done_tx: mpsc::Sender<SnapshotDone>,
+    snapshot_done: mpsc::Receiver<SnapshotDone>,
 }
 
 pub(super) async fn start(
@@ -117,11 +152,25 @@ pub(super) async fn start(
     let kv_options = KvOptions {
         idempotency_keys_max: config.idempotency_keys_max,
     };
-    let kv = match &restore.snapshot {
-        Some(snapshot) => KvStore::restore(&snapshot.data, kv_options.clone())
-            .map_err(|e| StartError::Restore(e.to_string()))?,
+    let snapshot_dir = snapshot::snapshot_dir(&config.data_dir);
+    prepare_snapshot_dir(&config.data_dir, &snapshot_dir)
+        .await
+        .map_err(StartError::Restore)?;
+    let kv = match &mut restore.snapshot {
+        Some(snapshot) => {
+            let kv = restore_store(&snapshot_dir, snapshot, kv_options.clone())
+                .await
+                .map_err(StartError::Restore)?;
+            // The state lives in the file; the core never holds it.
+            snapshot.data = Bytes::new();
+            kv
+        }
         None => KvStore::new(kv_options.clone()),
     };
+    let recorded_index = restore.snapshot.as_ref().map(|s| s.meta.index);
+    remove_snapshot_files_except(&snapshot_dir, recorded_index)
+        .await
+        .map_err(StartError::Restore)?;
     let synced_term_vote = (restore.hard_state.term, restore.hard_state.vote);
     let mut raft_config = Config::new(cluster.self_id);
     raft_config.election_ticks = config.election_ticks;
@@ -146,7 +195,7 @@ pub(super) async fn start(
         cluster_id: cluster.cluster_id,
         self_id: cluster.self_id,
         data_dir: config.data_dir.clone(),
-        chunk_bytes: config.snapshot_chunk_bytes.max(1),
+        chunk_bytes: config.snapshot_transfer_chunk_bytes.max(1),
         body_bytes_max: config.rpc_body_bytes_max,
         transfers_max: config.snapshot_transfers_max,
         rpc_timeout: config.rpc_timeout,
@@ -162,13 +211,14 @@ pub(super) async fn start(
     let (installs_tx, installs) = mpsc::channel(1);
     let snapshot_chunks = snapshot_transfer::spawn_receiver(
         transfer,
-        kv_options.clone(),
+        kv_options,
         config.snapshot_receive_bytes_max,
         installs_tx,
         metrics.clone(),
     );
     let (requests_tx, requests) = mpsc::channel(config.request_queue_max);
     let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE_MAX);
+    let (snapshot_done_tx, snapshot_done) = mpsc::channel(1);
     tracing::info!(
         node = %config.name,
         id = cluster.self_id,
@@ -181,7 +231,6 @@ pub(super) async fn start(
         raft,
         wal,
         kv,
-        kv_options,
         config: config.clone(),
         cluster: cluster.clone(),
         transport,
@@ -199,6 +248,10 @@ pub(super) async fn start(
         synced_term_vote,
         last_leader: None,
         failure: None,
+        snapshot_dir,
+        snapshot_policy: SnapshotPolicy::default(),
+        snapshot_done_tx,
+        snapshot_done,
     };
     env::spawn(driver.run());
     Ok(NodeHandle {
@@ -236,6 +289,11 @@ impl Driver {
                 install = self.installs.recv() => if let Some(install) = install {
                     self.handle_prepared_install(install);
                     handled += 1;
+                },
+                done = self.snapshot_done.recv() => if let Some(done) = done {
+                    if let Err(reason) = self.handle_snapshot_done(done).await {
+                        self.fail(reason);
+                    }
                 },
             }
             // Batch whatever else is already queued into this round (and its single fsync).
@@ -444,23 +502,7 @@ impl Driver {
 
         let mut needs_sync = false;
         if let Some(snapshot) = &ready.snapshot {
-            self.wal
-                .save_snapshot(snapshot)
-                .await
-                .map_err(|e| format!("wal snapshot: {e}"))?;
-            self.kv = match self.prepared_install.take() {
-                Some((meta, store)) if meta == snapshot.meta => store,
-                _ if !snapshot.data.is_empty() => {
-                    KvStore::restore(&snapshot.data, self.kv_options.clone())
-                        .map_err(|e| format!("snapshot from leader does not restore: {e}"))?
-                }
-                _ => {
-                    return Err(format!(
-                    "the core installed the snapshot at ({}, {}) but no store was prepared for it",
-                    snapshot.meta.index, snapshot.meta.term
-                ))
-                }
-            };
+            self.install_snapshot(snapshot).await?;
             self.observe(NodeEvent::Restored {
                 node: self.cluster.self_id,
                 index: snapshot.meta.index,
@@ -507,7 +549,7 @@ impl Driver {
         }
         self.serve_applied_reads();
         self.raft.advance(&ready);
-        self.maybe_snapshot().await?;
+        self.maybe_snapshot();
         self.publish_status();
         Ok(())
     }
@@ -558,6 +600,8 @@ impl Driver {
                 digest,
             });
         }
+        self.snapshot_policy.entries_applied += 1;
+        self.snapshot_policy.bytes_applied += data.len() as u64;
         let result = match kind {
             EntryKind::Normal => Some(self.kv.apply(index, data)),
             EntryKind::Noop | EntryKind::Config => {
@@ -643,46 +687,125 @@ impl Driver {
         }
     }
 
-    /// Compacts the log once enough entries were applied since the last snapshot.
-    async fn maybe_snapshot(&mut self) -> Result<(), String> {
-        // Cheap test first: this runs after every Ready, and `status()` clones the membership.
+    /// Starts a background snapshot once enough entries or bytes were applied since the last
+    /// one and none is being written; returns whether it started one.
+    fn maybe_snapshot(&mut self) -> bool {
+        let policy = &self.snapshot_policy;
+        if policy.writing_index.is_some()
+            || (policy.entries_applied < self.config.snapshot_entries
+                && policy.bytes_applied < self.config.snapshot_bytes)
+        {
+            return false;
+        }
+        let applied = self.kv.applied_index();
         let snapshot_index = self.raft.snapshot().map_or(0, |s| s.meta.index);
-        if self.kv.applied_index() < snapshot_index + self.config.snapshot_entries {
-            return Ok(());
+        if applied <= snapshot_index {
+            return false;
         }
-        let status = self.raft.status();
-        let applied = status.applied_index;
-        if applied < status.snapshot_index + self.config.snapshot_entries {
-            return Ok(());
-        }
-        let Some(term) = self.raft.term_at(applied) else {
-            return Ok(());
+        let Some(meta) = self.raft.snapshot_meta_at(applied) else {
+            return false;
         };
-        assert_eq!(
-            self.kv.applied_index(),
-            applied,
-            "state machine applied {} but the core handed out up to {applied}",
-            self.kv.applied_index()
-        );
-        let data = self.kv.snapshot();
-        let snapshot = Snapshot {
-            meta: SnapshotMeta {
-                index: applied,
-                term,
-                membership: status.membership,
-            },
-            data,
+        // O(1): the persistent maps are shared until the loop writes to them again.
+        let view = self.kv.clone();
+        let dir = self.snapshot_dir.clone();
+        let chunk_bytes = self.config.snapshot_chunk_bytes;
+        let done = self.snapshot_done_tx.clone();
+        let started = env::now();
+        self.snapshot_policy = SnapshotPolicy {
+            entries_applied: 0,
+            bytes_applied: 0,
+            writing_index: Some(applied),
+        };
+        tracing::debug!(node = %self.config.name, index = applied, "snapshot write started");
+        env::spawn(async move {
+            let result = snapshot::write(&dir, &meta, &view, chunk_bytes).await;
+            drop(view);
+            // The driver keeps the receiver as long as it runs.
+            let _ = done
+                .send(SnapshotDone {
+                    meta,
+                    started,
+                    result,
+                })
+                .await;
+        });
+        true
+    }
+
+    /// The background writer finished: record the snapshot in the WAL, compact the core (keeping
+    /// a tail) and the WAL, and remove the older file. A write error fails the node, as any
+    /// storage error does.
+    async fn handle_snapshot_done(&mut self, done: SnapshotDone) -> Result<(), String> {
+        self.snapshot_policy.writing_index = None;
+        if self.failure.is_some() {
+            return Ok(());
+        }
+        let written = done.result.map_err(|e| format!("snapshot write: {e}"))?;
+        let index = done.meta.index;
+        let snapshot_index = self.raft.snapshot().map_or(0, |s| s.meta.index);
+        if index <= snapshot_index {
+            // A snapshot from the leader was installed meanwhile; this one is older.
+            fs_remove(&written.path).await?;
+            return Ok(());
+        }
+        let record = Snapshot {
+            meta: done.meta,
+            data: Bytes::new(),
         };
         self.wal
-            .save_snapshot(&snapshot)
+            .save_snapshot(&record)
             .await
             .map_err(|e| format!("wal snapshot: {e}"))?;
         self.raft
-            .compact(applied, snapshot.data)
+            .compact_keeping(index, Bytes::new(), self.config.snapshot_tail_entries)
             .map_err(|e| format!("compact: {e}"))?;
+        remove_snapshot_files_older_than(&self.snapshot_dir, index).await?;
+        let elapsed = env::now().duration_since(done.started);
         self.metrics.snapshots.inc();
-        tracing::info!(node = %self.config.name, index = applied, "snapshot taken, log compacted");
+        self.metrics.snapshot_bytes.inc_by(written.file_bytes);
+        self.metrics
+            .snapshot_last_bytes
+            .set(i64::try_from(written.file_bytes).unwrap_or(i64::MAX));
+        self.metrics
+            .snapshot_write_seconds
+            .observe(elapsed.as_secs_f64());
+        tracing::info!(
+            node = %self.config.name,
+            index,
+            file_bytes = written.file_bytes,
+            write_ms = elapsed.as_millis() as u64,
+            "snapshot taken, log compacted"
+        );
+        self.publish_status();
         Ok(())
+    }
+
+    /// Makes a snapshot from the leader this node's state: the receiver task already put its
+    /// file in `snap/` and loaded the store (off this loop); record it in the WAL and swap the
+    /// store in.
+    async fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        let store = match self.prepared_install.take() {
+            Some((meta, store)) if meta == snapshot.meta => store,
+            _ => {
+                return Err(format!(
+                    "the core installed the snapshot at ({}, {}) but no store was prepared for it",
+                    snapshot.meta.index, snapshot.meta.term
+                ))
+            }
+        };
+        let meta = snapshot.meta.clone();
+        self.wal
+            .save_snapshot(&Snapshot {
+                meta,
+                data: Bytes::new(),
+            })
+            .await
+            .map_err(|e| format!("wal snapshot: {e}"))?;
+        self.kv = store;
+        tracing::info!(node = %self.config.name, index = snapshot.meta.index, "installed a snapshot from the leader");
+        self.snapshot_policy.entries_applied = 0;
+        self.snapshot_policy.bytes_applied = 0;
+        remove_snapshot_files_older_than(&self.snapshot_dir, snapshot.meta.index).await
     }
 
     fn fail(&mut self, reason: String) {
@@ -733,6 +856,101 @@ impl Driver {
             last_index: status.last_index,
             failure: self.failure.clone(),
         };
+    }
+}
+
+/// Creates `<data-dir>/snap/` durably and removes what a crash mid-write left there.
+async fn prepare_snapshot_dir(data_dir: &Path, dir: &Path) -> Result<(), String> {
+    let created = !env::fs::exists(dir)
+        .await
+        .map_err(|e| format!("snapshot directory: {e}"))?;
+    env::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("create the snapshot directory: {e}"))?;
+    if created {
+        env::fs::sync_dir(data_dir)
+            .await
+            .map_err(|e| format!("sync the data directory: {e}"))?;
+    }
+    let names = env::fs::list_dir(dir)
+        .await
+        .map_err(|e| format!("list the snapshot directory: {e}"))?;
+    for name in names
+        .iter()
+        .filter(|name| name.ends_with(snapshot::TEMP_SUFFIX))
+    {
+        tracing::info!(dir = %dir.display(), name, "removing a snapshot file a crash left unfinished");
+        fs_remove(&dir.join(name)).await?;
+    }
+    Ok(())
+}
+
+/// The store the WAL's recorded snapshot describes: its file in `dir` (or, for a WAL written
+/// before snapshot files existed, the state inside the record).
+async fn restore_store(
+    dir: &Path,
+    snapshot: &Snapshot,
+    options: KvOptions,
+) -> Result<KvStore, String> {
+    if !snapshot.data.is_empty() {
+        return KvStore::restore(&snapshot.data, options).map_err(|e| e.to_string());
+    }
+    let path = dir.join(snapshot::file_name(&snapshot.meta));
+    let (meta, store) = snapshot::load(&path, options)
+        .await
+        .map_err(|e| format!("the recorded snapshot does not load: {e}"))?;
+    if meta != snapshot.meta {
+        return Err(format!(
+            "snapshot file {} says {meta:?}, the WAL recorded {:?}",
+            path.display(),
+            snapshot.meta
+        ));
+    }
+    Ok(store)
+}
+
+/// Removes every snapshot file in `dir` but the one at `keep_index` (a newer unrecorded one
+/// too: the WAL's record is the truth), then syncs `dir`. Only at start: while the node runs, a
+/// newer unrecorded file is a snapshot the receiver task installed and is handing to the driver;
+/// see [`remove_snapshot_files_older_than`].
+async fn remove_snapshot_files_except(dir: &Path, keep_index: Option<Index>) -> Result<(), String> {
+    remove_snapshot_files(dir, |index| Some(index) != keep_index).await
+}
+
+/// Removes the snapshot files in `dir` older than the recorded one at `keep_index`.
+async fn remove_snapshot_files_older_than(dir: &Path, keep_index: Index) -> Result<(), String> {
+    remove_snapshot_files(dir, |index| index < keep_index).await
+}
+
+async fn remove_snapshot_files(dir: &Path, remove: impl Fn(Index) -> bool) -> Result<(), String> {
+    let names = env::fs::list_dir(dir)
+        .await
+        .map_err(|e| format!("list the snapshot directory: {e}"))?;
+    let mut removed = false;
+    for name in names {
+        let Some((_, index)) = snapshot::parse_file_name(&name) else {
+            continue;
+        };
+        if remove(index) {
+            fs_remove(&dir.join(&name)).await?;
+            removed = true;
+        }
+    }
+    if removed {
+        env::fs::sync_dir(dir)
+            .await
+            .map_err(|e| format!("sync the snapshot directory: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Removes a snapshot file; one already gone is fine (an install may have removed it).
+async fn fs_remove(path: &Path) -> Result<(), String> {
+    match env::fs::remove_file(path).await {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("remove a snapshot file: {error}"))
+        }
+        _ => Ok(()),
     }
 }
 

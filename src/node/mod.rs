@@ -161,9 +161,9 @@ pub struct Inspection {
     pub view: crate::raft::invariants::NodeView,
 }
 
-/// Buckets for snapshot transfers and installs, which take far longer than a request.
-const TRANSFER_BUCKETS_SECONDS: &[f64] = &[
-    0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+/// Buckets of the snapshot write duration: 1 ms to about 10 minutes.
+const SNAPSHOT_BUCKETS_SECONDS: &[f64] = &[
+    0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
 /// The node's metrics, registered once.
@@ -188,6 +188,9 @@ pub struct NodeMetrics {
     pub(crate) snapshot_chunks_received: Counter,
     pub(crate) snapshot_chunks_sent: Counter,
     pub(crate) snapshot_sent_bytes: Counter,
+    pub(crate) snapshot_bytes: Counter,
+    pub(crate) snapshot_last_bytes: Gauge,
+    pub(crate) snapshot_write_seconds: Histogram,
     pub(crate) healthy: Gauge,
 }
 
@@ -263,7 +266,7 @@ impl NodeMetrics {
                 "raft_snapshot_install_duration_seconds",
                 "Time to verify, rename and load a received snapshot file.",
                 &[],
-                TRANSFER_BUCKETS_SECONDS,
+                SNAPSHOT_BUCKETS_SECONDS,
             ),
             snapshot_chunks_received: m.counter(
                 "raft_snapshot_chunks_received_total",
@@ -279,6 +282,22 @@ impl NodeMetrics {
                 "raft_snapshot_sent_bytes_total",
                 "Snapshot bytes a follower accepted from this leader.",
                 &[],
+            ),
+            snapshot_bytes: m.counter(
+                "raft_snapshot_bytes_total",
+                "Bytes of snapshot files written by this node's snapshots.",
+                &[],
+            ),
+            snapshot_last_bytes: m.gauge(
+                "raft_snapshot_last_bytes",
+                "Size of the latest snapshot file this node wrote.",
+                &[],
+            ),
+            snapshot_write_seconds: m.histogram(
+                "raft_snapshot_write_duration_seconds",
+                "Time from freezing the store to the snapshot file being durable.",
+                &[],
+                SNAPSHOT_BUCKETS_SECONDS,
             ),
             healthy: m.gauge(
                 "raft_kv_healthy",

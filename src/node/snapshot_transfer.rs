@@ -8,7 +8,7 @@
 //! heartbeats all the while, so a large install never costs an election.
 //!
 //! Bounds: at most `snapshot_transfers_max` outbound transfers at once (one per peer), one
-//! inbound transfer per node (a newer one supersedes it), chunks of `snapshot_chunk_bytes`.
+//! inbound transfer per node (a newer one supersedes it), chunks of `snapshot_transfer_chunk_bytes`.
 //! A leader or term change aborts a transfer; the core's stalled-follower detection sends
 //! `InstallSnapshot` again later, and the receiver resumes or restarts it.
 

@@ -140,6 +140,7 @@ struct PeerLink {
     to: NodeId,
     addr: String,
     client: HttpClient,
+    /// Where the snapshot files an `InstallSnapshot` names live.
     rpc_timeout: Duration,
     body_bytes_max: usize,
     errors: Counter,
@@ -172,6 +173,9 @@ impl PeerLink {
                     }
                     Err(_) => break,
                 }
+            }
+            if messages.is_empty() {
+                continue;
             }
             let body = rpc::encode(&RpcEnvelope {
                 cluster_id: self.cluster_id,

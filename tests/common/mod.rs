@@ -72,6 +72,8 @@ pub struct NodeProcess {
     pub addr: String,
     pub data_dir: PathBuf,
     peers: Vec<String>,
+    /// Flags added to every start of this node.
+    pub extra_args: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -99,6 +101,7 @@ impl NodeProcess {
                 "3",
             ])
             .args(["--max-value-bytes", "65536"])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
@@ -135,6 +138,19 @@ impl NodeProcess {
     pub fn wal_dir(&self) -> PathBuf {
         self.data_dir.join("wal")
     }
+
+    /// The names in the node's snapshot directory, sorted.
+    pub fn snapshot_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.data_dir.join("snap"))
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
 }
 
 impl Drop for NodeProcess {
@@ -151,6 +167,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(size: usize) -> Cluster {
+        Cluster::start_with(size, &[])
+    }
+
+    /// A cluster whose nodes all get `extra_args`.
+    pub fn start_with(size: usize, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let addrs: Vec<String> = (0..size)
             .map(|_| format!("127.0.0.1:{}", free_port()))
@@ -164,6 +185,7 @@ impl Cluster {
                 name,
                 addr: addr.clone(),
                 peers: addrs.iter().filter(|a| *a != addr).cloned().collect(),
+                extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
                 child: None,
             };
             node.start();

@@ -322,9 +322,18 @@ fn a_follower_inside_the_compaction_tail_catches_up_from_the_log() {
     // Snapshot at 11 keeping the last 8 covered entries: the log starts at 4.
     cluster.compact_keeping(1, applied, 8).unwrap();
     assert_eq!(cluster.node(1).status().snapshot_index, 11);
-    let kept: Vec<u64> = cluster.node(1).entries(1, 12).iter().map(|e| e.index).collect();
+    let kept: Vec<u64> = cluster
+        .node(1)
+        .entries(1, 12)
+        .iter()
+        .map(|e| e.index)
+        .collect();
     assert_eq!(kept, (4..=11).collect::<Vec<_>>());
-    assert_eq!(cluster.node(1).term_at(3), Some(1), "the log's start keeps its term");
+    assert_eq!(
+        cluster.node(1).term_at(3),
+        Some(1),
+        "the log's start keeps its term"
+    );
     assert_eq!(cluster.node(1).term_at(2), None);
     // Node 3 holds index 1 (the no-op) and 2..=3 may be missing: it crashed after the no-op
     // was replicated, so it needs entries from 2, below the start of the tail at 4.
@@ -347,7 +356,11 @@ fn a_follower_inside_the_compaction_tail_catches_up_from_the_log() {
     assert_eq!(cluster.storage(2).last_index(), 11);
     assert_eq!(run_counting_snapshots(&mut cluster, 10), 0);
     assert_eq!(cluster.applied(2), cluster.applied(1));
-    assert_eq!(cluster.node(2).status().snapshot_index, 0, "node 2 never got a snapshot");
+    assert_eq!(
+        cluster.node(2).status().snapshot_index,
+        0,
+        "node 2 never got a snapshot"
+    );
     let index = cluster.propose(1, "after".into()).unwrap();
     cluster.deliver_all();
     for id in [2, 3] {
@@ -365,8 +378,17 @@ fn compaction_never_moves_the_log_start_back() {
     cluster.deliver_all();
     cluster.compact_keeping(1, 8, 0).unwrap();
     cluster.compact_keeping(1, 11, 5).unwrap();
-    let kept: Vec<u64> = cluster.node(1).entries(1, 12).iter().map(|e| e.index).collect();
-    assert_eq!(kept, vec![9, 10, 11], "the tail cannot bring back compacted entries");
+    let kept: Vec<u64> = cluster
+        .node(1)
+        .entries(1, 12)
+        .iter()
+        .map(|e| e.index)
+        .collect();
+    assert_eq!(
+        kept,
+        vec![9, 10, 11],
+        "the tail cannot bring back compacted entries"
+    );
     assert_eq!(cluster.node(1).status().snapshot_index, 11);
 }
 
