@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{call, eventually, Cluster};
-use http_body_util::Full;
+use common::{applied_index, eventually, metric, state_hash, write_keys, Cluster};
 use raft_kv::http::client::HttpClient;
 
 const LEADER_WAIT: Duration = Duration::from_secs(20);
@@ -18,55 +16,6 @@ const LEADER_WAIT: Duration = Duration::from_secs(20);
 const KEYS: u64 = 200_000;
 const VALUE_BYTES: usize = 1024;
 const WRITERS: u64 = 64;
-
-/// One metric's value in a node's `/metrics` text (0 when absent).
-async fn metric(addr: &str, name: &str) -> Option<f64> {
-    let reply = call(addr, "GET", "/metrics", &[], b"").await?;
-    let text = String::from_utf8_lossy(&reply.body).into_owned();
-    Some(
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0),
-    )
-}
-
-/// `(applied_index, state_hash)` of a node.
-async fn state_hash(addr: &str) -> Option<(u64, String)> {
-    let reply = call(addr, "GET", "/v1/state-hash", &[], b"").await?;
-    let json = reply.json();
-    Some((
-        json["applied_index"].as_u64()?,
-        json["state_hash"].as_str()?.to_string(),
-    ))
-}
-
-/// Writes keys `writer, writer + WRITERS, ...` below [`KEYS`] through the nodes in `addrs`
-/// (followers forward), retrying each until it is acknowledged.
-async fn write_share(client: HttpClient, addrs: Vec<String>, writer: u64, acked: Arc<AtomicU64>) {
-    let value = Bytes::from(vec![b'a' + (writer % 26) as u8; VALUE_BYTES]);
-    let mut key = writer;
-    let mut attempt = 0usize;
-    while key < KEYS {
-        let addr = &addrs[attempt % addrs.len()];
-        let request = hyper::Request::put(format!("/v1/kv/bulk-{key:06}"))
-            .body(Full::new(value.clone()))
-            .expect("a valid request");
-        match client
-            .call(addr, request, 64 << 10, Duration::from_secs(10))
-            .await
-        {
-            Ok(reply) if reply.status().is_success() => {
-                acked.fetch_add(1, Ordering::Relaxed);
-                key += WRITERS;
-            }
-            // A node down, an election, an overload: try again, elsewhere.
-            _ => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_stopped_past_200_mib_of_writes_catches_up_through_a_streamed_snapshot() {
@@ -85,10 +34,11 @@ async fn a_follower_stopped_past_200_mib_of_writes_catches_up_through_a_streamed
     let acked = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..WRITERS)
         .map(|writer| {
-            tokio::spawn(write_share(
+            tokio::spawn(write_keys(
                 client.clone(),
                 running.clone(),
-                writer,
+                (writer..KEYS).step_by(WRITERS as usize),
+                VALUE_BYTES,
                 acked.clone(),
             ))
         })
@@ -108,9 +58,9 @@ async fn a_follower_stopped_past_200_mib_of_writes_catches_up_through_a_streamed
         snapshots >= 5.0,
         "the leader took only {snapshots} snapshots"
     );
-    let (target, _) = state_hash(&cluster.nodes[live_leader].addr)
+    let target = applied_index(&cluster.nodes[live_leader].addr)
         .await
-        .expect("the leader's state hash");
+        .expect("the leader's applied index");
 
     let catch_up_started = Instant::now();
     cluster.nodes[victim].start();
@@ -118,10 +68,7 @@ async fn a_follower_stopped_past_200_mib_of_writes_catches_up_through_a_streamed
     eventually(
         Duration::from_secs(300),
         "the restarted follower to catch up",
-        || async {
-            let (applied, _) = state_hash(&victim_addr).await?;
-            (applied >= target).then_some(())
-        },
+        || async { (applied_index(&victim_addr).await? >= target).then_some(()) },
     )
     .await;
     let catch_up_seconds = catch_up_started.elapsed().as_secs_f64();

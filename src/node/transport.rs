@@ -216,3 +216,79 @@ impl PeerLink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{Entry, EntryKind, Membership, Snapshot, SnapshotMeta};
+
+    fn append(entries: usize, data_bytes: usize) -> Message {
+        Message {
+            from: u64::MAX,
+            to: u64::MAX - 1,
+            term: u64::MAX,
+            body: MessageBody::Append {
+                prev_log_index: u64::MAX - 1_000_000,
+                prev_log_term: u64::MAX,
+                entries: (0..entries as u64)
+                    .map(|i| Entry {
+                        term: u64::MAX,
+                        index: u64::MAX - 1_000_000 + 1 + i,
+                        kind: EntryKind::Normal,
+                        data: Bytes::from(vec![7u8; data_bytes]),
+                    })
+                    .collect(),
+                leader_commit: u64::MAX,
+            },
+        }
+    }
+
+    #[test]
+    fn the_byte_bound_of_a_batch_is_never_below_its_encoded_size() {
+        let snapshot = Message {
+            from: u64::MAX,
+            to: 1,
+            term: u64::MAX,
+            body: MessageBody::InstallSnapshot {
+                snapshot: Snapshot {
+                    meta: SnapshotMeta {
+                        index: u64::MAX,
+                        term: u64::MAX,
+                        membership: Membership::with_voters([u64::MAX, u64::MAX - 1, 3]),
+                    },
+                    data: Bytes::from(vec![1u8; 300]),
+                },
+            },
+        };
+        let heartbeat = Message {
+            from: u64::MAX,
+            to: 1,
+            term: u64::MAX,
+            body: MessageBody::Heartbeat {
+                leader_commit: u64::MAX,
+                read_seq: u64::MAX,
+            },
+        };
+        let batches = [
+            vec![append(0, 0)],
+            vec![append(1, 0), append(3, 200_000)],
+            vec![append(300, 1), heartbeat.clone(), snapshot],
+            vec![heartbeat; 50],
+        ];
+        for messages in batches {
+            let bound = ENVELOPE_OVERHEAD_BYTES
+                + messages.iter().map(message_bytes_bound).sum::<usize>();
+            let encoded = rpc::encode(&RpcEnvelope {
+                cluster_id: u64::MAX,
+                from: u64::MAX,
+                to: u64::MAX - 1,
+                messages,
+            });
+            assert!(
+                encoded.len() <= bound,
+                "encoded {} bytes over the bound {bound}",
+                encoded.len()
+            );
+        }
+    }
+}
