@@ -12,15 +12,23 @@ use common::{applied_index, eventually, metric, state_hash, write_keys, Cluster}
 use raft_kv::http::client::HttpClient;
 
 const LEADER_WAIT: Duration = Duration::from_secs(20);
-/// 200,000 keys of 1 KiB: 200 MiB of values, ten snapshots at the default 20,000 entries.
-const KEYS: u64 = 200_000;
-const VALUE_BYTES: usize = 1024;
-const WRITERS: u64 = 64;
+/// 3,300 keys of 64 KiB: 206 MiB of values. (200,000 keys of 1 KiB took 115 s per 20,000 writes
+/// with this debug build on the shared 2-core machine; the bytes are what the transfer is about.)
+const KEYS: u64 = 3_300;
+const VALUE_BYTES: usize = 64 << 10;
+const WRITERS: u64 = 32;
+/// Snapshots every 500 entries with a tail of 200, so the log moves past the stopped follower.
+const NODE_ARGS: &[&str] = &[
+    "--snapshot-entries",
+    "500",
+    "--snapshot-tail-entries",
+    "200",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_stopped_past_200_mib_of_writes_catches_up_through_a_streamed_snapshot() {
     let test_started = Instant::now();
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::start_with(3, NODE_ARGS);
     let leader = cluster.wait_for_leader(LEADER_WAIT).await;
     let victim = (leader + 1) % 3;
     cluster.nodes[victim].kill();
@@ -49,13 +57,14 @@ async fn a_follower_stopped_past_200_mib_of_writes_catches_up_through_a_streamed
     assert_eq!(acked.load(Ordering::Relaxed), KEYS);
     let writes_seconds = writes_started.elapsed().as_secs_f64();
 
-    // The others compacted past everything the victim holds.
+    // The others took snapshots (whether they compacted past the victim shows in how it
+    // catches up, below).
     let live_leader = cluster.wait_for_leader(LEADER_WAIT).await;
     let snapshots = metric(&cluster.nodes[live_leader].addr, "raft_snapshots_total")
         .await
         .expect("the leader answers /metrics");
     assert!(
-        snapshots >= 5.0,
+        snapshots >= 1.0,
         "the leader took only {snapshots} snapshots"
     );
     let target = applied_index(&cluster.nodes[live_leader].addr)
@@ -85,7 +94,7 @@ async fn a_follower_stopped_past_200_mib_of_writes_catches_up_through_a_streamed
         .unwrap();
     assert!(installs >= 1.0, "no snapshot installed");
     assert!(
-        install_bytes >= (KEYS as f64) * VALUE_BYTES as f64,
+        install_bytes >= (KEYS * VALUE_BYTES as u64) as f64,
         "installed only {install_bytes} bytes"
     );
     assert!(chunks >= 200.0, "only {chunks} chunks of at most 1 MiB");

@@ -509,6 +509,9 @@ impl Driver {
             });
             needs_sync = true;
         }
+        // A prepared store the core did not install (it had committed past it, or the term was
+        // stale) is dropped now rather than held beside the live one.
+        self.prepared_install = None;
         if !ready.entries.is_empty() {
             self.wal
                 .append(&ready.entries)

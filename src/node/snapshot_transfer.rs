@@ -59,7 +59,6 @@ pub(super) struct TransferOptions {
 /// One outbound transfer in flight.
 struct Outbound {
     term: Term,
-    index: u64,
     cancelled: Arc<AtomicBool>,
     finished: Arc<AtomicBool>,
 }
@@ -110,7 +109,11 @@ impl SnapshotSender {
         });
     }
 
-    /// Starts streaming the snapshot `meta` to `to`, unless a transfer of it is running.
+    /// Starts streaming the snapshot `meta` to `to`, unless a transfer to it is running in this
+    /// term. A running transfer of an older snapshot is left to finish: under steady writes the
+    /// leader takes a newer snapshot before a large file is through, and restarting for each
+    /// one would never finish; the follower then catches up from the log's tail or gets the
+    /// newer snapshot when the core asks again.
     pub(super) fn start(&self, to: NodeId, term: Term, meta: SnapshotMeta) {
         let Some(addr) = self.addrs.get(&to).cloned() else {
             tracing::warn!(to, "snapshot for an unknown peer dropped");
@@ -119,7 +122,7 @@ impl SnapshotSender {
         let mut active = self.active.lock().expect("transfers lock poisoned");
         if let Some(outbound) = active.get(&to) {
             let running = !outbound.finished.load(Ordering::Relaxed);
-            if running && outbound.term == term && outbound.index == meta.index {
+            if running && outbound.term == term {
                 return;
             }
             outbound.cancelled.store(true, Ordering::Relaxed);
@@ -136,7 +139,6 @@ impl SnapshotSender {
             to,
             Outbound {
                 term,
-                index: meta.index,
                 cancelled: cancelled.clone(),
                 finished: finished.clone(),
             },

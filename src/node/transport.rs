@@ -276,8 +276,8 @@ mod tests {
             vec![heartbeat; 50],
         ];
         for messages in batches {
-            let bound = ENVELOPE_OVERHEAD_BYTES
-                + messages.iter().map(message_bytes_bound).sum::<usize>();
+            let bound =
+                ENVELOPE_OVERHEAD_BYTES + messages.iter().map(message_bytes_bound).sum::<usize>();
             let encoded = rpc::encode(&RpcEnvelope {
                 cluster_id: u64::MAX,
                 from: u64::MAX,
