@@ -520,6 +520,7 @@ fn node_config(
     config.snapshot_entries = scenario.snapshot_entries;
     config.snapshot_transfer_chunk_bytes = scenario.snapshot_chunk_bytes;
     config.rpc_body_bytes_max = scenario.rpc_body_bytes_max;
+    config.snapshot_tail_entries = scenario.snapshot_tail_entries;
     config.wal_segment_bytes_max = scenario.wal_segment_bytes_max;
     config.observer = Some(observer);
     config.plant_forget_vote = scenario.plant == Plant::ForgetVote;

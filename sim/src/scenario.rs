@@ -217,6 +217,8 @@ pub struct Scenario {
     pub snapshot_chunk_bytes: usize,
     /// Largest peer RPC body (batches of messages and snapshot chunks stay under it).
     pub rpc_body_bytes_max: usize,
+    /// Entries compaction keeps below a snapshot (a follower further behind needs the snapshot).
+    pub snapshot_tail_entries: u64,
 }
 
 /// A small seeded generator for scenario parameters.
@@ -361,6 +363,9 @@ impl Scenario {
         // span many RPCs and the faults above land in the middle of them.
         let snapshot_chunk_bytes = *draw.pick(&[128, 512, 1 << 10, 1 << 10, 1 << 20]);
         let rpc_body_bytes_max = *draw.pick(&[16 << 10, 16 << 10, 64 << 10, 64 << 20]);
+        // A short tail in most seeds: a workload of about a thousand writes never leaves a
+        // follower 5,000 entries behind.
+        let snapshot_tail_entries = *draw.pick(&[0, 10, 10, 50, 5_000]);
         Scenario {
             seed,
             plant,
@@ -385,6 +390,7 @@ impl Scenario {
             voter_crash_probability,
             snapshot_chunk_bytes,
             rpc_body_bytes_max,
+            snapshot_tail_entries,
         }
     }
 
@@ -618,8 +624,8 @@ impl fmt::Display for Scenario {
         )?;
         writeln!(
             f,
-            "  transfers: snapshot chunks of {} bytes, peer rpc bodies of at most {} bytes",
-            self.snapshot_chunk_bytes, self.rpc_body_bytes_max
+            "  transfers: snapshot tail {} entries, chunks of {} bytes, peer rpc bodies of at most {} bytes",
+            self.snapshot_tail_entries, self.snapshot_chunk_bytes, self.rpc_body_bytes_max
         )?;
         writeln!(
             f,

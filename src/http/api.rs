@@ -265,13 +265,14 @@ async fn state_hash(state: &AppState) -> HttpResponse {
     let Some(node) = state.node() else {
         return not_started(state);
     };
-    match node.inspect(false).await {
-        Ok(inspection) => json_response(
+    // Hashed here, on a copy, never in the driver: the node keeps answering heartbeats.
+    match node.state_view().await {
+        Ok(store) => json_response(
             StatusCode::OK,
             json!({
                 "node": state.name,
-                "applied_index": inspection.kv_applied_index,
-                "state_hash": format!("{:016x}", inspection.state_hash),
+                "applied_index": store.applied_index(),
+                "state_hash": format!("{:016x}", store.state_hash()),
             }),
         ),
         Err(e) => node_error_response(&e),

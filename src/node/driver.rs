@@ -364,6 +364,7 @@ impl Driver {
                 Request::Read { reply, .. } => drop(reply.send(Err(error))),
                 Request::TransferLeadership { reply, .. } => drop(reply.send(Err(error))),
                 Request::Inspect { with_log, reply } => drop(reply.send(self.inspect(with_log))),
+                Request::StateView { reply } => drop(reply.send(self.kv.clone())),
             }
             return;
         }
@@ -409,6 +410,9 @@ impl Driver {
             }
             Request::Inspect { with_log, reply } => {
                 let _ = reply.send(self.inspect(with_log));
+            }
+            Request::StateView { reply } => {
+                let _ = reply.send(self.kv.clone());
             }
         }
     }

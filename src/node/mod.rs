@@ -146,6 +146,10 @@ pub(crate) enum Request {
         with_log: bool,
         reply: oneshot::Sender<Inspection>,
     },
+    /// A point-in-time copy of the state machine (O(1): its maps share structure).
+    StateView {
+        reply: oneshot::Sender<crate::kv::KvStore>,
+    },
 }
 
 /// A look inside a running node, for the simulator's checks.
@@ -360,6 +364,18 @@ impl NodeHandle {
         self.submit(Request::Inspect { with_log, reply })?;
         match env::timeout(self.config.request_timeout, answer).await {
             Ok(Ok(inspection)) => Ok(inspection),
+            Ok(Err(_)) => Err(NodeError::Unavailable("node stopped".into())),
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+
+    /// A point-in-time copy of the state machine, for work that must not run in the driver
+    /// (hashing the whole store).
+    pub async fn state_view(&self) -> Result<crate::kv::KvStore, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::StateView { reply })?;
+        match env::timeout(self.config.request_timeout, answer).await {
+            Ok(Ok(store)) => Ok(store),
             Ok(Err(_)) => Err(NodeError::Unavailable("node stopped".into())),
             Err(_) => Err(NodeError::Timeout),
         }
