@@ -210,6 +210,14 @@ mod cli {
             summary.virtual_ms_total as f64 / seeds_run / 1000.0,
             summary.ops_total as f64 / seeds_run,
         );
+        println!(
+            "snapshots: {} seeds of {} took {} in all; {} kills in {} seeds landed during a snapshot write",
+            summary.seeds_with_snapshots,
+            summary.seeds_run,
+            summary.snapshots_total,
+            summary.crashes_in_snapshot.0,
+            summary.crashes_in_snapshot.1,
+        );
         if let (Some(end), Some(max)) = (summary.rss_kb_end, summary.rss_kb_max) {
             println!(
                 "memory: rss {} MB at the end, {} MB at most",
@@ -261,7 +269,12 @@ mod cli {
             path.display()
         );
         let mut status = 0;
-        for plant in [Plant::None, Plant::LyingFsync, Plant::ForgetVote] {
+        for plant in [
+            Plant::None,
+            Plant::LyingFsync,
+            Plant::ForgetVote,
+            Plant::SnapshotUnsynced,
+        ] {
             let group: Vec<&Regression> = pinned.iter().filter(|r| r.plant == plant).collect();
             if group.is_empty() {
                 continue;

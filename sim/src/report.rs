@@ -39,6 +39,8 @@ pub struct SeedResult {
     pub ops: (u64, u64, u64),
     /// Nodes killed during the run.
     pub crashes: u64,
+    /// Snapshots taken (durable and recorded), and kills that landed during a snapshot write.
+    pub snapshots: (u64, u64),
 }
 
 impl SeedResult {
@@ -127,8 +129,8 @@ pub fn render(result: &SeedResult, timeline: Option<&Path>) -> String {
     let (definite, unknown, refused) = result.ops;
     let _ = writeln!(
         out,
-        "run: {} virtual ms in {} wall ms; {} ops definite, {} unknown, {} refused; {} kills; {} trace lines, trace hash {:016x}",
-        result.virtual_ms, result.wall_ms, definite, unknown, refused, result.crashes, result.trace_lines, result.trace_hash
+        "run: {} virtual ms in {} wall ms; {} ops definite, {} unknown, {} refused; {} kills ({} during a snapshot write); {} snapshots; {} trace lines, trace hash {:016x}",
+        result.virtual_ms, result.wall_ms, definite, unknown, refused, result.crashes, result.snapshots.1, result.snapshots.0, result.trace_lines, result.trace_hash
     );
     for failure in &result.failures {
         let _ = writeln!(out, "broken: {}", failure.property);
@@ -206,6 +208,7 @@ mod tests {
             wall_ms: 100,
             ops: (2, 0, 0),
             crashes: 1,
+            snapshots: (3, 1),
         };
         let text = render(&result, Some(Path::new("target/sim-failures/seed-77.html")));
         assert!(text.contains("=== seed 77 FAILED ==="), "{text}");

@@ -171,7 +171,20 @@ impl World {
         Handle::current().kill(self.nodes[index].sim_id);
         self.nodes[index].crashed = true;
         self.nodes[index].paused = false;
-        self.shared.lock().crashes += 1;
+        let raft_id = self.nodes[index].raft_id;
+        let in_snapshot = {
+            let mut rec = self.shared.lock();
+            rec.crashes += 1;
+            let in_snapshot = rec.snapshots_writing.remove(&raft_id);
+            rec.crashes_in_snapshot += u64::from(in_snapshot);
+            in_snapshot
+        };
+        if in_snapshot {
+            self.trace(format!(
+                "the kill of {} lands during a snapshot write",
+                self.nodes[index].name
+            ));
+        }
     }
 
     fn restart(&mut self, index: usize) {
@@ -486,6 +499,26 @@ async fn monitor(
                     shared.fail("state machine safety (Raft §5.4.3)", detail, Vec::new());
                 }
             }
+            NodeEvent::SnapshotWriting { node, index } => {
+                shared.trace(format!(
+                    "{at:>6} ms  {} writes a snapshot at {index}",
+                    name(node)
+                ));
+                shared.lock().snapshots_writing.insert(node);
+            }
+            NodeEvent::SnapshotTaken {
+                node,
+                index,
+                file_bytes,
+            } => {
+                shared.trace(format!(
+                    "{at:>6} ms  {} took a snapshot at {index} ({file_bytes} bytes)",
+                    name(node)
+                ));
+                let mut rec = shared.lock();
+                rec.snapshots_writing.remove(&node);
+                rec.snapshots_taken += 1;
+            }
             NodeEvent::Restored { node, index } => {
                 shared.trace(format!(
                     "{at:>6} ms  {} restored a snapshot at {index}",
@@ -517,9 +550,13 @@ fn node_config(
     config.request_timeout = Duration::from_millis(scenario.request_timeout_ms);
     config.rpc_timeout = Duration::from_millis(scenario.rpc_timeout_ms);
     config.snapshot_entries = scenario.snapshot_entries;
+    config.snapshot_bytes = scenario.snapshot_bytes;
+    config.snapshot_tail_entries = scenario.snapshot_tail_entries;
+    config.snapshot_chunk_bytes = scenario.snapshot_chunk_bytes;
     config.wal_segment_bytes_max = scenario.wal_segment_bytes_max;
     config.observer = Some(observer);
     config.plant_forget_vote = scenario.plant == Plant::ForgetVote;
+    config.plant_snapshot_unsynced = scenario.plant == Plant::SnapshotUnsynced;
     config
 }
 

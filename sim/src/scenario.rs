@@ -45,6 +45,8 @@ pub enum Plant {
     LyingFsync,
     /// Nodes forget their persisted vote on restart.
     ForgetVote,
+    /// The snapshot writer skips its file fsync, so a crash can leave a recorded snapshot empty.
+    SnapshotUnsynced,
 }
 
 impl Plant {
@@ -54,6 +56,7 @@ impl Plant {
             Plant::None => "none",
             Plant::LyingFsync => "lying-fsync",
             Plant::ForgetVote => "forget-vote",
+            Plant::SnapshotUnsynced => "snapshot-unsynced",
         }
     }
 }
@@ -66,8 +69,9 @@ impl FromStr for Plant {
             "none" => Ok(Plant::None),
             "lying-fsync" => Ok(Plant::LyingFsync),
             "forget-vote" => Ok(Plant::ForgetVote),
+            "snapshot-unsynced" => Ok(Plant::SnapshotUnsynced),
             other => Err(format!(
-                "unknown plant {other:?} (none, lying-fsync, forget-vote)"
+                "unknown plant {other:?} (none, lying-fsync, forget-vote, snapshot-unsynced)"
             )),
         }
     }
@@ -185,8 +189,14 @@ pub struct Scenario {
     pub request_timeout_ms: u64,
     /// The node's peer RPC timeout, in milliseconds.
     pub rpc_timeout_ms: u64,
-    /// Snapshot after this many applied entries.
+    /// Snapshot after this many applied entries...
     pub snapshot_entries: u64,
+    /// ...or this many applied bytes.
+    pub snapshot_bytes: u64,
+    /// Entries compaction keeps below a snapshot.
+    pub snapshot_tail_entries: u64,
+    /// Target payload of a snapshot file's chunks.
+    pub snapshot_chunk_bytes: usize,
     /// Largest WAL segment.
     pub wal_segment_bytes_max: u64,
     /// Base network latency range, in milliseconds.
@@ -317,7 +327,9 @@ impl Scenario {
             u32::try_from(draw.range(1, u64::from(election_ticks / 4))).expect("small");
         let request_timeout_ms = draw.range(1_000, 3_000);
         let rpc_timeout_ms = draw.range(300, 1_000);
-        let snapshot_entries = *draw.pick(&[25, 100, 400, 20_000]);
+        // Most seeds snapshot every few dozen entries (down to a few); some keep the production
+        // default's shape (20,000 entries, tail 5,000) and never reach it.
+        let snapshot_entries = *draw.pick(&[3, 8, 25, 40, 60, 100, 400, 20_000]);
         let wal_segment_bytes_max = *draw.pick(&[2_048, 16_384, 1 << 20]);
         let packet_loss_rate = if draw.chance(0.5) {
             0.0
@@ -353,6 +365,19 @@ impl Scenario {
         } else {
             draw.range(5, 40) as f64 / 100.0
         };
+        // Drawn last so the draws above stay what they were for every seed.
+        let snapshot_tail_entries = match draw.below(4) {
+            0 => 0,
+            1 => 2,
+            2 => 10,
+            _ => snapshot_entries / 4,
+        };
+        let snapshot_bytes = if draw.chance(0.3) {
+            draw.range(256, 4_096)
+        } else {
+            256 << 20
+        };
+        let snapshot_chunk_bytes = *draw.pick(&[64, 1_024, 64 << 10]);
         Scenario {
             seed,
             plant,
@@ -363,6 +388,9 @@ impl Scenario {
             request_timeout_ms,
             rpc_timeout_ms,
             snapshot_entries,
+            snapshot_bytes,
+            snapshot_tail_entries,
+            snapshot_chunk_bytes,
             wal_segment_bytes_max,
             latency_ms,
             packet_loss_rate,
@@ -600,11 +628,16 @@ impl fmt::Display for Scenario {
         )?;
         writeln!(
             f,
-            "  timeouts: request {} ms, rpc {} ms; snapshot every {} entries; wal segment {} bytes",
-            self.request_timeout_ms,
-            self.rpc_timeout_ms,
+            "  timeouts: request {} ms, rpc {} ms; wal segment {} bytes",
+            self.request_timeout_ms, self.rpc_timeout_ms, self.wal_segment_bytes_max
+        )?;
+        writeln!(
+            f,
+            "  snapshots: every {} entries or {} bytes, tail {} entries, chunks of {} bytes",
             self.snapshot_entries,
-            self.wal_segment_bytes_max
+            self.snapshot_bytes,
+            self.snapshot_tail_entries,
+            self.snapshot_chunk_bytes
         )?;
         writeln!(
             f,
@@ -791,7 +824,12 @@ mod tests {
 
     #[test]
     fn plants_parse_from_their_names() {
-        for plant in [Plant::None, Plant::LyingFsync, Plant::ForgetVote] {
+        for plant in [
+            Plant::None,
+            Plant::LyingFsync,
+            Plant::ForgetVote,
+            Plant::SnapshotUnsynced,
+        ] {
             assert_eq!(plant.name().parse::<Plant>(), Ok(plant));
         }
         assert!("lying".parse::<Plant>().is_err());

@@ -107,6 +107,7 @@ pub fn run_seed(seed: u64, plant: Plant, echo: bool) -> SeedResult {
         wall_ms,
         ops: (rec.ops_definite, rec.ops_unknown, rec.ops_not_applied),
         crashes: rec.crashes,
+        snapshots: (rec.snapshots_taken, rec.crashes_in_snapshot),
     }
 }
 
@@ -142,6 +143,12 @@ pub struct SweepSummary {
     pub seed_wall_ms_total: u64,
     /// Client operations recorded (definite + unknown).
     pub ops_total: u64,
+    /// Seeds that took at least one snapshot.
+    pub seeds_with_snapshots: u64,
+    /// Snapshots taken over all seeds.
+    pub snapshots_total: u64,
+    /// Kills that landed during a snapshot write, and the seeds with at least one.
+    pub crashes_in_snapshot: (u64, u64),
     /// Resident memory at the end, in kilobytes (Linux).
     pub rss_kb_end: Option<u64>,
     /// Highest resident memory seen during the sweep, in kilobytes.
@@ -202,6 +209,11 @@ pub fn sweep(options: &SweepOptions) -> SweepSummary {
         summary.virtual_ms_total += result.virtual_ms;
         summary.seed_wall_ms_total += result.wall_ms;
         summary.ops_total += result.ops.0 + result.ops.1;
+        let (snapshots, crashes_in_snapshot) = result.snapshots;
+        summary.seeds_with_snapshots += u64::from(snapshots > 0);
+        summary.snapshots_total += snapshots;
+        summary.crashes_in_snapshot.0 += crashes_in_snapshot;
+        summary.crashes_in_snapshot.1 += u64::from(crashes_in_snapshot > 0);
         if let Some(rss) = rss_kb() {
             summary.rss_kb_max = Some(summary.rss_kb_max.unwrap_or(0).max(rss));
         }
