@@ -223,6 +223,9 @@ pub struct Scenario {
     /// being asked for its vote) is crashed and restarted at once, before the faults end: a
     /// crash at the worst moment for a forgotten vote.
     pub voter_crash_probability: f64,
+    /// Probability that a node is killed within milliseconds of starting a snapshot write (and
+    /// restarted shortly after): the crash lands in the middle of the write.
+    pub snapshot_crash_probability: f64,
 }
 
 /// A small seeded generator for scenario parameters.
@@ -378,6 +381,11 @@ impl Scenario {
             256 << 20
         };
         let snapshot_chunk_bytes = *draw.pick(&[64, 1_024, 64 << 10]);
+        let snapshot_crash_probability = if draw.chance(0.3) {
+            0.0
+        } else {
+            draw.range(5, 40) as f64 / 100.0
+        };
         Scenario {
             seed,
             plant,
@@ -403,6 +411,7 @@ impl Scenario {
             think_ms,
             episodes,
             voter_crash_probability,
+            snapshot_crash_probability,
         }
     }
 
@@ -633,11 +642,13 @@ impl fmt::Display for Scenario {
         )?;
         writeln!(
             f,
-            "  snapshots: every {} entries or {} bytes, tail {} entries, chunks of {} bytes",
+            "  snapshots: every {} entries or {} bytes, tail {} entries, chunks of {} bytes; \
+             a write is crashed with probability {:.2}",
             self.snapshot_entries,
             self.snapshot_bytes,
             self.snapshot_tail_entries,
-            self.snapshot_chunk_bytes
+            self.snapshot_chunk_bytes,
+            self.snapshot_crash_probability
         )?;
         writeln!(
             f,
