@@ -240,6 +240,20 @@ async fn killing_the_leader_under_concurrent_writes_loses_no_acknowledged_write(
     }
 }
 
+/// Waits until the node at `addr` has applied the index at which `leader` serves `key_path`.
+async fn wait_until_applied(addr: &str, leader: &str, key_path: &str) {
+    let target = call(leader, "GET", key_path, &[], b"")
+        .await
+        .unwrap()
+        .header_u64("x-raft-index")
+        .unwrap();
+    eventually(Duration::from_secs(20), "the node to catch up", || async {
+        let health = call(addr, "GET", "/health", &[], b"").await?;
+        (health.json()["applied_index"].as_u64()? >= target).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_restarts_from_its_wal_and_catches_up() {
     let mut cluster = Cluster::start(3);
@@ -263,21 +277,8 @@ async fn a_killed_node_restarts_from_its_wal_and_catches_up() {
         assert_eq!(reply.status, 201);
     }
     cluster.nodes[victim].start();
-    let target = call(&addrs[leader], "GET", "/v1/kv/b19", &[], b"")
-        .await
-        .unwrap()
-        .header_u64("x-raft-index")
-        .unwrap();
     // The restarted node's own state machine reaches the leader's index and has every key.
-    eventually(
-        Duration::from_secs(20),
-        "the restarted node to catch up",
-        || async {
-            let health = call(&addrs[victim], "GET", "/health", &[], b"").await?;
-            (health.json()["applied_index"].as_u64()? >= target).then_some(())
-        },
-    )
-    .await;
+    wait_until_applied(&addrs[victim], &addrs[leader], "/v1/kv/b19").await;
     for prefix in ["a", "b"] {
         let list = call(
             &addrs[victim],
@@ -331,20 +332,7 @@ async fn a_node_restarts_from_its_snapshot_file_and_a_lagging_one_catches_up_thr
     );
     // The lagging node is far below the tail: it catches up through the snapshot.
     cluster.nodes[lagging].start();
-    let target = call(&addrs[leader], "GET", "/v1/kv/k119", &[], b"")
-        .await
-        .unwrap()
-        .header_u64("x-raft-index")
-        .unwrap();
-    eventually(
-        Duration::from_secs(20),
-        "the lagging node to catch up",
-        || async {
-            let health = call(&addrs[lagging], "GET", "/health", &[], b"").await?;
-            (health.json()["applied_index"].as_u64()? >= target).then_some(())
-        },
-    )
-    .await;
+    wait_until_applied(&addrs[lagging], &addrs[leader], "/v1/kv/k119").await;
     assert!(
         cluster.nodes[lagging]
             .log_text()

@@ -211,7 +211,15 @@ mod cli {
             summary.ops_total as f64 / seeds_run,
         );
         println!(
-            "snapshots: {} installed from a leader, in {} of {} seeds",
+            "snapshots: {} seeds of {} took {} in all; {} kills in {} seeds landed during a snapshot write",
+            summary.seeds_with_snapshots,
+            summary.seeds_run,
+            summary.snapshots_total,
+            summary.crashes_in_snapshot.0,
+            summary.crashes_in_snapshot.1,
+        );
+        println!(
+            "transfers: {} snapshots installed from a leader, in {} of {} seeds",
             summary.restores_total, summary.seeds_with_restores, summary.seeds_run
         );
         if let (Some(end), Some(max)) = (summary.rss_kb_end, summary.rss_kb_max) {
@@ -265,7 +273,12 @@ mod cli {
             path.display()
         );
         let mut status = 0;
-        for plant in [Plant::None, Plant::LyingFsync, Plant::ForgetVote] {
+        for plant in [
+            Plant::None,
+            Plant::LyingFsync,
+            Plant::ForgetVote,
+            Plant::SnapshotUnsynced,
+        ] {
             let group: Vec<&Regression> = pinned.iter().filter(|r| r.plant == plant).collect();
             if group.is_empty() {
                 continue;

@@ -60,6 +60,12 @@ pub struct Recorder {
     pub inconclusive: bool,
     /// Nodes killed (crashes and disk-full restarts).
     pub crashes: u64,
+    /// Snapshots that became durable and compacted a log.
+    pub snapshots_taken: u64,
+    /// Raft ids of the nodes writing a snapshot file right now.
+    pub snapshots_writing: std::collections::BTreeSet<u64>,
+    /// Kills that landed while the node was writing a snapshot file.
+    pub crashes_in_snapshot: u64,
     /// Snapshots nodes installed from a leader (the coverage of streamed transfers).
     pub restores: u64,
 }

@@ -39,6 +39,8 @@ pub struct SeedResult {
     pub ops: (u64, u64, u64),
     /// Nodes killed during the run.
     pub crashes: u64,
+    /// Snapshots taken (durable and recorded), and kills that landed during a snapshot write.
+    pub snapshots: (u64, u64),
     /// Snapshots installed from a leader during the run.
     pub restores: u64,
 }
@@ -129,8 +131,8 @@ pub fn render(result: &SeedResult, timeline: Option<&Path>) -> String {
     let (definite, unknown, refused) = result.ops;
     let _ = writeln!(
         out,
-        "run: {} virtual ms in {} wall ms; {} ops definite, {} unknown, {} refused; {} kills; {} trace lines, trace hash {:016x}",
-        result.virtual_ms, result.wall_ms, definite, unknown, refused, result.crashes, result.trace_lines, result.trace_hash
+        "run: {} virtual ms in {} wall ms; {} ops definite, {} unknown, {} refused; {} kills ({} during a snapshot write); {} snapshots; {} trace lines, trace hash {:016x}",
+        result.virtual_ms, result.wall_ms, definite, unknown, refused, result.crashes, result.snapshots.1, result.snapshots.0, result.trace_lines, result.trace_hash
     );
     for failure in &result.failures {
         let _ = writeln!(out, "broken: {}", failure.property);
@@ -208,6 +210,7 @@ mod tests {
             wall_ms: 100,
             ops: (2, 0, 0),
             crashes: 1,
+            snapshots: (3, 1),
             restores: 0,
         };
         let text = render(&result, Some(Path::new("target/sim-failures/seed-77.html")));

@@ -45,6 +45,8 @@ pub enum Plant {
     LyingFsync,
     /// Nodes forget their persisted vote on restart.
     ForgetVote,
+    /// The snapshot writer skips its file fsync, so a crash can leave a recorded snapshot empty.
+    SnapshotUnsynced,
 }
 
 impl Plant {
@@ -54,6 +56,7 @@ impl Plant {
             Plant::None => "none",
             Plant::LyingFsync => "lying-fsync",
             Plant::ForgetVote => "forget-vote",
+            Plant::SnapshotUnsynced => "snapshot-unsynced",
         }
     }
 }
@@ -66,8 +69,9 @@ impl FromStr for Plant {
             "none" => Ok(Plant::None),
             "lying-fsync" => Ok(Plant::LyingFsync),
             "forget-vote" => Ok(Plant::ForgetVote),
+            "snapshot-unsynced" => Ok(Plant::SnapshotUnsynced),
             other => Err(format!(
-                "unknown plant {other:?} (none, lying-fsync, forget-vote)"
+                "unknown plant {other:?} (none, lying-fsync, forget-vote, snapshot-unsynced)"
             )),
         }
     }
@@ -185,8 +189,14 @@ pub struct Scenario {
     pub request_timeout_ms: u64,
     /// The node's peer RPC timeout, in milliseconds.
     pub rpc_timeout_ms: u64,
-    /// Snapshot after this many applied entries.
+    /// Snapshot after this many applied entries...
     pub snapshot_entries: u64,
+    /// ...or this many applied bytes.
+    pub snapshot_bytes: u64,
+    /// Entries compaction keeps below a snapshot.
+    pub snapshot_tail_entries: u64,
+    /// Target payload of a snapshot file's chunks.
+    pub snapshot_chunk_bytes: usize,
     /// Largest WAL segment.
     pub wal_segment_bytes_max: u64,
     /// Base network latency range, in milliseconds.
@@ -213,12 +223,13 @@ pub struct Scenario {
     /// being asked for its vote) is crashed and restarted at once, before the faults end: a
     /// crash at the worst moment for a forgotten vote.
     pub voter_crash_probability: f64,
+    /// Probability that a node is killed within milliseconds of starting a snapshot write (and
+    /// restarted shortly after): the crash lands in the middle of the write.
+    pub snapshot_crash_probability: f64,
     /// Bytes of a snapshot file per streamed chunk.
-    pub snapshot_chunk_bytes: usize,
+    pub transfer_chunk_bytes: usize,
     /// Largest peer RPC body (batches of messages and snapshot chunks stay under it).
     pub rpc_body_bytes_max: usize,
-    /// Entries compaction keeps below a snapshot (a follower further behind needs the snapshot).
-    pub snapshot_tail_entries: u64,
 }
 
 /// A small seeded generator for scenario parameters.
@@ -323,7 +334,9 @@ impl Scenario {
             u32::try_from(draw.range(1, u64::from(election_ticks / 4))).expect("small");
         let request_timeout_ms = draw.range(1_000, 3_000);
         let rpc_timeout_ms = draw.range(300, 1_000);
-        let snapshot_entries = *draw.pick(&[25, 25, 40, 100, 400, 20_000]);
+        // Most seeds snapshot every few dozen entries (down to a few); some keep the production
+        // default's shape (20,000 entries, tail 5,000) and never reach it.
+        let snapshot_entries = *draw.pick(&[3, 8, 25, 40, 60, 100, 400, 20_000]);
         let wal_segment_bytes_max = *draw.pick(&[2_048, 16_384, 1 << 20]);
         let packet_loss_rate = if draw.chance(0.5) {
             0.0
@@ -359,13 +372,28 @@ impl Scenario {
         } else {
             draw.range(5, 40) as f64 / 100.0
         };
+        // Drawn last so the draws above stay what they were for every seed.
+        let snapshot_tail_entries = match draw.below(4) {
+            0 => 0,
+            1 => 2,
+            2 => 10,
+            _ => snapshot_entries / 4,
+        };
+        let snapshot_bytes = if draw.chance(0.3) {
+            draw.range(256, 4_096)
+        } else {
+            256 << 20
+        };
+        let snapshot_chunk_bytes = *draw.pick(&[64, 1_024, 64 << 10]);
+        let snapshot_crash_probability = if draw.chance(0.3) {
+            0.0
+        } else {
+            draw.range(5, 40) as f64 / 100.0
+        };
         // Most seeds stream snapshots in many small chunks under a small body cap, so transfers
         // span many RPCs and the faults above land in the middle of them.
-        let snapshot_chunk_bytes = *draw.pick(&[128, 512, 1 << 10, 1 << 10, 1 << 20]);
+        let transfer_chunk_bytes = *draw.pick(&[128, 512, 1 << 10, 1 << 10, 1 << 20]);
         let rpc_body_bytes_max = *draw.pick(&[16 << 10, 16 << 10, 64 << 10, 64 << 20]);
-        // A short tail in most seeds: a workload of about a thousand writes never leaves a
-        // follower 5,000 entries behind.
-        let snapshot_tail_entries = *draw.pick(&[0, 10, 10, 50, 5_000]);
         Scenario {
             seed,
             plant,
@@ -376,6 +404,9 @@ impl Scenario {
             request_timeout_ms,
             rpc_timeout_ms,
             snapshot_entries,
+            snapshot_bytes,
+            snapshot_tail_entries,
+            snapshot_chunk_bytes,
             wal_segment_bytes_max,
             latency_ms,
             packet_loss_rate,
@@ -388,9 +419,9 @@ impl Scenario {
             think_ms,
             episodes,
             voter_crash_probability,
-            snapshot_chunk_bytes,
+            snapshot_crash_probability,
+            transfer_chunk_bytes,
             rpc_body_bytes_max,
-            snapshot_tail_entries,
         }
     }
 
@@ -616,16 +647,23 @@ impl fmt::Display for Scenario {
         )?;
         writeln!(
             f,
-            "  timeouts: request {} ms, rpc {} ms; snapshot every {} entries; wal segment {} bytes",
-            self.request_timeout_ms,
-            self.rpc_timeout_ms,
-            self.snapshot_entries,
-            self.wal_segment_bytes_max
+            "  timeouts: request {} ms, rpc {} ms; wal segment {} bytes",
+            self.request_timeout_ms, self.rpc_timeout_ms, self.wal_segment_bytes_max
         )?;
         writeln!(
             f,
-            "  transfers: snapshot tail {} entries, chunks of {} bytes, peer rpc bodies of at most {} bytes",
-            self.snapshot_tail_entries, self.snapshot_chunk_bytes, self.rpc_body_bytes_max
+            "  snapshots: every {} entries or {} bytes, tail {} entries, chunks of {} bytes; \
+             a write is crashed with probability {:.2}",
+            self.snapshot_entries,
+            self.snapshot_bytes,
+            self.snapshot_tail_entries,
+            self.snapshot_chunk_bytes,
+            self.snapshot_crash_probability
+        )?;
+        writeln!(
+            f,
+            "  transfers: chunks of {} bytes, peer rpc bodies of at most {} bytes",
+            self.transfer_chunk_bytes, self.rpc_body_bytes_max
         )?;
         writeln!(
             f,
@@ -812,7 +850,12 @@ mod tests {
 
     #[test]
     fn plants_parse_from_their_names() {
-        for plant in [Plant::None, Plant::LyingFsync, Plant::ForgetVote] {
+        for plant in [
+            Plant::None,
+            Plant::LyingFsync,
+            Plant::ForgetVote,
+            Plant::SnapshotUnsynced,
+        ] {
             assert_eq!(plant.name().parse::<Plant>(), Ok(plant));
         }
         assert!("lying".parse::<Plant>().is_err());

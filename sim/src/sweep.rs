@@ -107,6 +107,7 @@ pub fn run_seed(seed: u64, plant: Plant, echo: bool) -> SeedResult {
         wall_ms,
         ops: (rec.ops_definite, rec.ops_unknown, rec.ops_not_applied),
         crashes: rec.crashes,
+        snapshots: (rec.snapshots_taken, rec.crashes_in_snapshot),
         restores: rec.restores,
     }
 }
@@ -143,6 +144,12 @@ pub struct SweepSummary {
     pub seed_wall_ms_total: u64,
     /// Client operations recorded (definite + unknown).
     pub ops_total: u64,
+    /// Seeds that took at least one snapshot.
+    pub seeds_with_snapshots: u64,
+    /// Snapshots taken over all seeds.
+    pub snapshots_total: u64,
+    /// Kills that landed during a snapshot write, and the seeds with at least one.
+    pub crashes_in_snapshot: (u64, u64),
     /// Snapshots installed from a leader, over all seeds.
     pub restores_total: u64,
     /// Seeds in which some node installed a snapshot from a leader.
@@ -207,6 +214,11 @@ pub fn sweep(options: &SweepOptions) -> SweepSummary {
         summary.virtual_ms_total += result.virtual_ms;
         summary.seed_wall_ms_total += result.wall_ms;
         summary.ops_total += result.ops.0 + result.ops.1;
+        let (snapshots, crashes_in_snapshot) = result.snapshots;
+        summary.seeds_with_snapshots += u64::from(snapshots > 0);
+        summary.snapshots_total += snapshots;
+        summary.crashes_in_snapshot.0 += crashes_in_snapshot;
+        summary.crashes_in_snapshot.1 += u64::from(crashes_in_snapshot > 0);
         summary.restores_total += result.restores;
         summary.seeds_with_restores += usize::from(result.restores > 0);
         if let Some(rss) = rss_kb() {

@@ -113,6 +113,22 @@ fn forgetting_the_vote_on_restart_is_caught_within_300_seeds() {
 }
 
 #[test]
+fn an_unsynced_snapshot_file_is_caught_within_300_seeds() {
+    let (ok, stdout) = run_sim(&[
+        "sweep",
+        "--plant",
+        "snapshot-unsynced",
+        "--seeds",
+        "300",
+        "--expect-failure",
+    ]);
+    assert!(
+        ok && stdout.contains("expected failure found"),
+        "the unsynced snapshot went unnoticed:\n{stdout}"
+    );
+}
+
+#[test]
 fn one_seed_run_twice_gives_the_same_trace() {
     let (ok, stdout) = run_sim(&["determinism", "--seeds", "2", "--start", "7"]);
     assert!(ok, "a seed did not replay identically:\n{stdout}");

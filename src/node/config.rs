@@ -62,6 +62,9 @@ pub struct NodeConfig {
     /// Fault injection for the simulator's planted-bug tests: forget the persisted vote on
     /// restart (breaks Raft's election safety). Never set in production.
     pub plant_forget_vote: bool,
+    /// Fault injection for the simulator: the snapshot writer skips its file fsync (breaks
+    /// "compact only once the snapshot is durable"). Never set in production.
+    pub plant_snapshot_unsynced: bool,
 }
 
 /// What a node reports to an observer.
@@ -88,6 +91,23 @@ pub enum NodeEvent {
         term: u64,
         /// Digest of the entry's kind and data.
         digest: u64,
+    },
+    /// The node froze its store at `index` and started writing a snapshot file in the
+    /// background.
+    SnapshotWriting {
+        /// The node's id.
+        node: u64,
+        /// The snapshot's index.
+        index: u64,
+    },
+    /// The snapshot at `index` is durable and recorded; the log was compacted.
+    SnapshotTaken {
+        /// The node's id.
+        node: u64,
+        /// The snapshot's index.
+        index: u64,
+        /// The file's size.
+        file_bytes: u64,
     },
     /// The node restored its state machine from a snapshot at `index` (entries up to it are
     /// not reported one by one).
@@ -129,6 +149,7 @@ impl NodeConfig {
             idempotency_keys_max: 100_000,
             observer: None,
             plant_forget_vote: false,
+            plant_snapshot_unsynced: false,
         }
     }
 }

@@ -716,6 +716,11 @@ impl Driver {
         let view = self.kv.clone();
         let dir = self.snapshot_dir.clone();
         let chunk_bytes = self.config.snapshot_chunk_bytes;
+        let file_sync = if self.config.plant_snapshot_unsynced {
+            snapshot::FileSync::SkipForPlantedBug
+        } else {
+            snapshot::FileSync::Sync
+        };
         let done = self.snapshot_done_tx.clone();
         let started = env::now();
         self.snapshot_policy = SnapshotPolicy {
@@ -724,8 +729,12 @@ impl Driver {
             writing_index: Some(applied),
         };
         tracing::debug!(node = %self.config.name, index = applied, "snapshot write started");
+        self.observe(NodeEvent::SnapshotWriting {
+            node: self.cluster.self_id,
+            index: applied,
+        });
         env::spawn(async move {
-            let result = snapshot::write(&dir, &meta, &view, chunk_bytes).await;
+            let result = snapshot::write_with(&dir, &meta, &view, chunk_bytes, file_sync).await;
             drop(view);
             // The driver keeps the receiver as long as it runs.
             let _ = done
@@ -768,6 +777,11 @@ impl Driver {
             .map_err(|e| format!("compact: {e}"))?;
         remove_snapshot_files_older_than(&self.snapshot_dir, index).await?;
         let elapsed = env::now().duration_since(done.started);
+        self.observe(NodeEvent::SnapshotTaken {
+            node: self.cluster.self_id,
+            index,
+            file_bytes: written.file_bytes,
+        });
         self.metrics.snapshots.inc();
         self.metrics.snapshot_bytes.inc_by(written.file_bytes);
         self.metrics

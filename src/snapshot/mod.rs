@@ -156,6 +156,27 @@ pub async fn write(
     store: &KvStore,
     chunk_bytes: usize,
 ) -> Result<WrittenSnapshot, SnapshotError> {
+    write_with(dir, meta, store, chunk_bytes, FileSync::Sync).await
+}
+
+/// Whether [`write_with`] syncs the file before renaming it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileSync {
+    /// Sync: the file is durable before its final name appears (always, in production).
+    Sync,
+    /// The simulator's planted bug `snapshot-unsynced`: skip the file's fsync, so a crash after
+    /// the rename can leave a recorded snapshot without its content.
+    SkipForPlantedBug,
+}
+
+/// [`write`], choosing whether the file is synced (see [`FileSync`]).
+pub async fn write_with(
+    dir: &Path,
+    meta: &SnapshotMeta,
+    store: &KvStore,
+    chunk_bytes: usize,
+    file_sync: FileSync,
+) -> Result<WrittenSnapshot, SnapshotError> {
     assert_eq!(
         store.applied_index(),
         meta.index,
@@ -178,7 +199,7 @@ pub async fn write(
             })
             .await?;
     }
-    let file_bytes = writer.finish().await?;
+    let file_bytes = writer.finish(file_sync).await?;
     fs::rename(&temp_path, &final_path)
         .await
         .map_err(|source| io_error(&temp_path, source))?;
@@ -336,7 +357,7 @@ impl ChunkWriter {
     }
 
     /// Writes the last chunk and the trailer and syncs; returns the file's size.
-    async fn finish(mut self) -> Result<u64, SnapshotError> {
+    async fn finish(mut self, file_sync: FileSync) -> Result<u64, SnapshotError> {
         self.flush_chunk().await?;
         let mut trailer = Vec::with_capacity(4 + TRAILER_BODY_BYTES);
         trailer.extend_from_slice(&0u32.to_le_bytes());
@@ -345,10 +366,12 @@ impl ChunkWriter {
         trailer.extend_from_slice(&self.body_crc.to_le_bytes());
         trailer.extend_from_slice(&crc32c::crc32c(&trailer).to_le_bytes());
         self.write_frame(&trailer).await?;
-        self.file
-            .sync()
-            .await
-            .map_err(|source| io_error(self.file.path(), source))?;
+        if file_sync == FileSync::Sync {
+            self.file
+                .sync()
+                .await
+                .map_err(|source| io_error(self.file.path(), source))?;
+        }
         Ok(self.offset)
     }
 

@@ -266,18 +266,7 @@ fn a_follower_behind_compaction_receives_and_installs_a_snapshot() {
     assert_eq!(cluster.node(1).status().snapshot_index, 11);
     assert!(cluster.node(1).entries(1, 12).is_empty());
     cluster.restart(3);
-    let mut snapshots_sent = 0;
-    for _ in 0..10 {
-        cluster.tick_all();
-        cluster.process_all();
-        snapshots_sent += cluster
-            .pending_messages()
-            .iter()
-            .filter(|m| matches!(m.body, MessageBody::InstallSnapshot { .. }))
-            .count();
-        cluster.deliver_all();
-    }
-    assert_eq!(snapshots_sent, 1);
+    assert_eq!(run_counting_snapshots(&mut cluster, 10), 1);
     let status = cluster.node(3).status();
     assert_eq!(status.snapshot_index, 11);
     assert_eq!(status.hard_state.commit, 11);
