@@ -5,8 +5,11 @@
 //! times (default 3). Last, it restarts `CATCH_UP_ROUNDS` times from its own (installed) snapshot
 //! file. Prints each round and the medians: catch-up seconds, snapshot MB/s, restart seconds.
 //!
-//! `cargo bench --bench catch_up` (it builds the release binary). Wall-clock figures: run it on a
-//! quiet machine, and say how busy it was next to any figure.
+//! `cargo bench --bench catch_up` (it builds the release binary). The nodes snapshot every
+//! `CATCH_UP_SNAPSHOT_ENTRIES` entries (default 20,000) keeping a tail of `CATCH_UP_TAIL_ENTRIES`
+//! (default 5,000); between rounds the cluster takes enough writes to compact past the stopped
+//! follower. Wall-clock figures: run it on a quiet machine, and say how busy it was next to any
+//! figure.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 #[path = "../tests/common/mod.rs"]
@@ -22,9 +25,6 @@ use raft_kv::http::client::HttpClient;
 const LEADER_WAIT: Duration = Duration::from_secs(30);
 const CATCH_UP_WAIT: Duration = Duration::from_secs(900);
 const WRITERS: u64 = 64;
-/// Writes between two catch-up rounds: past one snapshot interval (20,000) and its tail (5,000),
-/// so the leader's log no longer reaches the stopped follower.
-const WRITES_BETWEEN_ROUNDS: u64 = 30_000;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -79,8 +79,21 @@ async fn main() {
     let keys = env_u64("CATCH_UP_KEYS", 200_000);
     let value_bytes = env_u64("CATCH_UP_VALUE_BYTES", 1024) as usize;
     let rounds = env_u64("CATCH_UP_ROUNDS", 3).max(1);
-
-    let mut cluster = Cluster::start(3);
+    let snapshot_entries = env_u64("CATCH_UP_SNAPSHOT_ENTRIES", 20_000).max(1);
+    let tail_entries = env_u64("CATCH_UP_TAIL_ENTRIES", 5_000);
+    // Past one snapshot interval and its tail, so the leader's log no longer reaches the
+    // stopped follower.
+    let writes_between_rounds = snapshot_entries + tail_entries + snapshot_entries / 2;
+    let (entries_arg, tail_arg) = (snapshot_entries.to_string(), tail_entries.to_string());
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            "--snapshot-entries",
+            &entries_arg,
+            "--snapshot-tail-entries",
+            &tail_arg,
+        ],
+    );
     let leader = cluster.wait_for_leader(LEADER_WAIT).await;
     let victim = (leader + 1) % 3;
     let victim_addr = cluster.nodes[victim].addr.clone();
@@ -100,8 +113,8 @@ async fn main() {
     for round in 0..rounds {
         if round > 0 {
             cluster.nodes[victim].kill();
-            let next = keys + round * WRITES_BETWEEN_ROUNDS;
-            write_all(&running, next - WRITES_BETWEEN_ROUNDS..next, value_bytes).await;
+            let next = keys + round * writes_between_rounds;
+            write_all(&running, next - writes_between_rounds..next, value_bytes).await;
         }
         let live_leader = cluster.wait_for_leader(LEADER_WAIT).await;
         let target = applied_index(&cluster.nodes[live_leader].addr)
