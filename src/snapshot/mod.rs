@@ -49,6 +49,9 @@ pub const META_BYTES_MAX: usize = 1 << 20;
 pub const CHUNK_BYTES_MAX: usize = 64 << 20;
 /// Default payload size the writer aims for (it closes a chunk before passing it).
 pub const CHUNK_BYTES_DEFAULT: usize = 64 << 10;
+/// Bytes a reader asks the disk for at once (more only for a larger frame): small chunks must
+/// not cost two disk calls each, or loading a snapshot at restart takes a disk latency per chunk.
+const READ_AHEAD_BYTES: usize = 256 << 10;
 /// Suffix of a file still being written; such files are removed at start.
 pub const TEMP_SUFFIX: &str = ".tmp";
 
@@ -396,6 +399,9 @@ struct ChunkReader {
     file_bytes: u64,
     /// Where the next frame starts.
     offset: u64,
+    /// Bytes read ahead, starting at `buffer_offset` (at most one frame or [`READ_AHEAD_BYTES`]).
+    buffer: Vec<u8>,
+    buffer_offset: u64,
     meta: SnapshotMeta,
     chunk_count: u64,
     body_bytes: u64,
@@ -414,6 +420,8 @@ impl ChunkReader {
             path: path.to_path_buf(),
             file_bytes,
             offset: 0,
+            buffer: Vec::new(),
+            buffer_offset: 0,
             meta: SnapshotMeta::default(),
             chunk_count: 0,
             body_bytes: 0,
@@ -525,11 +533,18 @@ impl ChunkReader {
                 self.file_bytes.saturating_sub(self.offset)
             )));
         }
-        let bytes = self
-            .file
-            .read_at(self.offset, len_bytes)
-            .await
-            .map_err(|source| io_error(&self.path, source))?;
+        let buffered_end = self.buffer_offset + self.buffer.len() as u64;
+        if self.offset < self.buffer_offset || self.offset + len_bytes as u64 > buffered_end {
+            self.buffer = self
+                .file
+                .read_at(self.offset, len_bytes.max(READ_AHEAD_BYTES))
+                .await
+                .map_err(|source| io_error(&self.path, source))?;
+            self.buffer_offset = self.offset;
+        }
+        let start = (self.offset - self.buffer_offset) as usize;
+        let end = (start + len_bytes).min(self.buffer.len());
+        let bytes = self.buffer[start..end].to_vec();
         if bytes.len() != len_bytes {
             return Err(self.corrupt(format!(
                 "truncated: read {} of {len_bytes} bytes",
