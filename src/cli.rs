@@ -71,9 +71,25 @@ pub struct NodeArgs {
     /// Peer RPC timeout in milliseconds.
     #[arg(long, env = "RAFT_KV_RPC_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
     pub rpc_timeout_ms: u64,
-    /// Take a snapshot and compact the log after this many applied entries.
+    /// Take a snapshot (in the background) after this many applied entries since the last one.
     #[arg(long, env = "RAFT_KV_SNAPSHOT_ENTRIES", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_entries: u64,
+    /// ...or after this many bytes of applied entry data since the last one.
+    #[arg(long, env = "RAFT_KV_SNAPSHOT_BYTES", default_value_t = 256 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_bytes: u64,
+    /// Entries kept in memory below a snapshot, so a slightly slow follower catches up from
+    /// the log instead of receiving the snapshot.
+    #[arg(long, env = "RAFT_KV_SNAPSHOT_TAIL_ENTRIES", default_value_t = 5_000)]
+    pub snapshot_tail_entries: u64,
+    /// Bytes of a snapshot file per chunk when a leader streams it to a lagging follower.
+    #[arg(long, env = "RAFT_KV_SNAPSHOT_CHUNK_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1024..=(32 << 20)))]
+    pub snapshot_chunk_bytes: u64,
+    /// Snapshot transfers a leader streams at once.
+    #[arg(long, env = "RAFT_KV_SNAPSHOT_TRANSFERS_MAX", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub snapshot_transfers_max: u64,
+    /// Largest snapshot file a follower accepts from a leader [default: no limit but the disk].
+    #[arg(long, env = "RAFT_KV_SNAPSHOT_RECEIVE_BYTES_MAX", value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_receive_bytes_max: Option<u64>,
     /// Largest key in bytes.
     #[arg(long, env = "RAFT_KV_MAX_KEY_BYTES", default_value_t = raft_kv::kv::KEY_BYTES_MAX)]
     pub max_key_bytes: usize,
@@ -131,6 +147,11 @@ impl NodeArgs {
         config.request_timeout = Duration::from_millis(self.request_timeout_ms);
         config.rpc_timeout = Duration::from_millis(self.rpc_timeout_ms);
         config.snapshot_entries = self.snapshot_entries;
+        config.snapshot_bytes = self.snapshot_bytes;
+        config.snapshot_tail_entries = self.snapshot_tail_entries;
+        config.snapshot_transfer_chunk_bytes = self.snapshot_chunk_bytes as usize;
+        config.snapshot_transfers_max = self.snapshot_transfers_max as usize;
+        config.snapshot_receive_bytes_max = self.snapshot_receive_bytes_max.unwrap_or(u64::MAX);
         config.key_bytes_max = self.max_key_bytes;
         config.value_bytes_max = self.max_value_bytes;
         Ok(config)

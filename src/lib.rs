@@ -16,4 +16,5 @@ pub mod node;
 pub mod plants;
 pub mod raft;
 pub mod server;
+pub mod snapshot;
 pub mod wal;

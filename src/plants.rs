@@ -41,11 +41,14 @@ pub enum Plant {
     /// The driver panics after applying some entries: proves that a panicking node fails the
     /// seed with the panic message (not a bug class, a test of the harness).
     DriverPanic,
+    /// The background snapshot writer skips the file's fsync, so the log is compacted past a
+    /// snapshot that is not durable (compact only once the snapshot is durable).
+    SnapshotUnsynced,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 10] = [
+    pub const ALL: [Plant; 11] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -56,6 +59,7 @@ impl Plant {
         Plant::ApplyRetryTwice,
         Plant::DroppedUnderSnapshot,
         Plant::DriverPanic,
+        Plant::SnapshotUnsynced,
     ];
 
     /// The name used on the command line.
@@ -71,6 +75,7 @@ impl Plant {
             Plant::ApplyRetryTwice => "apply-retry-twice",
             Plant::DroppedUnderSnapshot => "dropped-under-snapshot",
             Plant::DriverPanic => "driver-panic",
+            Plant::SnapshotUnsynced => "snapshot-unsynced",
         }
     }
 }

@@ -240,6 +240,20 @@ async fn killing_the_leader_under_concurrent_writes_loses_no_acknowledged_write(
     }
 }
 
+/// Waits until the node at `addr` has applied the index at which `leader` serves `key_path`.
+async fn wait_until_applied(addr: &str, leader: &str, key_path: &str) {
+    let target = call(leader, "GET", key_path, &[], b"")
+        .await
+        .unwrap()
+        .header_u64("x-raft-index")
+        .unwrap();
+    eventually(Duration::from_secs(20), "the node to catch up", || async {
+        let health = call(addr, "GET", "/health", &[], b"").await?;
+        (health.json()["applied_index"].as_u64()? >= target).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_restarts_from_its_wal_and_catches_up() {
     let mut cluster = Cluster::start(3);
@@ -263,21 +277,8 @@ async fn a_killed_node_restarts_from_its_wal_and_catches_up() {
         assert_eq!(reply.status, 201);
     }
     cluster.nodes[victim].start();
-    let target = call(&addrs[leader], "GET", "/v1/kv/b19", &[], b"")
-        .await
-        .unwrap()
-        .header_u64("x-raft-index")
-        .unwrap();
     // The restarted node's own state machine reaches the leader's index and has every key.
-    eventually(
-        Duration::from_secs(20),
-        "the restarted node to catch up",
-        || async {
-            let health = call(&addrs[victim], "GET", "/health", &[], b"").await?;
-            (health.json()["applied_index"].as_u64()? >= target).then_some(())
-        },
-    )
-    .await;
+    wait_until_applied(&addrs[victim], &addrs[leader], "/v1/kv/b19").await;
     for prefix in ["a", "b"] {
         let list = call(
             &addrs[victim],
@@ -289,6 +290,75 @@ async fn a_killed_node_restarts_from_its_wal_and_catches_up() {
         .await
         .unwrap();
         assert_eq!(list.json()["keys"].as_array().unwrap().len(), 20);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarts_from_its_snapshot_file_and_a_lagging_one_catches_up_through_one() {
+    let mut cluster = Cluster::start_with(
+        3,
+        &["--snapshot-entries", "20", "--snapshot-tail-entries", "5"],
+    );
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    let addrs = cluster.addrs();
+    let lagging = (leader + 1) % 3;
+    cluster.nodes[lagging].kill();
+    for i in 0..120 {
+        let reply = call(&addrs[leader], "PUT", &format!("/v1/kv/k{i:03}"), &[], b"v")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 201, "{:?}", reply.json());
+    }
+    // Snapshots were written in the background and the older files removed.
+    let files = eventually(
+        Duration::from_secs(20),
+        "one snapshot file on the leader",
+        || {
+            let files = cluster.nodes[leader].snapshot_files();
+            async move { (files.len() == 1 && files[0].ends_with(".snap")).then_some(files) }
+        },
+    )
+    .await;
+    let metrics = call(&addrs[leader], "GET", "/metrics", &[], b"")
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.body).to_string();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("raft_snapshots_total ")
+                && line != "raft_snapshots_total 0"),
+        "{metrics}"
+    );
+    // The lagging node is far below the tail: it catches up through the snapshot.
+    cluster.nodes[lagging].start();
+    wait_until_applied(&addrs[lagging], &addrs[leader], "/v1/kv/k119").await;
+    assert!(
+        cluster.nodes[lagging]
+            .log_text()
+            .contains("installed a snapshot from the leader"),
+        "the lagging node caught up without a snapshot"
+    );
+    // The leader restarts from its snapshot file plus the WAL.
+    cluster.nodes[leader].kill();
+    cluster.nodes[leader].start();
+    for node in [leader, lagging] {
+        // Eventually only the latest durable file remains; never one older than before.
+        assert!(cluster.nodes[node].snapshot_files().last() >= files.last());
+        let list = eventually(Duration::from_secs(20), "every key on the node", || async {
+            let list = call(
+                &addrs[node],
+                "GET",
+                "/v1/kv/?prefix=k&consistency=stale&limit=1000",
+                &[],
+                b"",
+            )
+            .await?;
+            let keys = list.json()["keys"].as_array()?.len();
+            (keys == 120).then_some(keys)
+        })
+        .await;
+        assert_eq!(list, 120);
     }
 }
 

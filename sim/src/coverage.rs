@@ -50,7 +50,9 @@ pub struct Coverage {
     pub crashes: u64,
     /// Kills that caught written bytes not yet synced (a crash between a write and its fsync).
     pub crashes_unsynced: u64,
-    /// Snapshots nodes took of their own state machine.
+    /// Kills that landed while the node was writing a snapshot file.
+    pub crashes_in_snapshot: u64,
+    /// Snapshots nodes took of their own state machine (durable and recorded).
     pub snapshots_taken: u64,
     /// Snapshots nodes installed from a leader.
     pub snapshots_installed: u64,
@@ -218,6 +220,12 @@ impl fmt::Display for SweepCoverage {
             "  {:<26} {}",
             "kills mid write/fsync",
             self.spread(|c| c.crashes_unsynced)
+        )?;
+        writeln!(
+            f,
+            "  {:<26} {}",
+            "kills mid snapshot write",
+            self.spread(|c| c.crashes_in_snapshot)
         )?;
         writeln!(
             f,

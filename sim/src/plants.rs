@@ -19,6 +19,9 @@ pub const STATE_MACHINE_SAFETY: Victim = "state machine safety";
 pub const LEADER_COMPLETENESS: Victim = "leader completeness";
 /// A node panicked: the seed fails with the panic message.
 pub const PANIC: Victim = "panic";
+/// After every fault heals the cluster recovers: a leader every node follows, operations
+/// finish, replicas converge.
+pub const LIVENESS: Victim = "liveness";
 
 /// What a plant promises: the checker it breaks and within how many seeds (of 1..) it is caught.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +54,9 @@ pub fn promise(plant: Plant) -> Option<Promise> {
         Plant::ApplyRetryTwice => (LINEARIZABILITY, 50),
         Plant::DroppedUnderSnapshot => (LINEARIZABILITY, 50),
         Plant::DriverPanic => (PANIC, 5),
+        // A crash after the unsynced file's rename leaves the recorded snapshot empty: the node
+        // cannot restart and the cluster never fully recovers.
+        Plant::SnapshotUnsynced => (LIVENESS, 20),
     };
     Some(Promise {
         victim,

@@ -61,6 +61,8 @@ pub struct Recorder {
     pub inconclusive: bool,
     /// What the run exercised (faults that did something, elections, snapshots).
     pub coverage: Coverage,
+    /// Raft ids of the nodes writing a snapshot file right now.
+    pub snapshots_writing: std::collections::BTreeSet<u64>,
 }
 
 impl Recorder {

@@ -194,8 +194,8 @@ pub fn render(result: &SeedResult, timeline: Option<&Path>) -> String {
     let (definite, unknown, refused) = result.ops;
     let _ = writeln!(
         out,
-        "run: {} virtual ms in {} wall ms; {} ops definite, {} unknown, {} refused; {} kills; {} trace lines, trace hash {:016x}",
-        result.virtual_ms, result.wall_ms, definite, unknown, refused, result.coverage.crashes, result.trace_lines, result.trace_hash
+        "run: {} virtual ms in {} wall ms; {} ops definite, {} unknown, {} refused; {} kills ({} during a snapshot write); {} snapshots, {} installed; {} trace lines, trace hash {:016x}",
+        result.virtual_ms, result.wall_ms, definite, unknown, refused, result.coverage.crashes, result.coverage.crashes_in_snapshot, result.coverage.snapshots_taken, result.coverage.snapshots_installed, result.trace_lines, result.trace_hash
     );
     if verdict == Verdict::Inconclusive {
         let _ = writeln!(

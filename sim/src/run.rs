@@ -38,6 +38,17 @@ const INSPECT_EVERY_MS: u64 = 500;
 pub const TIME_LIMIT_MS: u64 = 200_000;
 /// Voters crashed at most per run.
 const VOTER_CRASHES_MAX: u32 = 20;
+/// At most this many nodes are crashed in the middle of a snapshot write per seed.
+const SNAPSHOT_CRASHES_MAX: u32 = 20;
+
+/// A moment the monitor saw at which a node may be crashed on purpose.
+#[derive(Clone, Copy, Debug)]
+enum Trigger {
+    /// The node (raft id) was just asked for its vote in a new term.
+    Voter(u64),
+    /// The node (raft id) just started writing a snapshot file.
+    SnapshotWriter(u64),
+}
 /// Spacing of the ids the invariant checker knows the boots of one node by.
 const BOOT_ID_STRIDE: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Model steps the linearizability check may take.
@@ -47,18 +58,19 @@ fn virtual_ms() -> u64 {
     virtual_nanos() / 1_000_000
 }
 
-/// Sleeps until `at_ms`, or returns early with a voter the monitor saw being asked for its vote.
-async fn sleep_until_ms_or_voter(
+/// Sleeps until `at_ms`, or returns early with a trigger the monitor saw (a voter asked for its
+/// vote, a node starting a snapshot write).
+async fn sleep_until_ms_or_trigger(
     at_ms: u64,
-    voters: &mut mpsc::UnboundedReceiver<u64>,
-) -> Option<u64> {
+    triggers: &mut mpsc::UnboundedReceiver<Trigger>,
+) -> Option<Trigger> {
     let now = virtual_ms();
     if at_ms <= now {
         return None;
     }
     tokio::select! {
         biased;
-        voter = voters.recv() => voter,
+        trigger = triggers.recv() => trigger,
         () = env::sleep(Duration::from_millis(at_ms - now)) => None,
     }
 }
@@ -99,6 +111,8 @@ struct World {
     rng: ChaCha8Rng,
     /// Voters crashed so far.
     voter_crashes: u32,
+    /// Snapshot writers crashed so far.
+    snapshot_crashes: u32,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -174,6 +188,19 @@ impl World {
         Handle::current().kill(self.nodes[index].sim_id);
         self.nodes[index].crashed = true;
         self.nodes[index].paused = false;
+        let raft_id = self.nodes[index].raft_id;
+        let in_snapshot = {
+            let mut rec = self.shared.lock();
+            let in_snapshot = rec.snapshots_writing.remove(&raft_id);
+            rec.coverage.crashes_in_snapshot += u64::from(in_snapshot);
+            in_snapshot
+        };
+        if in_snapshot {
+            self.trace(format!(
+                "the kill of {} lands during a snapshot write",
+                self.nodes[index].name
+            ));
+        }
     }
 
     fn restart(&mut self, index: usize) {
@@ -242,6 +269,45 @@ impl World {
         self.kill(index);
         env::sleep(Duration::from_millis(downtime_ms)).await;
         self.trace(format!("heal: restart voter {}", self.nodes[index].name));
+        self.restart(index);
+    }
+
+    /// With the scenario's probability, crashes the node with raft id `writer` (it just started a
+    /// snapshot write) a few milliseconds later, in the middle of the write, and restarts it.
+    async fn maybe_crash_snapshot_writer(&mut self, writer: u64) {
+        let Some(index) = self.nodes.iter().position(|n| n.raft_id == writer) else {
+            return;
+        };
+        let node = &self.nodes[index];
+        let eligible = !node.crashed
+            && !node.paused
+            && !node.disk_full
+            && virtual_ms() + 1_000 < FAULTS_END_MS;
+        let draw = (self.rng.next_u64() % 10_000) as f64 / 10_000.0;
+        if !eligible
+            || self.snapshot_crashes >= SNAPSHOT_CRASHES_MAX
+            || draw >= self.scenario.snapshot_crash_probability
+        {
+            return;
+        }
+        self.snapshot_crashes += 1;
+        let delay_ms = self.rng.next_u64() % 4;
+        let downtime_ms = self.rng.next_u64() % 200;
+        env::sleep(Duration::from_millis(delay_ms)).await;
+        let node = &self.nodes[index];
+        if node.crashed || node.paused || node.disk_full {
+            return;
+        }
+        self.trace(format!(
+            "fault: crash snapshot writer {} for {downtime_ms} ms",
+            node.name
+        ));
+        self.kill(index);
+        env::sleep(Duration::from_millis(downtime_ms)).await;
+        self.trace(format!(
+            "heal: restart snapshot writer {}",
+            self.nodes[index].name
+        ));
         self.restart(index);
     }
 
@@ -464,7 +530,7 @@ async fn monitor(
     checker: Arc<Mutex<InvariantChecker>>,
     shared: Shared,
     names: BTreeMap<u64, String>,
-    voters: mpsc::UnboundedSender<u64>,
+    triggers: mpsc::UnboundedSender<Trigger>,
 ) {
     let name = |id: u64| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
     let mut leaders: BTreeMap<u64, u64> = BTreeMap::new();
@@ -486,7 +552,7 @@ async fn monitor(
                 // A follower in a new term with no leader was just asked for its vote.
                 let new_term = terms.insert(node, term).is_none_or(|old| term > old);
                 if new_term && role == Role::Follower && leader.is_none() {
-                    let _ = voters.send(node);
+                    let _ = triggers.send(Trigger::Voter(node));
                 }
                 if role == Role::Leader {
                     shared.lock().coverage.leaders_elected += 1;
@@ -525,19 +591,33 @@ async fn monitor(
                     shared.fail("state machine safety (Raft §5.4.3)", detail, Vec::new());
                 }
             }
+            NodeEvent::SnapshotWriting { node, index } => {
+                shared.trace(format!(
+                    "{at:>6} ms  {} writes a snapshot at {index}",
+                    name(node)
+                ));
+                shared.lock().snapshots_writing.insert(node);
+                let _ = triggers.send(Trigger::SnapshotWriter(node));
+            }
+            NodeEvent::SnapshotTaken {
+                node,
+                index,
+                file_bytes,
+            } => {
+                shared.trace(format!(
+                    "{at:>6} ms  {} took a snapshot at {index} ({file_bytes} bytes)",
+                    name(node)
+                ));
+                let mut rec = shared.lock();
+                rec.snapshots_writing.remove(&node);
+                rec.coverage.snapshots_taken += 1;
+            }
             NodeEvent::Restored { node, index } => {
                 shared.trace(format!(
                     "{at:>6} ms  {} restored a snapshot at {index}",
                     name(node)
                 ));
                 shared.lock().coverage.snapshots_installed += 1;
-            }
-            NodeEvent::Snapshotted { node, index } => {
-                shared.trace(format!(
-                    "{at:>6} ms  {} took a snapshot at {index}",
-                    name(node)
-                ));
-                shared.lock().coverage.snapshots_taken += 1;
             }
         }
     }
@@ -564,6 +644,11 @@ fn node_config(
     config.request_timeout = Duration::from_millis(scenario.request_timeout_ms);
     config.rpc_timeout = Duration::from_millis(scenario.rpc_timeout_ms);
     config.snapshot_entries = scenario.snapshot_entries;
+    config.snapshot_bytes = scenario.snapshot_bytes;
+    config.snapshot_tail_entries = scenario.snapshot_tail_entries;
+    config.snapshot_chunk_bytes = scenario.snapshot_chunk_bytes;
+    config.snapshot_transfer_chunk_bytes = scenario.transfer_chunk_bytes;
+    config.rpc_body_bytes_max = scenario.rpc_body_bytes_max;
     config.wal_segment_bytes_max = scenario.wal_segment_bytes_max;
     config.observer = Some(observer);
     config
@@ -649,6 +734,7 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         active_delay: BTreeMap::new(),
         rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x00b0_07ed_c0de_0001),
         voter_crashes: 0,
+        snapshot_crashes: 0,
     };
     for index in 0..scenario.nodes_count {
         let skew = scenario.clock_skews[index];
@@ -677,13 +763,13 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         .iter()
         .map(|n| (n.raft_id, n.name.clone()))
         .collect();
-    let (voters_tx, mut voters) = mpsc::unbounded_channel();
+    let (triggers_tx, mut triggers) = mpsc::unbounded_channel();
     let monitor_task = env::spawn(monitor(
         events,
         checker.clone(),
         shared.clone(),
         names,
-        voters_tx,
+        triggers_tx,
     ));
 
     // The clients.
@@ -712,11 +798,16 @@ async fn supervise(scenario: Scenario, shared: Shared) {
     let mut next_action = 0;
     while virtual_ms() < FAULTS_END_MS && !shared.failed() {
         let action_at = actions.get(next_action).map_or(FAULTS_END_MS, |a| a.0);
-        if let Some(voter) =
-            sleep_until_ms_or_voter(next_inspect_ms.min(action_at), &mut voters).await
-        {
-            world.maybe_crash_voter(voter).await;
-            continue;
+        match sleep_until_ms_or_trigger(next_inspect_ms.min(action_at), &mut triggers).await {
+            Some(Trigger::Voter(voter)) => {
+                world.maybe_crash_voter(voter).await;
+                continue;
+            }
+            Some(Trigger::SnapshotWriter(writer)) => {
+                world.maybe_crash_snapshot_writer(writer).await;
+                continue;
+            }
+            None => {}
         }
         if next_inspect_ms <= action_at {
             world.inspect_all(false).await;

@@ -167,8 +167,14 @@ pub struct Scenario {
     pub request_timeout_ms: u64,
     /// The node's peer RPC timeout, in milliseconds.
     pub rpc_timeout_ms: u64,
-    /// Snapshot after this many applied entries.
+    /// Snapshot after this many applied entries...
     pub snapshot_entries: u64,
+    /// ...or this many applied bytes.
+    pub snapshot_bytes: u64,
+    /// Entries compaction keeps below a snapshot.
+    pub snapshot_tail_entries: u64,
+    /// Target payload of a snapshot file's chunks.
+    pub snapshot_chunk_bytes: usize,
     /// Largest WAL segment.
     pub wal_segment_bytes_max: u64,
     /// Base network latency range, in milliseconds.
@@ -195,6 +201,13 @@ pub struct Scenario {
     /// being asked for its vote) is crashed and restarted at once, before the faults end: a
     /// crash at the worst moment for a forgotten vote.
     pub voter_crash_probability: f64,
+    /// Probability that a node is killed within milliseconds of starting a snapshot write (and
+    /// restarted shortly after): the crash lands in the middle of the write.
+    pub snapshot_crash_probability: f64,
+    /// Bytes of a snapshot file per streamed chunk.
+    pub transfer_chunk_bytes: usize,
+    /// Largest peer RPC body (batches of messages and snapshot chunks stay under it).
+    pub rpc_body_bytes_max: usize,
 }
 
 /// A small seeded generator for scenario parameters.
@@ -373,6 +386,28 @@ impl Scenario {
         } else {
             draw.range(5, 40) as f64 / 100.0
         };
+        // Drawn last so the draws above stay what they were for every seed.
+        let snapshot_tail_entries = match draw.below(4) {
+            0 => 0,
+            1 => 2,
+            2 => 10,
+            _ => snapshot_entries / 4,
+        };
+        let snapshot_bytes = if draw.chance(0.3) {
+            draw.range(256, 4_096)
+        } else {
+            256 << 20
+        };
+        let snapshot_chunk_bytes = *draw.pick(&[64, 1_024, 64 << 10]);
+        let snapshot_crash_probability = if draw.chance(0.3) {
+            0.0
+        } else {
+            draw.range(5, 40) as f64 / 100.0
+        };
+        // Most seeds stream snapshots in many small chunks under a small body cap, so transfers
+        // span many RPCs and the faults above land in the middle of them.
+        let transfer_chunk_bytes = *draw.pick(&[128, 512, 1 << 10, 1 << 10, 1 << 20]);
+        let rpc_body_bytes_max = *draw.pick(&[16 << 10, 16 << 10, 64 << 10, 64 << 20]);
         Scenario {
             seed,
             plant,
@@ -383,6 +418,9 @@ impl Scenario {
             request_timeout_ms,
             rpc_timeout_ms,
             snapshot_entries,
+            snapshot_bytes,
+            snapshot_tail_entries,
+            snapshot_chunk_bytes,
             wal_segment_bytes_max,
             latency_ms,
             packet_loss_rate,
@@ -395,6 +433,9 @@ impl Scenario {
             think_ms,
             episodes,
             voter_crash_probability,
+            snapshot_crash_probability,
+            transfer_chunk_bytes,
+            rpc_body_bytes_max,
         }
     }
 
@@ -662,11 +703,23 @@ impl fmt::Display for Scenario {
         )?;
         writeln!(
             f,
-            "  timeouts: request {} ms, rpc {} ms; snapshot every {} entries; wal segment {} bytes",
-            self.request_timeout_ms,
-            self.rpc_timeout_ms,
+            "  timeouts: request {} ms, rpc {} ms; wal segment {} bytes",
+            self.request_timeout_ms, self.rpc_timeout_ms, self.wal_segment_bytes_max
+        )?;
+        writeln!(
+            f,
+            "  snapshots: every {} entries or {} bytes, tail {} entries, chunks of {} bytes; \
+             a write is crashed with probability {:.2}",
             self.snapshot_entries,
-            self.wal_segment_bytes_max
+            self.snapshot_bytes,
+            self.snapshot_tail_entries,
+            self.snapshot_chunk_bytes,
+            self.snapshot_crash_probability
+        )?;
+        writeln!(
+            f,
+            "  transfers: chunks of {} bytes, peer rpc bodies of at most {} bytes",
+            self.transfer_chunk_bytes, self.rpc_body_bytes_max
         )?;
         writeln!(
             f,

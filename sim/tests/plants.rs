@@ -125,6 +125,11 @@ fn answering_dropped_under_a_snapshot_is_caught_by_linearizability() {
 }
 
 #[test]
+fn an_unsynced_snapshot_file_is_caught_by_liveness() {
+    assert_caught_by_its_victim(Plant::SnapshotUnsynced);
+}
+
+#[test]
 fn a_panicking_node_fails_the_seed_with_the_message_and_the_replay_command() {
     assert_caught_by_its_victim(Plant::DriverPanic);
     let (ok, stdout) = run_sim(&["replay", "1", "--plant", "driver-panic"]);

@@ -1,5 +1,6 @@
-//! `raft-kv bench`: N concurrent clients writing fixed-size values to a running cluster, with a
-//! progress line per second and throughput plus p50/p99/p999 latency at the end.
+//! `raft-kv bench`: N concurrent clients writing fixed-size values to keys drawn uniformly at
+//! random among `--keys`, optionally after preloading every key once (`--preload`, untimed), with
+//! a progress line per second and throughput plus p50/p99/p999 latency at the end.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -10,6 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Args;
 use http_body_util::Full;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
 
 use raft_kv::env;
 use raft_kv::http::client::HttpClient;
@@ -40,7 +43,13 @@ pub struct BenchArgs {
     /// over all endpoints (followers forward).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     leader_only: bool,
+    /// Before the timed run, write every key once (untimed), so the store holds `--keys` keys.
+    #[arg(long)]
+    preload: bool,
 }
+
+/// Requests in flight at once while preloading.
+const PRELOAD_CLIENTS: u64 = 64;
 
 /// Runs the benchmark.
 pub fn run(args: BenchArgs) -> ExitCode {
@@ -85,6 +94,20 @@ async fn bench(args: BenchArgs) -> ExitCode {
         }
     );
     let value = Bytes::from(vec![b'x'; args.value_bytes]);
+    if args.preload {
+        let started = env::now();
+        match preload(&client, &targets, args.keys, &value).await {
+            Ok(()) => println!(
+                "  preloaded {} keys in {:.1} s (untimed)",
+                args.keys,
+                env::now().duration_since(started).as_secs_f64()
+            ),
+            Err(error) => {
+                eprintln!("raft-kv bench: preload failed: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let done = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -102,11 +125,11 @@ async fn bench(args: BenchArgs) -> ExitCode {
         tasks.push(env::spawn(async move {
             let mut latencies_us: Vec<u64> = Vec::new();
             let mut failures: BTreeMap<String, u64> = BTreeMap::new();
-            let mut i: u64 = 0;
+            // A fixed seed per client: two runs write the same key sequence.
+            let mut rng = ChaCha8Rng::seed_from_u64(id);
             while !done.load(Ordering::Relaxed) {
-                let key = (id.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i)) % keys;
-                i += 1;
-                let request = hyper::Request::put(format!("/v1/kv/bench-{key:08}"))
+                let key = rng.next_u64() % keys;
+                let request = hyper::Request::put(bench_key_path(key))
                     .body(Full::new(value.clone()))
                     .expect("a bench request is valid");
                 let started = env::now();
@@ -188,6 +211,61 @@ async fn bench(args: BenchArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// The path of bench key number `key`.
+fn bench_key_path(key: u64) -> String {
+    format!("/v1/kv/bench-{key:08}")
+}
+
+/// Writes every key in `0..keys` once, [`PRELOAD_CLIENTS`] at a time, retrying refusals.
+async fn preload(
+    client: &HttpClient,
+    targets: &[String],
+    keys: u64,
+    value: &Bytes,
+) -> Result<(), String> {
+    /// Attempts per key before the preload gives up.
+    const ATTEMPTS_MAX: u32 = 20;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for id in 0..PRELOAD_CLIENTS {
+        let (client, next, value) = (client.clone(), next.clone(), value.clone());
+        let target = targets[(id as usize) % targets.len()].clone();
+        tasks.push(env::spawn(async move {
+            loop {
+                let key = next.fetch_add(1, Ordering::Relaxed);
+                if key >= keys {
+                    return Ok(());
+                }
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let request = hyper::Request::put(bench_key_path(key))
+                        .body(Full::new(value.clone()))
+                        .expect("a bench request is valid");
+                    let outcome = client
+                        .call(&target, request, 1 << 20, Duration::from_secs(10))
+                        .await;
+                    match outcome {
+                        Ok(response) if response.status().is_success() => break,
+                        _ if attempt < ATTEMPTS_MAX => {
+                            env::sleep(Duration::from_millis(50)).await;
+                        }
+                        Ok(response) => {
+                            return Err(format!("key {key}: HTTP {}", response.status()))
+                        }
+                        Err(error) => return Err(format!("key {key}: {error}")),
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await
+            .map_err(|error| format!("preload task failed: {error}"))??;
+    }
+    Ok(())
 }
 
 /// Polls `/v1/cluster` on the endpoints until one names a leader; returns the leader's address.

@@ -79,6 +79,15 @@ impl File {
             .map_err(|error| with_path(error, "read", &self.path))
     }
 
+    /// Reads up to `len_bytes` bytes at `offset`: fewer only where the file ends (none at or
+    /// past its end). Lets a caller stream a large file in bounded memory.
+    pub async fn read_at(&self, offset: u64, len_bytes: usize) -> io::Result<Vec<u8>> {
+        self.inner
+            .read_at(offset, len_bytes)
+            .await
+            .map_err(|error| with_path(error, "read", &self.path))
+    }
+
     /// The file's length in bytes.
     pub async fn len(&self) -> io::Result<u64> {
         self.inner

@@ -168,6 +168,34 @@ pub(super) mod fs {
             .await
         }
 
+        pub(in crate::env) async fn read_at(
+            &self,
+            offset: u64,
+            len_bytes: usize,
+        ) -> io::Result<Vec<u8>> {
+            let file = Arc::clone(&self.inner);
+            blocking(move || {
+                // Never allocate past the end of the file, whatever was asked.
+                let remaining_bytes = file.metadata()?.len().saturating_sub(offset);
+                let want_bytes = usize::try_from(remaining_bytes)
+                    .unwrap_or(usize::MAX)
+                    .min(len_bytes);
+                let mut buffer = vec![0u8; want_bytes];
+                let mut filled = 0;
+                while filled < want_bytes {
+                    match file.read_at(&mut buffer[filled..], offset + filled as u64) {
+                        Ok(0) => break,
+                        Ok(read) => filled += read,
+                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+                buffer.truncate(filled);
+                Ok(buffer)
+            })
+            .await
+        }
+
         pub(in crate::env) async fn len(&self) -> io::Result<u64> {
             let file = Arc::clone(&self.inner);
             blocking(move || Ok(file.metadata()?.len())).await

@@ -110,6 +110,19 @@ fn files_read_back_what_was_written() {
 }
 
 #[test]
+fn read_at_returns_the_range_and_stops_short_only_at_the_end() {
+    run_with_dir(|dir| async move {
+        let file = fs::File::create(dir.join("ranged.bin")).await.unwrap();
+        file.append(b"0123456789").await.unwrap();
+        assert_eq!(file.read_at(2, 3).await.unwrap(), b"234");
+        assert_eq!(file.read_at(0, 10).await.unwrap(), b"0123456789");
+        assert_eq!(file.read_at(7, 100).await.unwrap(), b"789");
+        assert_eq!(file.read_at(10, 4).await.unwrap(), b"");
+        assert_eq!(file.read_at(u64::MAX, 4).await.unwrap(), b"");
+    });
+}
+
+#[test]
 fn directory_operations_list_sorted_names() {
     run_with_dir(|dir| async move {
         let nested = dir.join("a").join("b");

@@ -159,6 +159,21 @@ where
             }
             ("/v1/raft/messages", raft_messages(state, request).await)
         }
+        "/v1/state-hash" => {
+            if method != Method::GET {
+                return ("/v1/state-hash", method_not_allowed(&[Method::GET]));
+            }
+            ("/v1/state-hash", state_hash(state).await)
+        }
+        "/v1/raft/snapshot" => {
+            if method != Method::POST {
+                return ("/v1/raft/snapshot", method_not_allowed(&[Method::POST]));
+            }
+            (
+                "/v1/raft/snapshot",
+                raft_snapshot_chunk(state, request).await,
+            )
+        }
         "/v1/cluster/transfer-leader" => {
             if method != Method::POST {
                 return (
@@ -262,6 +277,26 @@ fn health(state: &AppState) -> HttpResponse {
     json_response(code, body)
 }
 
+/// This node's state machine fingerprint: the applied index and the hash of every key and
+/// idempotency record at it (replicas at one index have one hash). O(store) to compute.
+async fn state_hash(state: &AppState) -> HttpResponse {
+    let Some(node) = state.node() else {
+        return not_started(state);
+    };
+    // Hashed here, on a copy, never in the driver: the node keeps answering heartbeats.
+    match node.state_view().await {
+        Ok(store) => json_response(
+            StatusCode::OK,
+            json!({
+                "node": state.name,
+                "applied_index": store.applied_index(),
+                "state_hash": format!("{:016x}", store.state_hash()),
+            }),
+        ),
+        Err(e) => node_error_response(&e),
+    }
+}
+
 fn metrics(state: &AppState) -> HttpResponse {
     let mut text = state.metrics.render();
     if let Some(node) = state.node() {
@@ -308,22 +343,49 @@ fn cluster(state: &AppState) -> HttpResponse {
     )
 }
 
-async fn raft_messages<B>(state: &AppState, request: Request<B>) -> HttpResponse
+/// The started node and the body of a peer RPC, or the response that refuses it.
+async fn read_rpc_body<B>(
+    state: &AppState,
+    request: Request<B>,
+) -> Result<(&NodeHandle, Bytes), HttpResponse>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let Some(node) = state.node() else {
-        return not_started(state);
+        return Err(not_started(state));
     };
-    let body = match read_body(
+    let body = read_body(
         request.into_body(),
         state.limits.rpc_body_bytes_max,
         state.limits.body_read_timeout,
     )
-    .await
-    {
-        Ok(body) => body,
+    .await?;
+    Ok((node, body))
+}
+
+/// The answer to a peer RPC that failed its checks.
+fn rpc_error_response(e: &rpc::RpcError) -> HttpResponse {
+    match e {
+        rpc::RpcError::WrongCluster { .. } | rpc::RpcError::NotMember(_) => error(
+            StatusCode::FORBIDDEN,
+            "not_member",
+            "raft rpc from outside this cluster refused",
+        ),
+        rpc::RpcError::TooLarge { .. } => {
+            error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &e.to_string())
+        }
+        rpc::RpcError::Malformed(_) => error(StatusCode::BAD_REQUEST, "bad_rpc", &e.to_string()),
+    }
+}
+
+async fn raft_messages<B>(state: &AppState, request: Request<B>) -> HttpResponse
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (node, body) = match read_rpc_body(state, request).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
     let cluster = &node.cluster;
@@ -341,15 +403,41 @@ where
                 .expect("a static response is valid"),
             Err(e) => node_error_response(&e),
         },
-        Err(rpc::RpcError::WrongCluster { .. }) | Err(rpc::RpcError::NotMember(_)) => error(
-            StatusCode::FORBIDDEN,
-            "not_member",
-            "raft rpc from outside this cluster refused",
-        ),
-        Err(e @ rpc::RpcError::TooLarge { .. }) => {
-            error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &e.to_string())
-        }
-        Err(e) => error(StatusCode::BAD_REQUEST, "bad_rpc", &e.to_string()),
+        Err(e) => rpc_error_response(&e),
+    }
+}
+
+/// One chunk of a snapshot file a leader streams (see `node::rpc` for the body); answers the
+/// next offset this node expects, or why it stops the transfer.
+async fn raft_snapshot_chunk<B>(state: &AppState, request: Request<B>) -> HttpResponse
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (node, body) = match read_rpc_body(state, request).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let cluster = &node.cluster;
+    match rpc::decode_chunk(
+        &body,
+        state.limits.rpc_body_bytes_max,
+        cluster.cluster_id,
+        cluster.self_id,
+        |id| cluster.is_member(id),
+    ) {
+        Ok((header, start)) => match node
+            .deliver_snapshot_chunk(header, body.slice(start..))
+            .await
+        {
+            Ok(answer) => Response::builder()
+                .status(StatusCode::OK)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .body(Full::new(Bytes::from(rpc::encode_answer(&answer))))
+                .expect("a static response is valid"),
+            Err(e) => node_error_response(&e),
+        },
+        Err(e) => rpc_error_response(&e),
     }
 }
 

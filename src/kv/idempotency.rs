@@ -4,7 +4,9 @@
 //! kept, the oldest forgotten first. A retry does not refresh its key's age, so a key is forgotten
 //! a fixed number of keyed writes after it was first applied, on every replica alike.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use imbl::OrdMap;
 
 use super::WriteResult;
 
@@ -12,10 +14,10 @@ use super::WriteResult;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct IdempotencyTable {
     /// Idempotency key -> (log index of its first application, its result).
-    by_key: BTreeMap<String, (u64, WriteResult)>,
+    by_key: OrdMap<Arc<str>, (u64, WriteResult)>,
     /// Log index -> idempotency key; the first entry is the oldest key.
     /// Invariant: `by_index` and `by_key` hold the same pairs, seen from either side.
-    by_index: BTreeMap<u64, String>,
+    by_index: OrdMap<u64, Arc<str>>,
 }
 
 impl IdempotencyTable {
@@ -38,14 +40,17 @@ impl IdempotencyTable {
         result: WriteResult,
         keys_max: usize,
     ) {
-        if let Some(newest_index) = self.by_index.keys().next_back() {
+        if let Some((newest_index, _)) = self.by_index.get_max() {
             assert!(
                 index > *newest_index,
                 "idempotency key {idempotency_key:?} recorded at index {index}, \
                  not after the newest recorded index {newest_index}"
             );
         }
-        let previous = self.by_key.insert(idempotency_key.clone(), (index, result));
+        let idempotency_key: Arc<str> = Arc::from(idempotency_key);
+        let previous = self
+            .by_key
+            .insert(Arc::clone(&idempotency_key), (index, result));
         assert!(
             previous.is_none(),
             "idempotency key {idempotency_key:?} recorded twice (again at index {index})"
@@ -57,12 +62,17 @@ impl IdempotencyTable {
     /// Forgets the oldest keys until at most `keys_max` remain.
     pub(super) fn evict_to(&mut self, keys_max: usize) {
         while self.by_key.len() > keys_max {
-            let (_, oldest_key) = self.by_index.pop_first().unwrap_or_else(|| {
-                panic!(
+            let oldest_index = match self.by_index.get_min() {
+                Some((oldest_index, _)) => *oldest_index,
+                None => panic!(
                     "idempotency table: by_index empty, by_key has {}",
                     self.by_key.len()
-                )
-            });
+                ),
+            };
+            let oldest_key = self
+                .by_index
+                .remove(&oldest_index)
+                .expect("the minimum index is present");
             let removed = self.by_key.remove(&oldest_key);
             assert!(
                 removed.is_some(),
@@ -80,28 +90,34 @@ impl IdempotencyTable {
     pub(super) fn iter(&self) -> impl Iterator<Item = (&str, u64, &WriteResult)> {
         self.by_key
             .iter()
-            .map(|(key, (index, result))| (key.as_str(), *index, result))
+            .map(|(key, (index, result))| (key.as_ref(), *index, result))
     }
 
-    /// Rebuilds a table from snapshot records, refusing duplicate keys or indices.
-    pub(super) fn from_records(
-        records: impl IntoIterator<Item = (String, u64, WriteResult)>,
-    ) -> Result<Self, String> {
-        let mut table = IdempotencyTable::default();
-        for (idempotency_key, index, result) in records {
-            if let Some(other_key) = table.by_index.insert(index, idempotency_key.clone()) {
-                return Err(format!(
-                    "idempotency keys {other_key:?} and {idempotency_key:?} share index {index}"
-                ));
-            }
-            if table
-                .by_key
-                .insert(idempotency_key.clone(), (index, result))
-                .is_some()
-            {
-                return Err(format!("idempotency key {idempotency_key:?} appears twice"));
-            }
+    /// The record with the greatest idempotency key.
+    pub(super) fn last(&self) -> Option<(&str, u64, &WriteResult)> {
+        self.by_key
+            .get_max()
+            .map(|(key, (index, result))| (key.as_ref(), *index, result))
+    }
+
+    /// Adds one snapshot record, refusing a duplicate key or index (no eviction).
+    pub(super) fn insert_record(
+        &mut self,
+        idempotency_key: String,
+        index: u64,
+        result: WriteResult,
+    ) -> Result<(), String> {
+        if let Some(other_key) = self.by_index.get(&index) {
+            return Err(format!(
+                "idempotency keys {other_key:?} and {idempotency_key:?} share index {index}"
+            ));
         }
-        Ok(table)
+        if self.by_key.contains_key(idempotency_key.as_str()) {
+            return Err(format!("idempotency key {idempotency_key:?} appears twice"));
+        }
+        let idempotency_key: Arc<str> = Arc::from(idempotency_key);
+        self.by_index.insert(index, Arc::clone(&idempotency_key));
+        self.by_key.insert(idempotency_key, (index, result));
+        Ok(())
     }
 }

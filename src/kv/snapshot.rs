@@ -13,9 +13,10 @@
 //! [`KvStore::restore`] refuses any other order, so restoring and snapshotting again returns the
 //! same bytes.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::fnv::Fnv1a64;
@@ -48,11 +49,11 @@ struct BodyOwned {
     idempotency: Vec<(String, u64, WriteResult)>,
 }
 
-struct EntriesRef<'a>(&'a BTreeMap<String, Value>);
+struct EntriesRef<'a>(&'a OrdMap<Arc<str>, Value>);
 
 impl Serialize for EntriesRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter())
+        serializer.collect_seq(self.0.iter().map(|(key, value)| (key.as_ref(), value)))
     }
 }
 
@@ -67,6 +68,91 @@ impl Serialize for IdempotencyRef<'_> {
 fn corrupt(reason: impl Into<String>) -> KvError {
     KvError::CorruptSnapshot {
         reason: reason.into(),
+    }
+}
+
+/// Rebuilds a [`KvStore`] from its records in canonical order (keys ascending, then
+/// idempotency records ascending), checking every invariant as it goes, so a decoder never holds
+/// more than the store being built plus one record.
+pub struct KvRestore {
+    store: KvStore,
+    /// Whether an idempotency record was pushed: no key may follow.
+    idempotency_started: bool,
+}
+
+impl KvRestore {
+    /// Starts an empty store at `applied_index`.
+    pub fn new(options: KvOptions, applied_index: u64) -> KvRestore {
+        let mut store = KvStore::new(options);
+        store.applied_index = applied_index;
+        KvRestore {
+            store,
+            idempotency_started: false,
+        }
+    }
+
+    /// Adds the next key, which must sort after the previous one.
+    pub fn push_key(&mut self, key: String, value: Value) -> Result<(), KvError> {
+        if self.idempotency_started {
+            return Err(corrupt(format!(
+                "key {key:?} after the idempotency records"
+            )));
+        }
+        if let Some((previous, _)) = self.store.entries.get_max() {
+            if previous.as_ref() >= key.as_str() {
+                return Err(corrupt(format!("key {key:?} out of order")));
+            }
+        }
+        validate_key(&key).map_err(|error| corrupt(format!("key {key:?}: {error}")))?;
+        let applied_index = self.store.applied_index;
+        if !(0 < value.create_index
+            && value.create_index <= value.mod_index
+            && value.mod_index <= applied_index)
+        {
+            return Err(corrupt(format!(
+                "key {key:?}: need 0 < create_index({}) <= mod_index({}) <= applied_index({applied_index})",
+                value.create_index, value.mod_index
+            )));
+        }
+        self.store.entries.insert(Arc::from(key), value);
+        Ok(())
+    }
+
+    /// Adds the next idempotency record, which must sort after the previous one.
+    pub fn push_idempotency(
+        &mut self,
+        idempotency_key: String,
+        index: u64,
+        result: WriteResult,
+    ) -> Result<(), KvError> {
+        self.idempotency_started = true;
+        if let Some((previous, _, _)) = self.store.idempotency.last() {
+            if previous >= idempotency_key.as_str() {
+                return Err(corrupt(format!(
+                    "idempotency key {idempotency_key:?} out of order"
+                )));
+            }
+        }
+        validate_idempotency_key(&idempotency_key)
+            .map_err(|error| corrupt(format!("idempotency key {idempotency_key:?}: {error}")))?;
+        let applied_index = self.store.applied_index;
+        if !(0 < index && index <= applied_index) {
+            return Err(corrupt(format!(
+                "idempotency key {idempotency_key:?}: need 0 < index({index}) <= applied_index({applied_index})"
+            )));
+        }
+        self.store
+            .idempotency
+            .insert_record(idempotency_key, index, result)
+            .map_err(corrupt)
+    }
+
+    /// The store; if it remembers more idempotency keys than its options allow, the oldest are
+    /// forgotten.
+    pub fn finish(mut self) -> KvStore {
+        let keys_max = self.store.options.idempotency_keys_max;
+        self.store.idempotency.evict_to(keys_max);
+        self.store
     }
 }
 
@@ -133,54 +219,27 @@ impl KvStore {
             entries: entry_list,
             idempotency: idempotency_list,
         } = decoded;
-
-        let mut entries = BTreeMap::new();
-        let mut previous_key: Option<&str> = None;
-        for (key, value) in &entry_list {
-            if previous_key.is_some_and(|previous| previous >= key.as_str()) {
-                return Err(corrupt(format!("key {key:?} out of order")));
-            }
-            previous_key = Some(key);
-            validate_key(key).map_err(|error| corrupt(format!("key {key:?}: {error}")))?;
-            if !(0 < value.create_index
-                && value.create_index <= value.mod_index
-                && value.mod_index <= applied_index)
-            {
-                return Err(corrupt(format!(
-                    "key {key:?}: need 0 < create_index({}) <= mod_index({}) <= applied_index({})",
-                    value.create_index, value.mod_index, applied_index
-                )));
-            }
+        let mut builder = KvRestore::new(options, applied_index);
+        for (key, value) in entry_list {
+            builder.push_key(key, value)?;
         }
-        entries.extend(entry_list);
-
-        let mut previous_idempotency_key: Option<&str> = None;
-        for (idempotency_key, index, _) in &idempotency_list {
-            if previous_idempotency_key.is_some_and(|previous| previous >= idempotency_key.as_str())
-            {
-                return Err(corrupt(format!(
-                    "idempotency key {idempotency_key:?} out of order"
-                )));
-            }
-            previous_idempotency_key = Some(idempotency_key);
-            validate_idempotency_key(idempotency_key).map_err(|error| {
-                corrupt(format!("idempotency key {idempotency_key:?}: {error}"))
-            })?;
-            if !(0 < *index && *index <= applied_index) {
-                return Err(corrupt(format!(
-                    "idempotency key {idempotency_key:?}: need 0 < index({index}) <= applied_index({applied_index})"
-                )));
-            }
+        for (idempotency_key, index, result) in idempotency_list {
+            builder.push_idempotency(idempotency_key, index, result)?;
         }
-        let mut idempotency = IdempotencyTable::from_records(idempotency_list).map_err(corrupt)?;
-        idempotency.evict_to(options.idempotency_keys_max);
+        Ok(builder.finish())
+    }
 
-        Ok(KvStore {
-            options,
-            entries,
-            idempotency,
-            applied_index,
-        })
+    /// The keys and their values in ascending key order (what a snapshot file holds).
+    pub fn entries_iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.entries
+            .iter()
+            .map(|(key, value)| (key.as_ref(), value))
+    }
+
+    /// The remembered idempotency records `(idempotency key, first index, result)` in ascending
+    /// idempotency-key order (what a snapshot file holds).
+    pub fn idempotency_iter(&self) -> impl Iterator<Item = (&str, u64, &WriteResult)> {
+        self.idempotency.iter()
     }
 
     /// A hash of the whole state for cross-replica comparison: 64-bit FNV-1a over the snapshot

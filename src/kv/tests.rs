@@ -502,6 +502,32 @@ fn populated_store() -> KvStore {
 }
 
 #[test]
+fn a_clone_is_a_frozen_view_while_the_original_keeps_applying() {
+    let mut h = Harness::new();
+    h.apply(put("a", "1")).unwrap();
+    h.apply_keyed("k1", put("b", "2")).unwrap();
+    let view = h.store.clone();
+    let view_bytes = view.snapshot();
+
+    h.apply(put("a", "changed")).unwrap();
+    h.apply(delete("b")).unwrap();
+    h.apply_keyed("k2", put("c", "3")).unwrap();
+    h.apply_keyed("k3", put("d", "4")).unwrap();
+    h.apply_keyed("k4", put("e", "5")).unwrap(); // evicts k1 (3 keys kept)
+
+    assert_eq!(view.snapshot(), view_bytes, "the view did not move");
+    assert_eq!(view.applied_index(), 2);
+    assert_eq!(&view.get("a").unwrap().data[..], b"1");
+    assert!(view.get("c").is_none());
+    let view_keys: Vec<&str> = view.idempotency_iter().map(|(key, _, _)| key).collect();
+    assert_eq!(view_keys, ["k1"]);
+    let live_keys: Vec<&str> = h.store.idempotency_iter().map(|(key, _, _)| key).collect();
+    assert_eq!(live_keys, ["k2", "k3", "k4"]);
+    assert_eq!(h.data("a"), Some(&b"changed"[..]));
+    assert_ne!(h.store.state_hash(), view.state_hash());
+}
+
+#[test]
 fn snapshot_restore_round_trip_is_equal() {
     let store = populated_store();
     let snapshot = store.snapshot();

@@ -24,8 +24,24 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// How long one peer RPC may take.
     pub rpc_timeout: Duration,
-    /// Take a snapshot and compact the log after this many applied entries.
+    /// Take a snapshot (in the background) once this many entries were applied since the last
+    /// one...
     pub snapshot_entries: u64,
+    /// ...or once this many bytes of entry data were applied since the last one.
+    pub snapshot_bytes: u64,
+    /// Compaction keeps this many entries the snapshot covers in memory, so a follower less
+    /// than this far behind catches up from the log instead of receiving the snapshot.
+    pub snapshot_tail_entries: u64,
+    /// Target payload of one chunk of a snapshot file.
+    pub snapshot_chunk_bytes: usize,
+    /// Bytes of a snapshot file in one `POST /v1/raft/snapshot` chunk (`--snapshot-chunk-bytes`;
+    /// clamped so a chunk fits in `rpc_body_bytes_max`).
+    pub snapshot_transfer_chunk_bytes: usize,
+    /// Snapshot transfers a leader streams at once (`--snapshot-transfers-max`).
+    pub snapshot_transfers_max: usize,
+    /// Largest snapshot file a follower accepts from a leader: the disk it may spend on one
+    /// (`--snapshot-receive-bytes-max`; unlimited by default).
+    pub snapshot_receive_bytes_max: u64,
     /// Largest WAL segment file.
     pub wal_segment_bytes_max: u64,
     /// Largest key in bytes.
@@ -70,12 +86,22 @@ pub enum NodeEvent {
         /// Digest of the entry's kind and data.
         digest: u64,
     },
-    /// The node took a snapshot of its state machine at `index` and compacted its log.
-    Snapshotted {
+    /// The node froze its store at `index` and started writing a snapshot file in the
+    /// background.
+    SnapshotWriting {
         /// The node's id.
         node: u64,
         /// The snapshot's index.
         index: u64,
+    },
+    /// The snapshot at `index` is durable and recorded; the log was compacted.
+    SnapshotTaken {
+        /// The node's id.
+        node: u64,
+        /// The snapshot's index.
+        index: u64,
+        /// The file's size.
+        file_bytes: u64,
     },
     /// The node restored its state machine from a snapshot at `index` (entries up to it are
     /// not reported one by one).
@@ -102,6 +128,12 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(5),
             rpc_timeout: Duration::from_secs(2),
             snapshot_entries: 20_000,
+            snapshot_bytes: 256 << 20,
+            snapshot_tail_entries: 5_000,
+            snapshot_chunk_bytes: crate::snapshot::CHUNK_BYTES_DEFAULT,
+            snapshot_transfer_chunk_bytes: 1 << 20,
+            snapshot_transfers_max: 2,
+            snapshot_receive_bytes_max: u64::MAX,
             wal_segment_bytes_max: 64 << 20,
             key_bytes_max: crate::kv::KEY_BYTES_MAX,
             value_bytes_max: crate::kv::VALUE_BYTES_MAX,

@@ -2,14 +2,24 @@
 //! every `Ready` in order: send what may leave at once, persist and sync, send what needed the
 //! sync, apply, serve reads, advance. Inputs that arrive while a sync is in flight queue up and
 //! go into the next single sync (group commit).
+//!
+//! Snapshots never stall the loop: when the policy says so ([`Driver::maybe_snapshot`]) the
+//! driver freezes the store (an O(1) clone of persistent maps) at its applied index, with the
+//! membership in force at that index, and a background task streams it to a file in
+//! `<data-dir>/snap/`. Meanwhile the loop keeps applying, replicating and answering. When the
+//! file is durable the task reports on a channel the loop selects on; the driver then records
+//! the snapshot in the WAL (meta only), compacts the core (keeping a tail of entries) and the
+//! WAL, and removes the older snapshot file. At most one write runs at a time.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cluster::{self, ClusterInfo};
+use super::snapshot_transfer::{self, PreparedInstall, TransferOptions};
 use super::transport::Transport;
 use super::{
     Consistency, InspectScope, Inspection, NodeConfig, NodeError, NodeEvent, NodeHandle,
@@ -24,6 +34,7 @@ use crate::raft::{
     self, Config, EntryKind, Error as RaftError, HardState, Index, Message, Raft, ReadContext,
     Ready, Role, Snapshot, SnapshotMeta, Term,
 };
+use crate::snapshot::{self, SnapshotError, WrittenSnapshot};
 use crate::wal::{Wal, WalOptions};
 
 /// Inputs handled between two `Ready`s at most, so one flood cannot starve the sync.
@@ -32,6 +43,10 @@ const INPUTS_PER_ROUND_MAX: usize = 8192;
 const INBOUND_QUEUE_MAX: usize = 16_384;
 /// With the `driver-panic` plant, the driver panics when it applies this index.
 const PLANTED_PANIC_INDEX: Index = 40;
+/// Entry bytes in one `Append` at most (the core's default), and at most this share of the peer
+/// RPC body limit, so a batch of appends always fits in a body.
+const APPEND_BYTES_MAX: u64 = 1 << 20;
+const APPEND_SHARE_OF_RPC_BODY: u64 = 4;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +60,26 @@ pub enum StartError {
     /// The persisted state is inconsistent.
     #[error("cannot restore state: {0}")]
     Restore(String),
+}
+
+/// What the background snapshot writer reports when it is done.
+struct SnapshotDone {
+    meta: SnapshotMeta,
+    /// When the store was frozen.
+    started: env::Instant,
+    result: Result<WrittenSnapshot, SnapshotError>,
+}
+
+/// Progress towards the next snapshot ([`NodeConfig::snapshot_entries`],
+/// [`NodeConfig::snapshot_bytes`]).
+#[derive(Debug, Default)]
+struct SnapshotPolicy {
+    /// Entries applied since the store was last frozen for a snapshot (or since start).
+    entries_applied: u64,
+    /// Bytes of entry data applied since then.
+    bytes_applied: u64,
+    /// The applied index of the snapshot being written, if one is.
+    writing_index: Option<Index>,
 }
 
 /// A write waiting for its entry to apply.
@@ -63,7 +98,6 @@ struct Driver {
     raft: Raft,
     wal: Wal,
     kv: KvStore,
-    kv_options: KvOptions,
     config: Arc<NodeConfig>,
     cluster: Arc<ClusterInfo>,
     transport: Transport,
@@ -71,6 +105,11 @@ struct Driver {
     status: Arc<Mutex<NodeStatus>>,
     requests: mpsc::Receiver<Request>,
     inbound: mpsc::Receiver<Message>,
+    /// Snapshots a leader streamed to this node, verified and loaded by the receiver task.
+    installs: mpsc::Receiver<PreparedInstall>,
+    /// The store of the snapshot last stepped into the core, swapped in when the core's `Ready`
+    /// carries that snapshot.
+    prepared_install: Option<(SnapshotMeta, KvStore)>,
     /// Writes by log index.
     pending_writes: BTreeMap<Index, PendingWrite>,
     /// Linearizable reads collected since the last read-index request.
@@ -85,6 +124,12 @@ struct Driver {
     last_leader: Option<u64>,
     /// Set when storage failed: the node stops acknowledging anything.
     failure: Option<String>,
+    /// `<data-dir>/snap/`.
+    snapshot_dir: PathBuf,
+    snapshot_policy: SnapshotPolicy,
+    /// Given to each background snapshot writer; the driver keeps one so `recv` never ends.
+    snapshot_done_tx: mpsc::Sender<SnapshotDone>,
+    snapshot_done: mpsc::Receiver<SnapshotDone>,
 }
 
 pub(super) async fn start(
@@ -110,15 +155,31 @@ pub(super) async fn start(
     let kv_options = KvOptions {
         idempotency_keys_max: config.idempotency_keys_max,
     };
-    let kv = match &restore.snapshot {
-        Some(snapshot) => KvStore::restore(&snapshot.data, kv_options.clone())
-            .map_err(|e| StartError::Restore(e.to_string()))?,
+    let snapshot_dir = snapshot::snapshot_dir(&config.data_dir);
+    prepare_snapshot_dir(&config.data_dir, &snapshot_dir)
+        .await
+        .map_err(StartError::Restore)?;
+    let kv = match &mut restore.snapshot {
+        Some(snapshot) => {
+            let kv = restore_store(&snapshot_dir, snapshot, kv_options.clone())
+                .await
+                .map_err(StartError::Restore)?;
+            // The state lives in the file; the core never holds it.
+            snapshot.data = Bytes::new();
+            kv
+        }
         None => KvStore::new(kv_options.clone()),
     };
+    let recorded_index = restore.snapshot.as_ref().map(|s| s.meta.index);
+    remove_snapshot_files_except(&snapshot_dir, recorded_index)
+        .await
+        .map_err(StartError::Restore)?;
     let synced_term_vote = (restore.hard_state.term, restore.hard_state.vote);
     let mut raft_config = Config::new(cluster.self_id);
     raft_config.election_ticks = config.election_ticks;
     raft_config.heartbeat_ticks = config.heartbeat_ticks;
+    raft_config.max_bytes_per_append =
+        APPEND_BYTES_MAX.min(config.rpc_body_bytes_max as u64 / APPEND_SHARE_OF_RPC_BODY);
     let raft = Raft::new(raft_config, cluster.membership(), restore, env::rng())
         .map_err(|e| StartError::Restore(e.to_string()))?;
 
@@ -133,15 +194,34 @@ pub(super) async fn start(
         last_index: raft_status.last_index,
         failure: None,
     }));
+    let transfer = TransferOptions {
+        cluster_id: cluster.cluster_id,
+        self_id: cluster.self_id,
+        data_dir: config.data_dir.clone(),
+        chunk_bytes: config.snapshot_transfer_chunk_bytes.max(1),
+        body_bytes_max: config.rpc_body_bytes_max,
+        transfers_max: config.snapshot_transfers_max,
+        rpc_timeout: config.rpc_timeout,
+    };
     let transport = Transport::new(
         &cluster,
         client,
         config.rpc_timeout,
         config.rpc_body_bytes_max,
+        transfer.clone(),
         &metrics,
+    );
+    let (installs_tx, installs) = mpsc::channel(1);
+    let snapshot_chunks = snapshot_transfer::spawn_receiver(
+        transfer,
+        kv_options,
+        config.snapshot_receive_bytes_max,
+        installs_tx,
+        metrics.clone(),
     );
     let (requests_tx, requests) = mpsc::channel(config.request_queue_max);
     let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE_MAX);
+    let (snapshot_done_tx, snapshot_done) = mpsc::channel(1);
     tracing::info!(
         node = %config.name,
         id = cluster.self_id,
@@ -154,7 +234,6 @@ pub(super) async fn start(
         raft,
         wal,
         kv,
-        kv_options,
         config: config.clone(),
         cluster: cluster.clone(),
         transport,
@@ -162,6 +241,8 @@ pub(super) async fn start(
         status: status.clone(),
         requests,
         inbound,
+        installs,
+        prepared_install: None,
         pending_writes: BTreeMap::new(),
         reads_unsent: Vec::new(),
         reads_confirming: BTreeMap::new(),
@@ -170,11 +251,16 @@ pub(super) async fn start(
         synced_term_vote,
         last_leader: None,
         failure: None,
+        snapshot_dir,
+        snapshot_policy: SnapshotPolicy::default(),
+        snapshot_done_tx,
+        snapshot_done,
     };
     env::spawn(driver.run());
     Ok(NodeHandle {
         requests: requests_tx,
         inbound: inbound_tx,
+        snapshot_chunks,
         status,
         cluster,
         config,
@@ -202,6 +288,15 @@ impl Driver {
                 message = self.inbound.recv() => if let Some(message) = message {
                     self.handle_message(message);
                     handled += 1;
+                },
+                install = self.installs.recv() => if let Some(install) = install {
+                    self.handle_prepared_install(install);
+                    handled += 1;
+                },
+                done = self.snapshot_done.recv() => if let Some(done) = done {
+                    if let Err(reason) = self.handle_snapshot_done(done).await {
+                        self.fail(reason);
+                    }
                 },
             }
             // Batch whatever else is already queued into this round (and its single fsync).
@@ -247,6 +342,23 @@ impl Driver {
         }
     }
 
+    /// A streamed snapshot is on disk and loaded: step its `InstallSnapshot` into the core and
+    /// keep the store until the core's `Ready` says to install it (the core may also refuse it,
+    /// if it already committed past it or the leader's term is stale).
+    fn handle_prepared_install(&mut self, install: PreparedInstall) {
+        if self.failure.is_some() {
+            return;
+        }
+        let crate::raft::MessageBody::InstallSnapshot { snapshot } = &install.message.body else {
+            unreachable!("the receiver only prepares InstallSnapshot messages");
+        };
+        self.prepared_install = Some((snapshot.meta.clone(), install.store));
+        if let Err(error) = self.raft.step(install.message) {
+            tracing::debug!(%error, "prepared snapshot refused by the core");
+            self.prepared_install = None;
+        }
+    }
+
     fn handle_request(&mut self, request: Request) {
         if let Some(reason) = &self.failure {
             let error = NodeError::Unavailable(reason.clone());
@@ -255,6 +367,7 @@ impl Driver {
                 Request::Read { reply, .. } => drop(reply.send(Err(error))),
                 Request::TransferLeadership { reply, .. } => drop(reply.send(Err(error))),
                 Request::Inspect { scope, reply } => drop(reply.send(self.inspect(scope))),
+                Request::StateView { reply } => drop(reply.send(self.kv.clone())),
             }
             return;
         }
@@ -300,6 +413,9 @@ impl Driver {
             }
             Request::Inspect { scope, reply } => {
                 let _ = reply.send(self.inspect(scope));
+            }
+            Request::StateView { reply } => {
+                let _ = reply.send(self.kv.clone());
             }
         }
     }
@@ -393,12 +509,7 @@ impl Driver {
 
         let mut needs_sync = false;
         if let Some(snapshot) = &ready.snapshot {
-            self.wal
-                .save_snapshot(snapshot)
-                .await
-                .map_err(|e| format!("wal snapshot: {e}"))?;
-            self.kv = KvStore::restore(&snapshot.data, self.kv_options.clone())
-                .map_err(|e| format!("snapshot from leader does not restore: {e}"))?;
+            self.install_snapshot(snapshot).await?;
             self.answer_writes_under_snapshot(&snapshot.meta);
             self.observe(NodeEvent::Restored {
                 node: self.cluster.self_id,
@@ -406,6 +517,9 @@ impl Driver {
             });
             needs_sync = true;
         }
+        // A prepared store the core did not install (it had committed past it, or the term was
+        // stale) is dropped now rather than held beside the live one.
+        self.prepared_install = None;
         if !ready.entries.is_empty() {
             self.wal
                 .append(&ready.entries)
@@ -446,7 +560,7 @@ impl Driver {
         }
         self.serve_applied_reads();
         self.raft.advance(&ready);
-        self.maybe_snapshot().await?;
+        self.maybe_snapshot();
         self.publish_status();
         Ok(())
     }
@@ -465,6 +579,8 @@ impl Driver {
             role: soft.role,
             leader: soft.leader,
         });
+        self.transport
+            .set_leadership((soft.role == Role::Leader).then_some(soft.term));
         if soft.leader != self.last_leader {
             self.metrics.leader_changes.inc();
             self.last_leader = soft.leader;
@@ -534,6 +650,8 @@ impl Driver {
                 digest,
             });
         }
+        self.snapshot_policy.entries_applied += 1;
+        self.snapshot_policy.bytes_applied += data.len() as u64;
         let result = match kind {
             EntryKind::Normal => Some(self.kv.apply(index, data)),
             EntryKind::Noop | EntryKind::Config => {
@@ -619,50 +737,139 @@ impl Driver {
         }
     }
 
-    /// Compacts the log once enough entries were applied since the last snapshot.
-    async fn maybe_snapshot(&mut self) -> Result<(), String> {
-        // Cheap test first: this runs after every Ready, and `status()` clones the membership.
+    /// Starts a background snapshot once enough entries or bytes were applied since the last
+    /// one and none is being written; returns whether it started one.
+    fn maybe_snapshot(&mut self) -> bool {
+        let policy = &self.snapshot_policy;
+        if policy.writing_index.is_some()
+            || (policy.entries_applied < self.config.snapshot_entries
+                && policy.bytes_applied < self.config.snapshot_bytes)
+        {
+            return false;
+        }
+        let applied = self.kv.applied_index();
         let snapshot_index = self.raft.snapshot().map_or(0, |s| s.meta.index);
-        if self.kv.applied_index() < snapshot_index + self.config.snapshot_entries {
-            return Ok(());
+        if applied <= snapshot_index {
+            return false;
         }
-        let status = self.raft.status();
-        let applied = status.applied_index;
-        if applied < status.snapshot_index + self.config.snapshot_entries {
-            return Ok(());
-        }
-        let Some(term) = self.raft.term_at(applied) else {
-            return Ok(());
+        let Some(meta) = self.raft.snapshot_meta_at(applied) else {
+            return false;
         };
-        assert_eq!(
-            self.kv.applied_index(),
-            applied,
-            "state machine applied {} but the core handed out up to {applied}",
-            self.kv.applied_index()
-        );
-        let data = self.kv.snapshot();
-        let snapshot = Snapshot {
-            meta: SnapshotMeta {
-                index: applied,
-                term,
-                membership: status.membership,
-            },
-            data,
+        // O(1): the persistent maps are shared until the loop writes to them again.
+        let view = self.kv.clone();
+        let dir = self.snapshot_dir.clone();
+        let chunk_bytes = self.config.snapshot_chunk_bytes;
+        let file_sync = if plants::active(Plant::SnapshotUnsynced) {
+            snapshot::FileSync::SkipForPlantedBug
+        } else {
+            snapshot::FileSync::Sync
         };
-        self.wal
-            .save_snapshot(&snapshot)
-            .await
-            .map_err(|e| format!("wal snapshot: {e}"))?;
-        self.raft
-            .compact(applied, snapshot.data)
-            .map_err(|e| format!("compact: {e}"))?;
-        self.metrics.snapshots.inc();
-        self.observe(NodeEvent::Snapshotted {
+        let done = self.snapshot_done_tx.clone();
+        let started = env::now();
+        self.snapshot_policy = SnapshotPolicy {
+            entries_applied: 0,
+            bytes_applied: 0,
+            writing_index: Some(applied),
+        };
+        tracing::debug!(node = %self.config.name, index = applied, "snapshot write started");
+        self.observe(NodeEvent::SnapshotWriting {
             node: self.cluster.self_id,
             index: applied,
         });
-        tracing::info!(node = %self.config.name, index = applied, "snapshot taken, log compacted");
+        env::spawn(async move {
+            let result = snapshot::write_with(&dir, &meta, &view, chunk_bytes, file_sync).await;
+            drop(view);
+            // The driver keeps the receiver as long as it runs.
+            let _ = done
+                .send(SnapshotDone {
+                    meta,
+                    started,
+                    result,
+                })
+                .await;
+        });
+        true
+    }
+
+    /// The background writer finished: record the snapshot in the WAL, compact the core (keeping
+    /// a tail) and the WAL, and remove the older file. A write error fails the node, as any
+    /// storage error does.
+    async fn handle_snapshot_done(&mut self, done: SnapshotDone) -> Result<(), String> {
+        self.snapshot_policy.writing_index = None;
+        if self.failure.is_some() {
+            return Ok(());
+        }
+        let written = done.result.map_err(|e| format!("snapshot write: {e}"))?;
+        let index = done.meta.index;
+        let snapshot_index = self.raft.snapshot().map_or(0, |s| s.meta.index);
+        if index <= snapshot_index {
+            // A snapshot from the leader was installed meanwhile; this one is older.
+            fs_remove(&written.path).await?;
+            return Ok(());
+        }
+        let record = Snapshot {
+            meta: done.meta,
+            data: Bytes::new(),
+        };
+        self.wal
+            .save_snapshot(&record)
+            .await
+            .map_err(|e| format!("wal snapshot: {e}"))?;
+        self.raft
+            .compact_keeping(index, Bytes::new(), self.config.snapshot_tail_entries)
+            .map_err(|e| format!("compact: {e}"))?;
+        remove_snapshot_files_older_than(&self.snapshot_dir, index).await?;
+        let elapsed = env::now().duration_since(done.started);
+        self.observe(NodeEvent::SnapshotTaken {
+            node: self.cluster.self_id,
+            index,
+            file_bytes: written.file_bytes,
+        });
+        self.metrics.snapshots.inc();
+        self.metrics.snapshot_bytes.inc_by(written.file_bytes);
+        self.metrics
+            .snapshot_last_bytes
+            .set(i64::try_from(written.file_bytes).unwrap_or(i64::MAX));
+        self.metrics
+            .snapshot_write_seconds
+            .observe(elapsed.as_secs_f64());
+        tracing::info!(
+            node = %self.config.name,
+            index,
+            file_bytes = written.file_bytes,
+            write_ms = elapsed.as_millis() as u64,
+            "snapshot taken, log compacted"
+        );
+        self.publish_status();
         Ok(())
+    }
+
+    /// Makes a snapshot from the leader this node's state: the receiver task already put its
+    /// file in `snap/` and loaded the store (off this loop); record it in the WAL and swap the
+    /// store in.
+    async fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        let store = match self.prepared_install.take() {
+            Some((meta, store)) if meta == snapshot.meta => store,
+            _ => {
+                return Err(format!(
+                    "the core installed the snapshot at ({}, {}) but no store was prepared for it",
+                    snapshot.meta.index, snapshot.meta.term
+                ))
+            }
+        };
+        let meta = snapshot.meta.clone();
+        self.wal
+            .save_snapshot(&Snapshot {
+                meta,
+                data: Bytes::new(),
+            })
+            .await
+            .map_err(|e| format!("wal snapshot: {e}"))?;
+        self.kv = store;
+        tracing::info!(node = %self.config.name, index = snapshot.meta.index, "installed a snapshot from the leader");
+        self.snapshot_policy.entries_applied = 0;
+        self.snapshot_policy.bytes_applied = 0;
+        remove_snapshot_files_older_than(&self.snapshot_dir, snapshot.meta.index).await
     }
 
     fn fail(&mut self, reason: String) {
@@ -735,6 +942,101 @@ fn answer_under_snapshot(index: Index, term: Term, meta: &SnapshotMeta) -> NodeE
              may not be in it",
             meta.index
         ))
+    }
+}
+
+/// Creates `<data-dir>/snap/` durably and removes what a crash mid-write left there.
+async fn prepare_snapshot_dir(data_dir: &Path, dir: &Path) -> Result<(), String> {
+    let created = !env::fs::exists(dir)
+        .await
+        .map_err(|e| format!("snapshot directory: {e}"))?;
+    env::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("create the snapshot directory: {e}"))?;
+    if created {
+        env::fs::sync_dir(data_dir)
+            .await
+            .map_err(|e| format!("sync the data directory: {e}"))?;
+    }
+    let names = env::fs::list_dir(dir)
+        .await
+        .map_err(|e| format!("list the snapshot directory: {e}"))?;
+    for name in names
+        .iter()
+        .filter(|name| name.ends_with(snapshot::TEMP_SUFFIX))
+    {
+        tracing::info!(dir = %dir.display(), name, "removing a snapshot file a crash left unfinished");
+        fs_remove(&dir.join(name)).await?;
+    }
+    Ok(())
+}
+
+/// The store the WAL's recorded snapshot describes: its file in `dir` (or, for a WAL written
+/// before snapshot files existed, the state inside the record).
+async fn restore_store(
+    dir: &Path,
+    snapshot: &Snapshot,
+    options: KvOptions,
+) -> Result<KvStore, String> {
+    if !snapshot.data.is_empty() {
+        return KvStore::restore(&snapshot.data, options).map_err(|e| e.to_string());
+    }
+    let path = dir.join(snapshot::file_name(&snapshot.meta));
+    let (meta, store) = snapshot::load(&path, options)
+        .await
+        .map_err(|e| format!("the recorded snapshot does not load: {e}"))?;
+    if meta != snapshot.meta {
+        return Err(format!(
+            "snapshot file {} says {meta:?}, the WAL recorded {:?}",
+            path.display(),
+            snapshot.meta
+        ));
+    }
+    Ok(store)
+}
+
+/// Removes every snapshot file in `dir` but the one at `keep_index` (a newer unrecorded one
+/// too: the WAL's record is the truth), then syncs `dir`. Only at start: while the node runs, a
+/// newer unrecorded file is a snapshot the receiver task installed and is handing to the driver;
+/// see [`remove_snapshot_files_older_than`].
+async fn remove_snapshot_files_except(dir: &Path, keep_index: Option<Index>) -> Result<(), String> {
+    remove_snapshot_files(dir, |index| Some(index) != keep_index).await
+}
+
+/// Removes the snapshot files in `dir` older than the recorded one at `keep_index`.
+async fn remove_snapshot_files_older_than(dir: &Path, keep_index: Index) -> Result<(), String> {
+    remove_snapshot_files(dir, |index| index < keep_index).await
+}
+
+async fn remove_snapshot_files(dir: &Path, remove: impl Fn(Index) -> bool) -> Result<(), String> {
+    let names = env::fs::list_dir(dir)
+        .await
+        .map_err(|e| format!("list the snapshot directory: {e}"))?;
+    let mut removed = false;
+    for name in names {
+        let Some((_, index)) = snapshot::parse_file_name(&name) else {
+            continue;
+        };
+        if remove(index) {
+            fs_remove(&dir.join(&name)).await?;
+            removed = true;
+        }
+    }
+    if removed {
+        env::fs::sync_dir(dir)
+            .await
+            .map_err(|e| format!("sync the snapshot directory: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Removes a snapshot file; one already gone is fine (an install may have removed it).
+async fn fs_remove(path: &Path) -> Result<(), String> {
+    match env::fs::remove_file(path).await {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("remove a snapshot file: {error}"))
+        }
+        _ => Ok(()),
     }
 }
 

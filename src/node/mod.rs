@@ -5,6 +5,8 @@ pub mod cluster;
 pub mod config;
 mod driver;
 pub mod rpc;
+mod snapshot_receiver;
+mod snapshot_transfer;
 mod transport;
 
 use std::sync::{Arc, Mutex};
@@ -151,6 +153,10 @@ pub(crate) enum Request {
         scope: InspectScope,
         reply: oneshot::Sender<Inspection>,
     },
+    /// A point-in-time copy of the state machine (O(1): its maps share structure).
+    StateView {
+        reply: oneshot::Sender<crate::kv::KvStore>,
+    },
 }
 
 /// What an inspection gathers besides the core's status; each part is a pass over the node's
@@ -185,6 +191,11 @@ pub struct Inspection {
     pub view: crate::raft::invariants::NodeView,
 }
 
+/// Buckets of the snapshot write duration: 1 ms to about 10 minutes.
+const SNAPSHOT_BUCKETS_SECONDS: &[f64] = &[
+    0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
 /// The node's metrics, registered once.
 #[derive(Clone)]
 pub struct NodeMetrics {
@@ -201,6 +212,15 @@ pub struct NodeMetrics {
     pub(crate) leader_changes: Counter,
     pub(crate) fsync_seconds: Histogram,
     pub(crate) snapshots: Counter,
+    pub(crate) snapshot_installs: Counter,
+    pub(crate) snapshot_install_bytes: Counter,
+    pub(crate) snapshot_install_seconds: Histogram,
+    pub(crate) snapshot_chunks_received: Counter,
+    pub(crate) snapshot_chunks_sent: Counter,
+    pub(crate) snapshot_sent_bytes: Counter,
+    pub(crate) snapshot_bytes: Counter,
+    pub(crate) snapshot_last_bytes: Gauge,
+    pub(crate) snapshot_write_seconds: Histogram,
     pub(crate) healthy: Gauge,
 }
 
@@ -262,6 +282,53 @@ impl NodeMetrics {
                 "Snapshots taken to compact the log.",
                 &[],
             ),
+            snapshot_installs: m.counter(
+                "raft_snapshot_installs_total",
+                "Snapshots received from a leader, verified and loaded.",
+                &[],
+            ),
+            snapshot_install_bytes: m.counter(
+                "raft_snapshot_install_bytes_total",
+                "Bytes of the snapshot files installed from a leader.",
+                &[],
+            ),
+            snapshot_install_seconds: m.histogram(
+                "raft_snapshot_install_duration_seconds",
+                "Time to verify, rename and load a received snapshot file.",
+                &[],
+                SNAPSHOT_BUCKETS_SECONDS,
+            ),
+            snapshot_chunks_received: m.counter(
+                "raft_snapshot_chunks_received_total",
+                "Snapshot chunks received and written.",
+                &[],
+            ),
+            snapshot_chunks_sent: m.counter(
+                "raft_snapshot_chunks_sent_total",
+                "Snapshot chunks a follower accepted from this leader.",
+                &[],
+            ),
+            snapshot_sent_bytes: m.counter(
+                "raft_snapshot_sent_bytes_total",
+                "Snapshot bytes a follower accepted from this leader.",
+                &[],
+            ),
+            snapshot_bytes: m.counter(
+                "raft_snapshot_bytes_total",
+                "Bytes of snapshot files written by this node's snapshots.",
+                &[],
+            ),
+            snapshot_last_bytes: m.gauge(
+                "raft_snapshot_last_bytes",
+                "Size of the latest snapshot file this node wrote.",
+                &[],
+            ),
+            snapshot_write_seconds: m.histogram(
+                "raft_snapshot_write_duration_seconds",
+                "Time from freezing the store to the snapshot file being durable.",
+                &[],
+                SNAPSHOT_BUCKETS_SECONDS,
+            ),
             healthy: m.gauge(
                 "raft_kv_healthy",
                 "1 when the node can serve, 0 otherwise.",
@@ -277,6 +344,7 @@ impl NodeMetrics {
 pub struct NodeHandle {
     requests: mpsc::Sender<Request>,
     inbound: mpsc::Sender<Message>,
+    snapshot_chunks: mpsc::Sender<snapshot_transfer::InboundChunk>,
     status: Arc<Mutex<NodeStatus>>,
     /// Who is in the cluster.
     pub cluster: Arc<ClusterInfo>,
@@ -327,6 +395,18 @@ impl NodeHandle {
         }
     }
 
+    /// A point-in-time copy of the state machine, for work that must not run in the driver
+    /// (hashing the whole store).
+    pub async fn state_view(&self) -> Result<crate::kv::KvStore, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::StateView { reply })?;
+        match env::timeout(self.config.request_timeout, answer).await {
+            Ok(Ok(store)) => Ok(store),
+            Ok(Err(_)) => Err(NodeError::Unavailable("node stopped".into())),
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+
     /// Hands inbound Raft messages to the driver. Drops them (Raft retries) when the queue is full.
     pub fn deliver(&self, messages: Vec<Message>) -> Result<(), NodeError> {
         for message in messages {
@@ -335,6 +415,31 @@ impl NodeHandle {
             }
         }
         Ok(())
+    }
+
+    /// Hands a snapshot chunk to the receiver task and waits for its answer (the next offset
+    /// the node expects, or why it stops the transfer).
+    pub async fn deliver_snapshot_chunk(
+        &self,
+        header: rpc::ChunkHeader,
+        bytes: Bytes,
+    ) -> Result<rpc::ChunkAnswer, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        let chunk = snapshot_transfer::InboundChunk {
+            header,
+            bytes,
+            reply,
+        };
+        if self.snapshot_chunks.try_send(chunk).is_err() {
+            return Err(NodeError::Overloaded(
+                "snapshot receiver queue is full".into(),
+            ));
+        }
+        match env::timeout(self.config.request_timeout, answer).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(NodeError::Unavailable("node stopped".into())),
+            Err(_) => Err(NodeError::Timeout),
+        }
     }
 
     /// The node's current status. A node whose driver task is gone (it panicked or ended)
@@ -359,9 +464,11 @@ impl NodeHandle {
         let cluster = ClusterInfo::new(&config.name, &config.listen_addr, Vec::new());
         let (requests, _) = mpsc::channel(1);
         let (inbound, _) = mpsc::channel(1);
+        let (snapshot_chunks, _) = mpsc::channel(1);
         NodeHandle {
             requests,
             inbound,
+            snapshot_chunks,
             status: Arc::new(Mutex::new(status)),
             cluster: Arc::new(cluster),
             config: Arc::new(config),

@@ -1,6 +1,8 @@
 //! Outbound Raft traffic: one task per peer batches whatever the driver queued for that peer
-//! into one `POST /v1/raft/messages` at a time over a reused connection. Raft tolerates loss, so
-//! a full queue or a failed call drops messages rather than blocking the driver.
+//! into one `POST /v1/raft/messages` at a time over a reused connection, capped by count and by
+//! bytes so a batch always fits the peer's body limit. Raft tolerates loss, so a full queue or a
+//! failed call drops messages rather than blocking the driver. An `InstallSnapshot` without
+//! data goes to the [`SnapshotSender`] instead, which streams the snapshot file.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,23 +13,49 @@ use tokio::sync::mpsc;
 
 use super::cluster::ClusterInfo;
 use super::rpc::{self, RpcEnvelope};
+use super::snapshot_transfer::{Leadership, SnapshotSender, TransferOptions};
 use super::NodeMetrics;
 use crate::env;
 use crate::http::client::HttpClient;
 use crate::metrics::Counter;
-use crate::raft::{Message, NodeId};
+use crate::raft::{Message, MessageBody, NodeId};
 
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE_MAX: usize = 8192;
 /// Messages in one RPC at most.
 const MESSAGES_PER_RPC_MAX: usize = 4096;
+/// Bytes of an envelope's own fields, and the most a message adds besides its payloads
+/// (postcard varints: ids, terms and indexes take at most 10 bytes each).
+const ENVELOPE_OVERHEAD_BYTES: usize = 64;
+const MESSAGE_OVERHEAD_BYTES: usize = 96;
+const ENTRY_OVERHEAD_BYTES: usize = 32;
 /// Pause after a failed call, so a dead peer costs little.
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Routes the driver's outbound messages to per-peer sender tasks.
 pub(super) struct Transport {
     peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    snapshots: SnapshotSender,
     dropped: Counter,
+}
+
+/// An upper bound on the bytes `message` adds to an encoded envelope.
+pub(super) fn message_bytes_bound(message: &Message) -> usize {
+    match &message.body {
+        MessageBody::Append { entries, .. } => {
+            MESSAGE_OVERHEAD_BYTES
+                + entries
+                    .iter()
+                    .map(|e| ENTRY_OVERHEAD_BYTES + e.data.len())
+                    .sum::<usize>()
+        }
+        MessageBody::InstallSnapshot { snapshot } => {
+            MESSAGE_OVERHEAD_BYTES
+                + snapshot.data.len()
+                + 10 * (snapshot.meta.membership.members().count() + 1)
+        }
+        _ => MESSAGE_OVERHEAD_BYTES,
+    }
 }
 
 impl Transport {
@@ -36,8 +64,16 @@ impl Transport {
         client: HttpClient,
         rpc_timeout: Duration,
         body_bytes_max: usize,
+        transfer: TransferOptions,
         metrics: &NodeMetrics,
     ) -> Transport {
+        let addrs = cluster
+            .members
+            .iter()
+            .filter(|m| m.id != cluster.self_id)
+            .map(|m| (m.id, m.addr.clone()))
+            .collect();
+        let snapshots = SnapshotSender::new(transfer, client.clone(), addrs, metrics.clone());
         let mut peers = BTreeMap::new();
         for member in cluster.members.iter().filter(|m| m.id != cluster.self_id) {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
@@ -63,12 +99,29 @@ impl Transport {
             "Outbound Raft messages dropped because a peer's queue was full.",
             &[],
         );
-        Transport { peers, dropped }
+        Transport {
+            peers,
+            snapshots,
+            dropped,
+        }
+    }
+
+    /// Tells snapshot transfers who leads (see [`SnapshotSender::set_leadership`]).
+    pub(super) fn set_leadership(&self, leadership: Leadership) {
+        self.snapshots.set_leadership(leadership);
     }
 
     /// Queues messages for their peers; never blocks.
     pub(super) fn send(&self, messages: Vec<Message>) {
         for message in messages {
+            if let MessageBody::InstallSnapshot { snapshot } = &message.body {
+                if snapshot.data.is_empty() {
+                    // The state lives in the snapshot file: stream it.
+                    self.snapshots
+                        .start(message.to, message.term, snapshot.meta.clone());
+                    continue;
+                }
+            }
             match self.peers.get(&message.to) {
                 Some(queue) => {
                     if queue.try_send(message).is_err() {
@@ -87,6 +140,7 @@ struct PeerLink {
     to: NodeId,
     addr: String,
     client: HttpClient,
+    /// Where the snapshot files an `InstallSnapshot` names live.
     rpc_timeout: Duration,
     body_bytes_max: usize,
     errors: Counter,
@@ -94,13 +148,34 @@ struct PeerLink {
 
 impl PeerLink {
     async fn run(self, mut queue: mpsc::Receiver<Message>) {
-        while let Some(first) = queue.recv().await {
+        // A message taken from the queue that did not fit the last batch opens the next one.
+        let mut held: Option<Message> = None;
+        loop {
+            let first = match held.take() {
+                Some(message) => message,
+                None => match queue.recv().await {
+                    Some(message) => message,
+                    None => break,
+                },
+            };
+            let mut batch_bytes = ENVELOPE_OVERHEAD_BYTES + message_bytes_bound(&first);
             let mut messages = vec![first];
             while messages.len() < MESSAGES_PER_RPC_MAX {
                 match queue.try_recv() {
-                    Ok(message) => messages.push(message),
+                    Ok(message) => {
+                        let bytes = message_bytes_bound(&message);
+                        if batch_bytes + bytes > self.body_bytes_max {
+                            held = Some(message);
+                            break;
+                        }
+                        batch_bytes += bytes;
+                        messages.push(message);
+                    }
                     Err(_) => break,
                 }
+            }
+            if messages.is_empty() {
+                continue;
             }
             let body = rpc::encode(&RpcEnvelope {
                 cluster_id: self.cluster_id,
@@ -109,7 +184,9 @@ impl PeerLink {
                 messages,
             });
             if body.len() > self.body_bytes_max {
-                tracing::warn!(peer = %self.addr, bytes = body.len(), "raft rpc over the body limit dropped");
+                // Only a single message larger than the limit gets here (the core bounds an
+                // Append by `max_bytes_per_append`, which the driver keeps below the limit).
+                tracing::warn!(peer = %self.addr, bytes = body.len(), "raft message over the body limit dropped");
                 self.errors.inc();
                 continue;
             }
@@ -136,6 +213,82 @@ impl PeerLink {
                 self.errors.inc();
                 env::sleep(RETRY_BACKOFF).await;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{Entry, EntryKind, Membership, Snapshot, SnapshotMeta};
+
+    fn append(entries: usize, data_bytes: usize) -> Message {
+        Message {
+            from: u64::MAX,
+            to: u64::MAX - 1,
+            term: u64::MAX,
+            body: MessageBody::Append {
+                prev_log_index: u64::MAX - 1_000_000,
+                prev_log_term: u64::MAX,
+                entries: (0..entries as u64)
+                    .map(|i| Entry {
+                        term: u64::MAX,
+                        index: u64::MAX - 1_000_000 + 1 + i,
+                        kind: EntryKind::Normal,
+                        data: Bytes::from(vec![7u8; data_bytes]),
+                    })
+                    .collect(),
+                leader_commit: u64::MAX,
+            },
+        }
+    }
+
+    #[test]
+    fn the_byte_bound_of_a_batch_is_never_below_its_encoded_size() {
+        let snapshot = Message {
+            from: u64::MAX,
+            to: 1,
+            term: u64::MAX,
+            body: MessageBody::InstallSnapshot {
+                snapshot: Snapshot {
+                    meta: SnapshotMeta {
+                        index: u64::MAX,
+                        term: u64::MAX,
+                        membership: Membership::with_voters([u64::MAX, u64::MAX - 1, 3]),
+                    },
+                    data: Bytes::from(vec![1u8; 300]),
+                },
+            },
+        };
+        let heartbeat = Message {
+            from: u64::MAX,
+            to: 1,
+            term: u64::MAX,
+            body: MessageBody::Heartbeat {
+                leader_commit: u64::MAX,
+                read_seq: u64::MAX,
+            },
+        };
+        let batches = [
+            vec![append(0, 0)],
+            vec![append(1, 0), append(3, 200_000)],
+            vec![append(300, 1), heartbeat.clone(), snapshot],
+            vec![heartbeat; 50],
+        ];
+        for messages in batches {
+            let bound =
+                ENVELOPE_OVERHEAD_BYTES + messages.iter().map(message_bytes_bound).sum::<usize>();
+            let encoded = rpc::encode(&RpcEnvelope {
+                cluster_id: u64::MAX,
+                from: u64::MAX,
+                to: u64::MAX - 1,
+                messages,
+            });
+            assert!(
+                encoded.len() <= bound,
+                "encoded {} bytes over the bound {bound}",
+                encoded.len()
+            );
         }
     }
 }

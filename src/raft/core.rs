@@ -1068,7 +1068,7 @@ impl RaftCore {
             return false;
         }
         let prev_log_index = progress.next_index - 1;
-        if prev_log_index < self.log.snapshot_index() {
+        if prev_log_index < self.log.log_start() {
             return self.send_snapshot(to);
         }
         let Some(prev_log_term) = self.log.term_at(prev_log_index) else {
@@ -1445,8 +1445,27 @@ impl RaftCore {
         Ok(())
     }
 
-    /// Records a snapshot the driver took; see [`super::Raft::compact`].
-    pub(crate) fn compact(&mut self, index: Index, data: Bytes) -> Result<(), Error> {
+    /// The meta a snapshot of the state machine at `index` must carry: the term there and the
+    /// membership in force there (not the current one, which may be later and uncommitted).
+    /// `None` unless `index` is applied and its term is still known.
+    pub(crate) fn snapshot_meta_at(&self, index: Index) -> Option<SnapshotMeta> {
+        if index > self.log.applied {
+            return None;
+        }
+        Some(SnapshotMeta {
+            index,
+            term: self.log.term_at(index)?,
+            membership: self.membership.at(index).clone(),
+        })
+    }
+
+    /// Records a snapshot the driver took; see [`super::Raft::compact_keeping`].
+    pub(crate) fn compact(
+        &mut self,
+        index: Index,
+        data: Bytes,
+        tail_entries: u64,
+    ) -> Result<(), Error> {
         if index <= self.log.snapshot_index() {
             return Err(Error::Invalid(format!(
                 "compaction to {index} at or below the snapshot index {}",
@@ -1471,7 +1490,7 @@ impl RaftCore {
             },
             data,
         };
-        self.log.compact(snapshot);
+        self.log.compact(snapshot, tail_entries);
         self.membership.compact_to(index);
         Ok(())
     }

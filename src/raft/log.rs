@@ -1,6 +1,7 @@
-//! The in-memory Raft log: the latest snapshot plus every entry after it.
+//! The in-memory Raft log: the latest snapshot plus the entries after it, and possibly a tail of
+//! entries the snapshot already covers.
 //!
-//! The core keeps the whole log since the last snapshot in memory; the driver persists what
+//! The core keeps the log since its start in memory; the driver persists what
 //! `Ready` hands out. This module tracks, beside the entries themselves, how far they were
 //! handed out for persistence (`unstable_from`), acknowledged as persisted (`persisted`),
 //! committed, handed out for applying (`applying`) and acknowledged as applied (`applied`).
@@ -11,8 +12,12 @@ use super::types::{Entry, Index, Snapshot, Term};
 ///
 /// Invariants (checked by [`RaftLog::check_invariants`]):
 /// `snapshot_index <= applied <= applying <= commit <= last_index` (while no received snapshot
-/// awaits acknowledgement), `entries[i].index == snapshot_index + 1 + i`,
+/// awaits acknowledgement), `log_start <= snapshot_index`, `entries[i].index == log_start + 1 + i`,
 /// `unstable_from <= last_index + 1`.
+///
+/// A local compaction may keep a tail of entries the snapshot covers (`log_start <
+/// snapshot_index`, design of issue 8 as etcd's `SnapshotCatchUpEntries`): a follower only
+/// slightly behind then catches up from the log instead of receiving the whole snapshot.
 #[derive(Debug)]
 pub(crate) struct RaftLog {
     /// The latest snapshot (taken locally or received from a leader), if any.
@@ -21,7 +26,11 @@ pub(crate) struct RaftLog {
     snapshot_index: Index,
     /// The term of the entry at `snapshot_index` (0 without a snapshot).
     snapshot_term: Term,
-    /// Entries after the snapshot, contiguous.
+    /// The index just before the first entry held (`<= snapshot_index`).
+    log_start: Index,
+    /// The term of the entry at `log_start` (0 at index 0).
+    log_start_term: Term,
+    /// Entries after `log_start`, contiguous.
     entries: Vec<Entry>,
     /// The highest index known to be committed.
     pub(crate) commit: Index,
@@ -82,6 +91,8 @@ impl RaftLog {
             snapshot,
             snapshot_index,
             snapshot_term,
+            log_start: snapshot_index,
+            log_start_term: snapshot_term,
             entries,
             commit,
             applied: snapshot_index,
@@ -103,14 +114,19 @@ impl RaftLog {
         self.snapshot.as_ref()
     }
 
-    /// The first index held in memory.
+    /// The first index held in memory (at or below `snapshot_index + 1`).
     pub(crate) fn first_index(&self) -> Index {
-        self.snapshot_index + 1
+        self.log_start + 1
+    }
+
+    /// The index just before the first entry held: the lowest index whose term is known.
+    pub(crate) fn log_start(&self) -> Index {
+        self.log_start
     }
 
     /// The index of the last entry (the snapshot index when no entry follows it).
     pub(crate) fn last_index(&self) -> Index {
-        self.snapshot_index + self.entries.len() as u64
+        self.log_start + self.entries.len() as u64
     }
 
     /// The term of the last entry.
@@ -118,20 +134,22 @@ impl RaftLog {
         self.entries
             .last()
             .map(|e| e.term)
-            .unwrap_or(self.snapshot_term)
+            .unwrap_or(self.log_start_term)
     }
 
-    /// The term of the entry at `index`, if known (the snapshot's last entry included).
+    /// The term of the entry at `index`, if known (the snapshot's last entry and the log's
+    /// start included).
     pub(crate) fn term_at(&self, index: Index) -> Option<Term> {
         if index == self.snapshot_index {
             return Some(self.snapshot_term);
         }
-        // `<=` would do as well as `<` (the snapshot index returned above): cargo-mutants
-        // reports that mutant as missed, and it is equivalent.
-        if index < self.snapshot_index || index > self.last_index() {
+        if index == self.log_start {
+            return Some(self.log_start_term);
+        }
+        if index < self.log_start || index > self.last_index() {
             return None;
         }
-        Some(self.entries[(index - self.snapshot_index - 1) as usize].term)
+        Some(self.entries[(index - self.log_start - 1) as usize].term)
     }
 
     /// The entries in `[lo, hi)` held in memory (clamped to what exists).
@@ -141,8 +159,8 @@ impl RaftLog {
         if lo >= hi {
             return &[];
         }
-        let start = (lo - self.snapshot_index - 1) as usize;
-        let end = (hi - self.snapshot_index - 1) as usize;
+        let start = (lo - self.log_start - 1) as usize;
+        let end = (hi - self.log_start - 1) as usize;
         &self.entries[start..end]
     }
 
@@ -171,25 +189,23 @@ impl RaftLog {
 
     /// The largest index `<= index` whose term is `<= term` (the last position where a log whose
     /// entry at `index` has `term` could still match this one). Terms never decrease along the
-    /// log, so a binary search finds it among the entries in memory. Below the snapshot terms are
-    /// unknown: the answer is then at most the snapshot index, and below it when the snapshot's
-    /// own term is already too high.
+    /// log, so a binary search finds it among the entries in memory. Below the log's start terms
+    /// are unknown: the answer is then at most the start, and below it when the start's own term
+    /// is already too high.
     pub(crate) fn find_conflict_by_term(&self, index: Index, term: Term) -> Index {
         let bound = index.min(self.last_index());
-        // `>=` would do as well (at the snapshot index the slice below is empty): an equivalent
-        // mutant.
-        if bound > self.snapshot_index {
+        if bound > self.log_start {
             let candidates = self.slice(self.first_index(), bound + 1);
             let qualifying = candidates.partition_point(|e| e.term <= term);
             if qualifying > 0 {
-                return self.snapshot_index + qualifying as u64;
+                return self.log_start + qualifying as u64;
             }
         }
-        let at_snapshot = bound.min(self.snapshot_index);
-        if at_snapshot == self.snapshot_index && self.snapshot_term > term {
-            at_snapshot.saturating_sub(1)
+        let at_start = bound.min(self.log_start);
+        if at_start == self.log_start && self.log_start_term > term {
+            at_start.saturating_sub(1)
         } else {
-            at_snapshot
+            at_start
         }
     }
 
@@ -238,8 +254,7 @@ impl RaftLog {
             "truncating at {index} at or below the snapshot index {}",
             self.snapshot_index
         );
-        self.entries
-            .truncate((index - self.snapshot_index - 1) as usize);
+        self.entries.truncate((index - self.log_start - 1) as usize);
         // Entries that were handed out or persisted must be handed out again from here.
         self.unstable_from = self.unstable_from.min(index);
         self.persisted = self.persisted.min(index - 1);
@@ -255,6 +270,8 @@ impl RaftLog {
         );
         self.snapshot_index = index;
         self.snapshot_term = snapshot.meta.term;
+        self.log_start = index;
+        self.log_start_term = snapshot.meta.term;
         self.entries.clear();
         self.commit = index;
         self.applying = index;
@@ -264,8 +281,9 @@ impl RaftLog {
         self.pending_snapshot = Some(snapshot);
     }
 
-    /// Records a locally taken snapshot at `snapshot.meta.index` and drops the entries it covers.
-    pub(crate) fn compact(&mut self, snapshot: Snapshot) {
+    /// Records a locally taken snapshot at `snapshot.meta.index` and drops the entries it covers
+    /// except the last `tail_entries` of them (never moving the log's start back).
+    pub(crate) fn compact(&mut self, snapshot: Snapshot, tail_entries: u64) {
         let index = snapshot.meta.index;
         assert!(
             index > self.snapshot_index && index <= self.applied && index < self.unstable_from,
@@ -274,7 +292,12 @@ impl RaftLog {
             self.applied,
             self.unstable_from
         );
-        self.entries.drain(..(index - self.snapshot_index) as usize);
+        let new_start = index.saturating_sub(tail_entries).max(self.log_start);
+        self.log_start_term = self
+            .term_at(new_start)
+            .unwrap_or_else(|| panic!("compaction start {new_start} has no term in the log"));
+        self.entries.drain(..(new_start - self.log_start) as usize);
+        self.log_start = new_start;
         self.snapshot_index = index;
         self.snapshot_term = snapshot.meta.term;
         self.snapshot = Some(snapshot);
@@ -336,6 +359,12 @@ impl RaftLog {
             "commit({}) > last_index({})",
             self.commit,
             self.last_index()
+        );
+        assert!(
+            self.log_start <= self.snapshot_index,
+            "log_start({}) > snapshot_index({})",
+            self.log_start,
+            self.snapshot_index
         );
         assert!(
             self.unstable_from <= self.last_index() + 1,

@@ -284,7 +284,28 @@ impl Raft {
     /// Records a snapshot the driver took of the state machine at `index` (which must be
     /// applied) and discards the in-memory log up to it.
     pub fn compact(&mut self, index: Index, data: Bytes) -> Result<(), Error> {
-        self.core.guarded(|core| core.compact(index, data))
+        self.compact_keeping(index, data, 0)
+    }
+
+    /// Like [`Raft::compact`], but keeps the last `tail_entries` entries the snapshot covers in
+    /// memory, so a follower less than that far behind catches up from the log rather than
+    /// receiving the snapshot. The node passes an empty `data`: the state lives in a snapshot
+    /// file, never in the core.
+    pub fn compact_keeping(
+        &mut self,
+        index: Index,
+        data: Bytes,
+        tail_entries: u64,
+    ) -> Result<(), Error> {
+        self.core
+            .guarded(|core| core.compact(index, data, tail_entries))
+    }
+
+    /// The meta of a snapshot of the state machine at the applied `index`: its term and the
+    /// membership in force at that index. `None` if `index` is not applied or its term was
+    /// compacted away.
+    pub fn snapshot_meta_at(&self, index: Index) -> Option<SnapshotMeta> {
+        self.core.snapshot_meta_at(index)
     }
 
     /// Whether `ready` would return anything.

@@ -374,6 +374,17 @@ impl Cluster {
     /// Takes a snapshot of node `id`'s state machine at `index` (which it must have applied)
     /// and compacts its core and storage.
     pub fn compact(&mut self, id: NodeId, index: Index) -> Result<(), Error> {
+        self.compact_keeping(id, index, 0)
+    }
+
+    /// Like [`Cluster::compact`], but the core keeps the last `tail_entries` covered entries
+    /// (storage drops them all, as the node's WAL does: a restart loses the tail).
+    pub fn compact_keeping(
+        &mut self,
+        id: NodeId,
+        index: Index,
+        tail_entries: u64,
+    ) -> Result<(), Error> {
         let record = self.record_applied;
         let node = self.node_entry(id);
         let data = if record {
@@ -391,7 +402,7 @@ impl Cluster {
             .raft
             .as_mut()
             .unwrap_or_else(|| panic!("node {id} is crashed"));
-        raft.compact(index, data)?;
+        raft.compact_keeping(index, data, tail_entries)?;
         let snapshot = raft
             .snapshot()
             .cloned()

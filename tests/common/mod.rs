@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -72,6 +74,8 @@ pub struct NodeProcess {
     pub addr: String,
     pub data_dir: PathBuf,
     peers: Vec<String>,
+    /// Flags added to every start of this node.
+    pub extra_args: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -99,6 +103,7 @@ impl NodeProcess {
                 "3",
             ])
             .args(["--max-value-bytes", "65536"])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
@@ -135,6 +140,19 @@ impl NodeProcess {
     pub fn wal_dir(&self) -> PathBuf {
         self.data_dir.join("wal")
     }
+
+    /// The names in the node's snapshot directory, sorted.
+    pub fn snapshot_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.data_dir.join("snap"))
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
 }
 
 impl Drop for NodeProcess {
@@ -151,6 +169,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(size: usize) -> Cluster {
+        Cluster::start_with(size, &[])
+    }
+
+    /// A cluster whose nodes all get `extra_args`.
+    pub fn start_with(size: usize, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let addrs: Vec<String> = (0..size)
             .map(|_| format!("127.0.0.1:{}", free_port()))
@@ -164,6 +187,7 @@ impl Cluster {
                 name,
                 addr: addr.clone(),
                 peers: addrs.iter().filter(|a| *a != addr).cloned().collect(),
+                extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
                 child: None,
             };
             node.start();
@@ -223,5 +247,66 @@ where
             "timed out after {wait_max:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One metric's value in a node's `/metrics` text (0 when absent).
+pub async fn metric(addr: &str, name: &str) -> Option<f64> {
+    let reply = call(addr, "GET", "/metrics", &[], b"").await?;
+    let text = String::from_utf8_lossy(&reply.body).into_owned();
+    Some(
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0),
+    )
+}
+
+/// A node's applied index from `/health` (cheap, unlike [`state_hash`]).
+pub async fn applied_index(addr: &str) -> Option<u64> {
+    let reply = call(addr, "GET", "/health", &[], b"").await?;
+    reply.json()["applied_index"].as_u64()
+}
+
+/// `(applied_index, state_hash)` of a node (a pass over its whole store: call it sparingly).
+pub async fn state_hash(addr: &str) -> Option<(u64, String)> {
+    let reply = call(addr, "GET", "/v1/state-hash", &[], b"").await?;
+    let json = reply.json();
+    Some((
+        json["applied_index"].as_u64()?,
+        json["state_hash"].as_str()?.to_string(),
+    ))
+}
+
+/// Writes the keys `bulk-<n>` for each `n` in `keys`, with values of `value_bytes`, through the
+/// nodes in `addrs` (followers forward), retrying each until it is acknowledged.
+pub async fn write_keys(
+    client: HttpClient,
+    addrs: Vec<String>,
+    keys: impl Iterator<Item = u64>,
+    value_bytes: usize,
+    acked: Arc<AtomicU64>,
+) {
+    let mut attempt = 0usize;
+    let mut keys = keys.peekable();
+    while let Some(&key) = keys.peek() {
+        let value = Bytes::from(vec![b'a' + (key % 26) as u8; value_bytes]);
+        let addr = &addrs[attempt % addrs.len()];
+        let request = hyper::Request::put(format!("/v1/kv/bulk-{key:06}"))
+            .body(Full::new(value.clone()))
+            .expect("a valid request");
+        match client
+            .call(addr, request, 64 << 10, Duration::from_secs(10))
+            .await
+        {
+            Ok(reply) if reply.status().is_success() => {
+                acked.fetch_add(1, Ordering::Relaxed);
+                keys.next();
+            }
+            // A node down, an election, an overload: try again, elsewhere.
+            _ => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 }

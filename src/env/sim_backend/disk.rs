@@ -507,6 +507,21 @@ pub(in crate::env) mod fs {
                 .await
         }
 
+        pub(in crate::env) async fn read_at(
+            &self,
+            offset: u64,
+            len_bytes: usize,
+        ) -> io::Result<Vec<u8>> {
+            self.with_inode(false, |inode, _| {
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(inode.current.len());
+                let end = start.saturating_add(len_bytes).min(inode.current.len());
+                inode.current[start..end].to_vec()
+            })
+            .await
+        }
+
         pub(in crate::env) async fn len(&self) -> io::Result<u64> {
             self.with_inode(false, |inode, _| inode.current.len() as u64)
                 .await

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The benchmark of issue 8 (not a test): do snapshots stall the write path?
+#
+# For each node binary given and each snapshot setting, starts three nodes on loopback (fsync on,
+# fresh data directories), preloads 100,000 keys, then has 64 clients write 256-byte values to
+# random keys for 10 s with `raft-kv bench`, and prints the bench result plus each node's RSS and
+# snapshot count at the end. Run every binary in the same invocation so they share the machine's
+# load; quote medians of several invocations.
+#
+# usage: benches/snapshot-stall.sh BENCH_CLIENT_BIN NODE_BIN[:label] [NODE_BIN[:label] ...]
+#   BENCH_CLIENT_BIN  a raft-kv whose `bench` has --preload (this branch's)
+#   NODE_BIN          the raft-kv whose nodes are measured (e.g. this branch's and main's)
+# env: KEYS (100000), CLIENTS (64), SECONDS (10), VALUE_BYTES (256), BASE_PORT (18100)
+set -euo pipefail
+
+client_bin=$1
+shift
+keys=${KEYS:-100000}
+clients=${CLIENTS:-64}
+seconds=${SECONDS_RUN:-10}
+value_bytes=${VALUE_BYTES:-256}
+base_port=${BASE_PORT:-18100}
+work=$(mktemp -d /tmp/raft-kv-bench.XXXXXX)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+
+run_one() {
+    local bin=$1 label=$2 setting=$3 snapshot_entries=$4
+    local dir="$work/$label-$setting" endpoints="" i
+    pids=()
+    for i in 1 2 3; do
+        endpoints+="${endpoints:+,}127.0.0.1:$((base_port + i))"
+    done
+    for i in 1 2 3; do
+        local peers
+        peers=$(echo "$endpoints" | tr ',' '\n' | grep -v ":$((base_port + i))$" | paste -sd,)
+        mkdir -p "$dir"
+        RAFT_KV_SNAPSHOT_ENTRIES=$snapshot_entries "$bin" --id "n$i" --host 127.0.0.1 \
+            --port $((base_port + i)) --peers "$peers" --data-dir "$dir/n$i" \
+            --log-level warn >"$dir/n$i.log" 2>&1 &
+        pids+=($!)
+    done
+    echo "=== $label, snapshots $setting (RAFT_KV_SNAPSHOT_ENTRIES=$snapshot_entries) ==="
+    "$client_bin" bench --endpoints "$endpoints" --clients "$clients" --seconds "$seconds" \
+        --value-bytes "$value_bytes" --keys "$keys" --preload | grep -v '^ \{2,\}[0-9]* s '
+    for i in 1 2 3; do
+        local snapshots
+        snapshots=$(curl -s "http://127.0.0.1:$((base_port + i))/metrics" |
+            awk '/^raft_snapshots_total / { print $2 }')
+        echo "  node n$i: rss $(rss_mb "${pids[$((i - 1))]}") MB, snapshots ${snapshots:-?}, data dir $(du -sm "$dir/n$i" | cut -f1) MB"
+    done
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    pids=()
+    base_port=$((base_port + 10))
+}
+
+for spec in "$@"; do
+    bin=${spec%%:*}
+    label=${spec#*:}
+    [ "$label" = "$spec" ] && label=$(basename "$bin")
+    run_one "$bin" "$label" "every-20000" 20000
+    run_one "$bin" "$label" "off" 100000000
+done
