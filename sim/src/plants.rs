@@ -39,18 +39,13 @@ pub fn promise(plant: Plant) -> Option<Promise> {
     let (victim, seeds_max) = match plant {
         Plant::None => return None,
         Plant::LyingFsync => (STATE_MACHINE_SAFETY, 50),
-        // Caught at seed 73 by the scenario before the production ranges and strand-focus seeds;
-        // seeds 1..=450 of the current one pass (see the README).
-        Plant::ForgetVote => {
-            return Some(Promise {
-                victim: ELECTION_SAFETY,
-                seeds_max: None,
-            })
-        }
+        // First caught at seed 796 of the current scenario (seed 73 of the first one): the
+        // sweep test does not run it (the pinned seed in sim/regressions.txt keeps it caught).
+        Plant::ForgetVote => (ELECTION_SAFETY, 1000),
         Plant::VoteWithoutLogCheck => (LEADER_COMPLETENESS, 50),
         Plant::ReadWithoutConfirm => (LINEARIZABILITY, 200),
         Plant::LeaderNeverStepsDown => (LINEARIZABILITY, 50),
-        Plant::AckBeforeFsync => (STATE_MACHINE_SAFETY, 200),
+        Plant::AckBeforeFsync => (STATE_MACHINE_SAFETY, 300),
         Plant::ApplyRetryTwice => (LINEARIZABILITY, 50),
         Plant::DroppedUnderSnapshot => (LINEARIZABILITY, 50),
         Plant::DriverPanic => (PANIC, 5),

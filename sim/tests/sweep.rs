@@ -2,7 +2,7 @@
 //! release with `--cfg madsim` (its own target dir, `target/sim`, shared with `cargo sim`) and
 //! checks what it reports.
 //!
-//! - a sweep of the standard scenario over 200 seeds (the pinned regressions first) passes, with
+//! - a sweep of the standard scenario over 1,000 seeds (the pinned regressions first) passes, with
 //!   at most 1% of its seeds inconclusive and every fault kind exercised;
 //! - a replayed seed's history, written as JSON, checks linearizable when read back;
 //! - (the planted bugs are in `plants.rs`, each caught by its own victim checker);
@@ -89,12 +89,12 @@ fn number_after(text: &str, prefix: &str, suffix: &str) -> Option<usize> {
 }
 
 /// Seeds of the `cargo test` sweep.
-const SWEEP_SEEDS: usize = 200;
+const SWEEP_SEEDS: usize = 1000;
 /// The most inconclusive seeds the sweep tolerates, in percent of its seeds.
 const INCONCLUSIVE_PERCENT_MAX: usize = 1;
 
 #[test]
-fn a_sweep_of_200_seeds_finds_no_violation_stays_conclusive_and_exercises_every_fault() {
+fn a_sweep_of_1000_seeds_finds_no_violation_stays_conclusive_and_exercises_every_fault() {
     let seeds = SWEEP_SEEDS.to_string();
     let allowed = INCONCLUSIVE_PERCENT_MAX.to_string();
     let (ok, stdout) = run_sim(&[
