@@ -5,62 +5,10 @@
 //! live in `raft_kv_sim::plants::promise`, the README's plant table quotes them.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::Mutex;
+mod common;
 
+use common::run_sim;
 use raft_kv_sim::plants::{self, Plant};
-
-/// One nested simulation at a time (each uses every core).
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Runs `raft-kv-sim <args>`, returns (success, stdout).
-fn run_sim(args: &[&str]) -> (bool, String) {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(&root)
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "raft-kv-sim",
-            "--target-dir",
-        ])
-        .arg(root.join("target").join("sim"))
-        .arg("--")
-        .args(args);
-    // An exported RUSTFLAGS would override build.rustflags: put the cfg where cargo reads it.
-    match std::env::var("CARGO_ENCODED_RUSTFLAGS") {
-        Ok(encoded) if !encoded.is_empty() => {
-            command.env(
-                "CARGO_ENCODED_RUSTFLAGS",
-                format!("{encoded}\u{1f}--cfg\u{1f}madsim"),
-            );
-        }
-        _ => {
-            let existing = std::env::var("RUSTFLAGS").unwrap_or_default();
-            command.env_remove("CARGO_ENCODED_RUSTFLAGS");
-            command.env("RUSTFLAGS", format!("{existing} --cfg madsim").trim());
-        }
-    }
-    let output = command.output().expect("run cargo for the simulation");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    println!("$ raft-kv-sim {}\n{stdout}", args.join(" "));
-    eprintln!("{stderr}");
-    assert_ne!(
-        output.status.code(),
-        Some(2),
-        "the simulator refused to run (built without --cfg madsim?):\n{stdout}\n{stderr}"
-    );
-    (output.status.success(), stdout)
-}
 
 /// Sweeps `plant` over its promised seeds and asserts its own victim caught it.
 fn assert_caught_by_its_victim(plant: Plant) {

@@ -1000,7 +1000,7 @@ mod tests {
         let response = health(&state);
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body = response.into_body();
-        let bytes = futures_body_bytes(body);
+        let bytes = full_body_bytes(body);
         let json: Json = serde_json::from_slice(&bytes).expect("a JSON body");
         assert_eq!(json["status"], "failed", "{json}");
         assert!(
@@ -1011,15 +1011,17 @@ mod tests {
         );
     }
 
-    /// The bytes of a complete in-memory body.
-    fn futures_body_bytes(body: Full<Bytes>) -> Bytes {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("a runtime");
-        runtime
-            .block_on(body.collect())
-            .expect("an in-memory body cannot fail")
-            .to_bytes()
+    /// The bytes of a complete in-memory body, polled once without a runtime (the test also
+    /// runs under `--cfg madsim`, where tokio's current-thread runtime does not exist).
+    fn full_body_bytes(body: Full<Bytes>) -> Bytes {
+        use hyper::body::Body as _;
+        let mut body = std::pin::pin!(body);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        match body.as_mut().poll_frame(&mut context) {
+            std::task::Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+            std::task::Poll::Ready(None) => Bytes::new(),
+            other => panic!("an in-memory body is ready at once: {other:?}"),
+        }
     }
 
     #[test]
