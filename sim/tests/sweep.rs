@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{run_sim, run_sim_code, workspace_root};
+use common::{run_sim, run_sim_code};
 
 /// The number after `prefix` in `text` (`"result: 200 seeds, 0 failed, 1 inconclusive"`).
 fn number_after(text: &str, prefix: &str, suffix: &str) -> Option<usize> {
