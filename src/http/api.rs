@@ -300,6 +300,10 @@ async fn state_hash(state: &AppState) -> HttpResponse {
 fn metrics(state: &AppState) -> HttpResponse {
     let mut text = state.metrics.render();
     if let Some(node) = state.node() {
+        // The driver publishes `raft_kv_healthy`; once it is gone nobody would lower it.
+        if node.driver_stopped() {
+            node.metrics.healthy.set(0);
+        }
         text.push_str(&node.metrics.registry.render());
     }
     let mut response = Response::new(Full::new(Bytes::from(text)));
@@ -1009,6 +1013,32 @@ mod tests {
                 .is_some_and(|e| e.contains(DRIVER_STOPPED)),
             "{json}"
         );
+    }
+
+    #[test]
+    fn metrics_report_unhealthy_once_the_driver_is_gone() {
+        let state = app_state();
+        let config = NodeConfig::new("n1", "127.0.0.1:1");
+        let last_published = NodeStatus {
+            role: Role::Leader,
+            term: 3,
+            leader: Some(1),
+            commit_index: 7,
+            applied_index: 7,
+            last_index: 7,
+            failure: None,
+        };
+        let node = NodeHandle::with_driver_gone(config, last_published);
+        // The last value the driver published said healthy.
+        node.metrics.healthy.set(1);
+        state.set_node(node);
+        let text = full_body_bytes(metrics(&state).into_body());
+        let text = String::from_utf8_lossy(&text);
+        let healthy = text
+            .lines()
+            .find(|line| line.starts_with("raft_kv_healthy "))
+            .unwrap_or_else(|| panic!("no raft_kv_healthy line in:\n{text}"));
+        assert_eq!(healthy.split_whitespace().last(), Some("0"), "{text}");
     }
 
     /// The bytes of a complete in-memory body, polled once without a runtime (the test also
