@@ -240,36 +240,14 @@ impl World {
         let Some(index) = self.nodes.iter().position(|n| n.raft_id == voter) else {
             return;
         };
-        let node = &self.nodes[index];
-        let eligible = !node.crashed
-            && !node.paused
-            && !node.disk_full
-            && virtual_ms() + 1_000 < FAULTS_END_MS;
-        let draw = (self.rng.next_u64() % 10_000) as f64 / 10_000.0;
-        if !eligible
-            || self.voter_crashes >= VOTER_CRASHES_MAX
-            || draw >= self.scenario.voter_crash_probability
-        {
+        let probability = self.scenario.voter_crash_probability;
+        if !self.targeted_crash_drawn(index, self.voter_crashes, VOTER_CRASHES_MAX, probability) {
             return;
         }
         self.voter_crashes += 1;
         // Let the vote reach the disk and the wire first (or not: the delay may be zero).
-        let delay_ms = self.rng.next_u64() % 15;
-        let downtime_ms = self.rng.next_u64() % 20;
-        env::sleep(Duration::from_millis(delay_ms)).await;
-        let node = &self.nodes[index];
-        if node.crashed || node.paused || node.disk_full {
-            return;
-        }
-        self.trace(format!(
-            "fault: crash voter {} for {downtime_ms} ms",
-            node.name
-        ));
-        self.shared.lock().coverage.fault("crash of a voter");
-        self.kill(index);
-        env::sleep(Duration::from_millis(downtime_ms)).await;
-        self.trace(format!("heal: restart voter {}", self.nodes[index].name));
-        self.restart(index);
+        self.crash_and_restart(index, "voter", 15, 20, Some("crash of a voter"))
+            .await;
     }
 
     /// With the scenario's probability, crashes the node with raft id `writer` (it just started a
@@ -278,36 +256,66 @@ impl World {
         let Some(index) = self.nodes.iter().position(|n| n.raft_id == writer) else {
             return;
         };
+        let probability = self.scenario.snapshot_crash_probability;
+        if !self.targeted_crash_drawn(
+            index,
+            self.snapshot_crashes,
+            SNAPSHOT_CRASHES_MAX,
+            probability,
+        ) {
+            return;
+        }
+        self.snapshot_crashes += 1;
+        self.crash_and_restart(index, "snapshot writer", 4, 200, None)
+            .await;
+    }
+
+    /// Whether node `index` takes a crash aimed at a moment (a vote, a snapshot write): it is up,
+    /// well before the faults end, under `crashes_max`, and the draw falls under `probability`.
+    /// Draws once whatever the outcome, so the seed's random stream does not depend on it.
+    fn targeted_crash_drawn(
+        &mut self,
+        index: usize,
+        crashes: u32,
+        crashes_max: u32,
+        probability: f64,
+    ) -> bool {
         let node = &self.nodes[index];
         let eligible = !node.crashed
             && !node.paused
             && !node.disk_full
             && virtual_ms() + 1_000 < FAULTS_END_MS;
         let draw = (self.rng.next_u64() % 10_000) as f64 / 10_000.0;
-        if !eligible
-            || self.snapshot_crashes >= SNAPSHOT_CRASHES_MAX
-            || draw >= self.scenario.snapshot_crash_probability
-        {
-            return;
-        }
-        self.snapshot_crashes += 1;
-        let delay_ms = self.rng.next_u64() % 4;
-        let downtime_ms = self.rng.next_u64() % 200;
+        eligible && crashes < crashes_max && draw < probability
+    }
+
+    /// After up to `delay_ms_max` ms, kills node `index` (unless it went down meanwhile) and
+    /// restarts it up to `downtime_ms_max` ms later; `kind` is counted in the coverage.
+    async fn crash_and_restart(
+        &mut self,
+        index: usize,
+        role: &str,
+        delay_ms_max: u64,
+        downtime_ms_max: u64,
+        kind: Option<&'static str>,
+    ) {
+        let delay_ms = self.rng.next_u64() % delay_ms_max;
+        let downtime_ms = self.rng.next_u64() % downtime_ms_max;
         env::sleep(Duration::from_millis(delay_ms)).await;
         let node = &self.nodes[index];
         if node.crashed || node.paused || node.disk_full {
             return;
         }
         self.trace(format!(
-            "fault: crash snapshot writer {} for {downtime_ms} ms",
+            "fault: crash {role} {} for {downtime_ms} ms",
             node.name
         ));
+        if let Some(kind) = kind {
+            self.shared.lock().coverage.fault(kind);
+        }
         self.kill(index);
         env::sleep(Duration::from_millis(downtime_ms)).await;
-        self.trace(format!(
-            "heal: restart snapshot writer {}",
-            self.nodes[index].name
-        ));
+        self.trace(format!("heal: restart {role} {}", self.nodes[index].name));
         self.restart(index);
     }
 
