@@ -10,7 +10,11 @@
 # usage: benches/snapshot-stall.sh BENCH_CLIENT_BIN NODE_BIN[:label] [NODE_BIN[:label] ...]
 #   BENCH_CLIENT_BIN  a raft-kv whose `bench` has --preload (this branch's)
 #   NODE_BIN          the raft-kv whose nodes are measured (e.g. this branch's and main's)
-# env: KEYS (100000), CLIENTS (64), SECONDS (10), VALUE_BYTES (256), BASE_PORT (18100)
+# env: KEYS (100000), CLIENTS (64), SECONDS_RUN (10), VALUE_BYTES (256), BASE_PORT (18100),
+#      LOAD (bench | wrk): who writes during the timed run. `bench` is `raft-kv bench`; `wrk`
+#      (Debian package wrk) runs benches/wrk-put.lua against the leader with 2 threads, the
+#      issue's own measurement. wrk uses less CPU than the Rust client, which matters when the
+#      client shares two cores with three nodes.
 set -euo pipefail
 
 client_bin=$1
@@ -47,9 +51,20 @@ run_one() {
             --log-level warn >"$dir/n$i.log" 2>&1 &
         pids+=($!)
     done
-    echo "=== $label, snapshots $setting (RAFT_KV_SNAPSHOT_ENTRIES=$snapshot_entries) ==="
-    "$client_bin" bench --endpoints "$endpoints" --clients "$clients" --seconds "$seconds" \
-        --value-bytes "$value_bytes" --keys "$keys" --preload | grep -v '^ \{2,\}[0-9]* s '
+    echo "=== $label, snapshots $setting (RAFT_KV_SNAPSHOT_ENTRIES=$snapshot_entries, load ${LOAD:-bench}) ==="
+    if [ "${LOAD:-bench}" = wrk ]; then
+        # Preload (untimed; the one-second run after it is not reported), then wrk the leader.
+        "$client_bin" bench --endpoints "$endpoints" --clients "$clients" --seconds 1 \
+            --value-bytes "$value_bytes" --keys "$keys" --preload | grep preloaded
+        local leader
+        leader=$(curl -s "http://127.0.0.1:$((base_port + 1))/v1/cluster" |
+            python3 -c 'import json, sys; print([m["addr"] for m in json.load(sys.stdin)["members"] if m["is_leader"]][0])')
+        KEYS=$keys VALUE_BYTES=$value_bytes wrk -t2 -c"$clients" -d"${seconds}s" \
+            -s "$(dirname "$0")/wrk-put.lua" "http://$leader" | grep 'wrk:'
+    else
+        "$client_bin" bench --endpoints "$endpoints" --clients "$clients" --seconds "$seconds" \
+            --value-bytes "$value_bytes" --keys "$keys" --preload | grep -v '^ \{2,\}[0-9]* s '
+    fi
     for i in 1 2 3; do
         local snapshots
         snapshots=$(curl -s "http://127.0.0.1:$((base_port + i))/metrics" |
