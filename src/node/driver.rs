@@ -1047,7 +1047,9 @@ fn node_error(error: RaftError) -> NodeError {
         RaftError::UncommittedBytesExceeded { .. } | RaftError::TooManyPendingReads { .. } => {
             NodeError::Overloaded(error.to_string())
         }
-        RaftError::TransferInProgress => NodeError::Unavailable(error.to_string()),
+        RaftError::TransferInProgress | RaftError::TermNotCommitted { .. } => {
+            NodeError::Unavailable(error.to_string())
+        }
         RaftError::ProposalTooLarge { .. }
         | RaftError::ConfChangePending
         | RaftError::Invalid(_) => NodeError::Invalid(error.to_string()),

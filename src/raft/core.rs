@@ -1352,15 +1352,30 @@ impl RaftCore {
         if self.pending_conf_index > self.log.commit {
             return Err(Error::ConfChangePending);
         }
+        // The single-server change fix (Ongaro, raft-dev 2015): until this leader committed an
+        // entry of its own term, a change of an earlier leader may still be in flight unseen
+        // (appended on a minority, not in this log); two changes from leaders of different
+        // terms could then both commit and two disjoint majorities elect two leaders.
+        if self.log.term_at(self.log.commit) != Some(self.term) {
+            return Err(Error::TermNotCommitted {
+                term: self.term,
+                commit: self.log.commit,
+            });
+        }
         let current = self.membership.current();
-        let (ConfChange::AddVoter(target)
-        | ConfChange::AddLearner(target)
-        | ConfChange::Remove(target)) = change;
+        let target = change.target();
         if target == 0 {
             return Err(Error::Invalid("membership change names node 0".into()));
         }
         if matches!(change, ConfChange::Remove(_)) && !current.contains(target) {
             return Err(Error::Invalid(format!("node {target} is not a member")));
+        }
+        if matches!(change, ConfChange::AddLearnerWithRecord(..))
+            && current.voters.contains(&target)
+        {
+            return Err(Error::Invalid(format!(
+                "node {target} is a voter; remove it before it joins again"
+            )));
         }
         if change.apply(current).voters.is_empty() {
             return Err(Error::Invalid(format!("{change:?} would leave no voter")));

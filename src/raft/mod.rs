@@ -127,6 +127,17 @@ pub enum Error {
     /// A membership change is still uncommitted; one at a time (thesis §4.1).
     #[error("a membership change is already pending")]
     ConfChangePending,
+    /// A new leader accepts a membership change only once it committed an entry of its own term
+    /// (the single-server change fix, raft-dev 2015); its `Noop` usually commits within a round.
+    #[error(
+        "the leader of term {term} has not yet committed an entry of its term (commit {commit})"
+    )]
+    TermNotCommitted {
+        /// The leader's term.
+        term: Term,
+        /// Its commit index, still of an earlier term.
+        commit: Index,
+    },
     /// Too many ReadIndex requests are waiting.
     #[error("too many pending reads ({limit})")]
     TooManyPendingReads {
