@@ -80,6 +80,13 @@ pub async fn run(
         }
     };
     state.set_node(handle.clone());
+    if let Some(join_addr) = handle.config.join.clone() {
+        let config = handle.config.clone();
+        let client = HttpClient::new();
+        env::spawn(async move {
+            node::join::promote_when_caught_up(&config, &client, &join_addr).await
+        });
+    }
     on_started(&handle);
     let driver_stopped = tokio::select! {
         biased;
@@ -104,7 +111,7 @@ pub async fn run(
 /// A leader that is asked to stop first hands leadership to a follower, so the cluster does not
 /// wait an election timeout for a new one.
 async fn hand_off_leadership(handle: &NodeHandle, wait_max: Duration) {
-    if handle.status().role != Role::Leader || handle.cluster.members.len() < 2 {
+    if handle.status().role != Role::Leader || handle.directory.members().len() < 2 {
         return;
     }
     tracing::info!("shutting down: handing leadership off");

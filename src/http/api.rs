@@ -22,7 +22,7 @@ use crate::node::{Consistency, NodeError, NodeHandle, ReadOutcome, ReadQuery, Va
 use crate::raft::NodeId;
 
 /// Marks a request a follower forwarded to the leader, so it is never forwarded twice.
-const FORWARDED: &str = "x-raft-kv-forwarded";
+pub(super) const FORWARDED: &str = "x-raft-kv-forwarded";
 /// The log index a response reflects.
 const RAFT_INDEX: &str = "x-raft-index";
 /// A key's modification index.
@@ -118,7 +118,7 @@ impl AppState {
     }
 }
 
-type HttpResponse = Response<Full<Bytes>>;
+pub(super) type HttpResponse = Response<Full<Bytes>>;
 
 /// Handles one request. Generic over the body so tests and fuzzers can call it in process.
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> HttpResponse
@@ -186,6 +186,9 @@ where
                 transfer_leader(state, request).await,
             )
         }
+        _ if path.starts_with("/v1/cluster/members") => {
+            super::members::route(state, &path, request).await
+        }
         "/v1/kv" | "/v1/kv/" => {
             if method != Method::GET {
                 return ("/v1/kv/", method_not_allowed(&[Method::GET]));
@@ -229,7 +232,7 @@ fn only(
     }
 }
 
-fn method_not_allowed(allowed: &[Method]) -> HttpResponse {
+pub(super) fn method_not_allowed(allowed: &[Method]) -> HttpResponse {
     let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
     let mut response = error(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -331,8 +334,8 @@ fn cluster(state: &AppState) -> HttpResponse {
     };
     let status = node.status();
     let members: Vec<Json> = node
-        .cluster
-        .members
+        .directory
+        .members()
         .iter()
         .map(|m| json!({"name": m.name, "id": format!("{:x}", m.id), "addr": m.addr, "is_leader": Some(m.id) == status.leader}))
         .collect();
@@ -398,7 +401,7 @@ where
         state.limits.rpc_body_bytes_max,
         cluster.cluster_id,
         cluster.self_id,
-        |id| cluster.is_member(id),
+        |id| node.directory.is_member(id),
     ) {
         Ok(envelope) => match node.deliver(envelope.messages) {
             Ok(()) => Response::builder()
@@ -428,7 +431,7 @@ where
         state.limits.rpc_body_bytes_max,
         cluster.cluster_id,
         cluster.self_id,
-        |id| cluster.is_member(id),
+        |id| node.directory.is_member(id),
     ) {
         Ok((header, start)) => match node
             .deliver_snapshot_chunk(header, body.slice(start..))
@@ -456,7 +459,7 @@ where
     let query = Query::parse(request.uri().query());
     let to = match query.get("to") {
         None => None,
-        Some(name) => match node.cluster.members.iter().find(|m| m.name == name) {
+        Some(name) => match node.directory.member_by_name(name) {
             Some(member) => Some(member.id),
             None => {
                 return error(
@@ -739,7 +742,7 @@ async fn write(
 }
 
 /// Relays a request to the leader and its answer back.
-async fn forward(
+pub(super) async fn forward(
     state: &AppState,
     node: &NodeHandle,
     leader: NodeId,
@@ -748,7 +751,7 @@ async fn forward(
     headers: &hyper::HeaderMap,
     body: Bytes,
 ) -> HttpResponse {
-    let Some(member) = node.cluster.member(leader) else {
+    let Some(member) = node.member(leader) else {
         return node_error_response(&NodeError::NotLeader { leader: None });
     };
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -809,7 +812,11 @@ async fn forward(
     }
 }
 
-async fn read_body<B>(body: B, bytes_max: usize, timeout: Duration) -> Result<Bytes, HttpResponse>
+pub(super) async fn read_body<B>(
+    body: B,
+    bytes_max: usize,
+    timeout: Duration,
+) -> Result<Bytes, HttpResponse>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -871,7 +878,7 @@ fn node_error_response(e: &NodeError) -> HttpResponse {
     }
 }
 
-fn not_started(state: &AppState) -> HttpResponse {
+pub(super) fn not_started(state: &AppState) -> HttpResponse {
     retry_later(
         StatusCode::SERVICE_UNAVAILABLE,
         "starting",
@@ -880,7 +887,7 @@ fn not_started(state: &AppState) -> HttpResponse {
 }
 
 /// An error the client may retry after a second.
-fn retry_later(code: StatusCode, name: &str, message: &str) -> HttpResponse {
+pub(super) fn retry_later(code: StatusCode, name: &str, message: &str) -> HttpResponse {
     let mut response = error(code, name, message);
     response
         .headers_mut()
@@ -889,13 +896,12 @@ fn retry_later(code: StatusCode, name: &str, message: &str) -> HttpResponse {
 }
 
 fn member_name(node: &NodeHandle, id: NodeId) -> String {
-    node.cluster
-        .member(id)
+    node.member(id)
         .map(|m| m.name.clone())
         .unwrap_or_else(|| format!("{id:x}"))
 }
 
-fn with_index(mut response: HttpResponse, index: u64) -> HttpResponse {
+pub(super) fn with_index(mut response: HttpResponse, index: u64) -> HttpResponse {
     response.headers_mut().insert(
         HeaderName::from_static(RAFT_INDEX),
         HeaderValue::from(index),
@@ -903,7 +909,7 @@ fn with_index(mut response: HttpResponse, index: u64) -> HttpResponse {
     response
 }
 
-fn json_response(code: StatusCode, body: Json) -> HttpResponse {
+pub(super) fn json_response(code: StatusCode, body: Json) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = code;
     response
@@ -912,7 +918,7 @@ fn json_response(code: StatusCode, body: Json) -> HttpResponse {
     response
 }
 
-fn error(code: StatusCode, name: &str, message: &str) -> HttpResponse {
+pub(super) fn error(code: StatusCode, name: &str, message: &str) -> HttpResponse {
     json_response(code, json!({"error": message, "code": name}))
 }
 
@@ -946,10 +952,10 @@ fn percent_decode(text: &str) -> Result<String, String> {
 }
 
 /// A parsed query string (first value wins).
-struct Query(Vec<(String, String)>);
+pub(super) struct Query(Vec<(String, String)>);
 
 impl Query {
-    fn parse(query: Option<&str>) -> Query {
+    pub(super) fn parse(query: Option<&str>) -> Query {
         let mut pairs = Vec::new();
         for part in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
@@ -960,7 +966,7 @@ impl Query {
         Query(pairs)
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(n, _)| n == name)

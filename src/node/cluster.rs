@@ -38,8 +38,13 @@ pub struct ClusterInfo {
     pub cluster_id: u64,
     /// This node's id.
     pub self_id: NodeId,
-    /// Every member, this node included, sorted by id.
+    /// Every member, this node included, sorted by id (the first configuration only: the
+    /// configuration in the log rules once there is one).
     pub members: Vec<Member>,
+    /// This node joined a running cluster through `--join`: it starts as no voter and waits
+    /// for the leader's log.
+    #[serde(default)]
+    pub joined: bool,
 }
 
 /// What `GET /v1/raft/hello` answers.
@@ -76,6 +81,7 @@ impl ClusterInfo {
             cluster_id,
             self_id: node_id_of(self_name),
             members,
+            joined: false,
         }
     }
 
@@ -122,6 +128,24 @@ pub enum ClusterError {
         /// The duplicated name.
         name: String,
     },
+    /// `--join` could not get this node added.
+    #[error("cannot join the cluster through {addr}: {reason}")]
+    Join {
+        /// The `--join` address.
+        addr: String,
+        /// The last answer.
+        reason: String,
+    },
+    /// The data directory is empty but the cluster already has a member with this name (under
+    /// another incarnation): the disk was lost or the name is taken. Joining as that member
+    /// would vote with a forgotten log.
+    #[error(
+        "the data directory is empty but {name:?} is already a member of the cluster: remove          the member first (curl -X DELETE http://<any member>/v1/cluster/members/{name}), then          start this node again with --join"
+    )]
+    AlreadyMember {
+        /// This node's name.
+        name: String,
+    },
     /// I/O while checking for or saving the file.
     #[error("cannot access {path}: {source}")]
     Io {
@@ -158,6 +182,11 @@ pub async fn establish(
                 expected: config.name.clone(),
             });
         }
+        return Ok(info);
+    }
+    if let Some(join_addr) = &config.join {
+        let info = super::join::join(config, client, join_addr).await?;
+        save(&path, &info).await?;
         return Ok(info);
     }
     let mut answers: Vec<(String, String)> = Vec::new();

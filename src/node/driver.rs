@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cluster::{self, ClusterInfo};
+use super::members;
 use super::snapshot_transfer::{self, PreparedInstall, TransferOptions};
 use super::transport::Transport;
 use super::{
@@ -31,8 +32,8 @@ use crate::kv::{self, KvOptions, KvStore};
 use crate::plants::{self, Plant};
 use crate::raft::invariants::{entry_digest, NodeView};
 use crate::raft::{
-    self, Config, EntryKind, Error as RaftError, HardState, Index, Message, Raft, ReadContext,
-    Ready, Role, Snapshot, SnapshotMeta, Term,
+    self, Config, EntryKind, Error as RaftError, HardState, Index, Membership, Message, Raft,
+    ReadContext, Ready, Role, Snapshot, SnapshotMeta, Term,
 };
 use crate::snapshot::{self, SnapshotError, WrittenSnapshot};
 use crate::wal::{Wal, WalOptions};
@@ -100,6 +101,12 @@ struct Driver {
     kv: KvStore,
     config: Arc<NodeConfig>,
     cluster: Arc<ClusterInfo>,
+    /// Who is in the cluster now; rebuilt when the core's configuration changes.
+    directory: Arc<members::Directory>,
+    /// Membership changes waiting for their entry to apply.
+    member_waiters: members::Waiters,
+    /// The configuration `directory` and the transport were last built from.
+    published_membership: Membership,
     transport: Transport,
     metrics: NodeMetrics,
     status: Arc<Mutex<NodeStatus>>,
@@ -180,8 +187,24 @@ pub(super) async fn start(
     raft_config.heartbeat_ticks = config.heartbeat_ticks;
     raft_config.max_bytes_per_append =
         APPEND_BYTES_MAX.min(config.rpc_body_bytes_max as u64 / APPEND_SHARE_OF_RPC_BODY);
-    let raft = Raft::new(raft_config, cluster.membership(), restore, env::rng())
-        .map_err(|e| StartError::Restore(e.to_string()))?;
+    let mut raft = Raft::new(
+        raft_config,
+        members::bootstrap_membership(&cluster),
+        restore,
+        env::rng(),
+    )
+    .map_err(|e| StartError::Restore(e.to_string()))?;
+    let published_membership = raft.membership().clone();
+    let directory = Arc::new(members::Directory::new(members::members_of(
+        &published_membership,
+        &cluster,
+    )));
+    if published_membership.voters.len() == 1
+        && published_membership.voters.contains(&cluster.self_id)
+    {
+        // The only voter wins its own election: no reason to wait an election timeout.
+        raft.campaign();
+    }
 
     let metrics = NodeMetrics::new();
     let raft_status = raft.status();
@@ -205,6 +228,7 @@ pub(super) async fn start(
     };
     let transport = Transport::new(
         &cluster,
+        directory.clone(),
         client,
         config.rpc_timeout,
         config.rpc_body_bytes_max,
@@ -236,6 +260,9 @@ pub(super) async fn start(
         kv,
         config: config.clone(),
         cluster: cluster.clone(),
+        directory: directory.clone(),
+        member_waiters: members::Waiters::default(),
+        published_membership,
         transport,
         metrics: metrics.clone(),
         status: status.clone(),
@@ -263,6 +290,7 @@ pub(super) async fn start(
         snapshot_chunks,
         status,
         cluster,
+        directory,
         config,
         metrics,
     })
@@ -368,6 +396,9 @@ impl Driver {
                 Request::TransferLeadership { reply, .. } => drop(reply.send(Err(error))),
                 Request::Inspect { scope, reply } => drop(reply.send(self.inspect(scope))),
                 Request::StateView { reply } => drop(reply.send(self.kv.clone())),
+                Request::Membership { reply, .. } => {
+                    drop(reply.send(Err(members::MembershipError::Unavailable(reason.clone()))))
+                }
             }
             return;
         }
@@ -417,7 +448,36 @@ impl Driver {
             Request::StateView { reply } => {
                 let _ = reply.send(self.kv.clone());
             }
+            Request::Membership { op, cas, reply } => members::handle_request(
+                &mut self.raft,
+                &self.cluster,
+                &self.directory,
+                &mut self.member_waiters,
+                op,
+                cas,
+                reply,
+            ),
         }
+    }
+
+    /// Rebuilds the directory and the peer links when the core's configuration changed (on
+    /// append, committed or not: thesis §4.1).
+    fn maybe_publish_membership(&mut self) -> bool {
+        if self.raft.membership() == &self.published_membership {
+            return false;
+        }
+        self.published_membership = self.raft.membership().clone();
+        let members = members::members_of(&self.published_membership, &self.cluster);
+        tracing::info!(
+            node = %self.config.name,
+            voters = ?self.published_membership.voters,
+            learners = ?self.published_membership.learners,
+            config_index = self.raft.membership_index(),
+            "configuration changed"
+        );
+        self.transport.sync_peers(&members);
+        self.directory.replace(members);
+        true
     }
 
     fn inspect(&self, scope: InspectScope) -> Inspection {
@@ -502,6 +562,8 @@ impl Driver {
 
     async fn handle_ready(&mut self) -> Result<(), String> {
         let mut ready: Ready = self.raft.ready();
+        // Links to members this ready's messages go to must exist before they are sent.
+        self.maybe_publish_membership();
         if let Some(soft) = ready.soft_state {
             self.on_soft_state(soft);
         }
@@ -511,6 +573,7 @@ impl Driver {
         if let Some(snapshot) = &ready.snapshot {
             self.install_snapshot(snapshot).await?;
             self.answer_writes_under_snapshot(&snapshot.meta);
+            self.member_waiters.covered_by_snapshot(snapshot.meta.index);
             self.observe(NodeEvent::Restored {
                 node: self.cluster.self_id,
                 index: snapshot.meta.index,
@@ -551,6 +614,7 @@ impl Driver {
 
         for entry in std::mem::take(&mut ready.committed_entries) {
             self.apply(entry.index, entry.term, entry.kind, &entry.data);
+            self.member_waiters.applied(entry.index, entry.term);
         }
         for read_state in std::mem::take(&mut ready.read_states) {
             if let Some(reads) = self.reads_confirming.remove(&read_state.context) {
@@ -1059,7 +1123,6 @@ fn node_error(error: RaftError) -> NodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::Membership;
 
     fn meta(index: Index, term: Term) -> SnapshotMeta {
         SnapshotMeta {

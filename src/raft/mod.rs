@@ -374,6 +374,22 @@ impl Raft {
         self.core.membership()
     }
 
+    /// The index of the `Config` entry that produced the current membership (the snapshot
+    /// index if a snapshot folded it in, 0 for the initial membership): the `cas` precondition
+    /// of the membership API.
+    pub fn membership_index(&self) -> Index {
+        self.core.membership_index()
+    }
+
+    /// On a leader, whether member `id` answered within the current check-quorum window
+    /// (`None` on a non-leader or for a non-member).
+    pub fn recently_active(&self, id: NodeId) -> Option<bool> {
+        if self.core.soft_state().role != Role::Leader {
+            return None;
+        }
+        self.core.recently_active(id)
+    }
+
     /// The target of a leadership transfer in progress, if any.
     pub fn lead_transferee(&self) -> Option<NodeId> {
         self.core.lead_transferee()

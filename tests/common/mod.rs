@@ -196,6 +196,23 @@ impl Cluster {
         Cluster { nodes, dir }
     }
 
+    /// Starts one more node, `name`, with no `--peers` and `extra_args` (e.g. `--join ADDR`);
+    /// returns its position in `nodes`.
+    pub fn add_node(&mut self, name: &str, extra_args: &[&str]) -> usize {
+        let mut node = NodeProcess {
+            data_dir: self.dir.path().join(name),
+            log: self.dir.path().join(format!("{name}.log")),
+            name: name.to_string(),
+            addr: format!("127.0.0.1:{}", free_port()),
+            peers: Vec::new(),
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            child: None,
+        };
+        node.start();
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.addr.clone()).collect()
     }

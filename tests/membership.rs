@@ -1,0 +1,228 @@
+//! Membership change on real `raft-kv` processes (issue 10): growing from one node with
+//! `--join`, the membership API's answers, and removing the leader.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{call, eventually, Cluster};
+use serde_json::Value as Json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `GET /v1/cluster/members` through `addr`, when it answers 200.
+async fn members(addr: &str) -> Option<Json> {
+    let reply = call(addr, "GET", "/v1/cluster/members", &[], b"").await?;
+    (reply.status == 200).then(|| reply.json())
+}
+
+/// The (name, role) pairs of a member list, sorted by name.
+fn roles(view: &Json) -> Vec<(String, String)> {
+    let mut roles: Vec<(String, String)> = view["members"]
+        .as_array()
+        .expect("members is a list")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_string(),
+                m["role"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    roles.sort();
+    roles
+}
+
+fn voters(names: &[&str]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .map(|name| (name.to_string(), "voter".to_string()))
+        .collect()
+}
+
+/// Waits until the members list through `addr` shows exactly `expected`.
+async fn wait_for_roles(addr: &str, expected: Vec<(String, String)>) -> Json {
+    eventually(WAIT, &format!("members {expected:?}"), || {
+        let expected = expected.clone();
+        async move {
+            let view = members(addr).await?;
+            (roles(&view) == expected && view["change_in_flight"] == false).then_some(view)
+        }
+    })
+    .await
+}
+
+/// A single node, grown to three by two `--join`s.
+async fn grown_to_three() -> Cluster {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader(WAIT).await;
+    let seed = cluster.nodes[0].addr.clone();
+    cluster.add_node("node2", &["--join", &seed]);
+    cluster.add_node("node3", &["--join", &seed]);
+    wait_for_roles(&seed, voters(&["node1", "node2", "node3"])).await;
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_grows_to_three_with_join_and_a_restart_never_joins_again() {
+    let mut cluster = Cluster::start(1);
+    // A node with no peers elects itself at once.
+    cluster.wait_for_leader(Duration::from_secs(2)).await;
+    let seed = cluster.nodes[0].addr.clone();
+    let reply = call(&seed, "PUT", "/v1/kv/before", &[], b"1")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 201);
+    cluster.add_node("node2", &["--join", &seed]);
+    cluster.add_node("node3", &["--join", &seed]);
+    wait_for_roles(&seed, voters(&["node1", "node2", "node3"])).await;
+    // Reachability is per check-quorum window, just reset at times: every member answers.
+    eventually(WAIT, "every member reachable", || async {
+        let view = members(&seed).await?;
+        let all = view["members"]
+            .as_array()?
+            .iter()
+            .all(|m| m["reachable"] == true);
+        all.then_some(())
+    })
+    .await;
+    // Every node serves the key written before they joined and one written after.
+    let reply = call(&cluster.nodes[2].addr, "PUT", "/v1/kv/after", &[], b"2")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    for node in &cluster.nodes {
+        for (key, value) in [("before", "1"), ("after", "2")] {
+            let reply = call(&node.addr, "GET", &format!("/v1/kv/{key}"), &[], b"")
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 200, "{} {key}", node.name);
+            assert_eq!(&reply.body[..], value.as_bytes());
+        }
+    }
+    // A restart with data reads cluster.json and asks nobody to add it again.
+    cluster.nodes[1].kill();
+    cluster.nodes[1].start();
+    let reply = eventually(WAIT, "node2 serves again", || async {
+        let reply = call(
+            &cluster.nodes[1].addr,
+            "GET",
+            "/v1/kv/after?stale",
+            &[],
+            b"",
+        )
+        .await?;
+        (reply.status == 200).then_some(reply)
+    })
+    .await;
+    assert_eq!(&reply.body[..], b"2");
+    assert_eq!(
+        cluster.nodes[1]
+            .log_text()
+            .matches("added as a learner")
+            .count(),
+        1
+    );
+    wait_for_roles(&seed, voters(&["node1", "node2", "node3"])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_membership_api_answers_each_documented_status() {
+    let mut cluster = grown_to_three().await;
+    let follower = cluster.nodes[2].addr.clone();
+    let post = |body: &'static str| {
+        let follower = follower.clone();
+        async move {
+            call(
+                &follower,
+                "POST",
+                "/v1/cluster/members",
+                &[],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // 400: bad body, bad name, bad address; 404: no such member.
+    assert_eq!(post("{").await.status, 400);
+    assert_eq!(post(r#"{"name": "a b", "addr": "h:1"}"#).await.status, 400);
+    assert_eq!(
+        post(r#"{"name": "n9", "addr": "nohost"}"#).await.status,
+        400
+    );
+    let reply = call(&follower, "DELETE", "/v1/cluster/members/ghost", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 404, "{:?}", reply.body);
+    // 409: a name already in the cluster.
+    let reply = post(r#"{"name": "node2", "addr": "127.0.0.1:1"}"#).await;
+    assert_eq!(reply.status, 409, "{:?}", reply.body);
+    assert_eq!(reply.json()["code"], "conflict");
+
+    // A learner nobody runs: added (through a follower), then refused promotion.
+    let view = members(&follower).await.unwrap();
+    let config_index = view["config_index"].as_u64().unwrap();
+    let reply = post(r#"{"name": "node9", "addr": "127.0.0.1:9", "learner": true}"#).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let added_at = reply.json()["config_index"].as_u64().unwrap();
+    assert!(added_at > config_index);
+    let reply = call(
+        &follower,
+        "POST",
+        "/v1/cluster/members/node9/promote",
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 409, "{:?}", reply.body);
+    assert_eq!(reply.json()["code"], "not_caught_up");
+    // 412: a stale cas; then the right one removes it.
+    let stale = format!("/v1/cluster/members/node9?cas={config_index}");
+    let reply = call(&follower, "DELETE", &stale, &[], b"").await.unwrap();
+    assert_eq!(reply.status, 412, "{:?}", reply.body);
+    let current = format!("/v1/cluster/members/node9?cas={added_at}");
+    let reply = call(&follower, "DELETE", &current, &[], b"").await.unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    wait_for_roles(&follower, voters(&["node1", "node2", "node3"])).await;
+
+    // 503 with Retry-After once no leader can be elected.
+    cluster.nodes[0].kill();
+    cluster.nodes[1].kill();
+    let reply = eventually(WAIT, "503 without a leader", || async {
+        let reply = post(r#"{"name": "node8", "addr": "127.0.0.1:8"}"#).await;
+        (reply.status == 503).then_some(reply)
+    })
+    .await;
+    assert!(reply.headers.contains_key("retry-after"), "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_hands_leadership_over_first_and_writes_go_on() {
+    let cluster = grown_to_three().await;
+    let leader = cluster.wait_for_leader(WAIT).await;
+    let leader_name = cluster.nodes[leader].name.clone();
+    let other = cluster.nodes[(leader + 1) % 3].addr.clone();
+    let reply = call(
+        &other,
+        "DELETE",
+        &format!("/v1/cluster/members/{leader_name}"),
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let rest: Vec<&str> = ["node1", "node2", "node3"]
+        .into_iter()
+        .filter(|name| *name != leader_name)
+        .collect();
+    let view = wait_for_roles(&other, voters(&rest)).await;
+    assert_ne!(view["leader"], leader_name.as_str());
+    let reply = call(&other, "PUT", "/v1/kv/after-removal", &[], b"x")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+}
