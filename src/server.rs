@@ -27,6 +27,17 @@ pub enum RunError {
     /// The node could not start.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// This node was removed from the cluster: its data directory is no longer a member's.
+    #[error(
+        "node {node}: {reason}; to serve again, start it with an empty data directory and \
+         --join"
+    )]
+    Removed {
+        /// The node's name.
+        node: String,
+        /// How it learned.
+        reason: String,
+    },
     /// The driver task stopped (it panicked): the node can keep no promise any more.
     #[error("node {node}: {}", crate::node::DRIVER_STOPPED)]
     DriverStopped {
@@ -62,6 +73,11 @@ pub async fn run(
         limits,
         client.clone(),
     ));
+    // Durable before the first hello answer carries it (see `node::cluster`).
+    let incarnation = node::cluster::load_or_create_incarnation(&config.data_dir)
+        .await
+        .map_err(|e| RunError::Start(StartError::from(e)))?;
+    state.set_incarnation(incarnation);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = env::spawn(http::serve(listener, state.clone(), async move {
         let _ = http_stopped.await;
@@ -93,6 +109,14 @@ pub async fn run(
         () = handle.wait_driver_stopped() => true,
         () = &mut shutdown => false,
     };
+    if let Some(reason) = handle.directory.removal().filter(|_| driver_stopped) {
+        let _ = stop_http.send(());
+        let _ = server.await;
+        return Err(RunError::Removed {
+            node: handle.config.name.clone(),
+            reason,
+        });
+    }
     if driver_stopped {
         // A node without its driver answers nothing truthfully: stop serving and report it.
         tracing::error!(node = %handle.config.name, "{}", crate::node::DRIVER_STOPPED);

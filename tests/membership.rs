@@ -200,8 +200,8 @@ async fn the_membership_api_answers_each_documented_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removing_the_leader_hands_leadership_over_first_and_writes_go_on() {
-    let cluster = grown_to_three().await;
+async fn removing_the_leader_hands_leadership_over_first_and_the_removed_node_exits() {
+    let mut cluster = grown_to_three().await;
     let leader = cluster.wait_for_leader(WAIT).await;
     let leader_name = cluster.nodes[leader].name.clone();
     let other = cluster.nodes[(leader + 1) % 3].addr.clone();
@@ -225,4 +225,94 @@ async fn removing_the_leader_hands_leadership_over_first_and_writes_go_on() {
         .await
         .unwrap();
     assert_eq!(reply.status, 201, "{:?}", reply.body);
+    // The removed node learns it (its peers answer 410 Gone), says so, and exits non-zero.
+    let removed = &mut cluster.nodes[leader];
+    let status = eventually(WAIT, "the removed node exits", || {
+        let exited = removed.exited();
+        async move { exited }
+    })
+    .await;
+    assert!(!status.success(), "{status:?}");
+    let log = removed.log_text();
+    assert!(log.contains("removed from the cluster"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_refuses_to_start_and_rejoins_after_its_member_is_removed() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(WAIT).await;
+    let addrs = cluster.addrs();
+    for i in 0..20 {
+        let reply = call(&addrs[leader], "PUT", &format!("/v1/kv/k{i}"), &[], b"v")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 201);
+    }
+    // The operator's mistake from issue 10: wipe a follower and start it with the same flags.
+    let victim = (leader + 1) % 3;
+    let helper = addrs[(leader + 2) % 3].clone();
+    cluster.nodes[victim].kill();
+    std::fs::remove_dir_all(&cluster.nodes[victim].data_dir).unwrap();
+    cluster.nodes[victim].start();
+    let status = eventually(WAIT, "the wiped node exits", || {
+        let exited = cluster.nodes[victim].exited();
+        async move { exited }
+    })
+    .await;
+    assert!(!status.success(), "{status:?}");
+    let log = cluster.nodes[victim].log_text();
+    assert!(log.contains("remove the member first"), "{log}");
+    // It never took part: the others still hold it as the old incarnation.
+    let name = cluster.nodes[victim].name.clone();
+    let view = members(&helper).await.unwrap();
+    let old = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name.as_str())
+        .unwrap()["incarnation"]
+        .as_u64()
+        .unwrap();
+    assert_ne!(old, 0);
+
+    // The fix the error names: remove the member, then join again.
+    let reply = call(
+        &helper,
+        "DELETE",
+        &format!("/v1/cluster/members/{name}"),
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    std::fs::remove_dir_all(&cluster.nodes[victim].data_dir).unwrap();
+    cluster.nodes[victim].peers.clear();
+    cluster.nodes[victim].extra_args = vec!["--join".into(), helper.clone()];
+    cluster.nodes[victim].start();
+    let mut names: Vec<&str> = vec!["node1", "node2", "node3"];
+    names.sort();
+    let view = wait_for_roles(&helper, voters(&names)).await;
+    let new = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name.as_str())
+        .unwrap()["incarnation"]
+        .as_u64()
+        .unwrap();
+    assert_ne!(new, old);
+    let rejoined = addrs[victim].clone();
+    for i in 0..20 {
+        let reply = eventually(WAIT, "the rejoined node serves every key", || {
+            let rejoined = rejoined.clone();
+            async move {
+                let path = format!("/v1/kv/k{i}?consistency=stale");
+                let reply = call(&rejoined, "GET", &path, &[], b"").await?;
+                (reply.status == 200).then_some(reply)
+            }
+        })
+        .await;
+        assert_eq!(&reply.body[..], b"v");
+    }
 }

@@ -63,6 +63,8 @@ pub struct AppState {
     pub id: NodeId,
     /// Limits on requests.
     pub limits: HttpLimits,
+    /// This node's incarnation, once its data directory has one (0 before).
+    incarnation: std::sync::atomic::AtomicU64,
     node: OnceLock<NodeHandle>,
     client: HttpClient,
     metrics: Arc<Metrics>,
@@ -79,11 +81,18 @@ impl AppState {
             name,
             id,
             limits,
+            incarnation: std::sync::atomic::AtomicU64::new(0),
             node: OnceLock::new(),
             client,
             metrics: Arc::new(Metrics::new()),
             request_durations: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Records this node's incarnation, for hello answers.
+    pub fn set_incarnation(&self, incarnation: u64) {
+        self.incarnation
+            .store(incarnation, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn request_duration(&self, route: &'static str, status: StatusCode) -> Histogram {
@@ -147,7 +156,9 @@ where
         "/metrics" => ("/metrics", only(&method, &[Method::GET], || metrics(state))),
         "/v1/raft/hello" => (
             "/v1/raft/hello",
-            only(&method, &[Method::GET], || hello(state)),
+            only(&method, &[Method::GET], || {
+                hello(state, request.uri().query())
+            }),
         ),
         "/v1/cluster" => (
             "/v1/cluster",
@@ -263,7 +274,12 @@ fn health(state: &AppState) -> HttpResponse {
         "applied_index": status.applied_index,
         "last_index": status.last_index,
     });
-    let code = if let Some(failure) = &status.failure {
+    let code = if let Some(reason) = node.directory.removal() {
+        body["status"] = json!("removed");
+        body["code"] = json!("removed");
+        body["error"] = json!(reason);
+        StatusCode::GONE
+    } else if let Some(failure) = &status.failure {
         body["status"] = json!("failed");
         body["code"] = json!("failed");
         body["error"] = json!(format!("the node stopped serving: {failure}"));
@@ -317,10 +333,16 @@ fn metrics(state: &AppState) -> HttpResponse {
     response
 }
 
-fn hello(state: &AppState) -> HttpResponse {
+fn hello(state: &AppState, query: Option<&str>) -> HttpResponse {
+    let asker = Query::parse(query).get("name").map(str::to_string);
     let hello = Hello {
         name: state.name.clone(),
         id: state.id,
+        incarnation: state.incarnation.load(std::sync::atomic::Ordering::Relaxed),
+        asker_incarnation: asker.and_then(|name| {
+            let member = state.node()?.directory.member_by_name(&name)?;
+            Some(member.incarnation)
+        }),
     };
     json_response(
         StatusCode::OK,
@@ -372,8 +394,18 @@ where
 }
 
 /// The answer to a peer RPC that failed its checks.
-fn rpc_error_response(e: &rpc::RpcError) -> HttpResponse {
+fn rpc_error_response(node: &NodeHandle, e: &rpc::RpcError) -> HttpResponse {
     match e {
+        rpc::RpcError::Stranger { from } if node.directory.was_removed(*from) => error(
+            StatusCode::GONE,
+            "removed",
+            "this sender was removed from the cluster; it must stop",
+        ),
+        rpc::RpcError::Stranger { .. } => error(
+            StatusCode::FORBIDDEN,
+            "not_member",
+            "raft rpc from outside this cluster refused",
+        ),
         rpc::RpcError::WrongCluster { .. } | rpc::RpcError::NotMember(_) => error(
             StatusCode::FORBIDDEN,
             "not_member",
@@ -410,7 +442,7 @@ where
                 .expect("a static response is valid"),
             Err(e) => node_error_response(&e),
         },
-        Err(e) => rpc_error_response(&e),
+        Err(e) => rpc_error_response(node, &e),
     }
 }
 
@@ -444,7 +476,7 @@ where
                 .expect("a static response is valid"),
             Err(e) => node_error_response(&e),
         },
-        Err(e) => rpc_error_response(&e),
+        Err(e) => rpc_error_response(node, &e),
     }
 }
 

@@ -105,6 +105,8 @@ struct Driver {
     directory: Arc<members::Directory>,
     /// Membership changes waiting for their entry to apply.
     member_waiters: members::Waiters,
+    /// Notices a committed configuration without this node.
+    self_removal: members::SelfRemoval,
     /// The configuration `directory` and the transport were last built from.
     published_membership: Membership,
     transport: Transport,
@@ -144,7 +146,8 @@ pub(super) async fn start(
     client: HttpClient,
 ) -> Result<NodeHandle, StartError> {
     let config = Arc::new(config);
-    let cluster = Arc::new(cluster::establish(&config, &client).await?);
+    let incarnation = cluster::load_or_create_incarnation(&config.data_dir).await?;
+    let cluster = Arc::new(cluster::establish(&config, &client, incarnation).await?);
     let (wal, restore) = Wal::open(
         &config.data_dir.join("wal"),
         WalOptions {
@@ -254,6 +257,7 @@ pub(super) async fn start(
         last_index = raft_status.last_index,
         "node started"
     );
+    let self_removal = members::SelfRemoval::new(&raft);
     let driver = Driver {
         raft,
         wal,
@@ -262,6 +266,7 @@ pub(super) async fn start(
         cluster: cluster.clone(),
         directory: directory.clone(),
         member_waiters: members::Waiters::default(),
+        self_removal,
         published_membership,
         transport,
         metrics: metrics.clone(),
@@ -352,6 +357,13 @@ impl Driver {
                 }
             }
             self.flush_reads();
+            if let Some(reason) = self.directory.removal() {
+                // Removed: keep no promise and answer nothing as a member (the process exits).
+                tracing::error!(node = %self.config.name, %reason, "removed from the cluster: stopping");
+                self.failure = Some(reason);
+                self.publish_status();
+                break;
+            }
             if self.failure.is_none() && self.raft.has_ready() {
                 if let Err(reason) = self.handle_ready().await {
                     self.fail(reason);
@@ -616,6 +628,7 @@ impl Driver {
             self.apply(entry.index, entry.term, entry.kind, &entry.data);
             self.member_waiters.applied(entry.index, entry.term);
         }
+        self.self_removal.maybe_notice(&self.raft, &self.directory);
         for read_state in std::mem::take(&mut ready.read_states) {
             if let Some(reads) = self.reads_confirming.remove(&read_state.context) {
                 self.reads_applying

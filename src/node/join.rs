@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::StatusCode;
-use rand_core::RngCore;
 use serde_json::json;
 
 use super::cluster::{ClusterError, ClusterInfo, Member};
@@ -31,8 +30,8 @@ pub(super) async fn join(
     config: &NodeConfig,
     client: &HttpClient,
     join_addr: &str,
+    incarnation: u64,
 ) -> Result<ClusterInfo, ClusterError> {
-    let incarnation = env::rng().next_u64().max(1);
     let failed = |reason: String| ClusterError::Join {
         addr: join_addr.to_string(),
         reason,
@@ -199,6 +198,7 @@ fn cluster_info(config: &NodeConfig, view: &MembersView) -> Result<ClusterInfo, 
             name: m.name.clone(),
             id: node_id_of(&m.name),
             addr: m.addr.clone(),
+            incarnation: m.incarnation,
         })
         .collect();
     members.sort_by_key(|m| m.id);

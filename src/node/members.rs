@@ -5,7 +5,7 @@
 //! [`Directory`] is rebuilt from it whenever it changes; `cluster.json` only seeds the first
 //! configuration. A request is answered once its `Config` entry is applied (committed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,12 @@ pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 1_000;
 #[derive(Debug)]
 pub struct Directory {
     members: Mutex<Vec<Member>>,
+    /// Ids this node saw leave the configuration (and not come back) since it started: their
+    /// RPCs get 410 Gone, which tells a removed node to stop.
+    removed_ids: Mutex<BTreeSet<NodeId>>,
+    /// Set once this node learns it was removed: why. The driver stops, `/health` says
+    /// `removed`, and the process exits non-zero.
+    removal: Mutex<Option<String>>,
 }
 
 impl Directory {
@@ -33,6 +39,32 @@ impl Directory {
     pub fn new(members: Vec<Member>) -> Directory {
         Directory {
             members: Mutex::new(members),
+            removed_ids: Mutex::new(BTreeSet::new()),
+            removal: Mutex::new(None),
+        }
+    }
+
+    /// Whether this node saw `id` removed from the configuration.
+    pub fn was_removed(&self, id: NodeId) -> bool {
+        self.removed_ids
+            .lock()
+            .expect("directory lock poisoned")
+            .contains(&id)
+    }
+
+    /// Why this node was removed from the cluster, once it knows.
+    pub fn removal(&self) -> Option<String> {
+        self.removal
+            .lock()
+            .expect("directory lock poisoned")
+            .clone()
+    }
+
+    /// Records that this node was removed (a peer answered 410, or the log says so).
+    pub(super) fn mark_removed(&self, reason: String) {
+        let mut removal = self.removal.lock().expect("directory lock poisoned");
+        if removal.is_none() {
+            *removal = Some(reason);
         }
     }
 
@@ -60,7 +92,56 @@ impl Directory {
     }
 
     pub(super) fn replace(&self, members: Vec<Member>) {
-        *self.members.lock().expect("directory lock poisoned") = members;
+        let mut current = self.members.lock().expect("directory lock poisoned");
+        let mut removed_ids = self.removed_ids.lock().expect("directory lock poisoned");
+        for gone in current
+            .iter()
+            .filter(|old| members.iter().all(|m| m.id != old.id))
+        {
+            removed_ids.insert(gone.id);
+        }
+        for member in &members {
+            removed_ids.remove(&member.id);
+        }
+        *current = members;
+    }
+}
+
+/// Notices, from the committed configuration, that this node was removed.
+#[derive(Debug)]
+pub(super) struct SelfRemoval {
+    /// This node was in a committed configuration (a joining node is not, until its own
+    /// addition commits: configurations before it in the log do not name it).
+    was_member: bool,
+}
+
+impl SelfRemoval {
+    pub(super) fn new(raft: &Raft) -> SelfRemoval {
+        SelfRemoval {
+            was_member: raft.membership().contains(raft.id()),
+        }
+    }
+
+    /// Marks the directory once a committed configuration no longer names this node; returns
+    /// whether it did.
+    pub(super) fn maybe_notice(&mut self, raft: &Raft, directory: &Directory) -> bool {
+        let committed = raft.membership_index() <= raft.hard_state().commit;
+        let member = raft.membership().contains(raft.id());
+        if !committed {
+            return false;
+        }
+        if member {
+            self.was_member = true;
+            return false;
+        }
+        if !self.was_member {
+            return false;
+        }
+        directory.mark_removed(format!(
+            "this node was removed from the cluster (configuration at index {})",
+            raft.membership_index()
+        ));
+        true
     }
 }
 
@@ -75,18 +156,21 @@ pub(super) fn members_of(membership: &Membership, bootstrap: &ClusterInfo) -> Ve
                 name: record.name.clone(),
                 id,
                 addr: record.addr.clone(),
+                incarnation: record.incarnation,
             },
             None => bootstrap.member(id).cloned().unwrap_or(Member {
                 name: format!("{id:x}"),
                 id,
                 addr: String::new(),
+                incarnation: 0,
             }),
         })
         .collect()
 }
 
-/// The records of the first configuration: every bootstrap member, incarnation 0 (unknown:
-/// incarnations are only carried by members that joined through the API).
+/// The records of the first configuration: every bootstrap member with the incarnation its
+/// hello answer gave (each node persists its incarnation before answering, so every member
+/// seeds the same records).
 pub(super) fn bootstrap_membership(cluster: &ClusterInfo) -> Membership {
     let mut membership = cluster.membership();
     if cluster.joined {
@@ -100,7 +184,7 @@ pub(super) fn bootstrap_membership(cluster: &ClusterInfo) -> Membership {
             let record = MemberRecord {
                 name: m.name.clone(),
                 addr: m.addr.clone(),
-                incarnation: 0,
+                incarnation: m.incarnation,
             };
             (m.id, record)
         })

@@ -48,6 +48,7 @@ pub(super) struct Transport {
     rpc_timeout: Duration,
     body_bytes_max: usize,
     metrics: NodeMetrics,
+    directory: Arc<Directory>,
 }
 
 /// An upper bound on the bytes `message` adds to an encoded envelope.
@@ -102,6 +103,7 @@ impl Transport {
             rpc_timeout,
             body_bytes_max,
             metrics: metrics.clone(),
+            directory: directory.clone(),
         };
         transport.sync_peers(&directory.members());
         transport
@@ -129,6 +131,7 @@ impl Transport {
                 client: self.client.clone(),
                 rpc_timeout: self.rpc_timeout,
                 body_bytes_max: self.body_bytes_max,
+                directory: self.directory.clone(),
                 errors: self.metrics.registry.counter(
                     "raft_peer_rpc_errors_total",
                     "Raft RPCs to a peer that failed.",
@@ -178,6 +181,8 @@ struct PeerLink {
     rpc_timeout: Duration,
     body_bytes_max: usize,
     errors: Counter,
+    /// Told when a peer answers 410 Gone (this node was removed).
+    directory: Arc<Directory>,
 }
 
 impl PeerLink {
@@ -234,6 +239,13 @@ impl PeerLink {
                 .await
             {
                 Ok(response) if response.status().is_success() => true,
+                Ok(response) if response.status() == hyper::StatusCode::GONE => {
+                    self.directory.mark_removed(format!(
+                        "peer {} answered 410 Gone: this node was removed from the cluster",
+                        self.addr
+                    ));
+                    false
+                }
                 Ok(response) => {
                     tracing::debug!(peer = %self.addr, status = %response.status(), "raft rpc refused");
                     false

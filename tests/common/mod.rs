@@ -73,7 +73,7 @@ pub struct NodeProcess {
     pub name: String,
     pub addr: String,
     pub data_dir: PathBuf,
-    peers: Vec<String>,
+    pub peers: Vec<String>,
     /// Flags added to every start of this node.
     pub extra_args: Vec<String>,
     child: Option<Child>,
@@ -131,6 +131,17 @@ impl NodeProcess {
             .expect("run kill");
         assert!(sent.success(), "kill -TERM {pid} failed");
         child.wait().expect("wait for the node to exit")
+    }
+
+    /// The exit status, once the process has exited on its own.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self
+            .child
+            .as_mut()?
+            .try_wait()
+            .expect("poll the node process")?;
+        self.child = None;
+        Some(status)
     }
 
     pub fn log_text(&self) -> String {
