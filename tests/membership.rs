@@ -316,3 +316,134 @@ async fn a_wiped_node_refuses_to_start_and_rejoins_after_its_member_is_removed()
         assert_eq!(&reply.body[..], b"v");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_replacement_3_to_5_to_3_loses_no_acknowledged_write() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader(WAIT).await;
+    // A client writes key after key through whichever node answers, for the whole test.
+    let targets: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(cluster.addrs()));
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (targets, acked, stop) = (targets.clone(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut attempt = 0usize;
+            let mut key = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let addr = {
+                    let targets = targets.lock().unwrap();
+                    targets[attempt % targets.len()].clone()
+                };
+                let path = format!("/v1/kv/roll-{key:05}");
+                let idempotency = format!("roll-{key}");
+                let headers = [("idempotency-key", idempotency.as_str())];
+                match call(&addr, "PUT", &path, &headers, b"v").await {
+                    Some(reply) if reply.status == 201 || reply.status == 200 => {
+                        key += 1;
+                        acked.store(key, Ordering::Relaxed);
+                    }
+                    _ => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        })
+    };
+    let originals: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    // 3 -> 5: two new nodes join while writes go on.
+    let seed = cluster.nodes[0].addr.clone();
+    for name in ["node4", "node5"] {
+        let i = cluster.add_node(name, &["--join", &seed]);
+        targets.lock().unwrap().push(cluster.nodes[i].addr.clone());
+    }
+    wait_for_roles(
+        &seed,
+        voters(&["node1", "node2", "node3", "node4", "node5"]),
+    )
+    .await;
+    // Each original is replaced in turn: remove it (it exits), add a newcomer.
+    for (round, old) in originals.iter().enumerate() {
+        let via = cluster.nodes[3].addr.clone();
+        let acked_before = acked.load(Ordering::Relaxed);
+        let reply = eventually(WAIT, &format!("removal of {old}"), || {
+            let via = via.clone();
+            async move {
+                let reply = call(
+                    &via,
+                    "DELETE",
+                    &format!("/v1/cluster/members/{old}"),
+                    &[],
+                    b"",
+                )
+                .await?;
+                (reply.status == 200 || reply.status == 404).then_some(reply)
+            }
+        })
+        .await;
+        assert_ne!(reply.status, 404, "{old} vanished before its removal");
+        let index = cluster.nodes.iter().position(|n| n.name == *old).unwrap();
+        let old_addr = cluster.nodes[index].addr.clone();
+        targets.lock().unwrap().retain(|a| *a != old_addr);
+        if round < 2 {
+            let name = format!("node{}", 6 + round);
+            let i = cluster.add_node(&name, &["--join", &via]);
+            targets.lock().unwrap().push(cluster.nodes[i].addr.clone());
+        }
+        // Writes keep being acknowledged across every change.
+        eventually(WAIT, "writes acknowledged after the change", || {
+            let acked = acked.clone();
+            async move { (acked.load(Ordering::Relaxed) > acked_before + 5).then_some(()) }
+        })
+        .await;
+    }
+    let last = cluster.nodes[3].addr.clone();
+    wait_for_roles(&last, voters(&["node4", "node5", "node6", "node7"])).await;
+    // 5 -> 3: retire one of the newcomers too; three remain, none of them an original.
+    let reply = call(&last, "DELETE", "/v1/cluster/members/node7", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let final_three = voters(&["node4", "node5", "node6"]);
+    wait_for_roles(&last, final_three).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let written = acked.load(Ordering::Relaxed);
+    assert!(written > 30, "only {written} writes acknowledged");
+    // No acknowledged write is lost: each of the final three serves every key.
+    for name in ["node4", "node5", "node6"] {
+        let addr = cluster
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap()
+            .addr
+            .clone();
+        eventually(
+            WAIT,
+            &format!("{name} serves every acknowledged key"),
+            || {
+                let addr = addr.clone();
+                async move {
+                    let limit = written + 10;
+                    let path = format!("/v1/kv/?prefix=roll-&limit={limit}&consistency=stale");
+                    let reply = call(&addr, "GET", &path, &[], b"").await?;
+                    let json = reply.json();
+                    let keys: std::collections::BTreeSet<String> = json["keys"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|k| Some(k["key"].as_str()?.to_string()))
+                        .collect();
+                    (0..written)
+                        .all(|i| keys.contains(&format!("roll-{i:05}")))
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+}
