@@ -538,3 +538,154 @@ fn propose(
             other => MembershipError::Unavailable(other.to_string()),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{Config, RestoreState};
+    use rand_chacha::rand_core::SeedableRng;
+
+    /// A single-voter leader ("n1") whose `Noop` committed, and its directory.
+    fn leader() -> (Raft, Directory) {
+        let cluster = ClusterInfo::new("n1", "h:1", Vec::new());
+        let membership = bootstrap_membership(&cluster);
+        let mut raft = Raft::new(
+            Config::new(cluster.self_id),
+            membership,
+            RestoreState::default(),
+            rand_chacha::ChaCha8Rng::seed_from_u64(1),
+        )
+        .unwrap();
+        raft.campaign();
+        settle(&mut raft);
+        assert_eq!(raft.soft_state().role, Role::Leader);
+        let directory = Directory::new(members_of(raft.membership(), &cluster));
+        (raft, directory)
+    }
+
+    /// Persists and applies everything the core asks (one node: that commits it).
+    fn settle(raft: &mut Raft) {
+        while raft.has_ready() {
+            let ready = raft.ready();
+            raft.advance(&ready);
+        }
+    }
+
+    fn add(name: &str, addr: &str) -> MembershipOp {
+        MembershipOp::Add {
+            name: name.into(),
+            addr: addr.into(),
+            learner: true,
+            incarnation: 7,
+        }
+    }
+
+    #[test]
+    fn a_second_change_while_one_is_uncommitted_is_refused_as_in_flight() {
+        let (mut raft, directory) = leader();
+        let index = propose(&mut raft, &directory, add("n2", "h:2"), None).unwrap();
+        assert_eq!(raft.membership_index(), index);
+        assert_eq!(
+            propose(&mut raft, &directory, add("n3", "h:3"), None),
+            Err(MembershipError::InFlight)
+        );
+        settle(&mut raft);
+        directory.replace(members_of(
+            raft.membership(),
+            &ClusterInfo::new("n1", "h:1", vec![]),
+        ));
+        assert!(propose(&mut raft, &directory, add("n3", "h:3"), Some(index)).is_ok());
+    }
+
+    #[test]
+    fn each_refusal_names_its_reason() {
+        let (mut raft, directory) = leader();
+        let at = raft.membership_index();
+        assert_eq!(
+            propose(&mut raft, &directory, add("n2", "h:2"), Some(at + 5)),
+            Err(MembershipError::CasMismatch {
+                expected: at + 5,
+                current: at
+            })
+        );
+        assert!(matches!(
+            propose(&mut raft, &directory, add("bad name", "h:2"), None),
+            Err(MembershipError::Invalid(_))
+        ));
+        assert!(matches!(
+            propose(&mut raft, &directory, add("n2", "no-port"), None),
+            Err(MembershipError::Invalid(_))
+        ));
+        assert!(matches!(
+            propose(&mut raft, &directory, add("n1", "h:9"), None),
+            Err(MembershipError::Conflict(_))
+        ));
+        assert!(matches!(
+            propose(&mut raft, &directory, add("n2", "h:1"), None),
+            Err(MembershipError::Conflict(_))
+        ));
+        assert_eq!(
+            propose(
+                &mut raft,
+                &directory,
+                MembershipOp::Remove { name: "n9".into() },
+                None
+            ),
+            Err(MembershipError::NotFound("n9".into()))
+        );
+        assert_eq!(
+            propose(
+                &mut raft,
+                &directory,
+                MembershipOp::Remove { name: "n1".into() },
+                None
+            ),
+            Err(MembershipError::IsLeader)
+        );
+        // A learner that never answered is not caught up.
+        propose(&mut raft, &directory, add("n2", "h:2"), None).unwrap();
+        settle(&mut raft);
+        directory.replace(members_of(
+            raft.membership(),
+            &ClusterInfo::new("n1", "h:1", vec![]),
+        ));
+        assert!(matches!(
+            propose(
+                &mut raft,
+                &directory,
+                MembershipOp::Promote { name: "n2".into() },
+                None
+            ),
+            Err(MembershipError::NotCaughtUp { .. })
+        ));
+        assert!(matches!(
+            propose(
+                &mut raft,
+                &directory,
+                MembershipOp::Promote { name: "n1".into() },
+                None
+            ),
+            Err(MembershipError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn the_directory_remembers_who_left_until_they_come_back() {
+        let member = |name: &str| Member {
+            name: name.into(),
+            id: node_id_of(name),
+            addr: format!("{name}:1"),
+            incarnation: 0,
+        };
+        let directory = Directory::new(vec![member("a"), member("b")]);
+        directory.replace(vec![member("a")]);
+        assert!(directory.was_removed(node_id_of("b")));
+        assert!(!directory.was_removed(node_id_of("a")));
+        directory.replace(vec![member("a"), member("b")]);
+        assert!(!directory.was_removed(node_id_of("b")));
+        assert_eq!(directory.removal(), None);
+        directory.mark_removed("first".into());
+        directory.mark_removed("second".into());
+        assert_eq!(directory.removal().as_deref(), Some("first"));
+    }
+}
