@@ -53,6 +53,10 @@ pub struct NodeArgs {
     /// The other members, comma-separated `host:port` (empty: a single-node store).
     #[arg(long, env = "RAFT_KV_PEERS", value_delimiter = ',', value_parser = parse_addr)]
     pub peers: Vec<String>,
+    /// Join a running cluster through this member (`host:port`) when the data directory is
+    /// empty: added as a learner, promoted once caught up. Ignored once the node has data.
+    #[arg(long, env = "RAFT_KV_JOIN", value_parser = parse_addr, conflicts_with = "peers")]
+    pub join: Option<String>,
     /// Where the WAL and snapshots live [default: ./raft-kv-data/<id>].
     #[arg(long, env = "RAFT_KV_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -136,8 +140,14 @@ impl NodeArgs {
             }
             peers.push(peer.clone());
         }
-        let mut config = NodeConfig::new(self.id.clone(), listen_addr);
+        let mut config = NodeConfig::new(self.id.clone(), listen_addr.clone());
         config.peers = peers;
+        if self.join.as_deref() == Some(listen_addr.as_str()) {
+            return Err(format!(
+                "--join names this node's own address {listen_addr}"
+            ));
+        }
+        config.join = self.join.clone();
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
         }
@@ -159,30 +169,11 @@ impl NodeArgs {
 }
 
 fn parse_name(text: &str) -> Result<String, String> {
-    let ok = !text.is_empty()
-        && text.len() <= 64
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if ok {
-        Ok(text.to_string())
-    } else {
-        Err("a name is 1 to 64 characters of letters, digits, '-', '_' or '.'".into())
-    }
+    raft_kv::node::config::validate_name(text)
 }
 
 fn parse_addr(text: &str) -> Result<String, String> {
-    let text = text.trim();
-    let (host, port) = text
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{text:?} is not host:port"))?;
-    if host.is_empty() {
-        return Err(format!("{text:?} has no host"));
-    }
-    match port.parse::<u16>() {
-        Ok(port) if port > 0 => Ok(text.to_string()),
-        _ => Err(format!("{text:?} has no valid port (1-65535)")),
-    }
+    raft_kv::node::config::validate_addr(text)
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {

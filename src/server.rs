@@ -27,6 +27,17 @@ pub enum RunError {
     /// The node could not start.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// This node was removed from the cluster: its data directory is no longer a member's.
+    #[error(
+        "node {node}: {reason}; to serve again, start it with an empty data directory and \
+         --join"
+    )]
+    Removed {
+        /// The node's name.
+        node: String,
+        /// How it learned.
+        reason: String,
+    },
     /// The driver task stopped (it panicked): the node can keep no promise any more.
     #[error("node {node}: {}", crate::node::DRIVER_STOPPED)]
     DriverStopped {
@@ -62,6 +73,11 @@ pub async fn run(
         limits,
         client.clone(),
     ));
+    // Durable before the first hello answer carries it (see `node::cluster`).
+    let incarnation = node::cluster::load_or_create_incarnation(&config.data_dir)
+        .await
+        .map_err(|e| RunError::Start(StartError::from(e)))?;
+    state.set_incarnation(incarnation);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = env::spawn(http::serve(listener, state.clone(), async move {
         let _ = http_stopped.await;
@@ -80,12 +96,27 @@ pub async fn run(
         }
     };
     state.set_node(handle.clone());
+    if let Some(join_addr) = handle.config.join.clone() {
+        let config = handle.config.clone();
+        let client = HttpClient::new();
+        env::spawn(async move {
+            node::join::promote_when_caught_up(&config, &client, &join_addr).await
+        });
+    }
     on_started(&handle);
     let driver_stopped = tokio::select! {
         biased;
         () = handle.wait_driver_stopped() => true,
         () = &mut shutdown => false,
     };
+    if let Some(reason) = handle.directory.removal().filter(|_| driver_stopped) {
+        let _ = stop_http.send(());
+        let _ = server.await;
+        return Err(RunError::Removed {
+            node: handle.config.name.clone(),
+            reason,
+        });
+    }
     if driver_stopped {
         // A node without its driver answers nothing truthfully: stop serving and report it.
         tracing::error!(node = %handle.config.name, "{}", crate::node::DRIVER_STOPPED);
@@ -104,7 +135,7 @@ pub async fn run(
 /// A leader that is asked to stop first hands leadership to a follower, so the cluster does not
 /// wait an election timeout for a new one.
 async fn hand_off_leadership(handle: &NodeHandle, wait_max: Duration) {
-    if handle.status().role != Role::Leader || handle.cluster.members.len() < 2 {
+    if handle.status().role != Role::Leader || handle.directory.members().len() < 2 {
         return;
     }
     tracing::info!("shutting down: handing leadership off");

@@ -299,6 +299,7 @@ fn to_snapshot(snapshot: &FuzzSnapshot) -> Snapshot {
             membership: Membership {
                 voters: ids(&snapshot.voters),
                 learners: ids(&snapshot.learners),
+                records: Default::default(),
             },
         },
         data: snapshot.data.0.clone(),

@@ -23,6 +23,25 @@ pub struct DevArgs {
     data_dir: PathBuf,
 }
 
+/// Prints how to grow and shrink the running dev cluster (the membership API, issue 10): a
+/// node started by hand is not stopped by ctrl-c here.
+fn print_membership_commands(exe: &std::path::Path, args: &DevArgs, addrs: &[String]) {
+    let next = addrs.len() + 1;
+    let port = args.base_port as usize + addrs.len();
+    println!(
+        "grow:  {} --id node{next} --host {} --port {port} --data-dir {} --join {}",
+        exe.display(),
+        args.host,
+        args.data_dir.join(format!("node{next}")).display(),
+        addrs[0],
+    );
+    println!("       curl http://{}/v1/cluster/members", addrs[0]);
+    println!(
+        "shrink: curl -X DELETE http://{}/v1/cluster/members/node{next}  (then stop its process)",
+        addrs[0]
+    );
+}
+
 /// Starts the nodes, prints their endpoints, and stops them on ctrl-c.
 pub fn run(args: DevArgs) -> ExitCode {
     let exe = match std::env::current_exe() {
@@ -79,6 +98,7 @@ pub fn run(args: DevArgs) -> ExitCode {
         addrs[addrs.len() - 1]
     );
     println!("      curl http://{}/v1/cluster", addrs[0]);
+    print_membership_commands(&exe, &args, &addrs);
     println!("kill a node's pid to watch failover; ctrl-c stops the cluster.");
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -22,7 +22,7 @@ use crate::node::{Consistency, NodeError, NodeHandle, ReadOutcome, ReadQuery, Va
 use crate::raft::NodeId;
 
 /// Marks a request a follower forwarded to the leader, so it is never forwarded twice.
-const FORWARDED: &str = "x-raft-kv-forwarded";
+pub(super) const FORWARDED: &str = "x-raft-kv-forwarded";
 /// The log index a response reflects.
 const RAFT_INDEX: &str = "x-raft-index";
 /// A key's modification index.
@@ -63,6 +63,8 @@ pub struct AppState {
     pub id: NodeId,
     /// Limits on requests.
     pub limits: HttpLimits,
+    /// This node's incarnation, once its data directory has one (0 before).
+    incarnation: std::sync::atomic::AtomicU64,
     node: OnceLock<NodeHandle>,
     client: HttpClient,
     metrics: Arc<Metrics>,
@@ -79,11 +81,18 @@ impl AppState {
             name,
             id,
             limits,
+            incarnation: std::sync::atomic::AtomicU64::new(0),
             node: OnceLock::new(),
             client,
             metrics: Arc::new(Metrics::new()),
             request_durations: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Records this node's incarnation, for hello answers.
+    pub fn set_incarnation(&self, incarnation: u64) {
+        self.incarnation
+            .store(incarnation, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn request_duration(&self, route: &'static str, status: StatusCode) -> Histogram {
@@ -118,7 +127,7 @@ impl AppState {
     }
 }
 
-type HttpResponse = Response<Full<Bytes>>;
+pub(super) type HttpResponse = Response<Full<Bytes>>;
 
 /// Handles one request. Generic over the body so tests and fuzzers can call it in process.
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> HttpResponse
@@ -147,7 +156,9 @@ where
         "/metrics" => ("/metrics", only(&method, &[Method::GET], || metrics(state))),
         "/v1/raft/hello" => (
             "/v1/raft/hello",
-            only(&method, &[Method::GET], || hello(state)),
+            only(&method, &[Method::GET], || {
+                hello(state, request.uri().query())
+            }),
         ),
         "/v1/cluster" => (
             "/v1/cluster",
@@ -185,6 +196,9 @@ where
                 "/v1/cluster/transfer-leader",
                 transfer_leader(state, request).await,
             )
+        }
+        _ if path.starts_with("/v1/cluster/members") => {
+            super::members::route(state, &path, request).await
         }
         "/v1/kv" | "/v1/kv/" => {
             if method != Method::GET {
@@ -229,7 +243,7 @@ fn only(
     }
 }
 
-fn method_not_allowed(allowed: &[Method]) -> HttpResponse {
+pub(super) fn method_not_allowed(allowed: &[Method]) -> HttpResponse {
     let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
     let mut response = error(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -260,7 +274,12 @@ fn health(state: &AppState) -> HttpResponse {
         "applied_index": status.applied_index,
         "last_index": status.last_index,
     });
-    let code = if let Some(failure) = &status.failure {
+    let code = if let Some(reason) = node.directory.removal() {
+        body["status"] = json!("removed");
+        body["code"] = json!("removed");
+        body["error"] = json!(reason);
+        StatusCode::GONE
+    } else if let Some(failure) = &status.failure {
         body["status"] = json!("failed");
         body["code"] = json!("failed");
         body["error"] = json!(format!("the node stopped serving: {failure}"));
@@ -314,10 +333,16 @@ fn metrics(state: &AppState) -> HttpResponse {
     response
 }
 
-fn hello(state: &AppState) -> HttpResponse {
+fn hello(state: &AppState, query: Option<&str>) -> HttpResponse {
+    let asker = Query::parse(query).get("name").map(str::to_string);
     let hello = Hello {
         name: state.name.clone(),
         id: state.id,
+        incarnation: state.incarnation.load(std::sync::atomic::Ordering::Relaxed),
+        asker_incarnation: asker.and_then(|name| {
+            let member = state.node()?.directory.member_by_name(&name)?;
+            Some(member.incarnation)
+        }),
     };
     json_response(
         StatusCode::OK,
@@ -331,8 +356,8 @@ fn cluster(state: &AppState) -> HttpResponse {
     };
     let status = node.status();
     let members: Vec<Json> = node
-        .cluster
-        .members
+        .directory
+        .members()
         .iter()
         .map(|m| json!({"name": m.name, "id": format!("{:x}", m.id), "addr": m.addr, "is_leader": Some(m.id) == status.leader}))
         .collect();
@@ -369,8 +394,18 @@ where
 }
 
 /// The answer to a peer RPC that failed its checks.
-fn rpc_error_response(e: &rpc::RpcError) -> HttpResponse {
+fn rpc_error_response(node: &NodeHandle, e: &rpc::RpcError) -> HttpResponse {
     match e {
+        rpc::RpcError::Stranger { from } if node.directory.was_removed(*from) => error(
+            StatusCode::GONE,
+            "removed",
+            "this sender was removed from the cluster; it must stop",
+        ),
+        rpc::RpcError::Stranger { .. } => error(
+            StatusCode::FORBIDDEN,
+            "not_member",
+            "raft rpc from outside this cluster refused",
+        ),
         rpc::RpcError::WrongCluster { .. } | rpc::RpcError::NotMember(_) => error(
             StatusCode::FORBIDDEN,
             "not_member",
@@ -398,7 +433,7 @@ where
         state.limits.rpc_body_bytes_max,
         cluster.cluster_id,
         cluster.self_id,
-        |id| cluster.is_member(id),
+        |id| node.directory.is_member(id),
     ) {
         Ok(envelope) => match node.deliver(envelope.messages) {
             Ok(()) => Response::builder()
@@ -407,7 +442,7 @@ where
                 .expect("a static response is valid"),
             Err(e) => node_error_response(&e),
         },
-        Err(e) => rpc_error_response(&e),
+        Err(e) => rpc_error_response(node, &e),
     }
 }
 
@@ -428,7 +463,7 @@ where
         state.limits.rpc_body_bytes_max,
         cluster.cluster_id,
         cluster.self_id,
-        |id| cluster.is_member(id),
+        |id| node.directory.is_member(id),
     ) {
         Ok((header, start)) => match node
             .deliver_snapshot_chunk(header, body.slice(start..))
@@ -441,7 +476,7 @@ where
                 .expect("a static response is valid"),
             Err(e) => node_error_response(&e),
         },
-        Err(e) => rpc_error_response(&e),
+        Err(e) => rpc_error_response(node, &e),
     }
 }
 
@@ -456,7 +491,7 @@ where
     let query = Query::parse(request.uri().query());
     let to = match query.get("to") {
         None => None,
-        Some(name) => match node.cluster.members.iter().find(|m| m.name == name) {
+        Some(name) => match node.directory.member_by_name(name) {
             Some(member) => Some(member.id),
             None => {
                 return error(
@@ -739,7 +774,7 @@ async fn write(
 }
 
 /// Relays a request to the leader and its answer back.
-async fn forward(
+pub(super) async fn forward(
     state: &AppState,
     node: &NodeHandle,
     leader: NodeId,
@@ -748,7 +783,7 @@ async fn forward(
     headers: &hyper::HeaderMap,
     body: Bytes,
 ) -> HttpResponse {
-    let Some(member) = node.cluster.member(leader) else {
+    let Some(member) = node.member(leader) else {
         return node_error_response(&NodeError::NotLeader { leader: None });
     };
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -809,7 +844,11 @@ async fn forward(
     }
 }
 
-async fn read_body<B>(body: B, bytes_max: usize, timeout: Duration) -> Result<Bytes, HttpResponse>
+pub(super) async fn read_body<B>(
+    body: B,
+    bytes_max: usize,
+    timeout: Duration,
+) -> Result<Bytes, HttpResponse>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -871,7 +910,7 @@ fn node_error_response(e: &NodeError) -> HttpResponse {
     }
 }
 
-fn not_started(state: &AppState) -> HttpResponse {
+pub(super) fn not_started(state: &AppState) -> HttpResponse {
     retry_later(
         StatusCode::SERVICE_UNAVAILABLE,
         "starting",
@@ -880,7 +919,7 @@ fn not_started(state: &AppState) -> HttpResponse {
 }
 
 /// An error the client may retry after a second.
-fn retry_later(code: StatusCode, name: &str, message: &str) -> HttpResponse {
+pub(super) fn retry_later(code: StatusCode, name: &str, message: &str) -> HttpResponse {
     let mut response = error(code, name, message);
     response
         .headers_mut()
@@ -889,13 +928,12 @@ fn retry_later(code: StatusCode, name: &str, message: &str) -> HttpResponse {
 }
 
 fn member_name(node: &NodeHandle, id: NodeId) -> String {
-    node.cluster
-        .member(id)
+    node.member(id)
         .map(|m| m.name.clone())
         .unwrap_or_else(|| format!("{id:x}"))
 }
 
-fn with_index(mut response: HttpResponse, index: u64) -> HttpResponse {
+pub(super) fn with_index(mut response: HttpResponse, index: u64) -> HttpResponse {
     response.headers_mut().insert(
         HeaderName::from_static(RAFT_INDEX),
         HeaderValue::from(index),
@@ -903,7 +941,7 @@ fn with_index(mut response: HttpResponse, index: u64) -> HttpResponse {
     response
 }
 
-fn json_response(code: StatusCode, body: Json) -> HttpResponse {
+pub(super) fn json_response(code: StatusCode, body: Json) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = code;
     response
@@ -912,7 +950,7 @@ fn json_response(code: StatusCode, body: Json) -> HttpResponse {
     response
 }
 
-fn error(code: StatusCode, name: &str, message: &str) -> HttpResponse {
+pub(super) fn error(code: StatusCode, name: &str, message: &str) -> HttpResponse {
     json_response(code, json!({"error": message, "code": name}))
 }
 
@@ -946,10 +984,10 @@ fn percent_decode(text: &str) -> Result<String, String> {
 }
 
 /// A parsed query string (first value wins).
-struct Query(Vec<(String, String)>);
+pub(super) struct Query(Vec<(String, String)>);
 
 impl Query {
-    fn parse(query: Option<&str>) -> Query {
+    pub(super) fn parse(query: Option<&str>) -> Query {
         let mut pairs = Vec::new();
         for part in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
@@ -960,7 +998,7 @@ impl Query {
         Query(pairs)
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(n, _)| n == name)

@@ -4,6 +4,7 @@
 
 mod api;
 pub mod client;
+mod members;
 
 use std::convert::Infallible;
 use std::sync::Arc;

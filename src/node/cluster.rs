@@ -29,6 +29,9 @@ pub struct Member {
     pub id: NodeId,
     /// Where this node reaches the member (`host:port`).
     pub addr: String,
+    /// The incarnation of the member's data directory (0: unknown, from an older version).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// The cluster as this node knows it.
@@ -38,17 +41,33 @@ pub struct ClusterInfo {
     pub cluster_id: u64,
     /// This node's id.
     pub self_id: NodeId,
-    /// Every member, this node included, sorted by id.
+    /// Every member, this node included, sorted by id (the first configuration only: the
+    /// configuration in the log rules once there is one).
     pub members: Vec<Member>,
+    /// This node joined a running cluster through `--join`: it starts as no voter and waits
+    /// for the leader's log.
+    #[serde(default)]
+    pub joined: bool,
 }
 
-/// What `GET /v1/raft/hello` answers.
+/// File name of the incarnation id inside the data directory.
+pub const INCARNATION_FILE: &str = "incarnation";
+
+/// What `GET /v1/raft/hello?name=ASKER` answers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Hello {
     /// The answering node's name.
     pub name: String,
     /// The answering node's id.
     pub id: NodeId,
+    /// The answering node's incarnation (0 until its data directory has one).
+    #[serde(default)]
+    pub incarnation: u64,
+    /// The incarnation the answering node's configuration records for the asker, when it runs
+    /// and the asker is a member: an asker with a fresh data directory and another incarnation
+    /// lost its disk and must not take the member's place.
+    #[serde(default)]
+    pub asker_incarnation: Option<u64>,
 }
 
 impl ClusterInfo {
@@ -60,12 +79,14 @@ impl ClusterInfo {
                 id: node_id_of(&name),
                 name,
                 addr,
+                incarnation: 0,
             })
             .collect();
         members.push(Member {
             name: self_name.to_string(),
             id: node_id_of(self_name),
             addr: self_addr.to_string(),
+            incarnation: 0,
         });
         members.sort_by_key(|m| m.id);
         members.dedup_by_key(|m| m.id);
@@ -76,6 +97,7 @@ impl ClusterInfo {
             cluster_id,
             self_id: node_id_of(self_name),
             members,
+            joined: false,
         }
     }
 
@@ -122,6 +144,27 @@ pub enum ClusterError {
         /// The duplicated name.
         name: String,
     },
+    /// `--join` could not get this node added.
+    #[error("cannot join the cluster through {addr}: {reason}")]
+    Join {
+        /// The `--join` address.
+        addr: String,
+        /// The last answer.
+        reason: String,
+    },
+    /// The data directory is empty but the cluster already has a member with this name (under
+    /// another incarnation): the disk was lost or the name is taken. Joining as that member
+    /// would vote with a forgotten log.
+    #[error(
+        "the data directory is empty but {name:?} is already a member of the cluster (its \
+         disk was lost, or another node has the name): remove the member first \
+         (curl -X DELETE http://<any member>/v1/cluster/members/{name}), then start this node \
+         again with --join"
+    )]
+    AlreadyMember {
+        /// This node's name.
+        name: String,
+    },
     /// I/O while checking for or saving the file.
     #[error("cannot access {path}: {source}")]
     Io {
@@ -136,6 +179,7 @@ pub enum ClusterError {
 pub async fn establish(
     config: &NodeConfig,
     client: &HttpClient,
+    incarnation: u64,
 ) -> Result<ClusterInfo, ClusterError> {
     let path = config.data_dir.join(CLUSTER_FILE);
     // An error here must not read as "no file": that would overwrite the saved membership.
@@ -160,26 +204,77 @@ pub async fn establish(
         }
         return Ok(info);
     }
+    if let Some(join_addr) = &config.join {
+        let info = super::join::join(config, client, join_addr, incarnation).await?;
+        save(&path, &info).await?;
+        return Ok(info);
+    }
     let mut answers: Vec<(String, String)> = Vec::new();
+    let mut incarnations: Vec<(String, u64)> = vec![(config.name.clone(), incarnation)];
     for addr in &config.peers {
-        let hello = ask_until_answered(client, addr, config.rpc_timeout).await;
+        let hello = ask_until_answered(client, addr, &config.name, config.rpc_timeout).await;
         if hello.name == config.name || answers.iter().any(|(name, _)| *name == hello.name) {
             return Err(ClusterError::DuplicateName {
                 addr: addr.clone(),
                 name: hello.name,
             });
         }
+        // A running member remembers this node under another incarnation: this data directory
+        // is not the one that member's votes and log lived in.
+        if hello
+            .asker_incarnation
+            .is_some_and(|known| known != 0 && known != incarnation)
+        {
+            return Err(ClusterError::AlreadyMember {
+                name: config.name.clone(),
+            });
+        }
+        incarnations.push((hello.name.clone(), hello.incarnation));
         answers.push((hello.name, addr.clone()));
     }
-    let info = ClusterInfo::new(&config.name, &config.listen_addr, answers);
+    let mut info = ClusterInfo::new(&config.name, &config.listen_addr, answers);
+    for member in &mut info.members {
+        if let Some((_, known)) = incarnations.iter().find(|(name, _)| *name == member.name) {
+            member.incarnation = *known;
+        }
+    }
     save(&path, &info).await?;
     Ok(info)
 }
 
-async fn ask_until_answered(client: &HttpClient, addr: &str, timeout: Duration) -> Hello {
+/// This data directory's incarnation: read back, or drawn (never 0) and made durable on the
+/// first start, before the node answers any peer. A wiped directory gets a new one.
+pub async fn load_or_create_incarnation(data_dir: &Path) -> Result<u64, ClusterError> {
+    let path = data_dir.join(INCARNATION_FILE);
+    let io = |source| ClusterError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if env::fs::exists(&path).await.map_err(io)? {
+        let bytes = env::fs::read(&path).await.map_err(io)?;
+        let text = String::from_utf8_lossy(&bytes);
+        return text.trim().parse().map_err(|e| ClusterError::BadFile {
+            path: path.display().to_string(),
+            reason: format!("{text:?} is not an incarnation: {e}"),
+        });
+    }
+    let incarnation = rand_core::RngCore::next_u64(&mut env::rng()).max(1);
+    env::fs::create_dir_all(data_dir).await.map_err(io)?;
+    env::fs::write_atomic(&path, incarnation.to_string().as_bytes())
+        .await
+        .map_err(io)?;
+    Ok(incarnation)
+}
+
+async fn ask_until_answered(
+    client: &HttpClient,
+    addr: &str,
+    asker: &str,
+    timeout: Duration,
+) -> Hello {
     let mut attempts: u64 = 0;
     loop {
-        let request = hyper::Request::get("/v1/raft/hello")
+        let request = hyper::Request::get(format!("/v1/raft/hello?name={asker}"))
             .body(Full::new(Bytes::new()))
             .expect("a static request is valid");
         if let Ok(response) = client.call(addr, request, 64 << 10, timeout).await {

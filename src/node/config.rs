@@ -12,6 +12,9 @@ pub struct NodeConfig {
     pub listen_addr: String,
     /// The other members' addresses (`host:port`), as given by `--peers`.
     pub peers: Vec<String>,
+    /// A member of a running cluster to join through (`--join`): used only when the data
+    /// directory is empty; the node asks to be added as a learner and then to be promoted.
+    pub join: Option<String>,
     /// Where the WAL and snapshots live.
     pub data_dir: PathBuf,
     /// How long one Raft tick lasts.
@@ -122,6 +125,7 @@ impl NodeConfig {
             name,
             listen_addr: listen_addr.into(),
             peers: Vec::new(),
+            join: None,
             tick_interval: Duration::from_millis(10),
             election_ticks: 100,
             heartbeat_ticks: 10,
@@ -143,6 +147,35 @@ impl NodeConfig {
             idempotency_keys_max: 100_000,
             observer: None,
         }
+    }
+}
+
+/// Checks a member name (`--id`, and names in the membership API).
+pub fn validate_name(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err("a name is 1 to 64 characters of letters, digits, '-', '_' or '.'".into())
+    }
+}
+
+/// Checks a `host:port` address (`--peers`, `--join`, and addresses in the membership API).
+pub fn validate_addr(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not host:port"))?;
+    if host.is_empty() || host.len() > 253 {
+        return Err(format!("{text:?} has no valid host"));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(text.to_string()),
+        _ => Err(format!("{text:?} has no valid port (1-65535)")),
     }
 }
 

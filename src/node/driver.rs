@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cluster::{self, ClusterInfo};
+use super::members;
 use super::snapshot_transfer::{self, PreparedInstall, TransferOptions};
 use super::transport::Transport;
 use super::{
@@ -31,8 +32,8 @@ use crate::kv::{self, KvOptions, KvStore};
 use crate::plants::{self, Plant};
 use crate::raft::invariants::{entry_digest, NodeView};
 use crate::raft::{
-    self, Config, EntryKind, Error as RaftError, HardState, Index, Message, Raft, ReadContext,
-    Ready, Role, Snapshot, SnapshotMeta, Term,
+    self, Config, EntryKind, Error as RaftError, HardState, Index, Membership, Message, Raft,
+    ReadContext, Ready, Role, Snapshot, SnapshotMeta, Term,
 };
 use crate::snapshot::{self, SnapshotError, WrittenSnapshot};
 use crate::wal::{Wal, WalOptions};
@@ -100,6 +101,14 @@ struct Driver {
     kv: KvStore,
     config: Arc<NodeConfig>,
     cluster: Arc<ClusterInfo>,
+    /// Who is in the cluster now; rebuilt when the core's configuration changes.
+    directory: Arc<members::Directory>,
+    /// Membership changes waiting for their entry to apply.
+    member_waiters: members::Waiters,
+    /// Notices a committed configuration without this node.
+    self_removal: members::SelfRemoval,
+    /// The configuration `directory` and the transport were last built from.
+    published_membership: Membership,
     transport: Transport,
     metrics: NodeMetrics,
     status: Arc<Mutex<NodeStatus>>,
@@ -137,7 +146,8 @@ pub(super) async fn start(
     client: HttpClient,
 ) -> Result<NodeHandle, StartError> {
     let config = Arc::new(config);
-    let cluster = Arc::new(cluster::establish(&config, &client).await?);
+    let incarnation = cluster::load_or_create_incarnation(&config.data_dir).await?;
+    let cluster = Arc::new(cluster::establish(&config, &client, incarnation).await?);
     let (wal, restore) = Wal::open(
         &config.data_dir.join("wal"),
         WalOptions {
@@ -180,8 +190,24 @@ pub(super) async fn start(
     raft_config.heartbeat_ticks = config.heartbeat_ticks;
     raft_config.max_bytes_per_append =
         APPEND_BYTES_MAX.min(config.rpc_body_bytes_max as u64 / APPEND_SHARE_OF_RPC_BODY);
-    let raft = Raft::new(raft_config, cluster.membership(), restore, env::rng())
-        .map_err(|e| StartError::Restore(e.to_string()))?;
+    let mut raft = Raft::new(
+        raft_config,
+        members::bootstrap_membership(&cluster),
+        restore,
+        env::rng(),
+    )
+    .map_err(|e| StartError::Restore(e.to_string()))?;
+    let published_membership = raft.membership().clone();
+    let directory = Arc::new(members::Directory::new(members::members_of(
+        &published_membership,
+        &cluster,
+    )));
+    if published_membership.voters.len() == 1
+        && published_membership.voters.contains(&cluster.self_id)
+    {
+        // The only voter wins its own election: no reason to wait an election timeout.
+        raft.campaign();
+    }
 
     let metrics = NodeMetrics::new();
     let raft_status = raft.status();
@@ -205,6 +231,7 @@ pub(super) async fn start(
     };
     let transport = Transport::new(
         &cluster,
+        directory.clone(),
         client,
         config.rpc_timeout,
         config.rpc_body_bytes_max,
@@ -230,12 +257,17 @@ pub(super) async fn start(
         last_index = raft_status.last_index,
         "node started"
     );
+    let self_removal = members::SelfRemoval::new(&raft);
     let driver = Driver {
         raft,
         wal,
         kv,
         config: config.clone(),
         cluster: cluster.clone(),
+        directory: directory.clone(),
+        member_waiters: members::Waiters::default(),
+        self_removal,
+        published_membership,
         transport,
         metrics: metrics.clone(),
         status: status.clone(),
@@ -263,6 +295,7 @@ pub(super) async fn start(
         snapshot_chunks,
         status,
         cluster,
+        directory,
         config,
         metrics,
     })
@@ -324,6 +357,13 @@ impl Driver {
                 }
             }
             self.flush_reads();
+            if let Some(reason) = self.directory.removal() {
+                // Removed: keep no promise and answer nothing as a member (the process exits).
+                tracing::error!(node = %self.config.name, %reason, "removed from the cluster: stopping");
+                self.failure = Some(reason);
+                self.publish_status();
+                break;
+            }
             if self.failure.is_none() && self.raft.has_ready() {
                 if let Err(reason) = self.handle_ready().await {
                     self.fail(reason);
@@ -368,6 +408,9 @@ impl Driver {
                 Request::TransferLeadership { reply, .. } => drop(reply.send(Err(error))),
                 Request::Inspect { scope, reply } => drop(reply.send(self.inspect(scope))),
                 Request::StateView { reply } => drop(reply.send(self.kv.clone())),
+                Request::Membership { reply, .. } => {
+                    drop(reply.send(Err(members::MembershipError::Unavailable(reason.clone()))))
+                }
             }
             return;
         }
@@ -417,7 +460,36 @@ impl Driver {
             Request::StateView { reply } => {
                 let _ = reply.send(self.kv.clone());
             }
+            Request::Membership { op, cas, reply } => members::handle_request(
+                &mut self.raft,
+                &self.cluster,
+                &self.directory,
+                &mut self.member_waiters,
+                op,
+                cas,
+                reply,
+            ),
         }
+    }
+
+    /// Rebuilds the directory and the peer links when the core's configuration changed (on
+    /// append, committed or not: thesis §4.1).
+    fn maybe_publish_membership(&mut self) -> bool {
+        if self.raft.membership() == &self.published_membership {
+            return false;
+        }
+        self.published_membership = self.raft.membership().clone();
+        let members = members::members_of(&self.published_membership, &self.cluster);
+        tracing::info!(
+            node = %self.config.name,
+            voters = ?self.published_membership.voters,
+            learners = ?self.published_membership.learners,
+            config_index = self.raft.membership_index(),
+            "configuration changed"
+        );
+        self.transport.sync_peers(&members);
+        self.directory.replace(members);
+        true
     }
 
     fn inspect(&self, scope: InspectScope) -> Inspection {
@@ -502,6 +574,8 @@ impl Driver {
 
     async fn handle_ready(&mut self) -> Result<(), String> {
         let mut ready: Ready = self.raft.ready();
+        // Links to members this ready's messages go to must exist before they are sent.
+        self.maybe_publish_membership();
         if let Some(soft) = ready.soft_state {
             self.on_soft_state(soft);
         }
@@ -511,6 +585,7 @@ impl Driver {
         if let Some(snapshot) = &ready.snapshot {
             self.install_snapshot(snapshot).await?;
             self.answer_writes_under_snapshot(&snapshot.meta);
+            self.member_waiters.covered_by_snapshot(snapshot.meta.index);
             self.observe(NodeEvent::Restored {
                 node: self.cluster.self_id,
                 index: snapshot.meta.index,
@@ -551,7 +626,9 @@ impl Driver {
 
         for entry in std::mem::take(&mut ready.committed_entries) {
             self.apply(entry.index, entry.term, entry.kind, &entry.data);
+            self.member_waiters.applied(entry.index, entry.term);
         }
+        self.self_removal.maybe_notice(&self.raft, &self.directory);
         for read_state in std::mem::take(&mut ready.read_states) {
             if let Some(reads) = self.reads_confirming.remove(&read_state.context) {
                 self.reads_applying
@@ -1047,7 +1124,9 @@ fn node_error(error: RaftError) -> NodeError {
         RaftError::UncommittedBytesExceeded { .. } | RaftError::TooManyPendingReads { .. } => {
             NodeError::Overloaded(error.to_string())
         }
-        RaftError::TransferInProgress => NodeError::Unavailable(error.to_string()),
+        RaftError::TransferInProgress | RaftError::TermNotCommitted { .. } => {
+            NodeError::Unavailable(error.to_string())
+        }
         RaftError::ProposalTooLarge { .. }
         | RaftError::ConfChangePending
         | RaftError::Invalid(_) => NodeError::Invalid(error.to_string()),
@@ -1057,7 +1136,6 @@ fn node_error(error: RaftError) -> NodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::Membership;
 
     fn meta(index: Index, term: Term) -> SnapshotMeta {
         SnapshotMeta {

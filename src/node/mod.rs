@@ -4,6 +4,8 @@
 pub mod cluster;
 pub mod config;
 mod driver;
+pub mod join;
+pub mod members;
 pub mod rpc;
 mod snapshot_receiver;
 mod snapshot_transfer;
@@ -156,6 +158,12 @@ pub(crate) enum Request {
     /// A point-in-time copy of the state machine (O(1): its maps share structure).
     StateView {
         reply: oneshot::Sender<crate::kv::KvStore>,
+    },
+    /// A membership API request (see [`members`]).
+    Membership {
+        op: members::MembershipOp,
+        cas: Option<Index>,
+        reply: oneshot::Sender<Result<members::MembershipAnswer, members::MembershipError>>,
     },
 }
 
@@ -346,8 +354,10 @@ pub struct NodeHandle {
     inbound: mpsc::Sender<Message>,
     snapshot_chunks: mpsc::Sender<snapshot_transfer::InboundChunk>,
     status: Arc<Mutex<NodeStatus>>,
-    /// Who is in the cluster.
+    /// The cluster as bootstrapped (its id, this node's id, the first members).
     pub cluster: Arc<ClusterInfo>,
+    /// Who is in the cluster now, as the configuration in the log says.
+    pub directory: Arc<members::Directory>,
     /// The node's configuration.
     pub config: Arc<NodeConfig>,
     /// The node's metrics.
@@ -407,6 +417,27 @@ impl NodeHandle {
         }
     }
 
+    /// Lists the members or changes the membership (answered once the change committed).
+    pub async fn membership(
+        &self,
+        op: members::MembershipOp,
+        cas: Option<Index>,
+    ) -> Result<members::MembershipAnswer, members::MembershipError> {
+        use members::MembershipError;
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Membership { op, cas, reply })
+            .map_err(|error| MembershipError::Unavailable(error.to_string()))?;
+        match env::timeout(self.config.request_timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => Err(MembershipError::Timeout),
+        }
+    }
+
+    /// The member with `id`, as the current configuration names it.
+    pub fn member(&self, id: NodeId) -> Option<Member> {
+        self.directory.member(id)
+    }
+
     /// Hands inbound Raft messages to the driver. Drops them (Raft retries) when the queue is full.
     pub fn deliver(&self, messages: Vec<Message>) -> Result<(), NodeError> {
         for message in messages {
@@ -462,6 +493,7 @@ impl NodeHandle {
     #[cfg(test)]
     pub(crate) fn with_driver_gone(config: NodeConfig, status: NodeStatus) -> NodeHandle {
         let cluster = ClusterInfo::new(&config.name, &config.listen_addr, Vec::new());
+        let directory = Arc::new(members::Directory::new(cluster.members.clone()));
         let (requests, _) = mpsc::channel(1);
         let (inbound, _) = mpsc::channel(1);
         let (snapshot_chunks, _) = mpsc::channel(1);
@@ -471,6 +503,7 @@ impl NodeHandle {
             snapshot_chunks,
             status: Arc::new(Mutex::new(status)),
             cluster: Arc::new(cluster),
+            directory,
             config: Arc::new(config),
             metrics: NodeMetrics::new(),
         }

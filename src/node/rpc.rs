@@ -131,9 +131,7 @@ fn check_route(
         )));
     }
     if !is_member(from) {
-        return Err(RpcError::NotMember(format!(
-            "sender {from:#x} is not a member"
-        )));
+        return Err(RpcError::Stranger { from });
     }
     Ok(())
 }
@@ -173,9 +171,15 @@ pub enum RpcError {
         /// The sender's cluster.
         got: u64,
     },
-    /// The sender or the addressee is not who it should be.
+    /// The addressee is not this node.
     #[error("raft rpc rejected: {0}")]
     NotMember(String),
+    /// The sender is not a member (perhaps one that was removed).
+    #[error("raft rpc rejected: sender {from:#x} is not a member")]
+    Stranger {
+        /// The sender.
+        from: NodeId,
+    },
 }
 
 /// Encodes an envelope for the wire.
@@ -284,7 +288,7 @@ mod tests {
         ));
         assert!(matches!(
             decode(1 << 20, 9, 2, false),
-            Err(RpcError::NotMember(_))
+            Err(RpcError::Stranger { from: 1 })
         ));
         assert!(matches!(
             decode(1 << 20, 9, 3, true),

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
+use super::members::Directory;
 use super::rpc::{self, ChunkAnswer, ChunkHeader};
 use super::snapshot_receiver::{ChunkStep, SnapshotReceiver, Transfer};
 use super::NodeMetrics;
@@ -67,7 +68,7 @@ struct Outbound {
 pub(super) struct SnapshotSender {
     options: TransferOptions,
     client: HttpClient,
-    addrs: BTreeMap<NodeId, String>,
+    directory: Arc<Directory>,
     permits: Arc<Semaphore>,
     leadership: watch::Sender<Leadership>,
     active: Mutex<BTreeMap<NodeId, Outbound>>,
@@ -79,7 +80,7 @@ impl SnapshotSender {
     pub(super) fn new(
         options: TransferOptions,
         client: HttpClient,
-        addrs: BTreeMap<NodeId, String>,
+        directory: Arc<Directory>,
         metrics: NodeMetrics,
     ) -> SnapshotSender {
         let (leadership, _) = watch::channel(None);
@@ -87,7 +88,7 @@ impl SnapshotSender {
             permits: Arc::new(Semaphore::new(options.transfers_max.max(1))),
             options,
             client,
-            addrs,
+            directory,
             leadership,
             active: Mutex::new(BTreeMap::new()),
             next_transfer_id: Mutex::new(1),
@@ -115,7 +116,7 @@ impl SnapshotSender {
     /// one would never finish; the follower then catches up from the log's tail or gets the
     /// newer snapshot when the core asks again.
     pub(super) fn start(&self, to: NodeId, term: Term, meta: SnapshotMeta) {
-        let Some(addr) = self.addrs.get(&to).cloned() else {
+        let Some(addr) = self.directory.member(to).map(|m| m.addr) else {
             tracing::warn!(to, "snapshot for an unknown peer dropped");
             return;
         };

@@ -5,13 +5,15 @@
 //! data goes to the [`SnapshotSender`] instead, which streams the snapshot file.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use tokio::sync::mpsc;
 
-use super::cluster::ClusterInfo;
+use super::cluster::{ClusterInfo, Member};
+use super::members::Directory;
 use super::rpc::{self, RpcEnvelope};
 use super::snapshot_transfer::{Leadership, SnapshotSender, TransferOptions};
 use super::NodeMetrics;
@@ -29,14 +31,24 @@ const MESSAGES_PER_RPC_MAX: usize = 4096;
 const ENVELOPE_OVERHEAD_BYTES: usize = 64;
 const MESSAGE_OVERHEAD_BYTES: usize = 96;
 const ENTRY_OVERHEAD_BYTES: usize = 32;
+/// A member record's id key, incarnation and two length prefixes.
+const RECORD_OVERHEAD_BYTES: usize = 40;
 /// Pause after a failed call, so a dead peer costs little.
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Routes the driver's outbound messages to per-peer sender tasks.
 pub(super) struct Transport {
-    peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    /// Per peer: the address its link calls and the link's queue.
+    peers: BTreeMap<NodeId, (String, mpsc::Sender<Message>)>,
     snapshots: SnapshotSender,
     dropped: Counter,
+    cluster_id: u64,
+    self_id: NodeId,
+    client: HttpClient,
+    rpc_timeout: Duration,
+    body_bytes_max: usize,
+    metrics: NodeMetrics,
+    directory: Arc<Directory>,
 }
 
 /// An upper bound on the bytes `message` adds to an encoded envelope.
@@ -50,9 +62,15 @@ pub(super) fn message_bytes_bound(message: &Message) -> usize {
                     .sum::<usize>()
         }
         MessageBody::InstallSnapshot { snapshot } => {
+            let membership = &snapshot.meta.membership;
             MESSAGE_OVERHEAD_BYTES
                 + snapshot.data.len()
-                + 10 * (snapshot.meta.membership.members().count() + 1)
+                + 10 * (membership.members().count() + 1)
+                + membership
+                    .records
+                    .values()
+                    .map(|r| RECORD_OVERHEAD_BYTES + r.name.len() + r.addr.len())
+                    .sum::<usize>()
         }
         _ => MESSAGE_OVERHEAD_BYTES,
     }
@@ -61,48 +79,67 @@ pub(super) fn message_bytes_bound(message: &Message) -> usize {
 impl Transport {
     pub(super) fn new(
         cluster: &ClusterInfo,
+        directory: Arc<Directory>,
         client: HttpClient,
         rpc_timeout: Duration,
         body_bytes_max: usize,
         transfer: TransferOptions,
         metrics: &NodeMetrics,
     ) -> Transport {
-        let addrs = cluster
-            .members
-            .iter()
-            .filter(|m| m.id != cluster.self_id)
-            .map(|m| (m.id, m.addr.clone()))
-            .collect();
-        let snapshots = SnapshotSender::new(transfer, client.clone(), addrs, metrics.clone());
-        let mut peers = BTreeMap::new();
-        for member in cluster.members.iter().filter(|m| m.id != cluster.self_id) {
+        let snapshots =
+            SnapshotSender::new(transfer, client.clone(), directory.clone(), metrics.clone());
+        let dropped = metrics.registry.counter(
+            "raft_messages_dropped_total",
+            "Outbound Raft messages dropped because a peer's queue was full.",
+            &[],
+        );
+        let mut transport = Transport {
+            peers: BTreeMap::new(),
+            snapshots,
+            dropped,
+            cluster_id: cluster.cluster_id,
+            self_id: cluster.self_id,
+            client,
+            rpc_timeout,
+            body_bytes_max,
+            metrics: metrics.clone(),
+            directory: directory.clone(),
+        };
+        transport.sync_peers(&directory.members());
+        transport
+    }
+
+    /// Runs one link per member other than this node: starts links to new members (or to a
+    /// member whose address changed) and ends those to members that left (dropping a link's
+    /// queue ends its task).
+    pub(super) fn sync_peers(&mut self, members: &[Member]) {
+        self.peers.retain(|id, (addr, _)| {
+            members
+                .iter()
+                .any(|m| m.id == *id && m.addr == *addr && !m.addr.is_empty())
+        });
+        for member in members.iter().filter(|m| m.id != self.self_id) {
+            if member.addr.is_empty() || self.peers.contains_key(&member.id) {
+                continue;
+            }
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
             let link = PeerLink {
-                cluster_id: cluster.cluster_id,
-                from: cluster.self_id,
+                cluster_id: self.cluster_id,
+                from: self.self_id,
                 to: member.id,
                 addr: member.addr.clone(),
-                client: client.clone(),
-                rpc_timeout,
-                body_bytes_max,
-                errors: metrics.registry.counter(
+                client: self.client.clone(),
+                rpc_timeout: self.rpc_timeout,
+                body_bytes_max: self.body_bytes_max,
+                directory: self.directory.clone(),
+                errors: self.metrics.registry.counter(
                     "raft_peer_rpc_errors_total",
                     "Raft RPCs to a peer that failed.",
                     &[("peer", member.name.clone())],
                 ),
             };
             env::spawn(link.run(rx));
-            peers.insert(member.id, tx);
-        }
-        let dropped = metrics.registry.counter(
-            "raft_messages_dropped_total",
-            "Outbound Raft messages dropped because a peer's queue was full.",
-            &[],
-        );
-        Transport {
-            peers,
-            snapshots,
-            dropped,
+            self.peers.insert(member.id, (member.addr.clone(), tx));
         }
     }
 
@@ -123,7 +160,7 @@ impl Transport {
                 }
             }
             match self.peers.get(&message.to) {
-                Some(queue) => {
+                Some((_, queue)) => {
                     if queue.try_send(message).is_err() {
                         self.dropped.inc();
                     }
@@ -144,6 +181,8 @@ struct PeerLink {
     rpc_timeout: Duration,
     body_bytes_max: usize,
     errors: Counter,
+    /// Told when a peer answers 410 Gone (this node was removed).
+    directory: Arc<Directory>,
 }
 
 impl PeerLink {
@@ -200,6 +239,13 @@ impl PeerLink {
                 .await
             {
                 Ok(response) if response.status().is_success() => true,
+                Ok(response) if response.status() == hyper::StatusCode::GONE => {
+                    self.directory.mark_removed(format!(
+                        "peer {} answered 410 Gone: this node was removed from the cluster",
+                        self.addr
+                    ));
+                    false
+                }
                 Ok(response) => {
                     tracing::debug!(peer = %self.addr, status = %response.status(), "raft rpc refused");
                     false

@@ -134,7 +134,8 @@ impl RaftCore {
         for entry in all_entries.iter().filter(|e| e.kind == EntryKind::Config) {
             decode_conf_change(entry).map_err(Error::Invalid)?;
         }
-        let mut membership = MembershipLog::new(base_membership);
+        let mut membership = MembershipLog::new(Membership::default());
+        membership.reset(base_membership, log.snapshot_index());
         membership.observe_appended(all_entries);
         let mut core = RaftCore {
             id: config.id,
@@ -248,6 +249,20 @@ impl RaftCore {
             return Some(self.log.persisted);
         }
         self.progress.get(&id).map(|p| p.match_index)
+    }
+
+    /// The index of the `Config` entry that produced the current membership (the snapshot
+    /// index when a snapshot folded it in, 0 for the initial membership).
+    pub(crate) fn membership_index(&self) -> Index {
+        self.membership.current_index()
+    }
+
+    /// On a leader, whether `id` answered within the current check-quorum window.
+    pub(crate) fn recently_active(&self, id: NodeId) -> Option<bool> {
+        if id == self.id {
+            return Some(true);
+        }
+        self.progress.get(&id).map(|p| p.recent_active)
     }
 
     /// Whether this node may campaign (it is a voter).
@@ -959,7 +974,8 @@ impl RaftCore {
             // We hold the snapshot's last entry: its prefix is committed, keep the log.
             self.log.commit_to(index);
         } else {
-            self.membership.reset(snapshot.meta.membership.clone());
+            self.membership
+                .reset(snapshot.meta.membership.clone(), snapshot.meta.index);
             self.log.install_snapshot(snapshot);
         }
         self.send(
@@ -1352,15 +1368,30 @@ impl RaftCore {
         if self.pending_conf_index > self.log.commit {
             return Err(Error::ConfChangePending);
         }
+        // The single-server change fix (Ongaro, raft-dev 2015): until this leader committed an
+        // entry of its own term, a change of an earlier leader may still be in flight unseen
+        // (appended on a minority, not in this log); two changes from leaders of different
+        // terms could then both commit and two disjoint majorities elect two leaders.
+        if !self.committed_in_current_term() {
+            return Err(Error::TermNotCommitted {
+                term: self.term,
+                commit: self.log.commit,
+            });
+        }
         let current = self.membership.current();
-        let (ConfChange::AddVoter(target)
-        | ConfChange::AddLearner(target)
-        | ConfChange::Remove(target)) = change;
+        let target = change.target();
         if target == 0 {
             return Err(Error::Invalid("membership change names node 0".into()));
         }
         if matches!(change, ConfChange::Remove(_)) && !current.contains(target) {
             return Err(Error::Invalid(format!("node {target} is not a member")));
+        }
+        if matches!(change, ConfChange::AddLearnerWithRecord(..))
+            && current.voters.contains(&target)
+        {
+            return Err(Error::Invalid(format!(
+                "node {target} is a voter; remove it before it joins again"
+            )));
         }
         if change.apply(current).voters.is_empty() {
             return Err(Error::Invalid(format!("{change:?} would leave no voter")));

@@ -10,6 +10,9 @@ use super::types::{ConfChange, Entry, EntryKind, Index, Membership};
 pub(crate) struct MembershipLog {
     /// The membership as of the snapshot index.
     base: Membership,
+    /// The index of the change that produced `base` (the snapshot index when a restored
+    /// snapshot folded it in, 0 for the initial membership).
+    base_index: Index,
     /// `(index of the Config entry, membership it produced)`, ascending.
     changes: Vec<(Index, Membership)>,
 }
@@ -29,6 +32,7 @@ impl MembershipLog {
     pub(crate) fn new(base: Membership) -> MembershipLog {
         MembershipLog {
             base,
+            base_index: 0,
             changes: Vec::new(),
         }
     }
@@ -36,6 +40,11 @@ impl MembershipLog {
     /// The current membership (the latest change, committed or not).
     pub(crate) fn current(&self) -> &Membership {
         self.changes.last().map(|(_, m)| m).unwrap_or(&self.base)
+    }
+
+    /// The index of the change that produced the current membership.
+    pub(crate) fn current_index(&self) -> Index {
+        self.latest_change_index().unwrap_or(self.base_index)
     }
 
     /// The index of the latest `Config` entry in the log, if any after the snapshot.
@@ -71,12 +80,16 @@ impl MembershipLog {
     /// Folds every change at or below `index` into the base (the log was compacted there).
     pub(crate) fn compact_to(&mut self, index: Index) {
         self.base = self.at(index).clone();
+        if let Some((folded, _)) = self.changes.iter().rev().find(|(i, _)| *i <= index) {
+            self.base_index = *folded;
+        }
         self.changes.retain(|(i, _)| *i > index);
     }
 
-    /// Restarts from a snapshot's membership with no change after it.
-    pub(crate) fn reset(&mut self, base: Membership) {
+    /// Restarts from a snapshot's membership (as of `snapshot_index`) with no change after it.
+    pub(crate) fn reset(&mut self, base: Membership, snapshot_index: Index) {
         self.base = base;
+        self.base_index = snapshot_index;
         self.changes.clear();
     }
 }
@@ -134,8 +147,10 @@ mod tests {
         assert_eq!(log.at(6), &Membership::with_voters([1, 2, 3, 4]));
         assert_eq!(log.current(), &Membership::with_voters([2, 3, 4]));
         // Compacting exactly at a change folds it in too.
+        assert_eq!(log.current_index(), 8);
         log.compact_to(8);
         assert_eq!(log.latest_change_index(), None);
+        assert_eq!(log.current_index(), 8);
         assert_eq!(log.at(8), &Membership::with_voters([2, 3, 4]));
         assert_eq!(log.current(), &Membership::with_voters([2, 3, 4]));
     }

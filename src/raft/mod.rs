@@ -127,6 +127,17 @@ pub enum Error {
     /// A membership change is still uncommitted; one at a time (thesis §4.1).
     #[error("a membership change is already pending")]
     ConfChangePending,
+    /// A new leader accepts a membership change only once it committed an entry of its own term
+    /// (the single-server change fix, raft-dev 2015); its `Noop` usually commits within a round.
+    #[error(
+        "the leader of term {term} has not yet committed an entry of its term (commit {commit})"
+    )]
+    TermNotCommitted {
+        /// The leader's term.
+        term: Term,
+        /// Its commit index, still of an earlier term.
+        commit: Index,
+    },
     /// Too many ReadIndex requests are waiting.
     #[error("too many pending reads ({limit})")]
     TooManyPendingReads {
@@ -361,6 +372,22 @@ impl Raft {
     /// The current membership (the latest in the log, committed or not).
     pub fn membership(&self) -> &Membership {
         self.core.membership()
+    }
+
+    /// The index of the `Config` entry that produced the current membership (the snapshot
+    /// index if a snapshot folded it in, 0 for the initial membership): the `cas` precondition
+    /// of the membership API.
+    pub fn membership_index(&self) -> Index {
+        self.core.membership_index()
+    }
+
+    /// On a leader, whether member `id` answered within the current check-quorum window
+    /// (`None` on a non-leader or for a non-member).
+    pub fn recently_active(&self, id: NodeId) -> Option<bool> {
+        if self.core.soft_state().role != Role::Leader {
+            return None;
+        }
+        self.core.recently_active(id)
     }
 
     /// The target of a leadership transfer in progress, if any.

@@ -3,7 +3,7 @@
 //! Everything here is plain data with `serde` derives, so the node can put it on the wire
 //! (postcard) and into the WAL without a second set of types.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,25 @@ pub struct Membership {
     pub voters: BTreeSet<NodeId>,
     /// Members that receive the log but neither vote nor count towards a quorum.
     pub learners: BTreeSet<NodeId>,
+    /// What the node layer knows of each member (name, address, incarnation), carried by the
+    /// `Config` entries and snapshots so that restarts and new members learn addresses from the
+    /// log. A member added without a record (core tests) has none.
+    ///
+    /// Invariant: every key is a voter or a learner.
+    pub records: BTreeMap<NodeId, MemberRecord>,
+}
+
+/// A member's identity outside the core: the core only carries it through the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct MemberRecord {
+    /// The member's name (`--id`).
+    pub name: String,
+    /// Where peers reach the member (`host:port`).
+    pub addr: String,
+    /// Drawn when the member's data directory was created: a node that lost its disk comes
+    /// back with another incarnation and is not the member the configuration names.
+    pub incarnation: u64,
 }
 
 impl Membership {
@@ -76,6 +95,7 @@ impl Membership {
         Membership {
             voters: voters.into_iter().collect(),
             learners: BTreeSet::new(),
+            records: BTreeMap::new(),
         }
     }
 
@@ -99,33 +119,51 @@ impl Membership {
 }
 
 /// A single-server membership change (thesis §4.1), carried in a `Config` entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum ConfChange {
-    /// Add a voter (or promote a learner to voter).
+    /// Add a voter (or promote a learner to voter); a member keeps its record.
     AddVoter(NodeId),
-    /// Add a learner (or demote a voter to learner).
+    /// Add a learner (or demote a voter to learner); a member keeps its record.
     AddLearner(NodeId),
-    /// Remove a member entirely.
+    /// Remove a member entirely, and its record.
     Remove(NodeId),
+    /// Add a learner with its record, or replace the record of a learner: how a node joins.
+    AddLearnerWithRecord(NodeId, MemberRecord),
 }
 
 impl ConfChange {
+    /// The node the change is about.
+    pub fn target(&self) -> NodeId {
+        match self {
+            ConfChange::AddVoter(id)
+            | ConfChange::AddLearner(id)
+            | ConfChange::Remove(id)
+            | ConfChange::AddLearnerWithRecord(id, _) => *id,
+        }
+    }
+
     /// The membership that results from applying this change to `membership`.
     pub fn apply(&self, membership: &Membership) -> Membership {
         let mut next = membership.clone();
-        match *self {
+        match self {
             ConfChange::AddVoter(id) => {
-                next.learners.remove(&id);
-                next.voters.insert(id);
+                next.learners.remove(id);
+                next.voters.insert(*id);
             }
             ConfChange::AddLearner(id) => {
-                next.voters.remove(&id);
-                next.learners.insert(id);
+                next.voters.remove(id);
+                next.learners.insert(*id);
             }
             ConfChange::Remove(id) => {
-                next.voters.remove(&id);
-                next.learners.remove(&id);
+                next.voters.remove(id);
+                next.learners.remove(id);
+                next.records.remove(id);
+            }
+            ConfChange::AddLearnerWithRecord(id, record) => {
+                next.voters.remove(id);
+                next.learners.insert(*id);
+                next.records.insert(*id, record.clone());
             }
         }
         next

@@ -73,7 +73,7 @@ pub struct NodeProcess {
     pub name: String,
     pub addr: String,
     pub data_dir: PathBuf,
-    peers: Vec<String>,
+    pub peers: Vec<String>,
     /// Flags added to every start of this node.
     pub extra_args: Vec<String>,
     child: Option<Child>,
@@ -131,6 +131,17 @@ impl NodeProcess {
             .expect("run kill");
         assert!(sent.success(), "kill -TERM {pid} failed");
         child.wait().expect("wait for the node to exit")
+    }
+
+    /// The exit status, once the process has exited on its own.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self
+            .child
+            .as_mut()?
+            .try_wait()
+            .expect("poll the node process")?;
+        self.child = None;
+        Some(status)
     }
 
     pub fn log_text(&self) -> String {
@@ -194,6 +205,23 @@ impl Cluster {
             nodes.push(node);
         }
         Cluster { nodes, dir }
+    }
+
+    /// Starts one more node, `name`, with no `--peers` and `extra_args` (e.g. `--join ADDR`);
+    /// returns its position in `nodes`.
+    pub fn add_node(&mut self, name: &str, extra_args: &[&str]) -> usize {
+        let mut node = NodeProcess {
+            data_dir: self.dir.path().join(name),
+            log: self.dir.path().join(format!("{name}.log")),
+            name: name.to_string(),
+            addr: format!("127.0.0.1:{}", free_port()),
+            peers: Vec::new(),
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            child: None,
+        };
+        node.start();
+        self.nodes.push(node);
+        self.nodes.len() - 1
     }
 
     pub fn addrs(&self) -> Vec<String> {
