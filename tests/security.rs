@@ -111,3 +111,206 @@ async fn honest_chunked_and_pipelined_requests_are_still_served() {
     assert_eq!(answer.matches("HTTP/1.1 201").count(), 2, "{answer}");
     assert!(answer.ends_with("v1"), "{answer}");
 }
+
+/// The token file of the auth tests: `(name, role, token)`.
+const TOKENS: [(&str, &str, &str); 4] = [
+    ("reader", "read", "token-of-the-reader"),
+    ("writer", "readwrite", "token-of-the-writer"),
+    ("root", "admin", "token-of-the-admin"),
+    ("leaver", "readwrite", "token-to-be-revoked"),
+];
+
+fn token_file_text(tokens: &[(&str, &str, &str)]) -> String {
+    tokens
+        .iter()
+        .map(|(name, role, token)| {
+            format!(
+                "{name} {role} {}\n",
+                raft_kv::http::auth::token_hash_hex(token)
+            )
+        })
+        .collect()
+}
+
+/// What a request with a token of some role must get.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    Unauthenticated,
+    Forbidden,
+    Served,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_by_every_role_and_with_no_bad_or_revoked_token() {
+    let token_dir = tempfile::tempdir().expect("temp dir");
+    let token_path = token_dir.path().join("tokens");
+    std::fs::write(&token_path, token_file_text(&TOKENS)).expect("write the token file");
+    let token_arg = token_path.to_str().expect("a UTF-8 path").to_string();
+    let cluster = Cluster::start_with(3, &["--auth-tokens", &token_arg, "--metrics-auth"]);
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    let follower = (leader + 1) % 3;
+    let follower_addr = cluster.nodes[follower].addr.clone();
+    let bearer = |token: &str| format!("Bearer {token}");
+
+    // (method, path, body, the role it needs; None: open).
+    let routes: [(&str, &str, &[u8], Option<&str>); 10] = [
+        ("GET", "/health", b"", None),
+        ("GET", "/v1/raft/hello", b"", None),
+        ("GET", "/metrics", b"", Some("read")),
+        ("GET", "/v1/cluster", b"", Some("read")),
+        ("GET", "/v1/state-hash", b"", Some("read")),
+        ("GET", "/v1/kv/matrix", b"", Some("read")),
+        ("GET", "/v1/kv/?prefix=m", b"", Some("read")),
+        ("PUT", "/v1/kv/matrix", b"v", Some("readwrite")),
+        ("DELETE", "/v1/kv/matrix", b"", Some("readwrite")),
+        ("GET", "/v1/no-such-route", b"", Some("admin")),
+    ];
+    let rank = |role: &str| {
+        ["read", "readwrite", "admin"]
+            .iter()
+            .position(|r| *r == role)
+    };
+    // Every request goes to a follower: allowed writes are forwarded to the leader, which
+    // checks the caller's token again (a forward without it would answer 401).
+    let callers: [(&str, Option<String>); 5] = [
+        ("no token", None),
+        ("bad token", Some(bearer("not-a-token"))),
+        ("read", Some(bearer(TOKENS[0].2))),
+        ("readwrite", Some(bearer(TOKENS[1].2))),
+        ("admin", Some(bearer(TOKENS[2].2))),
+    ];
+    for (method, path, body, needed) in routes {
+        for (caller, authorization) in &callers {
+            let expect = match (needed, rank(caller)) {
+                (None, _) => Expect::Served,
+                (Some(_), None) => Expect::Unauthenticated,
+                (Some(needed), Some(have)) if have >= rank(needed).unwrap() => Expect::Served,
+                (Some(_), Some(_)) => Expect::Forbidden,
+            };
+            let headers: Vec<(&str, &str)> = authorization
+                .iter()
+                .map(|value| ("authorization", value.as_str()))
+                .collect();
+            let reply = call(&follower_addr, method, path, &headers, body)
+                .await
+                .unwrap_or_else(|| panic!("{method} {path} as {caller}: no answer"));
+            let got = match reply.status {
+                401 => Expect::Unauthenticated,
+                403 => Expect::Forbidden,
+                _ => Expect::Served,
+            };
+            assert_eq!(
+                got,
+                expect,
+                "{method} {path} as {caller}: {} {:?}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            );
+            if got == Expect::Unauthenticated {
+                assert_eq!(reply.json()["code"], "unauthenticated");
+                assert_eq!(reply.headers["www-authenticate"], "Bearer");
+            }
+            if got == Expect::Forbidden {
+                assert_eq!(reply.json()["code"], "forbidden");
+            }
+            if got == Expect::Served && *method == *"PUT" {
+                // Forwarded to the leader with the caller's token, and applied there.
+                assert!(
+                    reply.status == 200 || reply.status == 201,
+                    "{:?}",
+                    reply.body
+                );
+            }
+        }
+    }
+
+    // Leadership transfer needs admin.
+    let transfer = "/v1/cluster/transfer-leader";
+    let as_writer = [("authorization", callers[3].1.as_deref().unwrap())];
+    let reply = call(&follower_addr, "POST", transfer, &as_writer, b"")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 403, "{:?}", reply.body);
+    let as_admin = [("authorization", callers[4].1.as_deref().unwrap())];
+    let reply = call(&follower_addr, "POST", transfer, &as_admin, b"")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
+
+    // Revocation: the token works, its line goes, SIGHUP, and it no longer does.
+    let leaver = bearer(TOKENS[3].2);
+    let as_leaver = [("authorization", leaver.as_str())];
+    let reply = call(&follower_addr, "GET", "/v1/kv/matrix", &as_leaver, b"")
+        .await
+        .unwrap();
+    assert_ne!(reply.status, 401, "{:?}", reply.body);
+    std::fs::write(&token_path, token_file_text(&TOKENS[..3])).expect("rewrite the token file");
+    for node in &cluster.nodes {
+        node.send_signal("HUP");
+    }
+    for node in &cluster.nodes {
+        let addr = node.addr.clone();
+        common::eventually(Duration::from_secs(10), "the revoked token refused", || {
+            let addr = addr.clone();
+            async move {
+                let reply = call(&addr, "GET", "/v1/kv/matrix", &as_leaver, b"").await?;
+                (reply.status == 401).then_some(())
+            }
+        })
+        .await;
+        // The others still work.
+        let reply = call(&node.addr, "GET", "/v1/cluster", &as_admin, b"")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    }
+    // A broken file on reload keeps the tokens in force.
+    std::fs::write(&token_path, "garbage line\n").expect("break the token file");
+    cluster.nodes[follower].send_signal("HUP");
+    common::eventually(Duration::from_secs(10), "the reload error logged", || {
+        let log = cluster.nodes[follower].log_text();
+        async move { log.contains("token file not reloaded").then_some(()) }
+    })
+    .await;
+    let reply = call(&follower_addr, "GET", "/v1/cluster", &as_admin, b"")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+}
+
+#[test]
+fn a_node_refuses_to_start_with_a_bad_token_file_and_token_makes_a_usable_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "alice superuser 00\n").expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        .arg("--auth-tokens")
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--port", &common::free_port().to_string()])
+        .output()
+        .expect("run raft-kv");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 1: role"), "{stderr}");
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        .args(["token", "alice", "readwrite"])
+        .output()
+        .expect("run raft-kv token");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let token = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("token: "))
+        .expect("a token line");
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("line:  "))
+        .expect("a file line");
+    let table = raft_kv::http::auth::TokenTable::parse(line).expect("the line parses");
+    let principal = table.principal(token).expect("the token matches its line");
+    assert_eq!(principal.role, raft_kv::http::auth::Role::ReadWrite);
+    assert_eq!(token.len(), 64, "256 random bits in hex: {token}");
+}

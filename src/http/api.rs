@@ -12,6 +12,7 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
 
+use super::auth::{ClientAuth, Denied};
 use super::client::HttpClient;
 use crate::env;
 use crate::kv::{WriteOp, WriteRequest, WriteResult};
@@ -70,6 +71,8 @@ pub struct AppState {
     /// a registry lookup validates, allocates and sorts the labels, on every request otherwise.
     /// Bounded by the static routes times the status codes the handlers answer.
     request_durations: Mutex<BTreeMap<(&'static str, u16), Histogram>>,
+    /// Client tokens and roles (`None`: every client may do everything).
+    auth: Option<Arc<ClientAuth>>,
 }
 
 impl AppState {
@@ -83,7 +86,14 @@ impl AppState {
             client,
             metrics: Arc::new(Metrics::new()),
             request_durations: Mutex::new(BTreeMap::new()),
+            auth: None,
         }
+    }
+
+    /// The same state with client authentication on.
+    pub fn with_auth(mut self, auth: Arc<ClientAuth>) -> AppState {
+        self.auth = Some(auth);
+        self
     }
 
     fn request_duration(&self, route: &'static str, status: StatusCode) -> Histogram {
@@ -142,6 +152,12 @@ where
 {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
+    if let Some(auth) = &state.auth {
+        let authorization = request.headers().get(hyper::header::AUTHORIZATION);
+        if let Err(denied) = auth.check(&path, &method, authorization) {
+            return ("denied", denied_response(&denied));
+        }
+    }
     match path.as_str() {
         "/health" => ("/health", only(&method, &[Method::GET], || health(state))),
         "/metrics" => ("/metrics", only(&method, &[Method::GET], || metrics(state))),
@@ -756,7 +772,12 @@ async fn forward(
         .method(method)
         .uri(path)
         .header(FORWARDED, state.name.as_str());
-    for name in [CONTENT_TYPE.as_str(), IDEMPOTENCY_KEY] {
+    // The caller's token travels along: the leader checks it again (same token file).
+    for name in [
+        CONTENT_TYPE.as_str(),
+        IDEMPOTENCY_KEY,
+        hyper::header::AUTHORIZATION.as_str(),
+    ] {
         if let Some(value) = headers.get(name) {
             builder = builder.header(name, value);
         }
@@ -868,6 +889,28 @@ fn node_error_response(e: &NodeError) -> HttpResponse {
         retry_later(code, name, &message)
     } else {
         error(code, name, &message)
+    }
+}
+
+fn denied_response(denied: &Denied) -> HttpResponse {
+    match denied {
+        Denied::Unauthenticated(message) => {
+            let mut response = error(StatusCode::UNAUTHORIZED, "unauthenticated", message);
+            response.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+        Denied::Forbidden { name, role, needed } => error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            &format!(
+                "token {name:?} has role {}; this request needs {}",
+                role.as_str(),
+                needed.as_str()
+            ),
+        ),
     }
 }
 

@@ -3,6 +3,7 @@
 //! environment seam's TCP, so the same code runs in production and in simulation.
 
 mod api;
+pub mod auth;
 pub mod client;
 pub mod guard;
 

@@ -56,6 +56,11 @@ pub struct NodeConfig {
     pub request_queue_max: usize,
     /// Idempotency keys remembered by the state machine.
     pub idempotency_keys_max: usize,
+    /// Client bearer tokens with roles (`--auth-tokens`; `None`: no client authentication).
+    /// See `http::auth` for the file format.
+    pub auth_tokens_file: Option<PathBuf>,
+    /// `/metrics` needs a `read` token (`--metrics-auth`; only with `auth_tokens_file`).
+    pub metrics_auth: bool,
     /// Receives a [`NodeEvent`] for every role change and applied entry (the simulator's
     /// safety checks listen here); `None` in production.
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<NodeEvent>>,
@@ -141,6 +146,8 @@ impl NodeConfig {
             header_bytes_max: 16 << 10,
             request_queue_max: 65_536,
             idempotency_keys_max: 100_000,
+            auth_tokens_file: None,
+            metrics_auth: false,
             observer: None,
         }
     }
