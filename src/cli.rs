@@ -134,6 +134,11 @@ pub struct NodeArgs {
     /// `raft-kv token NAME ROLE`); re-read on SIGHUP. Without it every client may do everything.
     #[arg(long, env = "RAFT_KV_AUTH_TOKENS")]
     pub auth_tokens: Option<PathBuf>,
+    /// A file holding the cluster's shared secret (at least 32 bytes, e.g. `openssl rand -hex 32`):
+    /// every Raft RPC is signed with it (HMAC-SHA256) and one without a valid signature is
+    /// refused with 401. Every member needs the same file.
+    #[arg(long, env = "RAFT_KV_PEER_SECRET_FILE")]
+    pub peer_secret_file: Option<PathBuf>,
     /// Put `/metrics` behind a `read` token (needs --auth-tokens).
     #[arg(long, env = "RAFT_KV_METRICS_AUTH", requires = "auth_tokens")]
     pub metrics_auth: bool,
@@ -197,6 +202,7 @@ impl NodeArgs {
         config.value_bytes_max = self.max_value_bytes;
         config.auth_tokens_file = self.auth_tokens.clone();
         config.metrics_auth = self.metrics_auth;
+        config.peer_secret_file = self.peer_secret_file.clone();
         Ok(config)
     }
 }

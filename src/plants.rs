@@ -44,11 +44,14 @@ pub enum Plant {
     /// The background snapshot writer skips the file's fsync, so the log is compacted past a
     /// snapshot that is not durable (compact only once the snapshot is durable).
     SnapshotUnsynced,
+    /// Nodes accept peer RPCs without checking their MAC against the cluster secret (issue 11:
+    /// peer authentication).
+    SkipPeerAuth,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 11] = [
+    pub const ALL: [Plant; 12] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -60,6 +63,7 @@ impl Plant {
         Plant::DroppedUnderSnapshot,
         Plant::DriverPanic,
         Plant::SnapshotUnsynced,
+        Plant::SkipPeerAuth,
     ];
 
     /// The name used on the command line.
@@ -76,6 +80,7 @@ impl Plant {
             Plant::DroppedUnderSnapshot => "dropped-under-snapshot",
             Plant::DriverPanic => "driver-panic",
             Plant::SnapshotUnsynced => "snapshot-unsynced",
+            Plant::SkipPeerAuth => "skip-peer-auth",
         }
     }
 }

@@ -44,6 +44,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_started: impl FnOnce(&NodeHandle),
 ) -> Result<(), RunError> {
+    let mut config = config;
+    if let Some(path) = &config.peer_secret_file {
+        let secret = node::peer_auth::PeerSecret::load(path)
+            .await
+            .map_err(RunError::Config)?;
+        config.peer_secret = Some(secret);
+    }
     let listener = env::TcpListener::bind(config.listen_addr.as_str())
         .await
         .map_err(|source| RunError::Bind {

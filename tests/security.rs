@@ -280,19 +280,7 @@ async fn every_route_by_every_role_and_with_no_bad_or_revoked_token() {
 
 #[test]
 fn a_node_refuses_to_start_with_a_bad_token_file_and_token_makes_a_usable_line() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let bad = dir.path().join("bad");
-    std::fs::write(&bad, "alice superuser 00\n").expect("write");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_raft-kv"))
-        .arg("--auth-tokens")
-        .arg(&bad)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--port", &common::free_port().to_string()])
-        .output()
-        .expect("run raft-kv");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = start_failure("--auth-tokens", "alice superuser 00\n");
     assert!(stderr.contains("line 1: role"), "{stderr}");
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_raft-kv"))
@@ -313,4 +301,112 @@ fn a_node_refuses_to_start_with_a_bad_token_file_and_token_makes_a_usable_line()
     let principal = table.principal(token).expect("the token matches its line");
     assert_eq!(principal.role, raft_kv::http::auth::Role::ReadWrite);
     assert_eq!(token.len(), 64, "256 random bits in hex: {token}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_without_the_cluster_secret_are_refused_and_members_with_it_replicate() {
+    let secret_dir = tempfile::tempdir().expect("temp dir");
+    let secret_path = secret_dir.path().join("secret");
+    std::fs::write(
+        &secret_path,
+        "3c1f0d8a5be94a7e9d2c6b1f0e8a7d6c5b4a39281706f5e4\n",
+    )
+    .expect("write the secret");
+    let wrong_path = secret_dir.path().join("wrong");
+    std::fs::write(
+        &wrong_path,
+        "a different secret that is long enough to use\n",
+    )
+    .expect("write the other secret");
+    let secret_arg = secret_path.to_str().expect("UTF-8 path").to_string();
+    let mut cluster = Cluster::start_with(3, &["--peer-secret-file", &secret_arg]);
+    // node3 restarts with the wrong secret: the members refuse its RPCs and it refuses theirs.
+    cluster.nodes[2].kill();
+    cluster.nodes[2].extra_args = vec![
+        "--peer-secret-file".into(),
+        wrong_path.to_str().expect("UTF-8 path").into(),
+    ];
+    cluster.nodes[2].start();
+    let leader = loop {
+        let leader = cluster.wait_for_leader(LEADER_WAIT).await;
+        if leader != 2 {
+            break leader;
+        }
+        // node3 led before its restart and still claims it: wait for the others to elect.
+    };
+    let leader_addr = cluster.nodes[leader].addr.clone();
+    let reply = call(&leader_addr, "PUT", "/v1/kv/secret-key", &[], b"v")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    let index = reply.header_u64("x-raft-index").unwrap();
+    let member = (0..3).find(|i| *i != leader && *i != 2).unwrap();
+    let member_addr = cluster.nodes[member].addr.clone();
+    common::eventually(LEADER_WAIT, "the write applied on the other member", || {
+        let addr = member_addr.clone();
+        async move { (common::applied_index(&addr).await? >= index).then_some(()) }
+    })
+    .await;
+    let outsider_applied = common::applied_index(&cluster.nodes[2].addr)
+        .await
+        .unwrap_or(0);
+    assert!(
+        outsider_applied < index,
+        "node3 with the wrong secret applied {outsider_applied} >= {index}"
+    );
+    // node3 is up (it answered), and the leader's RPCs to it keep failing: refused with 401.
+    let errors_to_node3 = "raft_peer_rpc_errors_total{peer=\"node3\"}";
+    let before = common::metric(&leader_addr, errors_to_node3).await.unwrap();
+    common::eventually(LEADER_WAIT, "the leader's RPCs to node3 refused", || {
+        let addr = leader_addr.clone();
+        async move { (common::metric(&addr, errors_to_node3).await? >= before + 5.0).then_some(()) }
+    })
+    .await;
+
+    // A forged RPC without a MAC: 401 before the body is even decoded.
+    let forged = call(&leader_addr, "POST", "/v1/raft/messages", &[], b"garbage")
+        .await
+        .unwrap();
+    assert_eq!(forged.status, 401, "{:?}", forged.body);
+    assert_eq!(forged.json()["code"], "peer_unauthenticated");
+    // With a MAC under the right secret the same bytes pass authentication and fail decoding.
+    let secret = raft_kv::node::peer_auth::PeerSecret::new(
+        b"3c1f0d8a5be94a7e9d2c6b1f0e8a7d6c5b4a39281706f5e4",
+    )
+    .unwrap();
+    let mac = secret.sign("/v1/raft/messages", b"garbage");
+    let signed = call(
+        &leader_addr,
+        "POST",
+        "/v1/raft/messages",
+        &[(raft_kv::node::peer_auth::PEER_MAC_HEADER, &mac)],
+        b"garbage",
+    )
+    .await
+    .unwrap();
+    assert_eq!(signed.status, 400, "{:?}", signed.body);
+}
+
+#[test]
+fn a_node_refuses_to_start_with_a_short_peer_secret() {
+    let stderr = start_failure("--peer-secret-file", "tooshort\n");
+    assert!(stderr.contains("at least 32"), "{stderr}");
+}
+
+/// Starts a node whose `flag` names a file holding `contents`; asserts it exits non-zero and
+/// returns its stderr.
+fn start_failure(flag: &str, contents: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("file");
+    std::fs::write(&file, contents).expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        .arg(flag)
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--port", &common::free_port().to_string()])
+        .output()
+        .expect("run raft-kv");
+    assert!(!output.status.success(), "started with a bad {flag}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }

@@ -18,7 +18,7 @@ use crate::env;
 use crate::kv::{WriteOp, WriteRequest, WriteResult};
 use crate::metrics::{Histogram, Metrics, LATENCY_BUCKETS_SECONDS};
 use crate::node::cluster::Hello;
-use crate::node::rpc;
+use crate::node::{peer_auth, rpc};
 use crate::node::{Consistency, NodeError, NodeHandle, ReadOutcome, ReadQuery, ValueView};
 use crate::raft::NodeId;
 
@@ -375,12 +375,26 @@ where
     let Some(node) = state.node() else {
         return Err(not_started(state));
     };
+    let path = request.uri().path().to_string();
+    let mac = request.headers().get(peer_auth::PEER_MAC_HEADER).cloned();
     let body = read_body(
         request.into_body(),
         state.limits.rpc_body_bytes_max,
         state.limits.body_read_timeout,
     )
     .await?;
+    // Before decoding: a stranger's bytes never reach the decoder or the core.
+    if let Some(secret) = &node.config.peer_secret {
+        if !crate::plants::active(crate::plants::Plant::SkipPeerAuth) {
+            if let Err(e) = secret.verify(&path, &body, mac.as_ref()) {
+                return Err(error(
+                    StatusCode::UNAUTHORIZED,
+                    "peer_unauthenticated",
+                    &e.to_string(),
+                ));
+            }
+        }
+    }
     Ok((node, body))
 }
 

@@ -15,7 +15,7 @@
 //! |-----------------------------------------|--------------|
 //! | `GET /health`                           | nothing      |
 //! | `GET /metrics`                          | nothing, or `read` with `--metrics-auth` |
-//! | `/v1/raft/*` (peer RPCs)                | nothing here: peers authenticate otherwise |
+//! | `/v1/raft/*` (peer RPCs)                | nothing here: `node::peer_auth` signs them |
 //! | `GET /v1/kv/...`, `GET /v1/cluster`, `GET /v1/state-hash` | `read` |
 //! | `PUT`/`DELETE /v1/kv/...`               | `readwrite`  |
 //! | `POST /v1/cluster/transfer-leader`, anything else | `admin` (deny by default) |

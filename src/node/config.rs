@@ -61,6 +61,10 @@ pub struct NodeConfig {
     pub auth_tokens_file: Option<PathBuf>,
     /// `/metrics` needs a `read` token (`--metrics-auth`; only with `auth_tokens_file`).
     pub metrics_auth: bool,
+    /// The shared cluster secret file (`--peer-secret-file`): see `node::peer_auth`.
+    pub peer_secret_file: Option<PathBuf>,
+    /// The secret itself, loaded from `peer_secret_file` when the node starts (`server::run`).
+    pub peer_secret: Option<super::peer_auth::PeerSecret>,
     /// Receives a [`NodeEvent`] for every role change and applied entry (the simulator's
     /// safety checks listen here); `None` in production.
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<NodeEvent>>,
@@ -148,6 +152,8 @@ impl NodeConfig {
             idempotency_keys_max: 100_000,
             auth_tokens_file: None,
             metrics_auth: false,
+            peer_secret_file: None,
+            peer_secret: None,
             observer: None,
         }
     }

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod config;
 mod driver;
+pub mod peer_auth;
 pub mod rpc;
 mod snapshot_receiver;
 mod snapshot_transfer;

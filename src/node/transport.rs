@@ -7,11 +7,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use tokio::sync::mpsc;
 
 use super::cluster::ClusterInfo;
+use super::peer_auth::{signed_post, PeerSecret};
 use super::rpc::{self, RpcEnvelope};
 use super::snapshot_transfer::{Leadership, SnapshotSender, TransferOptions};
 use super::NodeMetrics;
@@ -73,6 +72,7 @@ impl Transport {
             .filter(|m| m.id != cluster.self_id)
             .map(|m| (m.id, m.addr.clone()))
             .collect();
+        let peer_secret = transfer.peer_secret.clone();
         let snapshots = SnapshotSender::new(transfer, client.clone(), addrs, metrics.clone());
         let mut peers = BTreeMap::new();
         for member in cluster.members.iter().filter(|m| m.id != cluster.self_id) {
@@ -85,6 +85,7 @@ impl Transport {
                 client: client.clone(),
                 rpc_timeout,
                 body_bytes_max,
+                peer_secret: peer_secret.clone(),
                 errors: metrics.registry.counter(
                     "raft_peer_rpc_errors_total",
                     "Raft RPCs to a peer that failed.",
@@ -144,6 +145,7 @@ struct PeerLink {
     rpc_timeout: Duration,
     body_bytes_max: usize,
     errors: Counter,
+    peer_secret: Option<PeerSecret>,
 }
 
 impl PeerLink {
@@ -190,10 +192,7 @@ impl PeerLink {
                 self.errors.inc();
                 continue;
             }
-            let request = hyper::Request::post("/v1/raft/messages")
-                .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
-                .body(Full::new(Bytes::from(body)))
-                .expect("a static request is valid");
+            let request = signed_post("/v1/raft/messages", body, self.peer_secret.as_ref());
             let ok = match self
                 .client
                 .call(&self.addr, request, 64 << 10, self.rpc_timeout)
@@ -221,6 +220,7 @@ impl PeerLink {
 mod tests {
     use super::*;
     use crate::raft::{Entry, EntryKind, Membership, Snapshot, SnapshotMeta};
+    use bytes::Bytes;
 
     fn append(entries: usize, data_bytes: usize) -> Message {
         Message {
