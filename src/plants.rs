@@ -47,11 +47,13 @@ pub enum Plant {
     /// Nodes accept peer RPCs without checking their MAC against the cluster secret (issue 11:
     /// peer authentication).
     SkipPeerAuth,
+    /// Any valid client token may do anything: the role check is skipped (issue 11: roles).
+    SkipRoleCheck,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 12] = [
+    pub const ALL: [Plant; 13] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -64,6 +66,7 @@ impl Plant {
         Plant::DriverPanic,
         Plant::SnapshotUnsynced,
         Plant::SkipPeerAuth,
+        Plant::SkipRoleCheck,
     ];
 
     /// The name used on the command line.
@@ -81,6 +84,7 @@ impl Plant {
             Plant::DriverPanic => "driver-panic",
             Plant::SnapshotUnsynced => "snapshot-unsynced",
             Plant::SkipPeerAuth => "skip-peer-auth",
+            Plant::SkipRoleCheck => "skip-role-check",
         }
     }
 }

@@ -78,11 +78,15 @@ pub async fn run(
             .map_err(RunError::Config)?;
         let auth = Arc::new(http::auth::ClientAuth::new(
             tokens,
-            path.clone(),
+            Some(path.clone()),
             config.metrics_auth,
         ));
         drop(env::spawn(reload_on_signal(auth.clone())));
         state = state.with_auth(auth);
+    } else if let Some(tokens) = &config.auth_tokens {
+        // Tokens given directly (the simulator): nothing to reload.
+        let auth = http::auth::ClientAuth::new(tokens.clone(), None, config.metrics_auth);
+        state = state.with_auth(Arc::new(auth));
     }
     let state = Arc::new(state);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -131,7 +135,7 @@ async fn reload_on_signal(auth: Arc<http::auth::ClientAuth>) {
         signals.recv().await;
         match auth.reload().await {
             Ok(count) => {
-                tracing::info!(tokens = count, path = %auth.path.display(), "token file reloaded")
+                tracing::info!(tokens = count, path = ?auth.path, "token file reloaded")
             }
             Err(error) => {
                 tracing::error!(%error, "token file not reloaded; the previous tokens stay in force")

@@ -22,6 +22,9 @@ pub const PANIC: Victim = "panic";
 /// A node accepts a Raft RPC that does not carry a valid MAC under the cluster secret
 /// (issue 11), seen by the stranger that forges them (`stranger.rs`).
 pub const PEER_AUTHENTICATION: Victim = "peer authentication";
+/// A node lets a client write without a token, or with a `read` token (issue 11), seen by the
+/// stranger (`stranger.rs`).
+pub const CLIENT_AUTHORIZATION: Victim = "client authorization";
 /// After every fault heals the cluster recovers: a leader every node follows, operations
 /// finish, replicas converge.
 pub const LIVENESS: Victim = "liveness";
@@ -57,6 +60,7 @@ pub fn promise(plant: Plant) -> Option<Promise> {
         Plant::SnapshotUnsynced => (LIVENESS, 20),
         // The stranger runs in every seed of this plant and forges an RPC every 400 ms.
         Plant::SkipPeerAuth => (PEER_AUTHENTICATION, 5),
+        Plant::SkipRoleCheck => (CLIENT_AUTHORIZATION, 5),
     };
     Some(Promise {
         victim,

@@ -660,6 +660,7 @@ fn node_config(
     config.wal_segment_bytes_max = scenario.wal_segment_bytes_max;
     config.observer = Some(observer);
     config.peer_secret = Some(crate::stranger::sim_peer_secret());
+    config.auth_tokens = Some(crate::stranger::sim_tokens());
     config
 }
 

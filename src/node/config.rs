@@ -59,6 +59,8 @@ pub struct NodeConfig {
     /// Client bearer tokens with roles (`--auth-tokens`; `None`: no client authentication).
     /// See `http::auth` for the file format.
     pub auth_tokens_file: Option<PathBuf>,
+    /// Client tokens given directly instead of by file (the simulator uses this).
+    pub auth_tokens: Option<crate::http::auth::TokenTable>,
     /// `/metrics` needs a `read` token (`--metrics-auth`; only with `auth_tokens_file`).
     pub metrics_auth: bool,
     /// The shared cluster secret file (`--peer-secret-file`): see `node::peer_auth`.
@@ -151,6 +153,7 @@ impl NodeConfig {
             request_queue_max: 65_536,
             idempotency_keys_max: 100_000,
             auth_tokens_file: None,
+            auth_tokens: None,
             metrics_auth: false,
             peer_secret_file: None,
             peer_secret: None,
