@@ -27,6 +27,40 @@ enum Command {
     Dev(dev::DevArgs),
     /// Drive a running cluster with concurrent clients and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Make a random client token: prints the token and its line for the `--auth-tokens` file.
+    Token(TokenArgs),
+}
+
+/// `raft-kv token NAME ROLE`.
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// Who holds the token (shown in logs and 403 answers).
+    #[arg(value_parser = parse_name)]
+    name: String,
+    /// `read`, `readwrite` or `admin`.
+    #[arg(value_parser = parse_role)]
+    role: raft_kv::http::auth::Role,
+}
+
+fn parse_role(text: &str) -> Result<raft_kv::http::auth::Role, String> {
+    raft_kv::http::auth::Role::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a role: read, readwrite or admin"))
+}
+
+/// Prints a fresh 256-bit token and the line that grants it `role`.
+fn make_token(args: TokenArgs) -> ExitCode {
+    let mut rng = raft_kv::env::rng();
+    let token: String = (0..4)
+        .map(|_| format!("{:016x}", rand_core::RngCore::next_u64(&mut rng)))
+        .collect();
+    println!("token: {token}");
+    println!(
+        "line:  {} {} {}",
+        args.name,
+        args.role.as_str(),
+        raft_kv::http::auth::token_hash_hex(&token)
+    );
+    ExitCode::SUCCESS
 }
 
 /// How logs are printed.
@@ -100,6 +134,18 @@ pub struct NodeArgs {
     /// Largest value in bytes (larger values get 413).
     #[arg(long, env = "RAFT_KV_MAX_VALUE_BYTES", default_value_t = raft_kv::kv::VALUE_BYTES_MAX)]
     pub max_value_bytes: usize,
+    /// Client bearer tokens with roles, one `name role sha256-hex` line each (make one with
+    /// `raft-kv token NAME ROLE`); re-read on SIGHUP. Without it every client may do everything.
+    #[arg(long, env = "RAFT_KV_AUTH_TOKENS")]
+    pub auth_tokens: Option<PathBuf>,
+    /// A file holding the cluster's shared secret (at least 32 bytes, e.g. `openssl rand -hex 32`):
+    /// every Raft RPC is signed with it (HMAC-SHA256) and one without a valid signature is
+    /// refused with 401. Every member needs the same file.
+    #[arg(long, env = "RAFT_KV_PEER_SECRET_FILE")]
+    pub peer_secret_file: Option<PathBuf>,
+    /// Put `/metrics` behind a `read` token (needs --auth-tokens).
+    #[arg(long, env = "RAFT_KV_METRICS_AUTH", requires = "auth_tokens")]
+    pub metrics_auth: bool,
     /// Log format.
     #[arg(long, env = "RAFT_KV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -164,6 +210,9 @@ impl NodeArgs {
         config.snapshot_receive_bytes_max = self.snapshot_receive_bytes_max.unwrap_or(u64::MAX);
         config.key_bytes_max = self.max_key_bytes;
         config.value_bytes_max = self.max_value_bytes;
+        config.auth_tokens_file = self.auth_tokens.clone();
+        config.metrics_auth = self.metrics_auth;
+        config.peer_secret_file = self.peer_secret_file.clone();
         Ok(config)
     }
 }
@@ -206,12 +255,38 @@ fn exit_on_panic() {
     }));
 }
 
+/// Warns loudly when the node listens beyond loopback with nothing keeping strangers out.
+fn warn_if_exposed(config: &NodeConfig) {
+    let host = config
+        .listen_addr
+        .rsplit_once(':')
+        .map(|(host, _)| host.trim_matches(['[', ']']))
+        .unwrap_or("");
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback && config.auth_tokens_file.is_none() {
+        tracing::warn!(
+            addr = %config.listen_addr,
+            "INSECURE: listening on a non-loopback address without TLS or client authentication: \
+             anyone who can reach this port can read and write every key (see the README's Security section)"
+        );
+        eprintln!(
+            "raft-kv: WARNING: {} is reachable beyond this machine without TLS or --auth-tokens: \
+             anyone who can reach it can read and write every key",
+            config.listen_addr
+        );
+    }
+}
+
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Dev(args)) => dev::run(args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Token(args)) => make_token(args),
         None => run_node(cli.node),
     }
 }
@@ -229,6 +304,7 @@ fn run_node(args: NodeArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     exit_on_panic();
+    warn_if_exposed(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

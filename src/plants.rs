@@ -44,11 +44,16 @@ pub enum Plant {
     /// The background snapshot writer skips the file's fsync, so the log is compacted past a
     /// snapshot that is not durable (compact only once the snapshot is durable).
     SnapshotUnsynced,
+    /// Nodes accept peer RPCs without checking their MAC against the cluster secret (issue 11:
+    /// peer authentication).
+    SkipPeerAuth,
+    /// Any valid client token may do anything: the role check is skipped (issue 11: roles).
+    SkipRoleCheck,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 11] = [
+    pub const ALL: [Plant; 13] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -60,6 +65,8 @@ impl Plant {
         Plant::DroppedUnderSnapshot,
         Plant::DriverPanic,
         Plant::SnapshotUnsynced,
+        Plant::SkipPeerAuth,
+        Plant::SkipRoleCheck,
     ];
 
     /// The name used on the command line.
@@ -76,6 +83,8 @@ impl Plant {
             Plant::DroppedUnderSnapshot => "dropped-under-snapshot",
             Plant::DriverPanic => "driver-panic",
             Plant::SnapshotUnsynced => "snapshot-unsynced",
+            Plant::SkipPeerAuth => "skip-peer-auth",
+            Plant::SkipRoleCheck => "skip-role-check",
         }
     }
 }

@@ -24,6 +24,9 @@ pub enum RunError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A configuration file (the token file) is unusable.
+    #[error("{0}")]
+    Config(String),
     /// The node could not start.
     #[error(transparent)]
     Start(#[from] StartError),
@@ -52,6 +55,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_started: impl FnOnce(&NodeHandle),
 ) -> Result<(), RunError> {
+    let mut config = config;
+    if let Some(path) = &config.peer_secret_file {
+        let secret = node::peer_auth::PeerSecret::load(path)
+            .await
+            .map_err(RunError::Config)?;
+        config.peer_secret = Some(secret);
+    }
     let listener = env::TcpListener::bind(config.listen_addr.as_str())
         .await
         .map_err(|source| RunError::Bind {
@@ -67,17 +77,34 @@ pub async fn run(
         body_read_timeout: config.request_timeout,
         forward_timeout: config.request_timeout + Duration::from_secs(1),
     };
-    let state = Arc::new(AppState::new(
+    let mut state = AppState::new(
         config.name.clone(),
         node_id_of(&config.name),
         limits,
         client.clone(),
-    ));
+    );
     // Durable before the first hello answer carries it (see `node::cluster`).
     let incarnation = node::cluster::load_or_create_incarnation(&config.data_dir)
         .await
         .map_err(|e| RunError::Start(StartError::from(e)))?;
     state.set_incarnation(incarnation);
+    if let Some(path) = &config.auth_tokens_file {
+        let tokens = http::auth::load_token_file(path)
+            .await
+            .map_err(RunError::Config)?;
+        let auth = Arc::new(http::auth::ClientAuth::new(
+            tokens,
+            Some(path.clone()),
+            config.metrics_auth,
+        ));
+        drop(env::spawn(reload_on_signal(auth.clone())));
+        state = state.with_auth(auth);
+    } else if let Some(tokens) = &config.auth_tokens {
+        // Tokens given directly (the simulator): nothing to reload.
+        let auth = http::auth::ClientAuth::new(tokens.clone(), None, config.metrics_auth);
+        state = state.with_auth(Arc::new(auth));
+    }
+    let state = Arc::new(state);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = env::spawn(http::serve(listener, state.clone(), async move {
         let _ = http_stopped.await;
@@ -130,6 +157,22 @@ pub async fn run(
     let _ = stop_http.send(());
     let _ = server.await;
     Ok(())
+}
+
+/// Re-reads the token file at each SIGHUP; a bad file keeps the tokens in force.
+async fn reload_on_signal(auth: Arc<http::auth::ClientAuth>) {
+    let mut signals = env::ReloadSignals::new();
+    loop {
+        signals.recv().await;
+        match auth.reload().await {
+            Ok(count) => {
+                tracing::info!(tokens = count, path = ?auth.path, "token file reloaded")
+            }
+            Err(error) => {
+                tracing::error!(%error, "token file not reloaded; the previous tokens stay in force")
+            }
+        }
+    }
 }
 
 /// A leader that is asked to stop first hands leadership to a follower, so the cluster does not

@@ -15,6 +15,8 @@ pub mod recorder;
 pub mod regressions;
 pub mod report;
 pub mod scenario;
+#[cfg(madsim)]
+pub mod stranger;
 pub mod timeline;
 
 #[cfg(madsim)]

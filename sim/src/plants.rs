@@ -19,6 +19,12 @@ pub const STATE_MACHINE_SAFETY: Victim = "state machine safety";
 pub const LEADER_COMPLETENESS: Victim = "leader completeness";
 /// A node panicked: the seed fails with the panic message.
 pub const PANIC: Victim = "panic";
+/// A node accepts a Raft RPC that does not carry a valid MAC under the cluster secret
+/// (issue 11), seen by the stranger that forges them (`stranger.rs`).
+pub const PEER_AUTHENTICATION: Victim = "peer authentication";
+/// A node lets a client write without a token, or with a `read` token (issue 11), seen by the
+/// stranger (`stranger.rs`).
+pub const CLIENT_AUTHORIZATION: Victim = "client authorization";
 /// After every fault heals the cluster recovers: a leader every node follows, operations
 /// finish, replicas converge.
 pub const LIVENESS: Victim = "liveness";
@@ -52,6 +58,9 @@ pub fn promise(plant: Plant) -> Option<Promise> {
         // A crash after the unsynced file's rename leaves the recorded snapshot empty: the node
         // cannot restart and the cluster never fully recovers.
         Plant::SnapshotUnsynced => (LIVENESS, 20),
+        // The stranger runs in every seed of this plant and forges an RPC every 400 ms.
+        Plant::SkipPeerAuth => (PEER_AUTHENTICATION, 5),
+        Plant::SkipRoleCheck => (CLIENT_AUTHORIZATION, 5),
     };
     Some(Promise {
         victim,

@@ -659,6 +659,8 @@ fn node_config(
     config.rpc_body_bytes_max = scenario.rpc_body_bytes_max;
     config.wal_segment_bytes_max = scenario.wal_segment_bytes_max;
     config.observer = Some(observer);
+    config.peer_secret = Some(crate::stranger::sim_peer_secret());
+    config.auth_tokens = Some(crate::stranger::sim_tokens());
     config
 }
 
@@ -792,6 +794,22 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         clients.push(client_node.spawn(async move {
             workload::client_loop(client as u64, ctx, think_ms, duplicate, stop).await;
         }));
+    }
+
+    if crate::stranger::runs_in(scenario.seed, scenario.plant) {
+        let members: Vec<(u64, String)> = (0..scenario.nodes_count)
+            .map(|i| (node_id_of(&Scenario::node_name(i)), addrs[i].clone()))
+            .collect();
+        let peers = (1..scenario.nodes_count)
+            .map(|i| (Scenario::node_name(i), addrs[i].clone()))
+            .collect();
+        let cluster_id =
+            raft_kv::node::cluster::ClusterInfo::new(&Scenario::node_name(0), &addrs[0], peers)
+                .cluster_id;
+        let (shared, stop) = (shared.clone(), stop_clients.clone());
+        clients.push(client_node.spawn(crate::stranger::stranger_loop(
+            cluster_id, members, shared, stop,
+        )));
     }
 
     // Phase 1: the fault schedule, with periodic inspections in between.

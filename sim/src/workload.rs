@@ -267,7 +267,10 @@ fn build_request(key: &str, input: &KvInput, idempotency_key: &str) -> hyper::Re
             value.clone(),
         ),
     };
-    let mut builder = hyper::Request::builder().method(method).uri(uri);
+    let mut builder = hyper::Request::builder().method(method).uri(uri).header(
+        "authorization",
+        crate::stranger::CLIENT_AUTHORIZATION_HEADER,
+    );
     if !matches!(input, KvInput::Get) {
         builder = builder.header("idempotency-key", idempotency_key);
     }

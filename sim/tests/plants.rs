@@ -119,3 +119,13 @@ fn expect_failure_does_not_count_a_failure_of_another_checker() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_node_that_skips_peer_authentication_is_caught_by_the_stranger() {
+    assert_caught_by_its_victim(Plant::SkipPeerAuth);
+}
+
+#[test]
+fn a_node_that_skips_the_role_check_is_caught_by_the_stranger() {
+    assert_caught_by_its_victim(Plant::SkipRoleCheck);
+}

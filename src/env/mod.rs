@@ -11,7 +11,7 @@
 //! | randomness | OS entropy                               | madsim's seeded generator                   |
 //! | network    | tokio TCP                                | madsim's simulated TCP                      |
 //! | files      | `std::fs` on the blocking pool, real fsync | our own crash-modelling simulated disk    |
-//! | signals    | ctrl-c / SIGTERM                         | never fires                                 |
+//! | signals    | ctrl-c / SIGTERM, SIGHUP (reload)        | never fires                                 |
 //!
 //! In simulation the clock and the disk are madsim plugins: every simulation runtime must call
 //! [`sim_control::install`] before it creates nodes (madsim's `#[madsim::test]` cannot do this,
@@ -216,6 +216,33 @@ pub fn rng() -> rand_chacha::ChaCha8Rng {
 /// nodes are stopped by killing them.
 pub async fn shutdown_signal() {
     backend::shutdown_signal().await
+}
+
+/// Requests to reload configuration files (SIGHUP); never one in simulation. Make it only when
+/// there is something to reload: listening replaces SIGHUP's default action (ending the
+/// process). One listener for the node's life, so a SIGHUP during a reload is not lost.
+pub struct ReloadSignals {
+    inner: backend::ReloadSignals,
+}
+
+impl ReloadSignals {
+    /// Starts listening.
+    pub fn new() -> ReloadSignals {
+        ReloadSignals {
+            inner: backend::ReloadSignals::new(),
+        }
+    }
+
+    /// Completes at the next request to reload.
+    pub async fn recv(&mut self) {
+        self.inner.recv().await
+    }
+}
+
+impl Default for ReloadSignals {
+    fn default() -> Self {
+        ReloadSignals::new()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

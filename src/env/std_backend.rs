@@ -81,6 +81,37 @@ pub(super) async fn shutdown_signal() {
     }
 }
 
+/// SIGHUP, listened to from creation on.
+pub(super) struct ReloadSignals {
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl ReloadSignals {
+    pub(super) fn new() -> ReloadSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let hangup = signal(SignalKind::hangup())
+                .map_err(|error| tracing::error!(%error, "cannot listen for SIGHUP"))
+                .ok();
+            ReloadSignals { hangup }
+        }
+        #[cfg(not(unix))]
+        ReloadSignals {}
+    }
+
+    pub(super) async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(hangup) = &mut self.hangup {
+            if hangup.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
+}
+
 /// Files: `std::fs` run on tokio's blocking pool, with real fsync.
 pub(super) mod fs {
     use std::io;

@@ -12,12 +12,13 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
 
+use super::auth::{ClientAuth, Denied};
 use super::client::HttpClient;
 use crate::env;
 use crate::kv::{WriteOp, WriteRequest, WriteResult};
 use crate::metrics::{Histogram, Metrics, LATENCY_BUCKETS_SECONDS};
 use crate::node::cluster::Hello;
-use crate::node::rpc;
+use crate::node::{peer_auth, rpc};
 use crate::node::{Consistency, NodeError, NodeHandle, ReadOutcome, ReadQuery, ValueView};
 use crate::raft::NodeId;
 
@@ -72,6 +73,8 @@ pub struct AppState {
     /// a registry lookup validates, allocates and sorts the labels, on every request otherwise.
     /// Bounded by the static routes times the status codes the handlers answer.
     request_durations: Mutex<BTreeMap<(&'static str, u16), Histogram>>,
+    /// Client tokens and roles (`None`: every client may do everything).
+    auth: Option<Arc<ClientAuth>>,
 }
 
 impl AppState {
@@ -86,6 +89,7 @@ impl AppState {
             client,
             metrics: Arc::new(Metrics::new()),
             request_durations: Mutex::new(BTreeMap::new()),
+            auth: None,
         }
     }
 
@@ -93,6 +97,12 @@ impl AppState {
     pub fn set_incarnation(&self, incarnation: u64) {
         self.incarnation
             .store(incarnation, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The same state with client authentication on.
+    pub fn with_auth(mut self, auth: Arc<ClientAuth>) -> AppState {
+        self.auth = Some(auth);
+        self
     }
 
     fn request_duration(&self, route: &'static str, status: StatusCode) -> Histogram {
@@ -151,6 +161,12 @@ where
 {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
+    if let Some(auth) = &state.auth {
+        let authorization = request.headers().get(hyper::header::AUTHORIZATION);
+        if let Err(denied) = auth.check(&path, &method, authorization) {
+            return ("denied", denied_response(&denied));
+        }
+    }
     match path.as_str() {
         "/health" => ("/health", only(&method, &[Method::GET], || health(state))),
         "/metrics" => ("/metrics", only(&method, &[Method::GET], || metrics(state))),
@@ -384,12 +400,26 @@ where
     let Some(node) = state.node() else {
         return Err(not_started(state));
     };
+    let path = request.uri().path().to_string();
+    let mac = request.headers().get(peer_auth::PEER_MAC_HEADER).cloned();
     let body = read_body(
         request.into_body(),
         state.limits.rpc_body_bytes_max,
         state.limits.body_read_timeout,
     )
     .await?;
+    // Before decoding: a stranger's bytes never reach the decoder or the core.
+    if let Some(secret) = &node.config.peer_secret {
+        if !crate::plants::active(crate::plants::Plant::SkipPeerAuth) {
+            if let Err(e) = secret.verify(&path, &body, mac.as_ref()) {
+                return Err(error(
+                    StatusCode::UNAUTHORIZED,
+                    "peer_unauthenticated",
+                    &e.to_string(),
+                ));
+            }
+        }
+    }
     Ok((node, body))
 }
 
@@ -791,7 +821,12 @@ pub(super) async fn forward(
         .method(method)
         .uri(path)
         .header(FORWARDED, state.name.as_str());
-    for name in [CONTENT_TYPE.as_str(), IDEMPOTENCY_KEY] {
+    // The caller's token travels along: the leader checks it again (same token file).
+    for name in [
+        CONTENT_TYPE.as_str(),
+        IDEMPOTENCY_KEY,
+        hyper::header::AUTHORIZATION.as_str(),
+    ] {
         if let Some(value) = headers.get(name) {
             builder = builder.header(name, value);
         }
@@ -907,6 +942,28 @@ fn node_error_response(e: &NodeError) -> HttpResponse {
         retry_later(code, name, &message)
     } else {
         error(code, name, &message)
+    }
+}
+
+fn denied_response(denied: &Denied) -> HttpResponse {
+    match denied {
+        Denied::Unauthenticated(message) => {
+            let mut response = error(StatusCode::UNAUTHORIZED, "unauthenticated", message);
+            response.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+        Denied::Forbidden { name, role, needed } => error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            &format!(
+                "token {name:?} has role {}; this request needs {}",
+                role.as_str(),
+                needed.as_str()
+            ),
+        ),
     }
 }
 

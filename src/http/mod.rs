@@ -3,7 +3,9 @@
 //! environment seam's TCP, so the same code runs in production and in simulation.
 
 mod api;
+pub mod auth;
 pub mod client;
+pub mod guard;
 mod members;
 
 use std::convert::Infallible;
@@ -44,7 +46,12 @@ pub async fn serve(
             let header_bytes_max = state.limits.header_bytes_max.max(8192);
             let service = hyper::service::service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, request).await) }
+                async move {
+                    if let Some(refused) = guard::refusal_response(&request) {
+                        return Ok::<_, Infallible>(refused);
+                    }
+                    Ok::<_, Infallible>(handle(&state, request).await)
+                }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -52,11 +59,20 @@ pub async fn serve(
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(header_bytes_max);
             if let Err(error) = builder
-                .serve_connection(env::hyper_io(stream), service)
+                .serve_connection(guarded_io(stream, header_bytes_max), service)
                 .await
             {
                 tracing::debug!(%error, "http connection ended with an error");
             }
         });
     }
+}
+
+/// The connection as hyper reads it: every request head passes [`guard::HeadGuard`] first.
+fn guarded_io(
+    stream: env::TcpStream,
+    header_bytes_max: usize,
+) -> env::TokioIo<guard::HeadGuard<env::FlushWhenWritten<env::TcpStream>>> {
+    let flushing = env::hyper_io(stream).into_inner();
+    env::TokioIo::new(guard::HeadGuard::new(flushing, header_bytes_max))
 }

@@ -59,6 +59,17 @@ pub struct NodeConfig {
     pub request_queue_max: usize,
     /// Idempotency keys remembered by the state machine.
     pub idempotency_keys_max: usize,
+    /// Client bearer tokens with roles (`--auth-tokens`; `None`: no client authentication).
+    /// See `http::auth` for the file format.
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Client tokens given directly instead of by file (the simulator uses this).
+    pub auth_tokens: Option<crate::http::auth::TokenTable>,
+    /// `/metrics` needs a `read` token (`--metrics-auth`; only with `auth_tokens_file`).
+    pub metrics_auth: bool,
+    /// The shared cluster secret file (`--peer-secret-file`): see `node::peer_auth`.
+    pub peer_secret_file: Option<PathBuf>,
+    /// The secret itself, loaded from `peer_secret_file` when the node starts (`server::run`).
+    pub peer_secret: Option<super::peer_auth::PeerSecret>,
     /// Receives a [`NodeEvent`] for every role change and applied entry (the simulator's
     /// safety checks listen here); `None` in production.
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<NodeEvent>>,
@@ -145,6 +156,11 @@ impl NodeConfig {
             header_bytes_max: 16 << 10,
             request_queue_max: 65_536,
             idempotency_keys_max: 100_000,
+            auth_tokens_file: None,
+            auth_tokens: None,
+            metrics_auth: false,
+            peer_secret_file: None,
+            peer_secret: None,
             observer: None,
         }
     }

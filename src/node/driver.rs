@@ -228,6 +228,7 @@ pub(super) async fn start(
         body_bytes_max: config.rpc_body_bytes_max,
         transfers_max: config.snapshot_transfers_max,
         rpc_timeout: config.rpc_timeout,
+        peer_secret: config.peer_secret.clone(),
     };
     let transport = Transport::new(
         &cluster,

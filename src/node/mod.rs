@@ -6,6 +6,7 @@ pub mod config;
 mod driver;
 pub mod join;
 pub mod members;
+pub mod peer_auth;
 pub mod rpc;
 mod snapshot_receiver;
 mod snapshot_transfer;

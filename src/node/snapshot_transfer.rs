@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use super::members::Directory;
+use super::peer_auth::{signed_post, PeerSecret};
 use super::rpc::{self, ChunkAnswer, ChunkHeader};
 use super::snapshot_receiver::{ChunkStep, SnapshotReceiver, Transfer};
 use super::NodeMetrics;
@@ -55,6 +55,8 @@ pub(super) struct TransferOptions {
     pub body_bytes_max: usize,
     pub transfers_max: usize,
     pub rpc_timeout: Duration,
+    /// Signs every peer RPC when the cluster has a secret.
+    pub peer_secret: Option<PeerSecret>,
 }
 
 /// One outbound transfer in flight.
@@ -294,10 +296,11 @@ impl OutboundStream {
     }
 
     async fn send_chunk(&self, header: &ChunkHeader, bytes: &[u8]) -> Option<ChunkAnswer> {
-        let request = hyper::Request::post("/v1/raft/snapshot")
-            .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
-            .body(Full::new(Bytes::from(rpc::encode_chunk(header, bytes))))
-            .expect("a static request is valid");
+        let request = signed_post(
+            "/v1/raft/snapshot",
+            rpc::encode_chunk(header, bytes),
+            self.options.peer_secret.as_ref(),
+        );
         match self
             .client
             .call(
@@ -560,6 +563,7 @@ mod tests {
             body_bytes_max: 1 << 20,
             transfers_max: 1,
             rpc_timeout: Duration::from_secs(1),
+            peer_secret: None,
         }
     }
 

@@ -8,12 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use tokio::sync::mpsc;
 
 use super::cluster::{ClusterInfo, Member};
 use super::members::Directory;
+use super::peer_auth::{signed_post, PeerSecret};
 use super::rpc::{self, RpcEnvelope};
 use super::snapshot_transfer::{Leadership, SnapshotSender, TransferOptions};
 use super::NodeMetrics;
@@ -49,6 +48,8 @@ pub(super) struct Transport {
     body_bytes_max: usize,
     metrics: NodeMetrics,
     directory: Arc<Directory>,
+    /// Signs every peer RPC when the cluster has a secret.
+    peer_secret: Option<PeerSecret>,
 }
 
 /// An upper bound on the bytes `message` adds to an encoded envelope.
@@ -86,6 +87,7 @@ impl Transport {
         transfer: TransferOptions,
         metrics: &NodeMetrics,
     ) -> Transport {
+        let peer_secret = transfer.peer_secret.clone();
         let snapshots =
             SnapshotSender::new(transfer, client.clone(), directory.clone(), metrics.clone());
         let dropped = metrics.registry.counter(
@@ -104,6 +106,7 @@ impl Transport {
             body_bytes_max,
             metrics: metrics.clone(),
             directory: directory.clone(),
+            peer_secret,
         };
         transport.sync_peers(&directory.members());
         transport
@@ -132,6 +135,7 @@ impl Transport {
                 rpc_timeout: self.rpc_timeout,
                 body_bytes_max: self.body_bytes_max,
                 directory: self.directory.clone(),
+                peer_secret: self.peer_secret.clone(),
                 errors: self.metrics.registry.counter(
                     "raft_peer_rpc_errors_total",
                     "Raft RPCs to a peer that failed.",
@@ -183,6 +187,7 @@ struct PeerLink {
     errors: Counter,
     /// Told when a peer answers 410 Gone (this node was removed).
     directory: Arc<Directory>,
+    peer_secret: Option<PeerSecret>,
 }
 
 impl PeerLink {
@@ -229,10 +234,7 @@ impl PeerLink {
                 self.errors.inc();
                 continue;
             }
-            let request = hyper::Request::post("/v1/raft/messages")
-                .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
-                .body(Full::new(Bytes::from(body)))
-                .expect("a static request is valid");
+            let request = signed_post("/v1/raft/messages", body, self.peer_secret.as_ref());
             let ok = match self
                 .client
                 .call(&self.addr, request, 64 << 10, self.rpc_timeout)
@@ -267,6 +269,7 @@ impl PeerLink {
 mod tests {
     use super::*;
     use crate::raft::{Entry, EntryKind, Membership, Snapshot, SnapshotMeta};
+    use bytes::Bytes;
 
     fn append(entries: usize, data_bytes: usize) -> Message {
         Message {

@@ -144,6 +144,16 @@ impl NodeProcess {
         Some(status)
     }
 
+    /// Sends `signal` (a `kill -s` name such as `HUP`) to the running process.
+    pub fn send_signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("node is running");
+        let sent = Command::new("kill")
+            .args(["-s", signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -s {signal} failed");
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

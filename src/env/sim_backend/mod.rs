@@ -100,6 +100,19 @@ pub(super) fn rng() -> rand_chacha::ChaCha8Rng {
     rand_chacha::ChaCha8Rng::from_seed(seed)
 }
 
+/// Simulated nodes are never asked to reload.
+pub(super) struct ReloadSignals;
+
+impl ReloadSignals {
+    pub(super) fn new() -> ReloadSignals {
+        ReloadSignals
+    }
+
+    pub(super) async fn recv(&mut self) {
+        std::future::pending::<()>().await
+    }
+}
+
 pub(super) async fn shutdown_signal() {
     std::future::pending::<()>().await
 }
