@@ -44,11 +44,14 @@ pub enum Plant {
     /// The background snapshot writer skips the file's fsync, so the log is compacted past a
     /// snapshot that is not durable (compact only once the snapshot is durable).
     SnapshotUnsynced,
+    /// A new leader does not restart the lease countdowns: it treats every lease as due and
+    /// expires it at once, though its holder kept it alive (etcd restarts them, and so must we).
+    LeaseCountdownNotRestarted,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 11] = [
+    pub const ALL: [Plant; 12] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -60,6 +63,7 @@ impl Plant {
         Plant::DroppedUnderSnapshot,
         Plant::DriverPanic,
         Plant::SnapshotUnsynced,
+        Plant::LeaseCountdownNotRestarted,
     ];
 
     /// The name used on the command line.
@@ -76,6 +80,7 @@ impl Plant {
             Plant::DroppedUnderSnapshot => "dropped-under-snapshot",
             Plant::DriverPanic => "driver-panic",
             Plant::SnapshotUnsynced => "snapshot-unsynced",
+            Plant::LeaseCountdownNotRestarted => "lease-countdown-not-restarted",
         }
     }
 }

@@ -23,6 +23,9 @@ pub const PANIC: Victim = "panic";
 /// finish, replicas converge.
 pub const LIVENESS: Victim = "liveness";
 
+/// A key whose lease was kept alive within a third of its TTL is never deleted (lease check).
+pub const LEASE_KEPT_ALIVE: Victim = "lease kept alive";
+
 /// What a plant promises: the checker it breaks and within how many seeds (of 1..) it is caught.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Promise {
@@ -52,6 +55,7 @@ pub fn promise(plant: Plant) -> Option<Promise> {
         // A crash after the unsynced file's rename leaves the recorded snapshot empty: the node
         // cannot restart and the cluster never fully recovers.
         Plant::SnapshotUnsynced => (LIVENESS, 20),
+        Plant::LeaseCountdownNotRestarted => (LEASE_KEPT_ALIVE, 50),
     };
     Some(Promise {
         victim,

@@ -31,8 +31,12 @@
 #![deny(missing_docs)]
 
 mod idempotency;
+mod lease;
 mod snapshot;
+pub use lease::{Lease, LEASES_MAX, LEASE_KEYS_MAX, LEASE_TTL_MS_MAX};
 pub use snapshot::KvRestore;
+#[cfg(test)]
+mod lease_tests;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +48,7 @@ use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use idempotency::IdempotencyTable;
+use lease::{LeaseRefusal, LeaseTable};
 
 use crate::plants::{self, Plant};
 
@@ -100,6 +105,34 @@ pub enum WriteOp {
         /// The `mod_index` the key must have now; 0 means "the key must be absent".
         expected_mod_index: u64,
     },
+    /// Grants a lease of `ttl_ms`; its id is the index of this entry (see [`lease`]).
+    LeaseGrant {
+        /// Time to live in milliseconds, 1 to [`LEASE_TTL_MS_MAX`].
+        ttl_ms: u64,
+    },
+    /// A `Put` (or, with `expected_mod_index`, a `Cas`) that also attaches `key` to a lease,
+    /// so it is deleted when the lease ends. A plain `Put`/`Cas`/`Delete` detaches it again.
+    PutLeased {
+        /// The key to write.
+        key: String,
+        /// The new value.
+        value: Bytes,
+        /// The lease to attach the key to; it must exist.
+        lease_id: u64,
+        /// When set, the write is a compare-and-swap on this `mod_index` (0: create only).
+        expected_mod_index: Option<u64>,
+    },
+    /// Revokes a lease at a client's request, deleting its keys.
+    LeaseRevoke {
+        /// The lease.
+        lease_id: u64,
+    },
+    /// Ends a lease whose countdown ran out on the leader, deleting its keys. Only the leader
+    /// proposes it (the countdown is never a follower's), and it is committed like any write.
+    LeaseExpire {
+        /// The lease.
+        lease_id: u64,
+    },
 }
 
 /// The outcome of an applied write, identical on every replica.
@@ -126,6 +159,30 @@ pub enum WriteResult {
     CasMismatch {
         /// The key's `mod_index` now; 0 = absent.
         current_mod_index: u64,
+    },
+    /// A `LeaseGrant`.
+    LeaseGranted {
+        /// The new lease's id (the grant's log index).
+        lease_id: u64,
+        /// Its time to live.
+        ttl_ms: u64,
+    },
+    /// A `LeaseRevoke` or `LeaseExpire`: the lease is gone and so are its keys.
+    LeaseEnded {
+        /// The lease.
+        lease_id: u64,
+        /// How many keys were deleted with it.
+        keys_deleted: u64,
+    },
+    /// The lease named does not exist (never granted, or revoked, or expired); nothing changed.
+    LeaseNotFound {
+        /// The lease.
+        lease_id: u64,
+    },
+    /// A lease limit ([`LEASES_MAX`], [`LEASE_KEYS_MAX`]) refused the command; nothing changed.
+    LeaseLimit {
+        /// Which limit.
+        reason: String,
     },
 }
 
@@ -187,6 +244,14 @@ pub enum KvError {
         /// The limit ([`IDEMPOTENCY_KEY_BYTES_MAX`]).
         key_bytes_max: usize,
     },
+    /// The TTL is 0 or above [`LEASE_TTL_MS_MAX`].
+    #[error("lease TTL of {ttl_ms} ms is outside 1 to {ttl_ms_max} ms")]
+    BadLeaseTtl {
+        /// The refused TTL.
+        ttl_ms: u64,
+        /// The limit ([`LEASE_TTL_MS_MAX`]).
+        ttl_ms_max: u64,
+    },
     /// A snapshot failed its checks (magic, version, checksum, decoding or invariants).
     #[error("snapshot is corrupt: {reason}")]
     CorruptSnapshot {
@@ -196,13 +261,18 @@ pub enum KvError {
 }
 
 impl WriteOp {
-    /// The key the operation writes.
-    pub fn key(&self) -> &str {
+    /// The key the operation writes (`None` for lease grant, revoke and expiry, which name a
+    /// lease; revoke and expiry delete its keys).
+    pub fn key(&self) -> Option<&str> {
         match self {
             WriteOp::Put { key, .. }
             | WriteOp::Delete { key }
             | WriteOp::Cas { key, .. }
-            | WriteOp::CasDelete { key, .. } => key,
+            | WriteOp::CasDelete { key, .. }
+            | WriteOp::PutLeased { key, .. } => Some(key),
+            WriteOp::LeaseGrant { .. }
+            | WriteOp::LeaseRevoke { .. }
+            | WriteOp::LeaseExpire { .. } => None,
         }
     }
 }
@@ -211,11 +281,29 @@ impl WriteRequest {
     /// Checks the limits [`KvStore::apply`] enforces, so a front end can refuse a request before
     /// proposing it. Value size is not checked here (see [`VALUE_BYTES_MAX`]).
     pub fn validate(&self) -> Result<(), KvError> {
-        validate_key(self.op.key())?;
+        if let Some(key) = self.op.key() {
+            validate_key(key)?;
+        }
+        if let WriteOp::LeaseGrant { ttl_ms } = self.op {
+            if !(1..=LEASE_TTL_MS_MAX).contains(&ttl_ms) {
+                return Err(KvError::BadLeaseTtl {
+                    ttl_ms,
+                    ttl_ms_max: LEASE_TTL_MS_MAX,
+                });
+            }
+        }
         if let Some(idempotency_key) = &self.idempotency_key {
             validate_idempotency_key(idempotency_key)?;
         }
         Ok(())
+    }
+}
+
+/// The result of a lease command the table refused.
+fn lease_refused(lease_id: u64, refusal: LeaseRefusal) -> WriteResult {
+    match refusal {
+        LeaseRefusal::NotFound => WriteResult::LeaseNotFound { lease_id },
+        LeaseRefusal::Limit(reason) => WriteResult::LeaseLimit { reason },
     }
 }
 
@@ -274,6 +362,8 @@ pub struct KvStore {
     entries: OrdMap<Arc<str>, Value>,
     /// Results of recently applied requests that carried an idempotency key.
     idempotency: IdempotencyTable,
+    /// The leases and the keys they hold.
+    leases: LeaseTable,
     /// Index of the last entry applied (command or not).
     /// Invariant: every `mod_index` and every remembered request index is `<= applied_index`.
     applied_index: u64,
@@ -286,6 +376,7 @@ impl KvStore {
             options,
             entries: OrdMap::new(),
             idempotency: IdempotencyTable::default(),
+            leases: LeaseTable::default(),
             applied_index: 0,
         }
     }
@@ -363,6 +454,26 @@ impl KvStore {
             .collect()
     }
 
+    /// The lease `lease_id`, if it exists.
+    pub fn lease(&self, lease_id: u64) -> Option<&Lease> {
+        self.leases.get(lease_id)
+    }
+
+    /// Every lease in ascending id order.
+    pub fn leases_iter(&self) -> impl Iterator<Item = (u64, &Lease)> {
+        self.leases.iter()
+    }
+
+    /// Number of leases.
+    pub fn leases_len(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// The lease holding `key`, if any.
+    pub fn lease_of(&self, key: &str) -> Option<u64> {
+        self.leases.lease_of(key)
+    }
+
     /// Index of the last applied entry (0 before any).
     pub fn applied_index(&self) -> u64 {
         self.applied_index
@@ -400,6 +511,7 @@ impl KvStore {
     fn apply_op(&mut self, index: u64, op: WriteOp) -> WriteResult {
         match op {
             WriteOp::Put { key, value } => {
+                self.leases.detach(&key);
                 let created = self.write(index, key, value);
                 WriteResult::Put {
                     mod_index: index,
@@ -407,7 +519,7 @@ impl KvStore {
                 }
             }
             WriteOp::Delete { key } => WriteResult::Deleted {
-                existed: self.entries.remove(key.as_str()).is_some(),
+                existed: self.remove(&key),
             },
             WriteOp::Cas {
                 key,
@@ -418,6 +530,7 @@ impl KvStore {
                 if current_mod_index != expected_mod_index {
                     return WriteResult::CasMismatch { current_mod_index };
                 }
+                self.leases.detach(&key);
                 self.write(index, key, value);
                 WriteResult::CasOk { mod_index: index }
             }
@@ -430,10 +543,62 @@ impl KvStore {
                     return WriteResult::CasMismatch { current_mod_index };
                 }
                 WriteResult::Deleted {
-                    existed: self.entries.remove(key.as_str()).is_some(),
+                    existed: self.remove(&key),
+                }
+            }
+            WriteOp::LeaseGrant { ttl_ms } => match self.leases.grant(index, ttl_ms) {
+                Ok(()) => WriteResult::LeaseGranted {
+                    lease_id: index,
+                    ttl_ms,
+                },
+                Err(refusal) => lease_refused(index, refusal),
+            },
+            WriteOp::PutLeased {
+                key,
+                value,
+                lease_id,
+                expected_mod_index,
+            } => {
+                if let Err(refusal) = self.leases.check_attach(&key, lease_id) {
+                    return lease_refused(lease_id, refusal);
+                }
+                let current_mod_index = self.mod_index_of(&key);
+                if expected_mod_index.is_some_and(|expected| expected != current_mod_index) {
+                    return WriteResult::CasMismatch { current_mod_index };
+                }
+                let shared: Arc<str> = Arc::from(key.as_str());
+                let created = self.write(index, key, value);
+                self.leases.attach(shared, lease_id);
+                match expected_mod_index {
+                    None => WriteResult::Put {
+                        mod_index: index,
+                        created,
+                    },
+                    Some(_) => WriteResult::CasOk { mod_index: index },
+                }
+            }
+            WriteOp::LeaseRevoke { lease_id } | WriteOp::LeaseExpire { lease_id } => {
+                match self.leases.remove(lease_id) {
+                    None => WriteResult::LeaseNotFound { lease_id },
+                    Some(keys) => {
+                        for key in keys.iter() {
+                            let existed = self.entries.remove(key.as_ref()).is_some();
+                            assert!(existed, "lease {lease_id} held the absent key {key:?}");
+                        }
+                        WriteResult::LeaseEnded {
+                            lease_id,
+                            keys_deleted: keys.len() as u64,
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// Deletes `key` and its lease attachment; returns whether it existed.
+    fn remove(&mut self, key: &str) -> bool {
+        self.leases.detach(key);
+        self.entries.remove(key).is_some()
     }
 
     /// `mod_index` of `key`, 0 when absent.

@@ -19,15 +19,16 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cluster::{self, ClusterInfo};
+use super::leases::{Keepalive, LeaseClock};
 use super::snapshot_transfer::{self, PreparedInstall, TransferOptions};
 use super::transport::Transport;
 use super::{
-    Consistency, InspectScope, Inspection, NodeConfig, NodeError, NodeEvent, NodeHandle,
+    Consistency, InspectScope, Inspection, LeaseView, NodeConfig, NodeError, NodeEvent, NodeHandle,
     NodeMetrics, NodeStatus, ReadOutcome, ReadQuery, Request, ValueView, WriteOutcome,
 };
 use crate::env;
 use crate::http::client::HttpClient;
-use crate::kv::{self, KvOptions, KvStore};
+use crate::kv::{self, KvOptions, KvStore, WriteOp, WriteRequest, WriteResult};
 use crate::plants::{self, Plant};
 use crate::raft::invariants::{entry_digest, NodeView};
 use crate::raft::{
@@ -130,6 +131,8 @@ struct Driver {
     /// Given to each background snapshot writer; the driver keeps one so `recv` never ends.
     snapshot_done_tx: mpsc::Sender<SnapshotDone>,
     snapshot_done: mpsc::Receiver<SnapshotDone>,
+    /// The lease countdowns while this node leads (empty otherwise).
+    lease_clock: LeaseClock,
 }
 
 pub(super) async fn start(
@@ -255,6 +258,7 @@ pub(super) async fn start(
         snapshot_policy: SnapshotPolicy::default(),
         snapshot_done_tx,
         snapshot_done,
+        lease_clock: LeaseClock::default(),
     };
     env::spawn(driver.run());
     Ok(NodeHandle {
@@ -323,6 +327,7 @@ impl Driver {
                     next_tick = now + tick;
                 }
             }
+            self.maybe_expire_leases();
             self.flush_reads();
             if self.failure.is_none() && self.raft.has_ready() {
                 if let Err(reason) = self.handle_ready().await {
@@ -366,6 +371,7 @@ impl Driver {
                 Request::Write { reply, .. } => drop(reply.send(Err(error))),
                 Request::Read { reply, .. } => drop(reply.send(Err(error))),
                 Request::TransferLeadership { reply, .. } => drop(reply.send(Err(error))),
+                Request::LeaseKeepalive { reply, .. } => drop(reply.send(Err(error))),
                 Request::Inspect { scope, reply } => drop(reply.send(self.inspect(scope))),
                 Request::StateView { reply } => drop(reply.send(self.kv.clone())),
             }
@@ -414,10 +420,67 @@ impl Driver {
             Request::Inspect { scope, reply } => {
                 let _ = reply.send(self.inspect(scope));
             }
+            Request::LeaseKeepalive { lease_id, reply } => {
+                let _ = reply.send(self.handle_lease_keepalive(lease_id));
+            }
             Request::StateView { reply } => {
                 let _ = reply.send(self.kv.clone());
             }
         }
+    }
+
+    /// Restarts a lease's countdown if this node leads (the caller then confirms leadership
+    /// with a linearizable read, see `NodeHandle::lease_keepalive`).
+    fn handle_lease_keepalive(&mut self, lease_id: u64) -> Result<bool, NodeError> {
+        let soft = self.raft.soft_state();
+        if soft.role != Role::Leader {
+            return Err(NodeError::NotLeader {
+                leader: soft.leader,
+            });
+        }
+        let found = self.lease_clock.keepalive(&self.kv, lease_id, env::now());
+        Ok(found == Keepalive::Refreshed)
+    }
+
+    /// Proposes the expiry of every lease whose countdown ran out on this leader (a bounded
+    /// number per round). Followers hold no countdowns, so they never expire anything.
+    fn maybe_expire_leases(&mut self) {
+        if self.failure.is_some() || self.raft.soft_state().role != Role::Leader {
+            return;
+        }
+        for lease_id in self.lease_clock.take_due(env::now()) {
+            let request = WriteRequest {
+                idempotency_key: None,
+                op: WriteOp::LeaseExpire { lease_id },
+            };
+            match self.raft.propose(kv::encode_write(&request)) {
+                Ok(index) => {
+                    tracing::info!(node = %self.config.name, lease_id, index, "lease expired, expiry proposed");
+                }
+                Err(error) => {
+                    tracing::debug!(node = %self.config.name, lease_id, %error, "lease expiry not proposed");
+                    self.lease_clock.unmark_expiring(lease_id);
+                }
+            }
+        }
+    }
+
+    /// Starts (as a new leader) or drops (as a follower) the lease countdowns.
+    fn on_leadership_for_leases(&mut self, role: Role) {
+        if role != Role::Leader {
+            self.lease_clock.clear();
+            return;
+        }
+        let planted = plants::active(Plant::LeaseCountdownNotRestarted);
+        self.lease_clock
+            .start_leading(&self.kv, env::now(), |ttl_ms| {
+                if planted {
+                    // The planted bug: carry no countdown over, as if every lease were due.
+                    std::time::Duration::ZERO
+                } else {
+                    std::time::Duration::from_millis(ttl_ms)
+                }
+            });
     }
 
     fn inspect(&self, scope: InspectScope) -> Inspection {
@@ -581,6 +644,7 @@ impl Driver {
         });
         self.transport
             .set_leadership((soft.role == Role::Leader).then_some(soft.term));
+        self.on_leadership_for_leases(soft.role);
         if soft.leader != self.last_leader {
             self.metrics.leader_changes.inc();
             self.last_leader = soft.leader;
@@ -653,7 +717,20 @@ impl Driver {
         self.snapshot_policy.entries_applied += 1;
         self.snapshot_policy.bytes_applied += data.len() as u64;
         let result = match kind {
-            EntryKind::Normal => Some(self.kv.apply(index, data)),
+            EntryKind::Normal => {
+                let result = self.kv.apply(index, data);
+                match &result {
+                    Ok(WriteResult::LeaseGranted { lease_id, ttl_ms }) => {
+                        // Only a leader counts (a follower's clock decides nothing).
+                        self.lease_clock.on_granted(*lease_id, *ttl_ms, env::now());
+                    }
+                    Ok(WriteResult::LeaseEnded { lease_id, .. }) => {
+                        self.lease_clock.on_ended(*lease_id);
+                    }
+                    _ => {}
+                }
+                Some(result)
+            }
             EntryKind::Noop | EntryKind::Config => {
                 self.kv.apply_noop(index);
                 None
@@ -713,6 +790,7 @@ impl Driver {
                     .into_iter()
                     .collect(),
                 more: false,
+                lease: None,
             },
             ReadQuery::List {
                 prefix,
@@ -732,8 +810,23 @@ impl Driver {
                     index,
                     values,
                     more,
+                    lease: None,
                 }
             }
+            ReadQuery::Lease(lease_id) => ReadOutcome {
+                index,
+                values: Vec::new(),
+                more: false,
+                lease: self.kv.lease(*lease_id).map(|lease| LeaseView {
+                    lease_id: *lease_id,
+                    ttl_ms: lease.ttl_ms,
+                    remaining_ms: self
+                        .lease_clock
+                        .remaining(*lease_id, env::now())
+                        .map(|left| left.as_millis() as u64),
+                    keys: lease.keys.iter().map(|key| key.to_string()).collect(),
+                }),
+            },
         }
     }
 
