@@ -1,4 +1,5 @@
-//! Command-line interface: `raft-kv [node flags]`, `raft-kv dev`, `raft-kv bench`.
+//! Command-line interface: `raft-kv [node flags]`, `raft-kv dev`, `raft-kv bench`, and the
+//! client commands `raft-kv kv|lease|status`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use raft_kv::node::NodeConfig;
 
 mod bench;
+mod client;
 mod dev;
+mod kvctl;
 
 /// A small, strongly consistent replicated key-value store on its own Raft.
 #[derive(Parser, Debug)]
@@ -27,6 +30,12 @@ enum Command {
     Dev(dev::DevArgs),
     /// Drive a running cluster with concurrent clients and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Read and write keys: get, put (--cas, --lease), del, list.
+    Kv(kvctl::KvArgs),
+    /// TTL leases: grant, keepalive, revoke, show.
+    Lease(kvctl::LeaseArgs),
+    /// The cluster's members, leader, term, and each member's applied index and lag.
+    Status(kvctl::StatusArgs),
 }
 
 /// How logs are printed.
@@ -221,6 +230,9 @@ pub fn main() -> ExitCode {
     match cli.command {
         Some(Command::Dev(args)) => dev::run(args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Kv(args)) => kvctl::kv(args),
+        Some(Command::Lease(args)) => kvctl::lease(args),
+        Some(Command::Status(args)) => kvctl::status(args),
         None => run_node(cli.node),
     }
 }

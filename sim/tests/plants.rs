@@ -119,3 +119,8 @@ fn expect_failure_does_not_count_a_failure_of_another_checker() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_new_leader_that_does_not_restart_lease_countdowns_is_caught_by_the_lease_check() {
+    assert_caught_by_its_victim(Plant::LeaseCountdownNotRestarted);
+}

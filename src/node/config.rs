@@ -144,6 +144,14 @@ impl NodeConfig {
             observer: None,
         }
     }
+
+    /// The shortest TTL a lease may have on this node: above the longest election timeout
+    /// (randomized up to twice `election_ticks`), rounded up to whole seconds, so a holder that
+    /// keeps alive every third of its TTL rides out a failover.
+    pub fn lease_ttl_min(&self) -> Duration {
+        let election_timeout_max = self.tick_interval * self.election_ticks.saturating_mul(2);
+        Duration::from_secs(election_timeout_max.as_secs() + 1)
+    }
 }
 
 /// A stable 64-bit id for a member name (FNV-1a), never 0.

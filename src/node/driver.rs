@@ -44,6 +44,10 @@ const INPUTS_PER_ROUND_MAX: usize = 8192;
 const INBOUND_QUEUE_MAX: usize = 16_384;
 /// With the `driver-panic` plant, the driver panics when it applies this index.
 const PLANTED_PANIC_INDEX: Index = 40;
+/// A gap between two driver rounds over this many ticks (and at least [`LEASE_STALL_MIN`])
+/// pauses the leader's lease countdowns (see `node::leases`).
+const LEASE_STALL_TICKS: u32 = 10;
+const LEASE_STALL_MIN: std::time::Duration = std::time::Duration::from_millis(100);
 /// Entry bytes in one `Append` at most (the core's default), and at most this share of the peer
 /// RPC body limit, so a batch of appends always fits in a body.
 const APPEND_BYTES_MAX: u64 = 1 << 20;
@@ -448,7 +452,13 @@ impl Driver {
         if self.failure.is_some() || self.raft.soft_state().role != Role::Leader {
             return;
         }
-        for lease_id in self.lease_clock.take_due(env::now()) {
+        let now = env::now();
+        let stall_threshold = (self.config.tick_interval * LEASE_STALL_TICKS).max(LEASE_STALL_MIN);
+        let paused = self.lease_clock.observe_round(now, stall_threshold);
+        if !paused.is_zero() {
+            tracing::info!(node = %self.config.name, paused_ms = paused.as_millis() as u64, "leader stalled or its clock jumped: lease countdowns paused");
+        }
+        for lease_id in self.lease_clock.take_due(now) {
             let request = WriteRequest {
                 idempotency_key: None,
                 op: WriteOp::LeaseExpire { lease_id },

@@ -15,6 +15,12 @@
 //! later leader started counting later), and at most TTL plus the time leadership takes to
 //! move, plus commit latency, after it.
 //!
+//! A leader whose clock jumps forward, or whose process stalls (a VM pause, a long GC-like
+//! hiccup), sees deadlines pass that its holders could not have kept alive: nobody could reach
+//! it meanwhile. So a gap between two driver rounds longer than the stall threshold pauses every
+//! countdown for that gap ([`LeaseClock::observe_round`]); a lease then lives longer, never
+//! shorter (etcd's lessor likewise extends leases after a leader stall).
+//!
 //! Invariant: only a leader holds deadlines; `expiring ⊆ deadlines.keys()`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,6 +40,8 @@ pub(super) struct LeaseClock {
     expiring: BTreeSet<u64>,
     /// Whether this node leads (and so counts).
     leading: bool,
+    /// When the driver last looked at the countdowns while leading.
+    last_round: Option<Instant>,
 }
 
 /// What a keepalive found.
@@ -58,6 +66,7 @@ impl LeaseClock {
             return;
         }
         self.leading = true;
+        self.last_round = Some(now);
         self.deadlines = kv
             .leases_iter()
             .map(|(lease_id, lease)| (lease_id, now + countdown(lease.ttl_ms)))
@@ -68,6 +77,7 @@ impl LeaseClock {
     /// This node stopped leading: it counts nothing.
     pub(super) fn clear(&mut self) {
         self.leading = false;
+        self.last_round = None;
         self.deadlines.clear();
         self.expiring.clear();
     }
@@ -107,6 +117,23 @@ impl LeaseClock {
             .map(|deadline| deadline.duration_since(now))
     }
 
+    /// A driver round at `now` while leading: a gap since the last round over
+    /// `stall_threshold` (a stall, or the clock jumping forward) pauses every countdown for the
+    /// gap. Returns the pause applied.
+    pub(super) fn observe_round(&mut self, now: Instant, stall_threshold: Duration) -> Duration {
+        let gap = self
+            .last_round
+            .map_or(Duration::ZERO, |last| now.duration_since(last));
+        self.last_round = Some(now);
+        if gap <= stall_threshold {
+            return Duration::ZERO;
+        }
+        for deadline in self.deadlines.values_mut() {
+            *deadline += gap;
+        }
+        gap
+    }
+
     /// Leases whose deadline passed and whose expiry is not proposed yet, at most
     /// [`EXPIRIES_PER_ROUND_MAX`]; they are marked expiring.
     pub(super) fn take_due(&mut self, now: Instant) -> Vec<u64> {
@@ -124,5 +151,77 @@ impl LeaseClock {
     /// An expiry proposal failed: the lease may be proposed again.
     pub(super) fn unmark_expiring(&mut self, lease_id: u64) {
         self.expiring.remove(&lease_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{encode_write, KvOptions, WriteOp, WriteRequest};
+
+    const TTL_MS: u64 = 3_000;
+
+    fn at_ms(ms: u64) -> Instant {
+        Instant::from_nanos(crate::env::CLOCK_BASE_NANOS + ms * 1_000_000)
+    }
+
+    /// A store holding lease 1 (granted at index 1) with a TTL of 3 s.
+    fn store_with_a_lease() -> KvStore {
+        let mut kv = KvStore::new(KvOptions::default());
+        let grant = WriteRequest {
+            idempotency_key: None,
+            op: WriteOp::LeaseGrant { ttl_ms: TTL_MS },
+        };
+        kv.apply(1, &encode_write(&grant)).expect("a valid grant");
+        kv
+    }
+
+    fn leading_at(kv: &KvStore, ms: u64) -> LeaseClock {
+        let mut clock = LeaseClock::default();
+        clock.start_leading(kv, at_ms(ms), Duration::from_millis);
+        clock
+    }
+
+    #[test]
+    fn a_new_leader_gives_every_lease_a_full_ttl_from_its_election() {
+        let kv = store_with_a_lease();
+        let mut clock = leading_at(&kv, 10_000);
+        assert!(clock.take_due(at_ms(12_999)).is_empty());
+        assert_eq!(clock.take_due(at_ms(13_000)), vec![1]);
+        assert!(clock.take_due(at_ms(13_001)).is_empty(), "proposed once");
+    }
+
+    #[test]
+    fn a_keepalive_moves_the_deadline_and_an_expiring_lease_refuses_it() {
+        let kv = store_with_a_lease();
+        let mut clock = leading_at(&kv, 0);
+        assert_eq!(clock.keepalive(&kv, 1, at_ms(2_000)), Keepalive::Refreshed);
+        assert!(clock.take_due(at_ms(4_999)).is_empty());
+        assert_eq!(clock.take_due(at_ms(5_000)), vec![1]);
+        assert_eq!(clock.keepalive(&kv, 1, at_ms(5_001)), Keepalive::NotFound);
+        assert_eq!(clock.keepalive(&kv, 2, at_ms(5_001)), Keepalive::NotFound);
+    }
+
+    #[test]
+    fn a_follower_counts_nothing() {
+        let mut clock = LeaseClock::default();
+        clock.on_granted(1, TTL_MS, at_ms(0));
+        assert!(clock.take_due(at_ms(1_000_000)).is_empty());
+        assert_eq!(clock.remaining(1, at_ms(0)), None);
+    }
+
+    #[test]
+    fn a_stall_or_forward_clock_jump_pauses_the_countdowns() {
+        let kv = store_with_a_lease();
+        let mut clock = leading_at(&kv, 0);
+        let threshold = Duration::from_millis(100);
+        assert_eq!(clock.observe_round(at_ms(50), threshold), Duration::ZERO);
+        // The clock jumps 2.5 s between two rounds: the lease keeps its 2.95 s left.
+        assert_eq!(
+            clock.observe_round(at_ms(2_550), threshold),
+            Duration::from_millis(2_500)
+        );
+        assert!(clock.take_due(at_ms(5_499)).is_empty());
+        assert_eq!(clock.take_due(at_ms(5_500)), vec![1]);
     }
 }

@@ -10,21 +10,11 @@
 //!
 //! An unknown (or expired, or revoked) lease is 404 `lease_not_found`.
 
-use std::time::Duration;
-
 use super::*;
-use crate::node::{LeaseView, NodeConfig};
+use crate::node::LeaseView;
 
 /// Largest body of a grant request.
 const GRANT_BODY_BYTES_MAX: usize = 1024;
-
-/// The shortest TTL a lease may have on a node with this configuration: above the longest
-/// election timeout (randomized up to twice `election_ticks`), rounded up to whole seconds,
-/// so a holder that keeps alive every third of its TTL survives a failover.
-pub(super) fn lease_ttl_min(config: &NodeConfig) -> Duration {
-    let election_timeout_max = config.tick_interval * config.election_ticks.saturating_mul(2);
-    Duration::from_secs(election_timeout_max.as_secs() + 1)
-}
 
 /// Routes `/v1/leases` and `/v1/leases/...`.
 pub(super) async fn route<B>(state: &AppState, request: Request<B>, rest: &str) -> HttpResponse
@@ -81,7 +71,7 @@ where
         Ok(body) => body,
         Err(response) => return response,
     };
-    let ttl_min = lease_ttl_min(&node.config);
+    let ttl_min = node.config.lease_ttl_min();
     let ttl_max_s = crate::kv::LEASE_TTL_MS_MAX / 1000;
     let ttl_s = match serde_json::from_slice::<Json>(&body)
         .ok()
