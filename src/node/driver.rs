@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::cluster::{self, ClusterInfo};
 use super::snapshot_transfer::{self, PreparedInstall, TransferOptions};
 use super::transport::Transport;
+use super::watch::{SharedWatchHub, WatchHub};
 use super::{
     Consistency, InspectScope, Inspection, NodeConfig, NodeError, NodeEvent, NodeHandle,
     NodeMetrics, NodeStatus, ReadOutcome, ReadQuery, Request, ValueView, WriteOutcome,
@@ -130,6 +131,10 @@ struct Driver {
     /// Given to each background snapshot writer; the driver keeps one so `recv` never ends.
     snapshot_done_tx: mpsc::Sender<SnapshotDone>,
     snapshot_done: mpsc::Receiver<SnapshotDone>,
+    /// Every key change applied, for watches (see `node::watch`).
+    watches: SharedWatchHub,
+    /// Reused buffer for the changes of one applied entry.
+    changes: Vec<kv::KeyChange>,
 }
 
 pub(super) async fn start(
@@ -230,6 +235,7 @@ pub(super) async fn start(
         last_index = raft_status.last_index,
         "node started"
     );
+    let watches = Arc::new(WatchHub::new(config.watch.clone(), kv.applied_index()));
     let driver = Driver {
         raft,
         wal,
@@ -255,6 +261,8 @@ pub(super) async fn start(
         snapshot_policy: SnapshotPolicy::default(),
         snapshot_done_tx,
         snapshot_done,
+        watches: watches.clone(),
+        changes: Vec::new(),
     };
     env::spawn(driver.run());
     Ok(NodeHandle {
@@ -265,6 +273,7 @@ pub(super) async fn start(
         cluster,
         config,
         metrics,
+        watches,
     })
 }
 
@@ -552,6 +561,7 @@ impl Driver {
         for entry in std::mem::take(&mut ready.committed_entries) {
             self.apply(entry.index, entry.term, entry.kind, &entry.data);
         }
+        self.watches.publish_applied();
         for read_state in std::mem::take(&mut ready.read_states) {
             if let Some(reads) = self.reads_confirming.remove(&read_state.context) {
                 self.reads_applying
@@ -653,12 +663,14 @@ impl Driver {
         self.snapshot_policy.entries_applied += 1;
         self.snapshot_policy.bytes_applied += data.len() as u64;
         let result = match kind {
-            EntryKind::Normal => Some(self.kv.apply(index, data)),
+            EntryKind::Normal => Some(self.kv.apply_recording(index, data, &mut self.changes)),
             EntryKind::Noop | EntryKind::Config => {
                 self.kv.apply_noop(index);
                 None
             }
         };
+        self.watches
+            .record(index, std::mem::take(&mut self.changes));
         // Everything at or below `index` is decided now.
         while let Some(entry) = self.pending_writes.first_entry() {
             if *entry.key() > index {
@@ -866,6 +878,8 @@ impl Driver {
             .await
             .map_err(|e| format!("wal snapshot: {e}"))?;
         self.kv = store;
+        // Watches after the snapshot's index continue; older ones get 410 (compacted).
+        self.watches.reset(snapshot.meta.index);
         tracing::info!(node = %self.config.name, index = snapshot.meta.index, "installed a snapshot from the leader");
         self.snapshot_policy.entries_applied = 0;
         self.snapshot_policy.bytes_applied = 0;
