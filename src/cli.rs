@@ -105,6 +105,15 @@ pub struct NodeArgs {
     /// Largest value in bytes (larger values get 413).
     #[arg(long, env = "RAFT_KV_MAX_VALUE_BYTES", default_value_t = raft_kv::kv::VALUE_BYTES_MAX)]
     pub max_value_bytes: usize,
+    /// Key changes each node keeps for watches (older `index=` gets 410).
+    #[arg(long, env = "RAFT_KV_WATCH_HISTORY_EVENTS", default_value_t = raft_kv::node::watch::WATCH_HISTORY_EVENTS_MAX_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub watch_history_events: u64,
+    /// Bytes of keys and values each node keeps for watches.
+    #[arg(long, env = "RAFT_KV_WATCH_HISTORY_BYTES", default_value_t = raft_kv::node::watch::WATCH_HISTORY_BYTES_MAX_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..=(16 << 30)))]
+    pub watch_history_bytes: u64,
+    /// Watches that may wait on this node at once (503 beyond).
+    #[arg(long, env = "RAFT_KV_WATCH_MAX", default_value_t = raft_kv::node::watch::WATCHES_MAX_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub watch_max: u64,
     /// Log format.
     #[arg(long, env = "RAFT_KV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -163,6 +172,11 @@ impl NodeArgs {
         config.snapshot_receive_bytes_max = self.snapshot_receive_bytes_max.unwrap_or(u64::MAX);
         config.key_bytes_max = self.max_key_bytes;
         config.value_bytes_max = self.max_value_bytes;
+        config.watch = raft_kv::node::watch::WatchOptions {
+            history_events_max: self.watch_history_events as usize,
+            history_bytes_max: self.watch_history_bytes as usize,
+            watches_max: self.watch_max as usize,
+        };
         Ok(config)
     }
 }

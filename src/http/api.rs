@@ -120,7 +120,7 @@ impl AppState {
     }
 }
 
-type HttpResponse = Response<Full<Bytes>>;
+pub(super) type HttpResponse = Response<Full<Bytes>>;
 
 /// Handles one request. Generic over the body so tests and fuzzers can call it in process.
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> HttpResponse
@@ -311,6 +311,9 @@ fn metrics(state: &AppState) -> HttpResponse {
         if node.driver_stopped() {
             node.metrics.healthy.set(0);
         }
+        node.metrics
+            .watches_waiting
+            .set(node.watches.watches_waiting() as i64);
         text.push_str(&node.metrics.registry.render());
     }
     let mut response = Response::new(Full::new(Bytes::from(text)));
@@ -515,6 +518,9 @@ where
                 ),
             );
         }
+    }
+    if request.method() == Method::GET && query.get("watch").is_some() {
+        return super::watch::watch(node, &query, key).await;
     }
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
@@ -936,7 +942,7 @@ fn not_started(state: &AppState) -> HttpResponse {
 }
 
 /// An error the client may retry after a second.
-fn retry_later(code: StatusCode, name: &str, message: &str) -> HttpResponse {
+pub(super) fn retry_later(code: StatusCode, name: &str, message: &str) -> HttpResponse {
     let mut response = error(code, name, message);
     response
         .headers_mut()
@@ -951,7 +957,7 @@ fn member_name(node: &NodeHandle, id: NodeId) -> String {
         .unwrap_or_else(|| format!("{id:x}"))
 }
 
-fn with_index(mut response: HttpResponse, index: u64) -> HttpResponse {
+pub(super) fn with_index(mut response: HttpResponse, index: u64) -> HttpResponse {
     response.headers_mut().insert(
         HeaderName::from_static(RAFT_INDEX),
         HeaderValue::from(index),
@@ -959,7 +965,7 @@ fn with_index(mut response: HttpResponse, index: u64) -> HttpResponse {
     response
 }
 
-fn json_response(code: StatusCode, body: Json) -> HttpResponse {
+pub(super) fn json_response(code: StatusCode, body: Json) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = code;
     response
@@ -968,11 +974,11 @@ fn json_response(code: StatusCode, body: Json) -> HttpResponse {
     response
 }
 
-fn error(code: StatusCode, name: &str, message: &str) -> HttpResponse {
+pub(super) fn error(code: StatusCode, name: &str, message: &str) -> HttpResponse {
     json_response(code, json!({"error": message, "code": name}))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -1002,7 +1008,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
 }
 
 /// A parsed query string (first value wins).
-struct Query(Vec<(String, String)>);
+pub(super) struct Query(Vec<(String, String)>);
 
 impl Query {
     fn parse(query: Option<&str>) -> Query {
@@ -1016,7 +1022,7 @@ impl Query {
         Query(pairs)
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(n, _)| n == name)

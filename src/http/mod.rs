@@ -4,6 +4,7 @@
 
 mod api;
 pub mod client;
+mod watch;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -230,3 +230,24 @@ fn a_snapshot_whose_lease_holds_an_absent_key_is_refused() {
         "ids out of order"
     );
 }
+
+#[test]
+fn an_ended_lease_reports_a_delete_of_each_of_its_keys_to_watches() {
+    let mut store = store();
+    let lease_id = grant(&mut store, 5000);
+    apply(&mut store, put_leased("a", lease_id));
+    apply(&mut store, put_leased("b", lease_id));
+    let index = store.applied_index() + 1;
+    let expire = encode_write(&WriteRequest {
+        idempotency_key: None,
+        op: WriteOp::LeaseExpire { lease_id },
+    });
+    let mut changes = Vec::new();
+    store.apply_recording(index, &expire, &mut changes).unwrap();
+    let deleted: Vec<(&str, u64)> = changes
+        .iter()
+        .filter(|change| change.kind == ChangeKind::Delete)
+        .map(|change| (change.key.as_ref(), change.index))
+        .collect();
+    assert_eq!(deleted, vec![("a", index), ("b", index)]);
+}

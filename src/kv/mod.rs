@@ -198,6 +198,31 @@ pub struct Value {
     pub mod_index: u64,
 }
 
+/// One key's change made by an applied entry: what a watch reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyChange {
+    /// Log index of the entry that made the change.
+    pub index: u64,
+    /// The key changed.
+    pub key: Arc<str>,
+    /// What happened to it.
+    pub kind: ChangeKind,
+}
+
+/// Whether a key was written or removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The key now holds `value`.
+    Put {
+        /// The new value.
+        value: Bytes,
+        /// The key's `create_index` (the change's own index when it created the key).
+        create_index: u64,
+    },
+    /// The key was removed.
+    Delete,
+}
+
 /// Tunables of a [`KvStore`]. Every replica must use the same options, since they decide which
 /// idempotency keys are forgotten.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -391,6 +416,17 @@ impl KvStore {
     /// # Panics
     /// If `index` is not above the applied index: the driver must apply in log order, once.
     pub fn apply(&mut self, index: u64, data: &[u8]) -> Result<WriteResult, KvError> {
+        self.apply_recording(index, data, &mut Vec::new())
+    }
+
+    /// [`KvStore::apply`], and appends to `changes` every key it changed (what a watch reports;
+    /// a delete of an absent key or a failed compare changes nothing and appends nothing).
+    pub fn apply_recording(
+        &mut self,
+        index: u64,
+        data: &[u8],
+        changes: &mut Vec<KeyChange>,
+    ) -> Result<WriteResult, KvError> {
         self.advance_applied_index(index);
         let request = match decode_write(data) {
             Ok(request) => request,
@@ -407,7 +443,7 @@ impl KvStore {
                 }
             }
         }
-        let result = self.apply_op(index, request.op);
+        let result = self.apply_op(index, request.op, changes);
         // Only the planted bug reaches here with a key already recorded.
         let known = plants::active(Plant::ApplyRetryTwice)
             && request
@@ -508,18 +544,18 @@ impl KvStore {
         self.applied_index = index;
     }
 
-    fn apply_op(&mut self, index: u64, op: WriteOp) -> WriteResult {
+    fn apply_op(&mut self, index: u64, op: WriteOp, changes: &mut Vec<KeyChange>) -> WriteResult {
         match op {
             WriteOp::Put { key, value } => {
                 self.leases.detach(&key);
-                let created = self.write(index, key, value);
+                let created = self.write(index, key, value, changes);
                 WriteResult::Put {
                     mod_index: index,
                     created,
                 }
             }
             WriteOp::Delete { key } => WriteResult::Deleted {
-                existed: self.remove(&key),
+                existed: self.remove(index, &key, changes),
             },
             WriteOp::Cas {
                 key,
@@ -531,7 +567,7 @@ impl KvStore {
                     return WriteResult::CasMismatch { current_mod_index };
                 }
                 self.leases.detach(&key);
-                self.write(index, key, value);
+                self.write(index, key, value, changes);
                 WriteResult::CasOk { mod_index: index }
             }
             WriteOp::CasDelete {
@@ -543,7 +579,7 @@ impl KvStore {
                     return WriteResult::CasMismatch { current_mod_index };
                 }
                 WriteResult::Deleted {
-                    existed: self.remove(&key),
+                    existed: self.remove(index, &key, changes),
                 }
             }
             WriteOp::LeaseGrant { ttl_ms } => match self.leases.grant(index, ttl_ms) {
@@ -567,7 +603,7 @@ impl KvStore {
                     return WriteResult::CasMismatch { current_mod_index };
                 }
                 let shared: Arc<str> = Arc::from(key.as_str());
-                let created = self.write(index, key, value);
+                let created = self.write(index, key, value, changes);
                 self.leases.attach(shared, lease_id);
                 match expected_mod_index {
                     None => WriteResult::Put {
@@ -582,7 +618,7 @@ impl KvStore {
                     None => WriteResult::LeaseNotFound { lease_id },
                     Some(keys) => {
                         for key in keys.iter() {
-                            let existed = self.entries.remove(key.as_ref()).is_some();
+                            let existed = self.remove(index, key, changes);
                             assert!(existed, "lease {lease_id} held the absent key {key:?}");
                         }
                         WriteResult::LeaseEnded {
@@ -595,10 +631,18 @@ impl KvStore {
         }
     }
 
-    /// Deletes `key` and its lease attachment; returns whether it existed.
-    fn remove(&mut self, key: &str) -> bool {
+    /// Removes `key` (and its lease attachment) at `index`; returns whether it was present.
+    fn remove(&mut self, index: u64, key: &str, changes: &mut Vec<KeyChange>) -> bool {
         self.leases.detach(key);
-        self.entries.remove(key).is_some()
+        let Some((key, _)) = self.entries.remove_with_key(key) else {
+            return false;
+        };
+        changes.push(KeyChange {
+            index,
+            key,
+            kind: ChangeKind::Delete,
+        });
+        true
     }
 
     /// `mod_index` of `key`, 0 when absent.
@@ -607,24 +651,33 @@ impl KvStore {
     }
 
     /// Writes `data` at `index`; returns whether the key was created.
-    fn write(&mut self, index: u64, key: String, data: Bytes) -> bool {
-        match self.entries.get_mut(key.as_str()) {
-            Some(value) => {
-                value.data = data;
-                value.mod_index = index;
-                false
-            }
-            None => {
-                self.entries.insert(
-                    Arc::from(key),
-                    Value {
-                        data,
-                        create_index: index,
-                        mod_index: index,
-                    },
-                );
-                true
-            }
-        }
+    fn write(
+        &mut self,
+        index: u64,
+        key: String,
+        data: Bytes,
+        changes: &mut Vec<KeyChange>,
+    ) -> bool {
+        let (key, create_index, created) = match self.entries.get_key_value(key.as_str()) {
+            Some((stored, value)) => (stored.clone(), value.create_index, false),
+            None => (Arc::from(key), index, true),
+        };
+        changes.push(KeyChange {
+            index,
+            key: key.clone(),
+            kind: ChangeKind::Put {
+                value: data.clone(),
+                create_index,
+            },
+        });
+        self.entries.insert(
+            key,
+            Value {
+                data,
+                create_index,
+                mod_index: index,
+            },
+        );
+        created
     }
 }

@@ -56,6 +56,8 @@ pub struct NodeConfig {
     pub request_queue_max: usize,
     /// Idempotency keys remembered by the state machine.
     pub idempotency_keys_max: usize,
+    /// Bounds of the watch history and of the watches waiting at once.
+    pub watch: super::watch::WatchOptions,
     /// Receives a [`NodeEvent`] for every role change and applied entry (the simulator's
     /// safety checks listen here); `None` in production.
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<NodeEvent>>,
@@ -141,6 +143,7 @@ impl NodeConfig {
             header_bytes_max: 16 << 10,
             request_queue_max: 65_536,
             idempotency_keys_max: 100_000,
+            watch: super::watch::WatchOptions::default(),
             observer: None,
         }
     }

@@ -22,6 +22,7 @@ use super::cluster::{self, ClusterInfo};
 use super::leases::{Keepalive, LeaseClock};
 use super::snapshot_transfer::{self, PreparedInstall, TransferOptions};
 use super::transport::Transport;
+use super::watch::{SharedWatchHub, WatchHub};
 use super::{
     Consistency, InspectScope, Inspection, LeaseView, NodeConfig, NodeError, NodeEvent, NodeHandle,
     NodeMetrics, NodeStatus, ReadOutcome, ReadQuery, Request, ValueView, WriteOutcome,
@@ -137,6 +138,10 @@ struct Driver {
     snapshot_done: mpsc::Receiver<SnapshotDone>,
     /// The lease countdowns while this node leads (empty otherwise).
     lease_clock: LeaseClock,
+    /// Every key change applied, for watches (see `node::watch`).
+    watches: SharedWatchHub,
+    /// Reused buffer for the changes of one applied entry.
+    changes: Vec<kv::KeyChange>,
 }
 
 pub(super) async fn start(
@@ -237,6 +242,7 @@ pub(super) async fn start(
         last_index = raft_status.last_index,
         "node started"
     );
+    let watches = Arc::new(WatchHub::new(config.watch.clone(), kv.applied_index()));
     let driver = Driver {
         raft,
         wal,
@@ -263,6 +269,8 @@ pub(super) async fn start(
         snapshot_done_tx,
         snapshot_done,
         lease_clock: LeaseClock::default(),
+        watches: watches.clone(),
+        changes: Vec::new(),
     };
     env::spawn(driver.run());
     Ok(NodeHandle {
@@ -273,6 +281,7 @@ pub(super) async fn start(
         cluster,
         config,
         metrics,
+        watches,
     })
 }
 
@@ -625,6 +634,7 @@ impl Driver {
         for entry in std::mem::take(&mut ready.committed_entries) {
             self.apply(entry.index, entry.term, entry.kind, &entry.data);
         }
+        self.watches.publish_applied();
         for read_state in std::mem::take(&mut ready.read_states) {
             if let Some(reads) = self.reads_confirming.remove(&read_state.context) {
                 self.reads_applying
@@ -728,7 +738,7 @@ impl Driver {
         self.snapshot_policy.bytes_applied += data.len() as u64;
         let result = match kind {
             EntryKind::Normal => {
-                let result = self.kv.apply(index, data);
+                let result = self.kv.apply_recording(index, data, &mut self.changes);
                 match &result {
                     Ok(WriteResult::LeaseGranted { lease_id, ttl_ms }) => {
                         // Only a leader counts (a follower's clock decides nothing).
@@ -746,6 +756,8 @@ impl Driver {
                 None
             }
         };
+        self.watches
+            .record(index, std::mem::take(&mut self.changes));
         // Everything at or below `index` is decided now.
         while let Some(entry) = self.pending_writes.first_entry() {
             if *entry.key() > index {
@@ -969,6 +981,8 @@ impl Driver {
             .await
             .map_err(|e| format!("wal snapshot: {e}"))?;
         self.kv = store;
+        // Watches after the snapshot's index continue; older ones get 410 (compacted).
+        self.watches.reset(snapshot.meta.index);
         tracing::info!(node = %self.config.name, index = snapshot.meta.index, "installed a snapshot from the leader");
         self.snapshot_policy.entries_applied = 0;
         self.snapshot_policy.bytes_applied = 0;

@@ -9,6 +9,7 @@ pub mod rpc;
 mod snapshot_receiver;
 mod snapshot_transfer;
 mod transport;
+pub mod watch;
 
 use std::sync::{Arc, Mutex};
 
@@ -247,6 +248,8 @@ pub struct NodeMetrics {
     pub(crate) snapshot_last_bytes: Gauge,
     pub(crate) snapshot_write_seconds: Histogram,
     pub(crate) healthy: Gauge,
+    /// Watches waiting on this node now (set when `/metrics` is read).
+    pub(crate) watches_waiting: Gauge,
 }
 
 impl NodeMetrics {
@@ -359,6 +362,11 @@ impl NodeMetrics {
                 "1 when the node can serve, 0 otherwise.",
                 &[],
             ),
+            watches_waiting: m.gauge(
+                "raft_kv_watches_waiting",
+                "Watches (long polls) waiting on this node.",
+                &[],
+            ),
             registry,
         }
     }
@@ -377,6 +385,8 @@ pub struct NodeHandle {
     pub config: Arc<NodeConfig>,
     /// The node's metrics.
     pub metrics: NodeMetrics,
+    /// The changes this node applied recently, for watches.
+    pub watches: watch::SharedWatchHub,
 }
 
 impl NodeHandle {
@@ -511,6 +521,7 @@ impl NodeHandle {
             snapshot_chunks,
             status: Arc::new(Mutex::new(status)),
             cluster: Arc::new(cluster),
+            watches: Arc::new(watch::WatchHub::new(config.watch.clone(), 0)),
             config: Arc::new(config),
             metrics: NodeMetrics::new(),
         }
