@@ -13,6 +13,7 @@ mod bench;
 mod client;
 mod dev;
 mod kvctl;
+mod lock;
 
 /// A small, strongly consistent replicated key-value store on its own Raft.
 #[derive(Parser, Debug)]
@@ -36,6 +37,8 @@ enum Command {
     Lease(kvctl::LeaseArgs),
     /// The cluster's members, leader, term, and each member's applied index and lag.
     Status(kvctl::StatusArgs),
+    /// Runs a command while holding a lock (lease + create-only CAS + watch).
+    Lock(lock::LockArgs),
 }
 
 /// How logs are printed.
@@ -247,6 +250,7 @@ pub fn main() -> ExitCode {
         Some(Command::Kv(args)) => kvctl::kv(args),
         Some(Command::Lease(args)) => kvctl::lease(args),
         Some(Command::Status(args)) => kvctl::status(args),
+        Some(Command::Lock(args)) => lock::lock(args),
         None => run_node(cli.node),
     }
 }

@@ -40,6 +40,11 @@ pub enum Exit {
     Unknown = 5,
     /// 6: the cluster refused the request (bad input, a limit).
     Refused = 6,
+    /// 7: a watch's index is older than the history the node keeps (read again, watch from
+    /// the read's index).
+    Compacted = 7,
+    /// 8: `lock` lost its lease while the command ran; the command was killed.
+    LockLost = 8,
 }
 
 impl From<Exit> for ExitCode {

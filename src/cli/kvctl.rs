@@ -73,6 +73,21 @@ enum KvCommand {
         #[arg(long)]
         cas: Option<u64>,
     },
+    /// Prints every change to a key (or, with --prefix, to the keys starting with it), one
+    /// `put INDEX KEY VALUE` or `delete INDEX KEY` line each, from now (or after --index),
+    /// resuming on another endpoint at the same index when a node goes away.
+    Watch {
+        key: String,
+        /// Watch every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Start after this log index instead of now.
+        #[arg(long)]
+        index: Option<u64>,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Lists the keys with a prefix, one `key<TAB>value` line each (every page).
     List {
         /// The prefix (empty: every key).
@@ -235,6 +250,12 @@ async fn kv_command(client: Client, command: KvCommand) -> Result<(), Failure> {
                 ))
             }
         }
+        KvCommand::Watch {
+            key,
+            prefix,
+            index,
+            count,
+        } => super::lock::watch_command(client, key, prefix, index, count).await,
         KvCommand::List { prefix, keys_only } => {
             let mut after: Option<String> = None;
             loop {
