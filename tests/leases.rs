@@ -85,6 +85,19 @@ async fn a_lease_holds_keys_through_any_node_and_revoking_it_deletes_them() {
     assert_eq!(kept.status, 200, "{:?}", kept.body);
     assert!(kept.json()["remaining_ms"].as_u64().unwrap() > 59_000);
 
+    // A keepalive writes nothing to the log: the applied index does not move.
+    // (Read on the leader, which applied every acknowledged write already.)
+    let applied_before = common::applied_index(&addrs[leader]).await.unwrap();
+    for _ in 0..20 {
+        let path = format!("/v1/leases/{lease_id}/keepalive");
+        let kept = call(follower, "POST", &path, &[], b"").await.unwrap();
+        assert_eq!(kept.status, 200, "{:?}", kept.body);
+    }
+    assert_eq!(
+        common::applied_index(&addrs[leader]).await,
+        Some(applied_before)
+    );
+
     let revoked = call(
         follower,
         "DELETE",

@@ -423,7 +423,7 @@ async fn status_command(client: Client) -> Result<(), Failure> {
                 println!(
                     "{name:<12} {addr:<22} {:<14} {:>6} {applied:>10} {lag:>8}",
                     h["role"].as_str().unwrap_or("?"),
-                    h["term"],
+                    h["term"].as_u64().unwrap_or(0),
                 )
             }
             None => {
