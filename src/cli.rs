@@ -1,4 +1,5 @@
-//! Command-line interface: `raft-kv [node flags]`, `raft-kv dev`, `raft-kv bench`.
+//! Command-line interface: `raft-kv [node flags]`, `raft-kv dev`, `raft-kv bench`, and the
+//! client commands `raft-kv kv|lease|status`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use raft_kv::node::NodeConfig;
 
 mod bench;
+mod client;
 mod dev;
+mod kvctl;
+mod lock;
 
 /// A small, strongly consistent replicated key-value store on its own Raft.
 #[derive(Parser, Debug)]
@@ -27,6 +31,14 @@ enum Command {
     Dev(dev::DevArgs),
     /// Drive a running cluster with concurrent clients and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Read and write keys: get, put (--cas, --lease), del, list.
+    Kv(kvctl::KvArgs),
+    /// TTL leases: grant, keepalive, revoke, show.
+    Lease(kvctl::LeaseArgs),
+    /// The cluster's members, leader, term, and each member's applied index and lag.
+    Status(kvctl::StatusArgs),
+    /// Runs a command while holding a lock (lease + create-only CAS + watch).
+    Lock(lock::LockArgs),
     /// Make a random client token: prints the token and its line for the `--auth-tokens` file.
     Token(TokenArgs),
 }
@@ -146,6 +158,15 @@ pub struct NodeArgs {
     /// Put `/metrics` behind a `read` token (needs --auth-tokens).
     #[arg(long, env = "RAFT_KV_METRICS_AUTH", requires = "auth_tokens")]
     pub metrics_auth: bool,
+    /// Key changes each node keeps for watches (older `index=` gets 410).
+    #[arg(long, env = "RAFT_KV_WATCH_HISTORY_EVENTS", default_value_t = raft_kv::node::watch::WATCH_HISTORY_EVENTS_MAX_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub watch_history_events: u64,
+    /// Bytes of keys and values each node keeps for watches.
+    #[arg(long, env = "RAFT_KV_WATCH_HISTORY_BYTES", default_value_t = raft_kv::node::watch::WATCH_HISTORY_BYTES_MAX_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..=(16 << 30)))]
+    pub watch_history_bytes: u64,
+    /// Watches that may wait on this node at once (503 beyond).
+    #[arg(long, env = "RAFT_KV_WATCH_MAX", default_value_t = raft_kv::node::watch::WATCHES_MAX_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub watch_max: u64,
     /// Log format.
     #[arg(long, env = "RAFT_KV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -213,6 +234,11 @@ impl NodeArgs {
         config.auth_tokens_file = self.auth_tokens.clone();
         config.metrics_auth = self.metrics_auth;
         config.peer_secret_file = self.peer_secret_file.clone();
+        config.watch = raft_kv::node::watch::WatchOptions {
+            history_events_max: self.watch_history_events as usize,
+            history_bytes_max: self.watch_history_bytes as usize,
+            watches_max: self.watch_max as usize,
+        };
         Ok(config)
     }
 }
@@ -287,6 +313,10 @@ pub fn main() -> ExitCode {
         Some(Command::Dev(args)) => dev::run(args),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Token(args)) => make_token(args),
+        Some(Command::Kv(args)) => kvctl::kv(args),
+        Some(Command::Lease(args)) => kvctl::lease(args),
+        Some(Command::Status(args)) => kvctl::status(args),
+        Some(Command::Lock(args)) => lock::lock(args),
         None => run_node(cli.node),
     }
 }

@@ -49,11 +49,14 @@ pub enum Plant {
     SkipPeerAuth,
     /// Any valid client token may do anything: the role check is skipped (issue 11: roles).
     SkipRoleCheck,
+    /// A new leader does not restart the lease countdowns: it treats every lease as due and
+    /// expires it at once, though its holder kept it alive (etcd restarts them, and so must we).
+    LeaseCountdownNotRestarted,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 13] = [
+    pub const ALL: [Plant; 14] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -67,6 +70,7 @@ impl Plant {
         Plant::SnapshotUnsynced,
         Plant::SkipPeerAuth,
         Plant::SkipRoleCheck,
+        Plant::LeaseCountdownNotRestarted,
     ];
 
     /// The name used on the command line.
@@ -85,6 +89,7 @@ impl Plant {
             Plant::SnapshotUnsynced => "snapshot-unsynced",
             Plant::SkipPeerAuth => "skip-peer-auth",
             Plant::SkipRoleCheck => "skip-role-check",
+            Plant::LeaseCountdownNotRestarted => "lease-countdown-not-restarted",
         }
     }
 }

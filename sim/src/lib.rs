@@ -9,6 +9,7 @@
 
 pub mod coverage;
 pub mod history_file;
+pub mod lease_check;
 pub mod linearizability;
 pub mod plants;
 pub mod recorder;

@@ -29,6 +29,9 @@ pub const CLIENT_AUTHORIZATION: Victim = "client authorization";
 /// finish, replicas converge.
 pub const LIVENESS: Victim = "liveness";
 
+/// A key whose lease was kept alive within a third of its TTL is never deleted (lease check).
+pub const LEASE_KEPT_ALIVE: Victim = "lease kept alive";
+
 /// What a plant promises: the checker it breaks and within how many seeds (of 1..) it is caught.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Promise {
@@ -61,6 +64,7 @@ pub fn promise(plant: Plant) -> Option<Promise> {
         // The stranger runs in every seed of this plant and forges an RPC every 400 ms.
         Plant::SkipPeerAuth => (PEER_AUTHENTICATION, 5),
         Plant::SkipRoleCheck => (CLIENT_AUTHORIZATION, 5),
+        Plant::LeaseCountdownNotRestarted => (LEASE_KEPT_ALIVE, 50),
     };
     Some(Promise {
         victim,

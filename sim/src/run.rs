@@ -22,6 +22,7 @@ use rand_core::{RngCore, SeedableRng};
 use tokio::sync::mpsc;
 
 use crate::coverage::cut_kind;
+use crate::lease_check::{self, holder::HolderContext};
 use crate::linearizability::{self, Budget, CheckResult, KvInput, Operation};
 use crate::recorder::Shared;
 use crate::scenario::{
@@ -49,6 +50,8 @@ enum Trigger {
     /// The node (raft id) just started writing a snapshot file.
     SnapshotWriter(u64),
 }
+/// Lease holders per run (besides the key-value clients).
+const LEASE_HOLDERS: u64 = 2;
 /// Spacing of the ids the invariant checker knows the boots of one node by.
 const BOOT_ID_STRIDE: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Model steps the linearizability check may take.
@@ -687,6 +690,7 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         .map(|i| format!("10.0.0.{}:{PORT}", i + 1))
         .collect();
     let (observer, events) = mpsc::unbounded_channel();
+    let lease_config = node_config(&scenario, 0, &addrs, observer.clone());
     let checker = Arc::new(Mutex::new(InvariantChecker::new()));
     let mut nodes = Vec::new();
     for index in 0..scenario.nodes_count {
@@ -811,6 +815,35 @@ async fn supervise(scenario: Scenario, shared: Shared) {
             cluster_id, members, shared, stop,
         )));
     }
+    let holder_ctx = HolderContext {
+        addrs: addrs.clone(),
+        ttl_s: lease_config.lease_ttl_min().as_secs(),
+        call_timeout: ctx.call_timeout,
+        shared: shared.clone(),
+        ledger: Arc::default(),
+    };
+    // Lease holders run in every seed but those planting a bug that is not about leases:
+    // their traffic moves the scheduling, and so the pinned catching seeds of those plants.
+    let lease_holders = if matches!(
+        scenario.plant,
+        Plant::None | Plant::LeaseCountdownNotRestarted
+    ) {
+        LEASE_HOLDERS
+    } else {
+        0
+    };
+    for holder in 0..lease_holders {
+        let holder_ctx = holder_ctx.clone();
+        let stop = stop_clients.clone();
+        let holder = scenario.clients_count as u64 + 1 + holder;
+        clients.push(client_node.spawn(async move {
+            lease_check::holder::holder_loop(holder, holder_ctx, stop).await;
+        }));
+    }
+    let expiry_bound_ms = lease_check::expiry_bound_ms(
+        lease_config.tick_interval * lease_config.election_ticks.saturating_mul(2),
+    );
+    drop(lease_config);
 
     // Phase 1: the fault schedule, with periodic inspections in between.
     let mut actions: Vec<(u64, bool, usize)> = Vec::new();
@@ -851,7 +884,14 @@ async fn supervise(scenario: Scenario, shared: Shared) {
     }
 
     if !shared.failed() {
-        heal_and_check_liveness(&mut world, &stop_clients, clients, &ctx).await;
+        let leader_ms = heal_and_check_liveness(&mut world, &stop_clients, clients, &ctx).await;
+        if let Some(leader_ms) = leader_ms.filter(|_| !shared.failed()) {
+            let check = client_node.spawn(async move {
+                lease_check::holder::check_let_go_leases(&holder_ctx, leader_ms, expiry_bound_ms)
+                    .await;
+            });
+            let _ = check.await;
+        }
     }
     stop_clients.store(true, Ordering::Relaxed);
     shared.close_pending_as_unknown();
@@ -872,13 +912,14 @@ async fn supervise(scenario: Scenario, shared: Shared) {
 }
 
 /// Phase 2: heal every fault, then demand a leader, the clients' operations to finish, every
-/// replica to converge, and a final read of every key.
+/// replica to converge, and a final read of every key. Returns when (virtual ms) the leader
+/// after the heal was agreed, `None` if a check failed.
 async fn heal_and_check_liveness(
     world: &mut World,
     stop_clients: &Arc<AtomicBool>,
     clients: Vec<madsim::task::JoinHandle<()>>,
     ctx: &ClientContext,
-) {
+) -> Option<u64> {
     let shared = world.shared.clone();
     world.trace("heal: every fault ends".to_string());
     world.active_cuts.clear();
@@ -911,14 +952,14 @@ async fn heal_and_check_liveness(
     // A leader that every running node follows, within the bound.
     let heal_ms = virtual_ms();
     let leader_deadline_ms = heal_ms + LEADER_AFTER_HEAL_MS_MAX;
-    loop {
+    let leader_ms = loop {
         if let Some(leader) = agreed_leader(world) {
             world.trace(format!(
                 "liveness: {} leads, {} ms after the heal",
                 world.nodes[leader].name,
                 virtual_ms() - heal_ms
             ));
-            break;
+            break virtual_ms();
         }
         if virtual_ms() >= leader_deadline_ms {
             shared.fail(
@@ -926,10 +967,10 @@ async fn heal_and_check_liveness(
                 format!("no leader followed by every node {LEADER_AFTER_HEAL_MS_MAX} ms after the heal; {}", statuses(world)),
                 Vec::new(),
             );
-            return;
+            return None;
         }
         env::sleep(Duration::from_millis(50)).await;
-    }
+    };
 
     // The clients keep going on the healed cluster, then stop; their operations must finish.
     let mut next_inspect_ms = virtual_ms();
@@ -964,7 +1005,7 @@ async fn heal_and_check_liveness(
             ),
             Vec::new(),
         );
-        return;
+        return None;
     }
 
     // Every replica converges: same applied index, same state hash, nothing left to apply.
@@ -972,7 +1013,7 @@ async fn heal_and_check_liveness(
     loop {
         let inspections = world.inspect_all(true).await;
         if shared.failed() {
-            return;
+            return None;
         }
         let applied: BTreeSet<u64> = inspections
             .iter()
@@ -1017,7 +1058,7 @@ async fn heal_and_check_liveness(
                 ),
                 Vec::new(),
             );
-            return;
+            return None;
         }
         env::sleep(Duration::from_millis(100)).await;
     }
@@ -1064,7 +1105,10 @@ async fn heal_and_check_liveness(
         Ok(())
     });
     match reads.await {
-        Ok(Ok(())) => world.trace("liveness: final reads done".to_string()),
+        Ok(Ok(())) => {
+            world.trace("liveness: final reads done".to_string());
+            return Some(leader_ms);
+        }
         Ok(Err(key)) => shared.fail(
             "liveness: final read",
             format!("key {key:?} could not be read after the heal"),
@@ -1076,6 +1120,7 @@ async fn heal_and_check_liveness(
             Vec::new(),
         ),
     }
+    None
 }
 
 /// The node every running node agrees leads, if any.

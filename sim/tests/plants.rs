@@ -129,3 +129,8 @@ fn a_node_that_skips_peer_authentication_is_caught_by_the_stranger() {
 fn a_node_that_skips_the_role_check_is_caught_by_the_stranger() {
     assert_caught_by_its_victim(Plant::SkipRoleCheck);
 }
+
+#[test]
+fn a_new_leader_that_does_not_restart_lease_countdowns_is_caught_by_the_lease_check() {
+    assert_caught_by_its_victim(Plant::LeaseCountdownNotRestarted);
+}

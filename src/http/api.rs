@@ -13,6 +13,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
 
 use super::auth::{ClientAuth, Denied};
+mod leases;
+
 use super::client::HttpClient;
 use crate::env;
 use crate::kv::{WriteOp, WriteRequest, WriteResult};
@@ -222,6 +224,11 @@ where
             }
             ("/v1/kv/", kv(state, request, None).await)
         }
+        "/v1/leases" => ("/v1/leases", leases::route(state, request, "").await),
+        _ if path.starts_with("/v1/leases/") => {
+            let rest = &path["/v1/leases/".len()..];
+            ("/v1/leases/{id}", leases::route(state, request, rest).await)
+        }
         _ => match path.strip_prefix("/v1/kv/") {
             Some(raw_key) => {
                 let key = match percent_decode(raw_key) {
@@ -339,6 +346,9 @@ fn metrics(state: &AppState) -> HttpResponse {
         if node.driver_stopped() {
             node.metrics.healthy.set(0);
         }
+        node.metrics
+            .watches_waiting
+            .set(node.watches.watches_waiting() as i64);
         text.push_str(&node.metrics.registry.render());
     }
     let mut response = Response::new(Full::new(Bytes::from(text)));
@@ -574,6 +584,9 @@ where
             );
         }
     }
+    if request.method() == Method::GET && query.get("watch").is_some() {
+        return super::watch::watch(node, &query, key).await;
+    }
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
     let body = if method == Method::PUT {
@@ -623,6 +636,18 @@ where
         }
         _ => return method_not_allowed(&[Method::GET, Method::PUT, Method::DELETE]),
     };
+    relay(state, node, parts, body, outcome).await
+}
+
+/// The response, or the request forwarded to the leader when this node does not lead (once:
+/// a forwarded request is never forwarded again).
+async fn relay(
+    state: &AppState,
+    node: &NodeHandle,
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+    outcome: Result<HttpResponse, NodeError>,
+) -> HttpResponse {
     match outcome {
         Ok(response) => response,
         Err(NodeError::NotLeader {
@@ -632,7 +657,7 @@ where
                 state,
                 node,
                 leader,
-                method,
+                parts.method,
                 &parts.uri,
                 &parts.headers,
                 body,
@@ -648,26 +673,20 @@ async fn read(
     query: &Query,
     read_query: ReadQuery,
 ) -> Result<HttpResponse, NodeError> {
-    let consistency = match query.get("consistency") {
-        None | Some("linearizable") => Consistency::Linearizable,
-        Some("stale") => Consistency::Stale,
-        Some(other) => {
-            return Ok(error(
-                StatusCode::BAD_REQUEST,
-                "bad_consistency",
-                &format!("consistency must be linearizable or stale, not {other:?}"),
-            ))
-        }
+    let consistency = match consistency(query) {
+        Ok(consistency) => consistency,
+        Err(response) => return Ok(*response),
     };
     let is_get = matches!(read_query, ReadQuery::Get(_));
     let key = match &read_query {
         ReadQuery::Get(key) => key.clone(),
-        ReadQuery::List { .. } => String::new(),
+        ReadQuery::List { .. } | ReadQuery::Lease(_) => String::new(),
     };
     let ReadOutcome {
         index,
         values,
         more,
+        ..
     } = node.read(read_query, consistency).await?;
     if is_get {
         return Ok(match values.into_iter().next() {
@@ -721,18 +740,9 @@ async fn write(
     body: Bytes,
     node: &NodeHandle,
 ) -> Result<HttpResponse, NodeError> {
-    let idempotency_key = match parts.headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(value) => match value.to_str() {
-            Ok(text) if !text.is_empty() && text.len() <= IDEMPOTENCY_KEY_BYTES_MAX => Some(text.to_string()),
-            _ => {
-                return Ok(error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_idempotency_key",
-                    &format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"),
-                ))
-            }
-        },
+    let idempotency_key = match idempotency_key(parts) {
+        Ok(key) => key,
+        Err(response) => return Ok(*response),
     };
     let cas = match query.get("cas").map(str::parse::<u64>) {
         None => None,
@@ -745,7 +755,24 @@ async fn write(
             ))
         }
     };
+    let lease = match query.get("lease").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(lease_id)) if parts.method == Method::PUT => Some(lease_id),
+        Some(_) => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "bad_lease",
+                "lease must be a lease id, and only on PUT",
+            ))
+        }
+    };
     let op = match (parts.method == Method::PUT, cas) {
+        (true, expected_mod_index) if lease.is_some() => WriteOp::PutLeased {
+            key,
+            value: body,
+            lease_id: lease.unwrap_or_default(),
+            expected_mod_index,
+        },
         (true, None) => WriteOp::Put { key, value: body },
         (true, Some(expected_mod_index)) => WriteOp::Cas {
             key,
@@ -799,8 +826,43 @@ async fn write(
                 "current_mod_index": current_mod_index,
             }),
         ),
+        lease_result => return Ok(leases::write_result_response(index, lease_result)),
     };
     Ok(with_index(response, index))
+}
+
+/// The read consistency a query asks for (`consistency=linearizable|stale`).
+fn consistency(query: &Query) -> Result<Consistency, Box<HttpResponse>> {
+    match query.get("consistency") {
+        None | Some("linearizable") => Ok(Consistency::Linearizable),
+        Some("stale") => Ok(Consistency::Stale),
+        Some(other) => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad_consistency",
+            &format!("consistency must be linearizable or stale, not {other:?}"),
+        ))),
+    }
+}
+
+/// The request's `Idempotency-Key`, or the response refusing a malformed one.
+fn idempotency_key(
+    parts: &hyper::http::request::Parts,
+) -> Result<Option<String>, Box<HttpResponse>> {
+    match parts.headers.get(IDEMPOTENCY_KEY) {
+        None => Ok(None),
+        Some(value) => match value.to_str() {
+            Ok(text) if !text.is_empty() && text.len() <= IDEMPOTENCY_KEY_BYTES_MAX => {
+                Ok(Some(text.to_string()))
+            }
+            _ => Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "bad_idempotency_key",
+                &format!(
+                    "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"
+                ),
+            ))),
+        },
+    }
 }
 
 /// Relays a request to the leader and its answer back.
@@ -1011,7 +1073,7 @@ pub(super) fn error(code: StatusCode, name: &str, message: &str) -> HttpResponse
     json_response(code, json!({"error": message, "code": name}))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod client;
 pub mod guard;
 mod members;
+mod watch;
 
 use std::convert::Infallible;
 use std::sync::Arc;

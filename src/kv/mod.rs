@@ -31,8 +31,12 @@
 #![deny(missing_docs)]
 
 mod idempotency;
+mod lease;
 mod snapshot;
+pub use lease::{Lease, LEASES_MAX, LEASE_KEYS_MAX, LEASE_TTL_MS_MAX};
 pub use snapshot::KvRestore;
+#[cfg(test)]
+mod lease_tests;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +48,7 @@ use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use idempotency::IdempotencyTable;
+use lease::{LeaseRefusal, LeaseTable};
 
 use crate::plants::{self, Plant};
 
@@ -100,6 +105,34 @@ pub enum WriteOp {
         /// The `mod_index` the key must have now; 0 means "the key must be absent".
         expected_mod_index: u64,
     },
+    /// Grants a lease of `ttl_ms`; its id is the index of this entry (see [`lease`]).
+    LeaseGrant {
+        /// Time to live in milliseconds, 1 to [`LEASE_TTL_MS_MAX`].
+        ttl_ms: u64,
+    },
+    /// A `Put` (or, with `expected_mod_index`, a `Cas`) that also attaches `key` to a lease,
+    /// so it is deleted when the lease ends. A plain `Put`/`Cas`/`Delete` detaches it again.
+    PutLeased {
+        /// The key to write.
+        key: String,
+        /// The new value.
+        value: Bytes,
+        /// The lease to attach the key to; it must exist.
+        lease_id: u64,
+        /// When set, the write is a compare-and-swap on this `mod_index` (0: create only).
+        expected_mod_index: Option<u64>,
+    },
+    /// Revokes a lease at a client's request, deleting its keys.
+    LeaseRevoke {
+        /// The lease.
+        lease_id: u64,
+    },
+    /// Ends a lease whose countdown ran out on the leader, deleting its keys. Only the leader
+    /// proposes it (the countdown is never a follower's), and it is committed like any write.
+    LeaseExpire {
+        /// The lease.
+        lease_id: u64,
+    },
 }
 
 /// The outcome of an applied write, identical on every replica.
@@ -127,6 +160,30 @@ pub enum WriteResult {
         /// The key's `mod_index` now; 0 = absent.
         current_mod_index: u64,
     },
+    /// A `LeaseGrant`.
+    LeaseGranted {
+        /// The new lease's id (the grant's log index).
+        lease_id: u64,
+        /// Its time to live.
+        ttl_ms: u64,
+    },
+    /// A `LeaseRevoke` or `LeaseExpire`: the lease is gone and so are its keys.
+    LeaseEnded {
+        /// The lease.
+        lease_id: u64,
+        /// How many keys were deleted with it.
+        keys_deleted: u64,
+    },
+    /// The lease named does not exist (never granted, or revoked, or expired); nothing changed.
+    LeaseNotFound {
+        /// The lease.
+        lease_id: u64,
+    },
+    /// A lease limit ([`LEASES_MAX`], [`LEASE_KEYS_MAX`]) refused the command; nothing changed.
+    LeaseLimit {
+        /// Which limit.
+        reason: String,
+    },
 }
 
 /// A stored value and its versions.
@@ -139,6 +196,31 @@ pub struct Value {
     /// Log index of the entry that last wrote the key.
     /// Invariant: `0 < create_index <= mod_index <= applied_index`.
     pub mod_index: u64,
+}
+
+/// One key's change made by an applied entry: what a watch reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyChange {
+    /// Log index of the entry that made the change.
+    pub index: u64,
+    /// The key changed.
+    pub key: Arc<str>,
+    /// What happened to it.
+    pub kind: ChangeKind,
+}
+
+/// Whether a key was written or removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The key now holds `value`.
+    Put {
+        /// The new value.
+        value: Bytes,
+        /// The key's `create_index` (the change's own index when it created the key).
+        create_index: u64,
+    },
+    /// The key was removed.
+    Delete,
 }
 
 /// Tunables of a [`KvStore`]. Every replica must use the same options, since they decide which
@@ -187,6 +269,14 @@ pub enum KvError {
         /// The limit ([`IDEMPOTENCY_KEY_BYTES_MAX`]).
         key_bytes_max: usize,
     },
+    /// The TTL is 0 or above [`LEASE_TTL_MS_MAX`].
+    #[error("lease TTL of {ttl_ms} ms is outside 1 to {ttl_ms_max} ms")]
+    BadLeaseTtl {
+        /// The refused TTL.
+        ttl_ms: u64,
+        /// The limit ([`LEASE_TTL_MS_MAX`]).
+        ttl_ms_max: u64,
+    },
     /// A snapshot failed its checks (magic, version, checksum, decoding or invariants).
     #[error("snapshot is corrupt: {reason}")]
     CorruptSnapshot {
@@ -196,13 +286,18 @@ pub enum KvError {
 }
 
 impl WriteOp {
-    /// The key the operation writes.
-    pub fn key(&self) -> &str {
+    /// The key the operation writes (`None` for lease grant, revoke and expiry, which name a
+    /// lease; revoke and expiry delete its keys).
+    pub fn key(&self) -> Option<&str> {
         match self {
             WriteOp::Put { key, .. }
             | WriteOp::Delete { key }
             | WriteOp::Cas { key, .. }
-            | WriteOp::CasDelete { key, .. } => key,
+            | WriteOp::CasDelete { key, .. }
+            | WriteOp::PutLeased { key, .. } => Some(key),
+            WriteOp::LeaseGrant { .. }
+            | WriteOp::LeaseRevoke { .. }
+            | WriteOp::LeaseExpire { .. } => None,
         }
     }
 }
@@ -211,11 +306,29 @@ impl WriteRequest {
     /// Checks the limits [`KvStore::apply`] enforces, so a front end can refuse a request before
     /// proposing it. Value size is not checked here (see [`VALUE_BYTES_MAX`]).
     pub fn validate(&self) -> Result<(), KvError> {
-        validate_key(self.op.key())?;
+        if let Some(key) = self.op.key() {
+            validate_key(key)?;
+        }
+        if let WriteOp::LeaseGrant { ttl_ms } = self.op {
+            if !(1..=LEASE_TTL_MS_MAX).contains(&ttl_ms) {
+                return Err(KvError::BadLeaseTtl {
+                    ttl_ms,
+                    ttl_ms_max: LEASE_TTL_MS_MAX,
+                });
+            }
+        }
         if let Some(idempotency_key) = &self.idempotency_key {
             validate_idempotency_key(idempotency_key)?;
         }
         Ok(())
+    }
+}
+
+/// The result of a lease command the table refused.
+fn lease_refused(lease_id: u64, refusal: LeaseRefusal) -> WriteResult {
+    match refusal {
+        LeaseRefusal::NotFound => WriteResult::LeaseNotFound { lease_id },
+        LeaseRefusal::Limit(reason) => WriteResult::LeaseLimit { reason },
     }
 }
 
@@ -274,6 +387,8 @@ pub struct KvStore {
     entries: OrdMap<Arc<str>, Value>,
     /// Results of recently applied requests that carried an idempotency key.
     idempotency: IdempotencyTable,
+    /// The leases and the keys they hold.
+    leases: LeaseTable,
     /// Index of the last entry applied (command or not).
     /// Invariant: every `mod_index` and every remembered request index is `<= applied_index`.
     applied_index: u64,
@@ -286,6 +401,7 @@ impl KvStore {
             options,
             entries: OrdMap::new(),
             idempotency: IdempotencyTable::default(),
+            leases: LeaseTable::default(),
             applied_index: 0,
         }
     }
@@ -300,6 +416,17 @@ impl KvStore {
     /// # Panics
     /// If `index` is not above the applied index: the driver must apply in log order, once.
     pub fn apply(&mut self, index: u64, data: &[u8]) -> Result<WriteResult, KvError> {
+        self.apply_recording(index, data, &mut Vec::new())
+    }
+
+    /// [`KvStore::apply`], and appends to `changes` every key it changed (what a watch reports;
+    /// a delete of an absent key or a failed compare changes nothing and appends nothing).
+    pub fn apply_recording(
+        &mut self,
+        index: u64,
+        data: &[u8],
+        changes: &mut Vec<KeyChange>,
+    ) -> Result<WriteResult, KvError> {
         self.advance_applied_index(index);
         let request = match decode_write(data) {
             Ok(request) => request,
@@ -316,7 +443,7 @@ impl KvStore {
                 }
             }
         }
-        let result = self.apply_op(index, request.op);
+        let result = self.apply_op(index, request.op, changes);
         // Only the planted bug reaches here with a key already recorded.
         let known = plants::active(Plant::ApplyRetryTwice)
             && request
@@ -363,6 +490,26 @@ impl KvStore {
             .collect()
     }
 
+    /// The lease `lease_id`, if it exists.
+    pub fn lease(&self, lease_id: u64) -> Option<&Lease> {
+        self.leases.get(lease_id)
+    }
+
+    /// Every lease in ascending id order.
+    pub fn leases_iter(&self) -> impl Iterator<Item = (u64, &Lease)> {
+        self.leases.iter()
+    }
+
+    /// Number of leases.
+    pub fn leases_len(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// The lease holding `key`, if any.
+    pub fn lease_of(&self, key: &str) -> Option<u64> {
+        self.leases.lease_of(key)
+    }
+
     /// Index of the last applied entry (0 before any).
     pub fn applied_index(&self) -> u64 {
         self.applied_index
@@ -397,17 +544,18 @@ impl KvStore {
         self.applied_index = index;
     }
 
-    fn apply_op(&mut self, index: u64, op: WriteOp) -> WriteResult {
+    fn apply_op(&mut self, index: u64, op: WriteOp, changes: &mut Vec<KeyChange>) -> WriteResult {
         match op {
             WriteOp::Put { key, value } => {
-                let created = self.write(index, key, value);
+                self.leases.detach(&key);
+                let created = self.write(index, key, value, changes);
                 WriteResult::Put {
                     mod_index: index,
                     created,
                 }
             }
             WriteOp::Delete { key } => WriteResult::Deleted {
-                existed: self.entries.remove(key.as_str()).is_some(),
+                existed: self.remove(index, &key, changes),
             },
             WriteOp::Cas {
                 key,
@@ -418,7 +566,8 @@ impl KvStore {
                 if current_mod_index != expected_mod_index {
                     return WriteResult::CasMismatch { current_mod_index };
                 }
-                self.write(index, key, value);
+                self.leases.detach(&key);
+                self.write(index, key, value, changes);
                 WriteResult::CasOk { mod_index: index }
             }
             WriteOp::CasDelete {
@@ -430,10 +579,70 @@ impl KvStore {
                     return WriteResult::CasMismatch { current_mod_index };
                 }
                 WriteResult::Deleted {
-                    existed: self.entries.remove(key.as_str()).is_some(),
+                    existed: self.remove(index, &key, changes),
+                }
+            }
+            WriteOp::LeaseGrant { ttl_ms } => match self.leases.grant(index, ttl_ms) {
+                Ok(()) => WriteResult::LeaseGranted {
+                    lease_id: index,
+                    ttl_ms,
+                },
+                Err(refusal) => lease_refused(index, refusal),
+            },
+            WriteOp::PutLeased {
+                key,
+                value,
+                lease_id,
+                expected_mod_index,
+            } => {
+                if let Err(refusal) = self.leases.check_attach(&key, lease_id) {
+                    return lease_refused(lease_id, refusal);
+                }
+                let current_mod_index = self.mod_index_of(&key);
+                if expected_mod_index.is_some_and(|expected| expected != current_mod_index) {
+                    return WriteResult::CasMismatch { current_mod_index };
+                }
+                let shared: Arc<str> = Arc::from(key.as_str());
+                let created = self.write(index, key, value, changes);
+                self.leases.attach(shared, lease_id);
+                match expected_mod_index {
+                    None => WriteResult::Put {
+                        mod_index: index,
+                        created,
+                    },
+                    Some(_) => WriteResult::CasOk { mod_index: index },
+                }
+            }
+            WriteOp::LeaseRevoke { lease_id } | WriteOp::LeaseExpire { lease_id } => {
+                match self.leases.remove(lease_id) {
+                    None => WriteResult::LeaseNotFound { lease_id },
+                    Some(keys) => {
+                        for key in keys.iter() {
+                            let existed = self.remove(index, key, changes);
+                            assert!(existed, "lease {lease_id} held the absent key {key:?}");
+                        }
+                        WriteResult::LeaseEnded {
+                            lease_id,
+                            keys_deleted: keys.len() as u64,
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// Removes `key` (and its lease attachment) at `index`; returns whether it was present.
+    fn remove(&mut self, index: u64, key: &str, changes: &mut Vec<KeyChange>) -> bool {
+        self.leases.detach(key);
+        let Some((key, _)) = self.entries.remove_with_key(key) else {
+            return false;
+        };
+        changes.push(KeyChange {
+            index,
+            key,
+            kind: ChangeKind::Delete,
+        });
+        true
     }
 
     /// `mod_index` of `key`, 0 when absent.
@@ -442,24 +651,33 @@ impl KvStore {
     }
 
     /// Writes `data` at `index`; returns whether the key was created.
-    fn write(&mut self, index: u64, key: String, data: Bytes) -> bool {
-        match self.entries.get_mut(key.as_str()) {
-            Some(value) => {
-                value.data = data;
-                value.mod_index = index;
-                false
-            }
-            None => {
-                self.entries.insert(
-                    Arc::from(key),
-                    Value {
-                        data,
-                        create_index: index,
-                        mod_index: index,
-                    },
-                );
-                true
-            }
-        }
+    fn write(
+        &mut self,
+        index: u64,
+        key: String,
+        data: Bytes,
+        changes: &mut Vec<KeyChange>,
+    ) -> bool {
+        let (key, create_index, created) = match self.entries.get_key_value(key.as_str()) {
+            Some((stored, value)) => (stored.clone(), value.create_index, false),
+            None => (Arc::from(key), index, true),
+        };
+        changes.push(KeyChange {
+            index,
+            key: key.clone(),
+            kind: ChangeKind::Put {
+                value: data.clone(),
+                create_index,
+            },
+        });
+        self.entries.insert(
+            key,
+            Value {
+                data,
+                create_index,
+                mod_index: index,
+            },
+        );
+        created
     }
 }

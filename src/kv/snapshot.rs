@@ -8,7 +8,8 @@
 //!
 //! The body is postcard: `applied_index`, then the keys as a sequence of `(key, Value)` in
 //! ascending key order, then the idempotency records as a sequence of
-//! `(idempotency key, first index, WriteResult)` in ascending idempotency-key order. The form is
+//! `(idempotency key, first index, WriteResult)` in ascending idempotency-key order, then the
+//! leases as a sequence of `(lease id, ttl_ms, keys)` in ascending id order. The form is
 //! canonical: equal states give equal bytes whatever order they were built in, and
 //! [`KvStore::restore`] refuses any other order, so restoring and snapshotting again returns the
 //! same bytes.
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::fnv::Fnv1a64;
 
 use super::idempotency::IdempotencyTable;
+use super::lease::LeaseTable;
 use super::{
     validate_idempotency_key, validate_key, KvError, KvOptions, KvStore, Value, WriteResult,
 };
@@ -29,7 +31,7 @@ use super::{
 /// First bytes of every snapshot.
 const SNAPSHOT_MAGIC: [u8; 4] = *b"RKVS";
 /// Format version written after the magic; bump it on any change to the body.
-const SNAPSHOT_VERSION: u8 = 1;
+const SNAPSHOT_VERSION: u8 = 2;
 /// Bytes before the body: magic, version, crc32c.
 const SNAPSHOT_HEADER_BYTES: usize = 4 + 1 + 4;
 
@@ -39,6 +41,7 @@ struct BodyRef<'a> {
     applied_index: u64,
     entries: EntriesRef<'a>,
     idempotency: IdempotencyRef<'a>,
+    leases: LeasesRef<'a>,
 }
 
 /// The body as read.
@@ -47,6 +50,7 @@ struct BodyOwned {
     applied_index: u64,
     entries: Vec<(String, Value)>,
     idempotency: Vec<(String, u64, WriteResult)>,
+    leases: Vec<(u64, u64, Vec<String>)>,
 }
 
 struct EntriesRef<'a>(&'a OrdMap<Arc<str>, Value>);
@@ -65,6 +69,17 @@ impl Serialize for IdempotencyRef<'_> {
     }
 }
 
+struct LeasesRef<'a>(&'a LeaseTable);
+
+impl Serialize for LeasesRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|(lease_id, lease)| {
+            let keys: Vec<&str> = lease.keys.iter().map(AsRef::as_ref).collect();
+            (lease_id, lease.ttl_ms, keys)
+        }))
+    }
+}
+
 fn corrupt(reason: impl Into<String>) -> KvError {
     KvError::CorruptSnapshot {
         reason: reason.into(),
@@ -78,6 +93,8 @@ pub struct KvRestore {
     store: KvStore,
     /// Whether an idempotency record was pushed: no key may follow.
     idempotency_started: bool,
+    /// Whether a lease was pushed: no key or idempotency record may follow.
+    leases_started: bool,
 }
 
 impl KvRestore {
@@ -88,14 +105,15 @@ impl KvRestore {
         KvRestore {
             store,
             idempotency_started: false,
+            leases_started: false,
         }
     }
 
     /// Adds the next key, which must sort after the previous one.
     pub fn push_key(&mut self, key: String, value: Value) -> Result<(), KvError> {
-        if self.idempotency_started {
+        if self.idempotency_started || self.leases_started {
             return Err(corrupt(format!(
-                "key {key:?} after the idempotency records"
+                "key {key:?} after the idempotency records or leases"
             )));
         }
         if let Some((previous, _)) = self.store.entries.get_max() {
@@ -126,6 +144,11 @@ impl KvRestore {
         result: WriteResult,
     ) -> Result<(), KvError> {
         self.idempotency_started = true;
+        if self.leases_started {
+            return Err(corrupt(format!(
+                "idempotency key {idempotency_key:?} after the leases"
+            )));
+        }
         if let Some((previous, _, _)) = self.store.idempotency.last() {
             if previous >= idempotency_key.as_str() {
                 return Err(corrupt(format!(
@@ -147,6 +170,24 @@ impl KvRestore {
             .map_err(corrupt)
     }
 
+    /// Adds the next lease (ids ascending, after every key and idempotency record); its keys
+    /// must be present and held by no other lease.
+    pub fn push_lease(
+        &mut self,
+        lease_id: u64,
+        ttl_ms: u64,
+        keys: Vec<String>,
+    ) -> Result<(), KvError> {
+        self.leases_started = true;
+        let entries = &self.store.entries;
+        self.store
+            .leases
+            .restore_lease(lease_id, ttl_ms, keys, self.store.applied_index, |key| {
+                entries.contains_key(key)
+            })
+            .map_err(corrupt)
+    }
+
     /// The store; if it remembers more idempotency keys than its options allow, the oldest are
     /// forgotten.
     pub fn finish(mut self) -> KvStore {
@@ -162,6 +203,7 @@ impl KvStore {
             applied_index: self.applied_index,
             entries: EntriesRef(&self.entries),
             idempotency: IdempotencyRef(&self.idempotency),
+            leases: LeasesRef(&self.leases),
         }
     }
 
@@ -218,6 +260,7 @@ impl KvStore {
             applied_index,
             entries: entry_list,
             idempotency: idempotency_list,
+            leases: lease_list,
         } = decoded;
         let mut builder = KvRestore::new(options, applied_index);
         for (key, value) in entry_list {
@@ -225,6 +268,9 @@ impl KvStore {
         }
         for (idempotency_key, index, result) in idempotency_list {
             builder.push_idempotency(idempotency_key, index, result)?;
+        }
+        for (lease_id, ttl_ms, keys) in lease_list {
+            builder.push_lease(lease_id, ttl_ms, keys)?;
         }
         Ok(builder.finish())
     }

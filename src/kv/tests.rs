@@ -622,11 +622,13 @@ fn restore_refuses_damaged_snapshots() {
     check(&snapshot[..snapshot.len() - 1], "crc32c");
 }
 
-/// Builds snapshot bytes around a hand-made body, with a valid header.
+/// Builds snapshot bytes around a hand-made body (applied index, keys, idempotency records;
+/// no lease), with a valid header.
 fn snapshot_with_body(body: &impl serde::Serialize) -> Vec<u8> {
-    let body = postcard::to_allocvec(body).unwrap();
+    let mut body = postcard::to_allocvec(body).unwrap();
+    body.push(0); // an empty sequence of leases
     let mut out = b"RKVS".to_vec();
-    out.push(1);
+    out.push(2);
     out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
     out.extend_from_slice(&body);
     out

@@ -70,6 +70,8 @@ pub struct NodeConfig {
     pub peer_secret_file: Option<PathBuf>,
     /// The secret itself, loaded from `peer_secret_file` when the node starts (`server::run`).
     pub peer_secret: Option<super::peer_auth::PeerSecret>,
+    /// Bounds of the watch history and of the watches waiting at once.
+    pub watch: super::watch::WatchOptions,
     /// Receives a [`NodeEvent`] for every role change and applied entry (the simulator's
     /// safety checks listen here); `None` in production.
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<NodeEvent>>,
@@ -161,8 +163,17 @@ impl NodeConfig {
             metrics_auth: false,
             peer_secret_file: None,
             peer_secret: None,
+            watch: super::watch::WatchOptions::default(),
             observer: None,
         }
+    }
+
+    /// The shortest TTL a lease may have on this node: above the longest election timeout
+    /// (randomized up to twice `election_ticks`), rounded up to whole seconds, so a holder that
+    /// keeps alive every third of its TTL rides out a failover.
+    pub fn lease_ttl_min(&self) -> Duration {
+        let election_timeout_max = self.tick_interval * self.election_ticks.saturating_mul(2);
+        Duration::from_secs(election_timeout_max.as_secs() + 1)
     }
 }
 

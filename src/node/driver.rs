@@ -19,16 +19,18 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cluster::{self, ClusterInfo};
+use super::leases::{Keepalive, LeaseClock};
 use super::members;
 use super::snapshot_transfer::{self, PreparedInstall, TransferOptions};
 use super::transport::Transport;
+use super::watch::{SharedWatchHub, WatchHub};
 use super::{
-    Consistency, InspectScope, Inspection, NodeConfig, NodeError, NodeEvent, NodeHandle,
+    Consistency, InspectScope, Inspection, LeaseView, NodeConfig, NodeError, NodeEvent, NodeHandle,
     NodeMetrics, NodeStatus, ReadOutcome, ReadQuery, Request, ValueView, WriteOutcome,
 };
 use crate::env;
 use crate::http::client::HttpClient;
-use crate::kv::{self, KvOptions, KvStore};
+use crate::kv::{self, KvOptions, KvStore, WriteOp, WriteRequest, WriteResult};
 use crate::plants::{self, Plant};
 use crate::raft::invariants::{entry_digest, NodeView};
 use crate::raft::{
@@ -44,6 +46,10 @@ const INPUTS_PER_ROUND_MAX: usize = 8192;
 const INBOUND_QUEUE_MAX: usize = 16_384;
 /// With the `driver-panic` plant, the driver panics when it applies this index.
 const PLANTED_PANIC_INDEX: Index = 40;
+/// A gap between two driver rounds over this many ticks (and at least [`LEASE_STALL_MIN`])
+/// pauses the leader's lease countdowns (see `node::leases`).
+const LEASE_STALL_TICKS: u32 = 10;
+const LEASE_STALL_MIN: std::time::Duration = std::time::Duration::from_millis(100);
 /// Entry bytes in one `Append` at most (the core's default), and at most this share of the peer
 /// RPC body limit, so a batch of appends always fits in a body.
 const APPEND_BYTES_MAX: u64 = 1 << 20;
@@ -139,6 +145,12 @@ struct Driver {
     /// Given to each background snapshot writer; the driver keeps one so `recv` never ends.
     snapshot_done_tx: mpsc::Sender<SnapshotDone>,
     snapshot_done: mpsc::Receiver<SnapshotDone>,
+    /// The lease countdowns while this node leads (empty otherwise).
+    lease_clock: LeaseClock,
+    /// Every key change applied, for watches (see `node::watch`).
+    watches: SharedWatchHub,
+    /// Reused buffer for the changes of one applied entry.
+    changes: Vec<kv::KeyChange>,
 }
 
 pub(super) async fn start(
@@ -259,6 +271,7 @@ pub(super) async fn start(
         "node started"
     );
     let self_removal = members::SelfRemoval::new(&raft);
+    let watches = Arc::new(WatchHub::new(config.watch.clone(), kv.applied_index()));
     let driver = Driver {
         raft,
         wal,
@@ -288,6 +301,9 @@ pub(super) async fn start(
         snapshot_policy: SnapshotPolicy::default(),
         snapshot_done_tx,
         snapshot_done,
+        lease_clock: LeaseClock::default(),
+        watches: watches.clone(),
+        changes: Vec::new(),
     };
     env::spawn(driver.run());
     Ok(NodeHandle {
@@ -299,6 +315,7 @@ pub(super) async fn start(
         directory,
         config,
         metrics,
+        watches,
     })
 }
 
@@ -357,6 +374,7 @@ impl Driver {
                     next_tick = now + tick;
                 }
             }
+            self.maybe_expire_leases();
             self.flush_reads();
             if let Some(reason) = self.directory.removal() {
                 // Removed: keep no promise and answer nothing as a member (the process exits).
@@ -407,6 +425,7 @@ impl Driver {
                 Request::Write { reply, .. } => drop(reply.send(Err(error))),
                 Request::Read { reply, .. } => drop(reply.send(Err(error))),
                 Request::TransferLeadership { reply, .. } => drop(reply.send(Err(error))),
+                Request::LeaseKeepalive { reply, .. } => drop(reply.send(Err(error))),
                 Request::Inspect { scope, reply } => drop(reply.send(self.inspect(scope))),
                 Request::StateView { reply } => drop(reply.send(self.kv.clone())),
                 Request::Membership { reply, .. } => {
@@ -458,6 +477,9 @@ impl Driver {
             Request::Inspect { scope, reply } => {
                 let _ = reply.send(self.inspect(scope));
             }
+            Request::LeaseKeepalive { lease_id, reply } => {
+                let _ = reply.send(self.handle_lease_keepalive(lease_id));
+            }
             Request::StateView { reply } => {
                 let _ = reply.send(self.kv.clone());
             }
@@ -491,6 +513,66 @@ impl Driver {
         self.transport.sync_peers(&members);
         self.directory.replace(members);
         true
+    }
+
+    /// Restarts a lease's countdown if this node leads (the caller then confirms leadership
+    /// with a linearizable read, see `NodeHandle::lease_keepalive`).
+    fn handle_lease_keepalive(&mut self, lease_id: u64) -> Result<bool, NodeError> {
+        let soft = self.raft.soft_state();
+        if soft.role != Role::Leader {
+            return Err(NodeError::NotLeader {
+                leader: soft.leader,
+            });
+        }
+        let found = self.lease_clock.keepalive(&self.kv, lease_id, env::now());
+        Ok(found == Keepalive::Refreshed)
+    }
+
+    /// Proposes the expiry of every lease whose countdown ran out on this leader (a bounded
+    /// number per round). Followers hold no countdowns, so they never expire anything.
+    fn maybe_expire_leases(&mut self) {
+        if self.failure.is_some() || self.raft.soft_state().role != Role::Leader {
+            return;
+        }
+        let now = env::now();
+        let stall_threshold = (self.config.tick_interval * LEASE_STALL_TICKS).max(LEASE_STALL_MIN);
+        let paused = self.lease_clock.observe_round(now, stall_threshold);
+        if !paused.is_zero() {
+            tracing::info!(node = %self.config.name, paused_ms = paused.as_millis() as u64, "leader stalled or its clock jumped: lease countdowns paused");
+        }
+        for lease_id in self.lease_clock.take_due(now) {
+            let request = WriteRequest {
+                idempotency_key: None,
+                op: WriteOp::LeaseExpire { lease_id },
+            };
+            match self.raft.propose(kv::encode_write(&request)) {
+                Ok(index) => {
+                    tracing::info!(node = %self.config.name, lease_id, index, "lease expired, expiry proposed");
+                }
+                Err(error) => {
+                    tracing::debug!(node = %self.config.name, lease_id, %error, "lease expiry not proposed");
+                    self.lease_clock.unmark_expiring(lease_id);
+                }
+            }
+        }
+    }
+
+    /// Starts (as a new leader) or drops (as a follower) the lease countdowns.
+    fn on_leadership_for_leases(&mut self, role: Role) {
+        if role != Role::Leader {
+            self.lease_clock.clear();
+            return;
+        }
+        let planted = plants::active(Plant::LeaseCountdownNotRestarted);
+        self.lease_clock
+            .start_leading(&self.kv, env::now(), |ttl_ms| {
+                if planted {
+                    // The planted bug: carry no countdown over, as if every lease were due.
+                    std::time::Duration::ZERO
+                } else {
+                    std::time::Duration::from_millis(ttl_ms)
+                }
+            });
     }
 
     fn inspect(&self, scope: InspectScope) -> Inspection {
@@ -630,6 +712,7 @@ impl Driver {
             self.member_waiters.applied(entry.index, entry.term);
         }
         self.self_removal.maybe_notice(&self.raft, &self.directory);
+        self.watches.publish_applied();
         for read_state in std::mem::take(&mut ready.read_states) {
             if let Some(reads) = self.reads_confirming.remove(&read_state.context) {
                 self.reads_applying
@@ -659,6 +742,7 @@ impl Driver {
         });
         self.transport
             .set_leadership((soft.role == Role::Leader).then_some(soft.term));
+        self.on_leadership_for_leases(soft.role);
         if soft.leader != self.last_leader {
             self.metrics.leader_changes.inc();
             self.last_leader = soft.leader;
@@ -731,12 +815,27 @@ impl Driver {
         self.snapshot_policy.entries_applied += 1;
         self.snapshot_policy.bytes_applied += data.len() as u64;
         let result = match kind {
-            EntryKind::Normal => Some(self.kv.apply(index, data)),
+            EntryKind::Normal => {
+                let result = self.kv.apply_recording(index, data, &mut self.changes);
+                match &result {
+                    Ok(WriteResult::LeaseGranted { lease_id, ttl_ms }) => {
+                        // Only a leader counts (a follower's clock decides nothing).
+                        self.lease_clock.on_granted(*lease_id, *ttl_ms, env::now());
+                    }
+                    Ok(WriteResult::LeaseEnded { lease_id, .. }) => {
+                        self.lease_clock.on_ended(*lease_id);
+                    }
+                    _ => {}
+                }
+                Some(result)
+            }
             EntryKind::Noop | EntryKind::Config => {
                 self.kv.apply_noop(index);
                 None
             }
         };
+        self.watches
+            .record(index, std::mem::take(&mut self.changes));
         // Everything at or below `index` is decided now.
         while let Some(entry) = self.pending_writes.first_entry() {
             if *entry.key() > index {
@@ -791,6 +890,7 @@ impl Driver {
                     .into_iter()
                     .collect(),
                 more: false,
+                lease: None,
             },
             ReadQuery::List {
                 prefix,
@@ -810,8 +910,23 @@ impl Driver {
                     index,
                     values,
                     more,
+                    lease: None,
                 }
             }
+            ReadQuery::Lease(lease_id) => ReadOutcome {
+                index,
+                values: Vec::new(),
+                more: false,
+                lease: self.kv.lease(*lease_id).map(|lease| LeaseView {
+                    lease_id: *lease_id,
+                    ttl_ms: lease.ttl_ms,
+                    remaining_ms: self
+                        .lease_clock
+                        .remaining(*lease_id, env::now())
+                        .map(|left| left.as_millis() as u64),
+                    keys: lease.keys.iter().map(|key| key.to_string()).collect(),
+                }),
+            },
         }
     }
 
@@ -944,6 +1059,8 @@ impl Driver {
             .await
             .map_err(|e| format!("wal snapshot: {e}"))?;
         self.kv = store;
+        // Watches after the snapshot's index continue; older ones get 410 (compacted).
+        self.watches.reset(snapshot.meta.index);
         tracing::info!(node = %self.config.name, index = snapshot.meta.index, "installed a snapshot from the leader");
         self.snapshot_policy.entries_applied = 0;
         self.snapshot_policy.bytes_applied = 0;

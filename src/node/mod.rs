@@ -5,12 +5,14 @@ pub mod cluster;
 pub mod config;
 mod driver;
 pub mod join;
+mod leases;
 pub mod members;
 pub mod peer_auth;
 pub mod rpc;
 mod snapshot_receiver;
 mod snapshot_transfer;
 mod transport;
+pub mod watch;
 
 use std::sync::{Arc, Mutex};
 
@@ -50,6 +52,8 @@ pub enum ReadQuery {
         /// At most this many keys.
         limit: usize,
     },
+    /// One lease: its TTL, keys and (on the leader) the time left.
+    Lease(u64),
 }
 
 /// A key's value as a read returns it.
@@ -74,6 +78,22 @@ pub struct ReadOutcome {
     pub values: Vec<ValueView>,
     /// For `List`: whether more keys follow.
     pub more: bool,
+    /// For `Lease`: the lease, if it exists.
+    pub lease: Option<LeaseView>,
+}
+
+/// A lease as a read returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseView {
+    /// The lease's id (the log index of its grant).
+    pub lease_id: u64,
+    /// Its time to live.
+    pub ttl_ms: u64,
+    /// Time left on the leader's countdown; `None` when served by a node that does not lead
+    /// (only the leader counts).
+    pub remaining_ms: Option<u64>,
+    /// The keys it holds, in ascending order.
+    pub keys: Vec<String>,
 }
 
 /// The answer to a write.
@@ -151,6 +171,12 @@ pub(crate) enum Request {
     TransferLeadership {
         to: Option<NodeId>,
         reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    /// Moves a lease's deadline on the leader (see `leases`); answers `Ok(false)` when the
+    /// lease does not exist or its expiry is already proposed.
+    LeaseKeepalive {
+        lease_id: u64,
+        reply: oneshot::Sender<Result<bool, NodeError>>,
     },
     Inspect {
         scope: InspectScope,
@@ -231,6 +257,8 @@ pub struct NodeMetrics {
     pub(crate) snapshot_last_bytes: Gauge,
     pub(crate) snapshot_write_seconds: Histogram,
     pub(crate) healthy: Gauge,
+    /// Watches waiting on this node now (set when `/metrics` is read).
+    pub(crate) watches_waiting: Gauge,
 }
 
 impl NodeMetrics {
@@ -343,6 +371,11 @@ impl NodeMetrics {
                 "1 when the node can serve, 0 otherwise.",
                 &[],
             ),
+            watches_waiting: m.gauge(
+                "raft_kv_watches_waiting",
+                "Watches (long polls) waiting on this node.",
+                &[],
+            ),
             registry,
         }
     }
@@ -363,6 +396,8 @@ pub struct NodeHandle {
     pub config: Arc<NodeConfig>,
     /// The node's metrics.
     pub metrics: NodeMetrics,
+    /// The changes this node applied recently, for watches.
+    pub watches: watch::SharedWatchHub,
 }
 
 impl NodeHandle {
@@ -386,6 +421,21 @@ impl NodeHandle {
             reply,
         })?;
         self.await_answer(answer).await
+    }
+
+    /// Keeps a lease alive: the leader restarts its countdown, then confirms through a
+    /// linearizable read that it still led afterwards and that the lease still exists then.
+    /// Answers the lease (`None`: it does not exist, or its expiry is already under way).
+    pub async fn lease_keepalive(&self, lease_id: u64) -> Result<Option<LeaseView>, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::LeaseKeepalive { lease_id, reply })?;
+        if !self.await_answer(answer).await? {
+            return Ok(None);
+        }
+        let outcome = self
+            .read(ReadQuery::Lease(lease_id), Consistency::Linearizable)
+            .await?;
+        Ok(outcome.lease)
     }
 
     /// Hands leadership to `to` (or the best follower) if this node leads.
@@ -505,6 +555,7 @@ impl NodeHandle {
             status: Arc::new(Mutex::new(status)),
             cluster: Arc::new(cluster),
             directory,
+            watches: Arc::new(watch::WatchHub::new(config.watch.clone(), 0)),
             config: Arc::new(config),
             metrics: NodeMetrics::new(),
         }

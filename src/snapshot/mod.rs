@@ -11,7 +11,8 @@
 //! ```
 //!
 //! A chunk's payload is a run of whole postcard [`Record`]s: every key in ascending order, then
-//! every idempotency record in ascending order (the canonical order of
+//! every idempotency record in ascending order, then every lease in ascending id order (the
+//! canonical order of
 //! [`KvStore::state_hash`](crate::kv::KvStore::state_hash), so two replicas at one index write
 //! byte-identical bodies). The header checksum covers the meta; each chunk has its own; the
 //! trailer counts the chunks and bytes and chains a checksum over every payload in order, so a
@@ -35,7 +36,7 @@ use crate::raft::SnapshotMeta;
 /// First bytes of every snapshot file.
 const MAGIC: [u8; 4] = *b"RKSN";
 /// Format version after the magic; bump it on any change to the layout or the records.
-const FORMAT_VERSION: u8 = 1;
+const FORMAT_VERSION: u8 = 2;
 /// Bytes of the header before the meta: magic, version, meta length.
 const HEADER_PREFIX_BYTES: usize = 4 + 1 + 4;
 /// Bytes of a chunk's frame before its payload: length, crc32c.
@@ -106,6 +107,11 @@ enum RecordRef<'a> {
         index: u64,
         result: &'a WriteResult,
     },
+    Lease {
+        lease_id: u64,
+        ttl_ms: u64,
+        keys: Vec<&'a str>,
+    },
 }
 
 /// One item of a snapshot body, as read. Variant order must match [`RecordRef`].
@@ -119,6 +125,11 @@ enum Record {
         idempotency_key: String,
         index: u64,
         result: WriteResult,
+    },
+    Lease {
+        lease_id: u64,
+        ttl_ms: u64,
+        keys: Vec<String>,
     },
 }
 
@@ -207,6 +218,15 @@ pub async fn write_with(
             })
             .await?;
     }
+    for (lease_id, lease) in store.leases_iter() {
+        writer
+            .push(&RecordRef::Lease {
+                lease_id,
+                ttl_ms: lease.ttl_ms,
+                keys: lease.keys.iter().map(AsRef::as_ref).collect(),
+            })
+            .await?;
+    }
     let file_bytes = writer.finish().await?;
     fs::rename(&temp_path, &final_path)
         .await
@@ -246,6 +266,11 @@ pub async fn load(
                     index,
                     result,
                 } => builder.push_idempotency(idempotency_key, index, result),
+                Record::Lease {
+                    lease_id,
+                    ttl_ms,
+                    keys,
+                } => builder.push_lease(lease_id, ttl_ms, keys),
             }
             .map_err(|error: KvError| error.to_string())
         })

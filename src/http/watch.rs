@@ -1,0 +1,183 @@
+//! `GET /v1/kv/{key}?watch` and `GET /v1/kv/?prefix=p&watch`: the long poll over this node's
+//! watch history (see `node::watch` for why any node may answer).
+
+use std::time::Duration;
+
+use hyper::StatusCode;
+use serde_json::{json, Value as Json};
+
+use super::api::{error, hex, json_response, retry_later, with_index, HttpResponse, Query};
+use crate::kv::{ChangeKind, KeyChange};
+use crate::node::watch::{WatchError, WatchSelector};
+use crate::node::NodeHandle;
+
+/// How long a watch waits when the request names no `wait`.
+pub const WATCH_WAIT_DEFAULT: Duration = Duration::from_secs(60);
+/// The longest `wait` accepted (400 `bad_wait` beyond).
+pub const WATCH_WAIT_MAX: Duration = Duration::from_secs(600);
+
+/// Serves one long poll: the changes after `index=` to `key` (or to `prefix=` when `key` is
+/// `None`), waiting up to `wait=` for the first.
+pub(super) async fn watch(node: &NodeHandle, query: &Query, key: Option<String>) -> HttpResponse {
+    let after_index = match query.get("index").map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(index)) => index,
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_index",
+                "index must be a log index (a whole number, 0 or more)",
+            )
+        }
+    };
+    let wait = match query.get("wait").map(parse_wait) {
+        None => WATCH_WAIT_DEFAULT,
+        Some(Ok(wait)) => wait,
+        Some(Err(message)) => return error(StatusCode::BAD_REQUEST, "bad_wait", &message),
+    };
+    let selector = match key {
+        Some(key) => WatchSelector::Key(key),
+        None => WatchSelector::Prefix(query.get("prefix").unwrap_or("").to_string()),
+    };
+    match node.watches.wait(after_index, &selector, wait).await {
+        Ok(batch) => {
+            let events: Vec<Json> = batch.events.iter().map(event_json).collect();
+            with_index(
+                json_response(
+                    StatusCode::OK,
+                    json!({"index": batch.index, "events": events}),
+                ),
+                batch.index,
+            )
+        }
+        Err(WatchError::Compacted(compacted)) => {
+            let (_, applied_index) = node.watches.bounds();
+            with_index(
+                json_response(
+                    StatusCode::GONE,
+                    json!({
+                        "error": compacted.to_string(),
+                        "code": "compacted",
+                        "oldest_index": compacted.oldest_index,
+                    }),
+                ),
+                applied_index,
+            )
+        }
+        Err(e @ WatchError::TooManyWatches { .. }) => retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_watches",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// One change as the API shows it (README, *Watch*).
+pub(super) fn event_json(change: &KeyChange) -> Json {
+    let mut event = json!({"index": change.index});
+    match std::str::from_utf8(change.key.as_bytes()) {
+        Ok(key) => event["key"] = json!(key),
+        Err(_) => event["key_hex"] = json!(hex(change.key.as_bytes())),
+    }
+    match &change.kind {
+        ChangeKind::Put {
+            value,
+            create_index,
+        } => {
+            event["type"] = json!("put");
+            event["create_index"] = json!(create_index);
+            match std::str::from_utf8(value) {
+                Ok(text) => event["value"] = json!(text),
+                Err(_) => event["value_hex"] = json!(hex(value)),
+            }
+        }
+        ChangeKind::Delete => event["type"] = json!("delete"),
+    }
+    event
+}
+
+/// `30s`, `500ms`, `5m`, or a bare number of seconds; at most [`WATCH_WAIT_MAX`].
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "wait must be a number with ms, s or m (a bare number is seconds), at most {}s, not {text:?}",
+            WATCH_WAIT_MAX.as_secs()
+        )
+    };
+    let (digits, unit_ms) = if let Some(digits) = text.strip_suffix("ms") {
+        (digits, 1)
+    } else if let Some(digits) = text.strip_suffix('s') {
+        (digits, 1000)
+    } else if let Some(digits) = text.strip_suffix('m') {
+        (digits, 60_000)
+    } else {
+        (text, 1000)
+    };
+    let count: u64 = digits.parse().map_err(|_| bad())?;
+    let wait = Duration::from_millis(count.checked_mul(unit_ms).ok_or_else(bad)?);
+    if wait > WATCH_WAIT_MAX {
+        return Err(bad());
+    }
+    Ok(wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_accepts_units_and_refuses_garbage_and_waits_over_the_cap() {
+        assert_eq!(parse_wait("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_wait("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_wait("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_wait("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_wait("0s"), Ok(Duration::ZERO));
+        for bad in [
+            "11m",
+            "601s",
+            "",
+            "s",
+            "-1s",
+            "1h",
+            "1.5s",
+            "99999999999999999999m",
+        ] {
+            let error = parse_wait(bad).expect_err(bad);
+            assert!(error.contains("wait must be"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn events_show_utf8_as_text_and_other_bytes_as_hex() {
+        let put = KeyChange {
+            index: 12,
+            key: "config/a".into(),
+            kind: ChangeKind::Put {
+                value: bytes::Bytes::from_static(b"v2"),
+                create_index: 10,
+            },
+        };
+        assert_eq!(
+            event_json(&put),
+            json!({"type": "put", "index": 12, "key": "config/a", "value": "v2", "create_index": 10})
+        );
+        let binary = KeyChange {
+            index: 13,
+            key: "bin".into(),
+            kind: ChangeKind::Put {
+                value: bytes::Bytes::from_static(&[0xff, 0x00]),
+                create_index: 13,
+            },
+        };
+        assert_eq!(event_json(&binary)["value_hex"], json!("ff00"));
+        let delete = KeyChange {
+            index: 14,
+            key: "config/a".into(),
+            kind: ChangeKind::Delete,
+        };
+        assert_eq!(
+            event_json(&delete),
+            json!({"type": "delete", "index": 14, "key": "config/a"})
+        );
+    }
+}

@@ -1,0 +1,344 @@
+//! Watches: the bounded history of recent key changes this node applied, and the long poll that
+//! waits on it.
+//!
+//! The driver records every [`KeyChange`] as it applies an entry ([`WatchHub::record`]) and
+//! then publishes its applied index ([`WatchHub::publish_applied`]); an HTTP handler asks for the
+//! changes after an index ([`WatchHub::wait`]) and sleeps until there is one or its wait ends.
+//!
+//! Why any node, a follower included, may serve a watch: a watch promises the committed changes
+//! to its keys after index N, each once, in index order. A node applies exactly the committed
+//! entries, in log order, once each (the driver's apply loop; Raft §5.3 Log Matching makes every
+//! node's entry at an index the same), so the changes it records after N are the committed
+//! changes after N, in order, up to its applied index. A lagging follower only answers later; it
+//! never answers differently. The answer's index tells the client where to resume, on this node
+//! or any other: a node that has not applied that far yet waits, and a node whose history no
+//! longer reaches back to it says so (410, [`Compacted`]) instead of skipping changes.
+//!
+//! Invariant: the history holds every change with an index in `(floor_index, applied_index]`,
+//! in index order, and nothing else.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::env;
+use crate::kv::{ChangeKind, KeyChange};
+
+/// Default for [`WatchOptions::history_events_max`].
+pub const WATCH_HISTORY_EVENTS_MAX_DEFAULT: usize = 10_000;
+/// Default for [`WatchOptions::history_bytes_max`] (64 MiB).
+pub const WATCH_HISTORY_BYTES_MAX_DEFAULT: usize = 64 << 20;
+/// Default for [`WatchOptions::watches_max`].
+pub const WATCHES_MAX_DEFAULT: usize = 1024;
+/// Most events one answer carries; the client continues from the last one's index.
+pub const WATCH_EVENTS_PER_ANSWER_MAX: usize = 1000;
+/// Bytes an event costs in the history besides its key and value (index, kind, pointers).
+const EVENT_OVERHEAD_BYTES: usize = 64;
+
+/// Bounds of a node's watch history and of its waiting watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Most changes kept; the oldest go first.
+    pub history_events_max: usize,
+    /// Most bytes of keys and values kept; the oldest changes go first.
+    pub history_bytes_max: usize,
+    /// Most watches waiting on this node at once.
+    pub watches_max: usize,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            history_events_max: WATCH_HISTORY_EVENTS_MAX_DEFAULT,
+            history_bytes_max: WATCH_HISTORY_BYTES_MAX_DEFAULT,
+            watches_max: WATCHES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Which keys a watch follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchSelector {
+    /// One key.
+    Key(String),
+    /// Every key starting with this prefix (empty: every key).
+    Prefix(String),
+}
+
+impl WatchSelector {
+    fn matches(&self, key: &str) -> bool {
+        match self {
+            WatchSelector::Key(wanted) => key == wanted,
+            WatchSelector::Prefix(prefix) => key.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+/// The changes after an index, as one answer carries them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchBatch {
+    /// Where the next call continues (`index=`): every matching change up to it is in
+    /// `events` or was before the asked index. Never below the asked index.
+    pub index: u64,
+    /// The matching changes, in index order.
+    pub events: Vec<KeyChange>,
+}
+
+/// The asked index is older than the history: changes after it may be gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("changes after index {asked_index} are no longer kept; the oldest index served is {oldest_index}")]
+pub struct Compacted {
+    /// The index the watch asked to continue from.
+    pub asked_index: u64,
+    /// The smallest index a watch can continue from now.
+    pub oldest_index: u64,
+}
+
+/// Why a watch was not served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WatchError {
+    /// See [`Compacted`].
+    #[error(transparent)]
+    Compacted(#[from] Compacted),
+    /// [`WatchOptions::watches_max`] watches already wait on this node.
+    #[error("{watches_max} watches already wait on this node")]
+    TooManyWatches {
+        /// The limit.
+        watches_max: usize,
+    },
+}
+
+#[derive(Debug)]
+struct History {
+    /// Invariant: indexes ascend, all in `(floor_index, applied_index]`.
+    events: VecDeque<KeyChange>,
+    /// Sum of [`event_bytes`] over `events`.
+    bytes: usize,
+    /// Changes at or below this index are no longer kept (evicted, or before this node's
+    /// snapshot).
+    floor_index: u64,
+    applied_index: u64,
+}
+
+/// A node's watch history and its waiting watches (see the module docs). Shared by the driver,
+/// which writes, and the HTTP handlers, which read.
+#[derive(Debug)]
+pub struct WatchHub {
+    options: WatchOptions,
+    history: Mutex<History>,
+    /// The applied index, published after each batch of applied entries: what wakes a watch.
+    applied: watch::Sender<u64>,
+    watches_waiting: AtomicUsize,
+}
+
+impl WatchHub {
+    /// A hub whose history starts at `applied_index` (a restored snapshot's index, or 0).
+    pub fn new(options: WatchOptions, applied_index: u64) -> WatchHub {
+        WatchHub {
+            options,
+            history: Mutex::new(History {
+                events: VecDeque::new(),
+                bytes: 0,
+                floor_index: applied_index,
+                applied_index,
+            }),
+            applied: watch::Sender::new(applied_index),
+            watches_waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// Records the entry at `index` as applied, with the changes it made, evicting the oldest
+    /// changes beyond the bounds. Watches wake at the next [`WatchHub::publish_applied`].
+    ///
+    /// # Panics
+    /// If `index` is not above the last recorded index, or a change carries another index: the
+    /// driver applies in log order, once.
+    pub fn record(&self, index: u64, changes: Vec<KeyChange>) {
+        let mut history = self.lock();
+        assert!(
+            index > history.applied_index,
+            "watch history: recording index {index} at or below the applied index {}",
+            history.applied_index
+        );
+        history.applied_index = index;
+        for change in changes {
+            assert_eq!(
+                change.index, index,
+                "watch history: a change of entry {index} carries index {}",
+                change.index
+            );
+            history.bytes += event_bytes(&change);
+            history.events.push_back(change);
+        }
+        while history.events.len() > self.options.history_events_max
+            || history.bytes > self.options.history_bytes_max
+        {
+            let Some(oldest) = history.events.pop_front() else {
+                break;
+            };
+            history.bytes -= event_bytes(&oldest);
+            // The changes of one entry leave together, so the floor is an entry boundary.
+            while history
+                .events
+                .front()
+                .is_some_and(|next| next.index == oldest.index)
+            {
+                if let Some(sibling) = history.events.pop_front() {
+                    history.bytes -= event_bytes(&sibling);
+                }
+            }
+            history.floor_index = oldest.index;
+        }
+    }
+
+    /// Replaces the history by an empty one starting at `index` (a snapshot installed from the
+    /// leader: the changes it covers were never applied here one by one).
+    pub fn reset(&self, index: u64) {
+        let mut history = self.lock();
+        history.events.clear();
+        history.bytes = 0;
+        history.floor_index = index;
+        history.applied_index = index;
+        drop(history);
+        self.applied.send_replace(index);
+    }
+
+    /// Wakes the watches: the entries recorded so far are applied.
+    pub fn publish_applied(&self) {
+        let applied_index = self.lock().applied_index;
+        self.applied.send_if_modified(|published| {
+            let changed = *published != applied_index;
+            *published = applied_index;
+            changed
+        });
+    }
+
+    /// The oldest index a watch can continue from and the applied index, for status.
+    pub fn bounds(&self) -> (u64, u64) {
+        let history = self.lock();
+        (history.floor_index, history.applied_index)
+    }
+
+    /// The matching changes after `after_index`, at most [`WATCH_EVENTS_PER_ANSWER_MAX`],
+    /// without waiting.
+    pub fn changes_after(
+        &self,
+        after_index: u64,
+        selector: &WatchSelector,
+    ) -> Result<WatchBatch, Compacted> {
+        let history = self.lock();
+        if after_index < history.floor_index {
+            return Err(Compacted {
+                asked_index: after_index,
+                oldest_index: history.floor_index,
+            });
+        }
+        // Events ascend by index: skip those at or below `after_index` by binary search.
+        let start = history
+            .events
+            .partition_point(|event| event.index <= after_index);
+        let mut events: Vec<KeyChange> = Vec::new();
+        let mut full = false;
+        for event in history.events.range(start..) {
+            // A full answer still takes the rest of its last entry's changes, so resuming
+            // after that entry's index misses none.
+            if events.len() >= WATCH_EVENTS_PER_ANSWER_MAX
+                && events.last().is_some_and(|last| last.index != event.index)
+            {
+                full = true;
+                break;
+            }
+            if selector.matches(&event.key) {
+                events.push(event.clone());
+            }
+        }
+        let index = match events.last() {
+            Some(last) if full => last.index,
+            _ => history.applied_index.max(after_index),
+        };
+        Ok(WatchBatch { index, events })
+    }
+
+    /// Waits up to `wait` for a matching change after `after_index` and returns the changes
+    /// (an empty batch when none came in time). At most [`WatchOptions::watches_max`] wait at
+    /// once.
+    pub async fn wait(
+        &self,
+        after_index: u64,
+        selector: &WatchSelector,
+        wait: Duration,
+    ) -> Result<WatchBatch, WatchError> {
+        let batch = self.changes_after(after_index, selector)?;
+        if !batch.events.is_empty() || wait.is_zero() {
+            return Ok(batch);
+        }
+        let _slot = self.take_slot()?;
+        // Subscribed before looking again, so a publish between the look and the wait wakes us.
+        let mut applied = self.applied.subscribe();
+        let waited = env::timeout(wait, async {
+            loop {
+                let batch = self.changes_after(after_index, selector)?;
+                if !batch.events.is_empty() {
+                    return Ok::<_, Compacted>(batch);
+                }
+                if applied.changed().await.is_err() {
+                    // The hub is gone with its node: answer what there is.
+                    return Ok(batch);
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(answer) => answer.map_err(WatchError::from),
+            Err(_) => Ok(self.changes_after(after_index, selector)?),
+        }
+    }
+
+    /// Number of watches waiting now.
+    pub fn watches_waiting(&self) -> usize {
+        self.watches_waiting.load(Ordering::Relaxed)
+    }
+
+    fn take_slot(&self) -> Result<WatchSlot<'_>, WatchError> {
+        let watches_max = self.options.watches_max;
+        self.watches_waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+                (waiting < watches_max).then_some(waiting + 1)
+            })
+            .map_err(|_| WatchError::TooManyWatches { watches_max })?;
+        Ok(WatchSlot { hub: self })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One place among [`WatchOptions::watches_max`], given back when the watch ends.
+struct WatchSlot<'a> {
+    hub: &'a WatchHub,
+}
+
+impl Drop for WatchSlot<'_> {
+    fn drop(&mut self) {
+        self.hub.watches_waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a change costs against [`WatchOptions::history_bytes_max`].
+fn event_bytes(change: &KeyChange) -> usize {
+    let value_bytes = match &change.kind {
+        ChangeKind::Put { value, .. } => value.len(),
+        ChangeKind::Delete => 0,
+    };
+    change.key.len() + value_bytes + EVENT_OVERHEAD_BYTES
+}
+
+/// A hub shared between the driver and the handlers.
+pub type SharedWatchHub = Arc<WatchHub>;
+
+#[cfg(test)]
+mod tests;

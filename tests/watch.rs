@@ -1,0 +1,312 @@
+//! Watches on real `raft-kv` processes over loopback HTTP.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{call, eventually, Cluster};
+use serde_json::Value as Json;
+
+const LEADER_WAIT: Duration = Duration::from_secs(20);
+
+/// What a watcher saw: every event, in the order received, and the index it reached.
+struct Watched {
+    events: Vec<Json>,
+    index: u64,
+    answers_from: BTreeMap<usize, usize>,
+}
+
+/// Long-polls the prefix `w/` from `index` 0, starting at node `first` and moving to the next
+/// node whenever one does not answer, until `stop` is set and it has reached `until` (read
+/// after the writers stopped).
+async fn watch_prefix(
+    addrs: Vec<String>,
+    first: usize,
+    stop: Arc<AtomicBool>,
+    until: Arc<std::sync::Mutex<Option<u64>>>,
+) -> Watched {
+    let mut watched = Watched {
+        events: Vec::new(),
+        index: 0,
+        answers_from: BTreeMap::new(),
+    };
+    let mut node = first;
+    loop {
+        let target = *until.lock().unwrap();
+        if stop.load(Ordering::Relaxed) && target.is_some_and(|target| watched.index >= target) {
+            return watched;
+        }
+        let path = format!("/v1/kv/?prefix=w/&watch&index={}&wait=2s", watched.index);
+        match call(&addrs[node], "GET", &path, &[], b"").await {
+            Some(reply) if reply.status == 200 => {
+                let body = reply.json();
+                let index = body["index"].as_u64().expect("an index");
+                assert_eq!(reply.header_u64("x-raft-index"), Some(index), "{body}");
+                assert!(index >= watched.index, "moved back: {body}");
+                watched
+                    .events
+                    .extend(body["events"].as_array().expect("events").clone());
+                watched.index = index;
+                *watched.answers_from.entry(node).or_default() += 1;
+            }
+            Some(reply) => panic!(
+                "watch answered {}: {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            ),
+            // Down (killed): resume from the same index on the next node.
+            None => {
+                node = (node + 1) % addrs.len();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_survives_the_leaders_kill_and_misses_no_change() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    let addrs = cluster.addrs();
+
+    // The watcher starts on the leader, which is then killed mid-stream.
+    let stop = Arc::new(AtomicBool::new(false));
+    let until = Arc::new(std::sync::Mutex::new(None));
+    let watcher = tokio::spawn(watch_prefix(
+        addrs.clone(),
+        leader,
+        stop.clone(),
+        until.clone(),
+    ));
+    // One writer puts and deletes keys under w/ through any node, recording what was acknowledged.
+    let writer = {
+        let addrs = addrs.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w/{}", i % 40);
+                let (method, body) = if i % 7 == 6 {
+                    ("DELETE", Vec::new())
+                } else {
+                    ("PUT", format!("v{i}").into_bytes())
+                };
+                let addr = &addrs[i % addrs.len()];
+                i += 1;
+                match call(addr, method, &format!("/v1/kv/{key}"), &[], &body).await {
+                    Some(reply) if reply.status == 200 || reply.status == 201 => {
+                        let index = reply.json()["index"].as_u64().expect("an index");
+                        acked.push((index, method, key));
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+            acked
+        })
+    };
+    let count_writes = |addr: String| async move {
+        let reply = call(&addr, "GET", "/health", &[], b"").await?;
+        reply.json()["applied_index"].as_u64()
+    };
+    eventually(Duration::from_secs(20), "first writes", || async {
+        (count_writes(addrs[leader].clone()).await? > 60).then_some(())
+    })
+    .await;
+    cluster.nodes[leader].kill();
+    let new_leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    let survivor = cluster.nodes[new_leader].addr.clone();
+    let before = count_writes(survivor.clone()).await.unwrap_or(0);
+    eventually(
+        Duration::from_secs(20),
+        "writes after the failover",
+        || async { (count_writes(survivor.clone()).await? > before + 60).then_some(()) },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    // Everything written is committed at or below the index a linearizable read now reflects.
+    let final_listing = eventually(Duration::from_secs(10), "a final listing", || async {
+        call(&survivor, "GET", "/v1/kv/?prefix=w/", &[], b"")
+            .await
+            .filter(|reply| reply.status == 200)
+    })
+    .await;
+    let final_index = final_listing.header_u64("x-raft-index").unwrap();
+    *until.lock().unwrap() = Some(final_index);
+    let watched = tokio::time::timeout(Duration::from_secs(60), watcher)
+        .await
+        .expect("the watcher catches up")
+        .unwrap();
+
+    assert!(
+        watched.answers_from.keys().any(|&node| node != leader),
+        "the watch never resumed on another node: {:?}",
+        watched.answers_from
+    );
+    // In log order, each change once.
+    let indexes: Vec<u64> = watched
+        .events
+        .iter()
+        .map(|event| event["index"].as_u64().unwrap())
+        .collect();
+    assert!(
+        indexes.windows(2).all(|pair| pair[0] < pair[1]),
+        "events out of order or repeated: {indexes:?}"
+    );
+    // Every acknowledged change is there, as what it was (a delete of an absent key is none).
+    let by_index: BTreeMap<u64, &Json> = watched
+        .events
+        .iter()
+        .map(|event| (event["index"].as_u64().unwrap(), event))
+        .collect();
+    for (index, method, key) in &acked {
+        match by_index.get(index) {
+            Some(event) => {
+                assert_eq!(event["key"], key.as_str(), "{event}");
+                let kind = if *method == "PUT" { "put" } else { "delete" };
+                assert_eq!(event["type"], kind, "{event}");
+            }
+            None => assert_eq!(
+                *method, "DELETE",
+                "acknowledged put at {index} of {key} missed"
+            ),
+        }
+    }
+    // Replaying the events gives exactly the keys a linearizable read sees.
+    let mut replayed: BTreeMap<String, String> = BTreeMap::new();
+    for event in &watched.events {
+        let key = event["key"].as_str().unwrap().to_string();
+        match event["type"].as_str().unwrap() {
+            "put" => {
+                replayed.insert(key, event["value"].as_str().unwrap().to_string());
+            }
+            "delete" => {
+                assert!(
+                    replayed.remove(&key).is_some(),
+                    "delete of {key} never put: {event}"
+                );
+            }
+            other => panic!("unknown event type {other}"),
+        }
+    }
+    let listed: BTreeMap<String, String> = final_listing.json()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["key"].as_str().unwrap().to_string(),
+                entry["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(replayed, listed, "the events do not add up to the store");
+    assert!(acked.len() > 100, "too few writes: {}", acked.len());
+}
+
+/// A GET that must be answered.
+async fn get(addr: &str, path: &str) -> common::Reply {
+    call(addr, "GET", path, &[], b"")
+        .await
+        .unwrap_or_else(|| panic!("no answer to GET {path}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_waits_for_a_change_and_an_evicted_index_answers_410_with_the_oldest_index() {
+    let cluster = Cluster::start_with(1, &["--watch-history-events", "3", "--watch-max", "1"]);
+    cluster.wait_for_leader(LEADER_WAIT).await;
+    let addr = cluster.addrs()[0].clone();
+    let put = |key: &'static str, value: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let reply = call(
+                &addr,
+                "PUT",
+                &format!("/v1/kv/{key}"),
+                &[],
+                value.as_bytes(),
+            )
+            .await
+            .expect("an answer");
+            assert!(reply.status == 200 || reply.status == 201);
+            reply.json()["index"].as_u64().unwrap()
+        }
+    };
+    let first = put("a", "1").await;
+
+    // A watch on `a` from its write's index waits; a write to another key does not wake it
+    // with an event, a write to `a` does.
+    let waiting = {
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            call(
+                &addr,
+                "GET",
+                &format!("/v1/kv/a?watch&index={first}&wait=8s"),
+                &[],
+                b"",
+            )
+            .await
+        })
+    };
+    // The single watch slot is taken while it waits: a second watch is refused.
+    eventually(Duration::from_secs(5), "the slot to be taken", || async {
+        (common::metric(&addr, "raft_kv_watches_waiting").await? == 1.0).then_some(())
+    })
+    .await;
+    let refused = call(
+        &addr,
+        "GET",
+        &format!("/v1/kv/b?watch&index={first}&wait=1s"),
+        &[],
+        b"",
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["code"], "too_many_watches");
+    put("b", "x").await;
+    let second = put("a", "2").await;
+    let reply = waiting.await.unwrap().expect("an answer");
+    assert_eq!(reply.status, 200);
+    let body = reply.json();
+    assert_eq!(body["events"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["events"][0]["index"], second, "{body}");
+    assert_eq!(body["events"][0]["value"], "2", "{body}");
+    assert_eq!(body["events"][0]["create_index"], first, "{body}");
+
+    // Nothing more changes: the wait ends with no events and the same place to continue.
+    let idle = get(&addr, &format!("/v1/kv/a?watch&index={second}&wait=200ms")).await;
+    assert_eq!(idle.status, 200);
+    assert_eq!(idle.json()["events"], serde_json::json!([]));
+    assert!(idle.header_u64("x-raft-index").unwrap() >= second);
+
+    // Three more changes push the first ones out of the 3-change history.
+    for value in ["3", "4", "5"] {
+        put("c", value).await;
+    }
+    let gone = get(&addr, &format!("/v1/kv/a?watch&index={first}")).await;
+    assert_eq!(gone.status, 410);
+    let body = gone.json();
+    assert_eq!(body["code"], "compacted", "{body}");
+    let oldest = body["oldest_index"].as_u64().unwrap();
+    assert!(oldest > first, "{body}");
+    let resumed = get(
+        &addr,
+        &format!("/v1/kv/?prefix=&watch&index={oldest}&wait=0s"),
+    )
+    .await;
+    assert_eq!(resumed.status, 200);
+    assert_eq!(resumed.json()["events"].as_array().unwrap().len(), 3);
+
+    for bad in ["wait=11m", "wait=soon", "index=-1"] {
+        let reply = get(&addr, &format!("/v1/kv/a?watch&{bad}")).await;
+        assert_eq!(reply.status, 400, "{bad}");
+        assert!(reply.json()["error"].is_string(), "{bad}");
+    }
+}
