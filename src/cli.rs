@@ -103,6 +103,15 @@ pub struct NodeArgs {
     /// empty: added as a learner, promoted once caught up. Ignored once the node has data.
     #[arg(long, env = "RAFT_KV_JOIN", value_parser = parse_addr, conflicts_with = "peers")]
     pub join: Option<String>,
+    /// An `admin` token for `--join` when the cluster runs with `--auth-tokens` (adding a member
+    /// needs `admin`); `RAFT_KV_JOIN_TOKEN` keeps it out of the process list.
+    #[arg(
+        long,
+        env = "RAFT_KV_JOIN_TOKEN",
+        hide_env_values = true,
+        requires = "join"
+    )]
+    pub join_token: Option<String>,
     /// Where the WAL and snapshots live [default: ./raft-kv-data/<id>].
     #[arg(long, env = "RAFT_KV_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -215,6 +224,7 @@ impl NodeArgs {
             ));
         }
         config.join = self.join.clone();
+        config.join_token = self.join_token.clone();
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
         }

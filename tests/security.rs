@@ -153,7 +153,7 @@ async fn every_route_by_every_role_and_with_no_bad_or_revoked_token() {
     let bearer = |token: &str| format!("Bearer {token}");
 
     // (method, path, body, the role it needs; None: open).
-    let routes: [(&str, &str, &[u8], Option<&str>); 10] = [
+    let routes: [(&str, &str, &[u8], Option<&str>); 15] = [
         ("GET", "/health", b"", None),
         ("GET", "/v1/raft/hello", b"", None),
         ("GET", "/metrics", b"", Some("read")),
@@ -163,6 +163,12 @@ async fn every_route_by_every_role_and_with_no_bad_or_revoked_token() {
         ("GET", "/v1/kv/?prefix=m", b"", Some("read")),
         ("PUT", "/v1/kv/matrix", b"v", Some("readwrite")),
         ("DELETE", "/v1/kv/matrix", b"", Some("readwrite")),
+        ("GET", "/v1/cluster/members", b"", Some("read")),
+        // An incomplete body: an admin gets a 400 from the handler, everyone else 401/403.
+        ("POST", "/v1/cluster/members", b"{}", Some("admin")),
+        ("POST", "/v1/leases", br#"{"ttl_s": 30}"#, Some("readwrite")),
+        ("GET", "/v1/leases/424242", b"", Some("read")),
+        ("DELETE", "/v1/leases/424242", b"", Some("readwrite")),
         ("GET", "/v1/no-such-route", b"", Some("admin")),
     ];
     let rank = |role: &str| {

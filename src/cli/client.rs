@@ -124,6 +124,8 @@ pub struct Client {
     endpoints: Vec<String>,
     /// How long one command may keep retrying.
     pub timeout: Duration,
+    /// `Authorization: Bearer` value sent with every request, when the cluster wants tokens.
+    token: Option<String>,
 }
 
 impl Client {
@@ -150,7 +152,14 @@ impl Client {
             http: HttpClient::new(),
             endpoints,
             timeout,
+            token: None,
         })
+    }
+
+    /// The same client, sending `token` as a bearer token with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token.filter(|t| !t.trim().is_empty());
+        self
     }
 
     /// The endpoints, as given.
@@ -198,6 +207,10 @@ impl Client {
                 if let Some(key) = idempotency_key {
                     builder = builder.header("idempotency-key", key);
                 }
+                if let Some(token) = &self.token {
+                    builder =
+                        builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+                }
                 let request = builder
                     .body(Full::new(body.clone()))
                     .map_err(|e| Failure::new(Exit::Usage, format!("bad request: {e}")))?;
@@ -237,7 +250,11 @@ impl Client {
 
     /// One call to one address, no retry (for `status`, which asks every member).
     pub async fn call_once(&self, addr: &str, path: &str) -> Option<Reply> {
-        let request = Request::get(path).body(Full::new(Bytes::new())).ok()?;
+        let mut builder = Request::get(path);
+        if let Some(token) = &self.token {
+            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = builder.body(Full::new(Bytes::new())).ok()?;
         let timeout = self.timeout.min(Duration::from_secs(5));
         let response = self
             .http

@@ -30,6 +30,10 @@ pub struct ClusterArgs {
     /// How long one command may keep retrying, in seconds.
     #[arg(long = "timeout", env = "RAFT_KV_TIMEOUT_S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
     pub timeout_s: u64,
+    /// A bearer token for clusters started with `--auth-tokens` (sent as `Authorization:
+    /// Bearer ...`); `RAFT_KV_TOKEN` keeps it out of the process list.
+    #[arg(long, env = "RAFT_KV_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
 }
 
 /// `raft-kv kv ...`.
@@ -138,8 +142,9 @@ where
     F: FnOnce(Client) -> Fut,
     Fut: std::future::Future<Output = Result<(), Failure>>,
 {
-    let result = Client::new(&cluster.endpoints, Duration::from_secs(cluster.timeout_s)).and_then(
-        |client| {
+    let result = Client::new(&cluster.endpoints, Duration::from_secs(cluster.timeout_s))
+        .map(|client| client.with_token(cluster.token.clone()))
+        .and_then(|client| {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -148,8 +153,7 @@ where
                     Failure::new(Exit::Unavailable, format!("cannot start the runtime: {e}"))
                 })?;
             runtime.block_on(f(client))
-        },
-    );
+        });
     match result {
         Ok(()) => Exit::Ok.into(),
         Err(failure) => {

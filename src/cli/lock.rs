@@ -192,6 +192,7 @@ pub fn lock(args: LockArgs) -> ExitCode {
         &args.cluster.endpoints,
         Duration::from_secs(args.cluster.timeout_s),
     )
+    .map(|client| client.with_token(args.cluster.token.clone()))
     .map(|client| runtime.block_on(hold(client, &args)));
     match outcome {
         Ok(Ok(code)) => ExitCode::from(code),

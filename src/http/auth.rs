@@ -264,6 +264,19 @@ pub fn required_role(path: &str, method: &Method, metrics_protected: bool) -> Op
         "/metrics" => metrics_protected.then_some(Role::Read),
         "/v1/raft/hello" | "/v1/raft/messages" | "/v1/raft/snapshot" => None,
         "/v1/cluster" | "/v1/state-hash" if method == Method::GET => Some(Role::Read),
+        // Listing members is a read; adding, promoting and removing them is `admin` (below).
+        _ if path.starts_with("/v1/cluster/members") && method == Method::GET => Some(Role::Read),
+        // Granting, keeping alive and revoking leases change state that clients own, as writes
+        // do; a transaction may write.
+        _ if path == "/v1/leases" || path.starts_with("/v1/leases/") || path == "/v1/txn" => {
+            if method == Method::GET {
+                Some(Role::Read)
+            } else if method == Method::POST || method == Method::DELETE {
+                Some(Role::ReadWrite)
+            } else {
+                Some(Role::Admin)
+            }
+        }
         _ if path == "/v1/kv" || path.starts_with("/v1/kv/") => {
             if method == Method::GET {
                 Some(Role::Read)

@@ -15,6 +15,9 @@ pub struct NodeConfig {
     /// A member of a running cluster to join through (`--join`): used only when the data
     /// directory is empty; the node asks to be added as a learner and then to be promoted.
     pub join: Option<String>,
+    /// An `admin` bearer token for the join requests (`--join-token`), when the cluster has
+    /// client authentication on.
+    pub join_token: Option<String>,
     /// Where the WAL and snapshots live.
     pub data_dir: PathBuf,
     /// How long one Raft tick lasts.
@@ -139,6 +142,7 @@ impl NodeConfig {
             listen_addr: listen_addr.into(),
             peers: Vec::new(),
             join: None,
+            join_token: None,
             tick_interval: Duration::from_millis(10),
             election_ticks: 100,
             heartbeat_ticks: 10,

@@ -41,7 +41,7 @@ pub(super) async fn join(
         if attempt > 0 {
             env::sleep(JOIN_RETRY_INTERVAL).await;
         }
-        let view = match members(client, join_addr, config.rpc_timeout).await {
+        let view = match members(client, join_addr, config).await {
             Ok(view) => view,
             Err(answer) => {
                 last_answer = answer;
@@ -66,6 +66,7 @@ pub(super) async fn join(
         let answer = call(
             client,
             join_addr,
+            config.join_token.as_deref(),
             hyper::Method::POST,
             "/v1/cluster/members",
             Bytes::from(body.to_string()),
@@ -78,9 +79,12 @@ pub(super) async fn join(
                 // Read the configuration again: it now holds this node's record.
                 last_answer = "added; reading the configuration".into();
             }
-            // Bad name or address, or one already taken: retrying cannot help.
+            // Bad name or address, one already taken, or no admin token (`--join-token`):
+            // retrying cannot help.
             Ok((status, body))
                 if status == StatusCode::BAD_REQUEST
+                    || status == StatusCode::UNAUTHORIZED
+                    || status == StatusCode::FORBIDDEN
                     || (status == StatusCode::CONFLICT && body.contains("\"conflict\"")) =>
             {
                 return Err(failed(format!("{status}: {body}")));
@@ -103,6 +107,7 @@ pub async fn promote_when_caught_up(config: &NodeConfig, client: &HttpClient, jo
         let answer = call(
             client,
             join_addr,
+            config.join_token.as_deref(),
             hyper::Method::POST,
             &path,
             Bytes::new(),
@@ -116,7 +121,10 @@ pub async fn promote_when_caught_up(config: &NodeConfig, client: &HttpClient, jo
             }
             Ok((StatusCode::CONFLICT, body)) if body.contains("already a voter") => return,
             Ok((status, body))
-                if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST =>
+                if status == StatusCode::NOT_FOUND
+                    || status == StatusCode::BAD_REQUEST
+                    || status == StatusCode::UNAUTHORIZED
+                    || status == StatusCode::FORBIDDEN =>
             {
                 tracing::error!(node = %config.name, %status, %body, "promotion refused");
                 return;
@@ -141,15 +149,16 @@ pub async fn promote_when_caught_up(config: &NodeConfig, client: &HttpClient, jo
 async fn members(
     client: &HttpClient,
     addr: &str,
-    timeout: Duration,
+    config: &NodeConfig,
 ) -> Result<MembersView, String> {
     match call(
         client,
         addr,
+        config.join_token.as_deref(),
         hyper::Method::GET,
         "/v1/cluster/members",
         Bytes::new(),
-        timeout,
+        config.rpc_timeout,
     )
     .await
     {
@@ -164,17 +173,20 @@ async fn members(
 async fn call(
     client: &HttpClient,
     addr: &str,
+    token: Option<&str>,
     method: hyper::Method,
     path: &str,
     body: Bytes,
     timeout: Duration,
 ) -> Result<(StatusCode, String), String> {
-    let request = hyper::Request::builder()
+    let mut builder = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
     let response = client
         .call(addr, request, JOIN_ANSWER_BYTES_MAX, timeout)
         .await
