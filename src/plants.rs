@@ -44,11 +44,14 @@ pub enum Plant {
     /// The background snapshot writer skips the file's fsync, so the log is compacted past a
     /// snapshot that is not durable (compact only once the snapshot is durable).
     SnapshotUnsynced,
+    /// A watch that continues from index N gets the change at N again (an off-by-one in where
+    /// the history is read from), so a watcher sees a change twice.
+    WatchResumeRepeats,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 11] = [
+    pub const ALL: [Plant; 12] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -60,6 +63,7 @@ impl Plant {
         Plant::DroppedUnderSnapshot,
         Plant::DriverPanic,
         Plant::SnapshotUnsynced,
+        Plant::WatchResumeRepeats,
     ];
 
     /// The name used on the command line.
@@ -76,6 +80,7 @@ impl Plant {
             Plant::DroppedUnderSnapshot => "dropped-under-snapshot",
             Plant::DriverPanic => "driver-panic",
             Plant::SnapshotUnsynced => "snapshot-unsynced",
+            Plant::WatchResumeRepeats => "watch-resume-repeats",
         }
     }
 }

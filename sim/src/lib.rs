@@ -16,11 +16,14 @@ pub mod regressions;
 pub mod report;
 pub mod scenario;
 pub mod timeline;
+pub mod watch_check;
 
 #[cfg(madsim)]
 pub mod run;
 #[cfg(madsim)]
 pub mod sweep;
+#[cfg(madsim)]
+pub mod watch_client;
 #[cfg(madsim)]
 pub mod workload;
 

@@ -4,6 +4,7 @@
 
 mod api;
 pub mod client;
+mod txn;
 mod watch;
 
 use std::convert::Infallible;

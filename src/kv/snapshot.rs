@@ -29,7 +29,11 @@ use super::{
 /// First bytes of every snapshot.
 const SNAPSHOT_MAGIC: [u8; 4] = *b"RKVS";
 /// Format version written after the magic; bump it on any change to the body.
-const SNAPSHOT_VERSION: u8 = 1;
+/// Version 2: keys are any bytes.
+const SNAPSHOT_VERSION: u8 = 2;
+/// Version 1 held only UTF-8 keys, encoded as version 2 encodes bytes (postcard writes a string
+/// and a byte string alike), so it is read as version 2.
+const SNAPSHOT_VERSION_UTF8_KEYS: u8 = 1;
 /// Bytes before the body: magic, version, crc32c.
 const SNAPSHOT_HEADER_BYTES: usize = 4 + 1 + 4;
 
@@ -45,11 +49,11 @@ struct BodyRef<'a> {
 #[derive(Deserialize)]
 struct BodyOwned {
     applied_index: u64,
-    entries: Vec<(String, Value)>,
+    entries: Vec<(Vec<u8>, Value)>,
     idempotency: Vec<(String, u64, WriteResult)>,
 }
 
-struct EntriesRef<'a>(&'a OrdMap<Arc<str>, Value>);
+struct EntriesRef<'a>(&'a OrdMap<Arc<[u8]>, Value>);
 
 impl Serialize for EntriesRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -92,25 +96,26 @@ impl KvRestore {
     }
 
     /// Adds the next key, which must sort after the previous one.
-    pub fn push_key(&mut self, key: String, value: Value) -> Result<(), KvError> {
+    pub fn push_key(&mut self, key: Vec<u8>, value: Value) -> Result<(), KvError> {
+        let shown = String::from_utf8_lossy(&key).into_owned();
         if self.idempotency_started {
             return Err(corrupt(format!(
-                "key {key:?} after the idempotency records"
+                "key {shown:?} after the idempotency records"
             )));
         }
         if let Some((previous, _)) = self.store.entries.get_max() {
-            if previous.as_ref() >= key.as_str() {
-                return Err(corrupt(format!("key {key:?} out of order")));
+            if previous.as_ref() >= key.as_slice() {
+                return Err(corrupt(format!("key {shown:?} out of order")));
             }
         }
-        validate_key(&key).map_err(|error| corrupt(format!("key {key:?}: {error}")))?;
+        validate_key(&key).map_err(|error| corrupt(format!("key {shown:?}: {error}")))?;
         let applied_index = self.store.applied_index;
         if !(0 < value.create_index
             && value.create_index <= value.mod_index
             && value.mod_index <= applied_index)
         {
             return Err(corrupt(format!(
-                "key {key:?}: need 0 < create_index({}) <= mod_index({}) <= applied_index({applied_index})",
+                "key {shown:?}: need 0 < create_index({}) <= mod_index({}) <= applied_index({applied_index})",
                 value.create_index, value.mod_index
             )));
         }
@@ -193,9 +198,9 @@ impl KvStore {
         if header[..4] != SNAPSHOT_MAGIC {
             return Err(corrupt(format!("bad magic {:02x?}", &header[..4])));
         }
-        if header[4] != SNAPSHOT_VERSION {
+        if header[4] != SNAPSHOT_VERSION && header[4] != SNAPSHOT_VERSION_UTF8_KEYS {
             return Err(corrupt(format!(
-                "format version {}, expected {SNAPSHOT_VERSION}",
+                "format version {}, expected {SNAPSHOT_VERSION} (or {SNAPSHOT_VERSION_UTF8_KEYS})",
                 header[4]
             )));
         }
@@ -230,7 +235,7 @@ impl KvStore {
     }
 
     /// The keys and their values in ascending key order (what a snapshot file holds).
-    pub fn entries_iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+    pub fn entries_iter(&self) -> impl Iterator<Item = (&[u8], &Value)> {
         self.entries
             .iter()
             .map(|(key, value)| (key.as_ref(), value))
