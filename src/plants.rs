@@ -52,11 +52,14 @@ pub enum Plant {
     /// A new leader does not restart the lease countdowns: it treats every lease as due and
     /// expires it at once, though its holder kept it alive (etcd restarts them, and so must we).
     LeaseCountdownNotRestarted,
+    /// A watch that continues from index N gets the change at N again (an off-by-one in where
+    /// the history is read from), so a watcher sees a change twice.
+    WatchResumeRepeats,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 14] = [
+    pub const ALL: [Plant; 15] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -71,6 +74,7 @@ impl Plant {
         Plant::SkipPeerAuth,
         Plant::SkipRoleCheck,
         Plant::LeaseCountdownNotRestarted,
+        Plant::WatchResumeRepeats,
     ];
 
     /// The name used on the command line.
@@ -90,6 +94,7 @@ impl Plant {
             Plant::SkipPeerAuth => "skip-peer-auth",
             Plant::SkipRoleCheck => "skip-role-check",
             Plant::LeaseCountdownNotRestarted => "lease-countdown-not-restarted",
+            Plant::WatchResumeRepeats => "watch-resume-repeats",
         }
     }
 }

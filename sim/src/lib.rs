@@ -19,11 +19,14 @@ pub mod scenario;
 #[cfg(madsim)]
 pub mod stranger;
 pub mod timeline;
+pub mod watch_check;
 
 #[cfg(madsim)]
 pub mod run;
 #[cfg(madsim)]
 pub mod sweep;
+#[cfg(madsim)]
+pub mod watch_client;
 #[cfg(madsim)]
 pub mod workload;
 

@@ -63,6 +63,10 @@ pub struct Recorder {
     pub coverage: Coverage,
     /// Raft ids of the nodes writing a snapshot file right now.
     pub snapshots_writing: std::collections::BTreeSet<u64>,
+    /// The committed key changes the nodes applied (the watch checker's truth).
+    pub watch_truth: crate::watch_check::Truth,
+    /// What every watcher saw.
+    pub watchers: Vec<crate::watch_check::WatcherLog>,
 }
 
 impl Recorder {

@@ -623,6 +623,20 @@ async fn monitor(
                 rec.snapshots_writing.remove(&node);
                 rec.coverage.snapshots_taken += 1;
             }
+            NodeEvent::Changed {
+                node,
+                index,
+                changes,
+            } => {
+                let changes = changes.into_iter().map(watch_change).collect();
+                let observed = shared
+                    .lock()
+                    .watch_truth
+                    .observe(&name(node), index, changes);
+                if let Err(detail) = observed {
+                    shared.fail("watch: nodes applied different changes", detail, Vec::new());
+                }
+            }
             NodeEvent::Restored { node, index } => {
                 shared.trace(format!(
                     "{at:>6} ms  {} restored a snapshot at {index}",
@@ -664,7 +678,39 @@ fn node_config(
     config.observer = Some(observer);
     config.peer_secret = Some(crate::stranger::sim_peer_secret());
     config.auth_tokens = Some(crate::stranger::sim_tokens());
+    // Small enough that lagging watchers meet 410 (compacted) in some seeds.
+    config.watch.history_events_max = WATCH_HISTORY_EVENTS;
     config
+}
+
+/// Changes each node keeps for watches in the simulation.
+const WATCH_HISTORY_EVENTS: usize = 100;
+
+/// A node's change as the watch checker holds it.
+fn watch_change(change: raft_kv::kv::KeyChange) -> crate::watch_check::Change {
+    crate::watch_check::Change {
+        index: change.index,
+        key: String::from_utf8_lossy(&change.key).into_owned(),
+        value: match change.kind {
+            raft_kv::kv::ChangeKind::Put { value, .. } => Some(value.to_vec()),
+            raft_kv::kv::ChangeKind::Delete => None,
+        },
+    }
+}
+
+/// Checks every watcher against the changes the nodes applied.
+fn check_watches(shared: &Shared) {
+    let failures: Vec<String> = {
+        let rec = shared.lock();
+        rec.watchers
+            .iter()
+            .filter_map(|log| crate::watch_check::check(&rec.watch_truth, log).err())
+            .collect()
+    };
+    match failures.into_iter().next() {
+        Some(detail) => shared.fail("watch: a watcher's events", detail, Vec::new()),
+        None => shared.trace("watch: every watcher saw exactly the committed changes".to_string()),
+    }
 }
 
 fn ip(text: &str) -> IpAddr {
@@ -844,6 +890,16 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         lease_config.tick_interval * lease_config.election_ticks.saturating_mul(2),
     );
     drop(lease_config);
+    // The watchers, stopped only after the clients.
+    let stop_watchers = Arc::new(AtomicBool::new(false));
+    for (watcher, selector) in crate::watch_client::selectors().into_iter().enumerate() {
+        let ctx = ctx.clone();
+        let stop = stop_watchers.clone();
+        let rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x0077_a7c4_0000_0000 ^ watcher as u64);
+        drop(client_node.spawn(async move {
+            crate::watch_client::watch_loop(watcher as u64, selector, ctx, rng, stop).await;
+        }));
+    }
 
     // Phase 1: the fault schedule, with periodic inspections in between.
     let mut actions: Vec<(u64, bool, usize)> = Vec::new();
@@ -896,6 +952,8 @@ async fn supervise(scenario: Scenario, shared: Shared) {
     stop_clients.store(true, Ordering::Relaxed);
     shared.close_pending_as_unknown();
     check_history(&shared);
+    stop_watchers.store(true, Ordering::Relaxed);
+    check_watches(&shared);
     shared.lock().virtual_ms = virtual_ms();
     let torn_files = world
         .nodes

@@ -78,6 +78,11 @@ fn an_unsynced_snapshot_file_is_caught_by_liveness() {
 }
 
 #[test]
+fn a_watch_that_repeats_the_change_at_its_resume_index_is_caught_by_the_watch_checker() {
+    assert_caught_by_its_victim(Plant::WatchResumeRepeats);
+}
+
+#[test]
 fn a_panicking_node_fails_the_seed_with_the_message_and_the_replay_command() {
     assert_caught_by_its_victim(Plant::DriverPanic);
     let (ok, stdout) = run_sim(&["replay", "1", "--plant", "driver-panic"]);

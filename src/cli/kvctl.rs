@@ -379,6 +379,9 @@ async fn lease_command(client: Client, command: LeaseCommand) -> Result<(), Fail
             for key in json["keys"].as_array().cloned().unwrap_or_default() {
                 println!("key {}", key.as_str().unwrap_or_default());
             }
+            for key in json["keys_hex"].as_array().cloned().unwrap_or_default() {
+                println!("key_hex {}", key.as_str().unwrap_or_default());
+            }
             Ok(())
         }
     }

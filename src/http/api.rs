@@ -218,6 +218,12 @@ where
         _ if path.starts_with("/v1/cluster/members") => {
             super::members::route(state, &path, request).await
         }
+        "/v1/txn" => {
+            if method != Method::POST {
+                return ("/v1/txn", method_not_allowed(&[Method::POST]));
+            }
+            ("/v1/txn", super::txn::handle(state, request).await)
+        }
         "/v1/kv" | "/v1/kv/" => {
             if method != Method::GET {
                 return ("/v1/kv/", method_not_allowed(&[Method::GET]));
@@ -562,7 +568,7 @@ where
     }
 }
 
-async fn kv<B>(state: &AppState, request: Request<B>, key: Option<String>) -> HttpResponse
+async fn kv<B>(state: &AppState, request: Request<B>, key: Option<Vec<u8>>) -> HttpResponse
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -617,9 +623,15 @@ where
                     )
                 }
             };
+            let (prefix, after) = match (query.get_bytes("prefix"), query.get_bytes("after")) {
+                (Ok(prefix), Ok(after)) => (prefix.unwrap_or_default(), after),
+                (Err(message), _) | (_, Err(message)) => {
+                    return error(StatusCode::BAD_REQUEST, "bad_key", &message)
+                }
+            };
             let list = ReadQuery::List {
-                prefix: query.get("prefix").unwrap_or("").to_string(),
-                after: query.get("after").map(str::to_string),
+                prefix,
+                after,
                 limit,
             };
             read(node, &query, list).await
@@ -641,7 +653,7 @@ where
 
 /// The response, or the request forwarded to the leader when this node does not lead (once:
 /// a forwarded request is never forwarded again).
-async fn relay(
+pub(super) async fn relay(
     state: &AppState,
     node: &NodeHandle,
     parts: hyper::http::request::Parts,
@@ -679,7 +691,7 @@ async fn read(
     };
     let is_get = matches!(read_query, ReadQuery::Get(_));
     let key = match &read_query {
-        ReadQuery::Get(key) => key.clone(),
+        ReadQuery::Get(key) => String::from_utf8_lossy(key).into_owned(),
         ReadQuery::List { .. } | ReadQuery::Lease(_) => String::new(),
     };
     let ReadOutcome {
@@ -723,8 +735,11 @@ async fn read(
 }
 
 fn value_json(value: &ValueView) -> Json {
-    let mut entry =
-        json!({"key": value.key, "mod_index": value.mod_index, "create_index": value.create_index});
+    let mut entry = json!({"mod_index": value.mod_index, "create_index": value.create_index});
+    match std::str::from_utf8(&value.key) {
+        Ok(key) => entry["key"] = json!(key),
+        Err(_) => entry["key_hex"] = json!(hex(&value.key)),
+    }
     match std::str::from_utf8(&value.data) {
         Ok(text) => entry["value"] = json!(text),
         Err(_) => entry["value_hex"] = json!(hex(&value.data)),
@@ -736,7 +751,7 @@ async fn write(
     _state: &AppState,
     parts: &hyper::http::request::Parts,
     query: &Query,
-    key: String,
+    key: Vec<u8>,
     body: Bytes,
     node: &NodeHandle,
 ) -> Result<HttpResponse, NodeError> {
@@ -817,6 +832,8 @@ async fn write(
             StatusCode::OK,
             json!({"index": index, "mod_index": mod_index}),
         ),
+        // The Idempotency-Key was first used by a transaction: its first result stands.
+        WriteResult::Txn { .. } => return Ok(super::txn::response(index, &outcome.result)),
         WriteResult::CasMismatch { current_mod_index } => json_response(
             StatusCode::CONFLICT,
             json!({
@@ -848,7 +865,14 @@ fn consistency(query: &Query) -> Result<Consistency, Box<HttpResponse>> {
 fn idempotency_key(
     parts: &hyper::http::request::Parts,
 ) -> Result<Option<String>, Box<HttpResponse>> {
-    match parts.headers.get(IDEMPOTENCY_KEY) {
+    idempotency_key_of(&parts.headers)
+}
+
+/// The request's `Idempotency-Key`, or the 400 that refuses it (boxed: a response is large).
+pub(super) fn idempotency_key_of(
+    headers: &hyper::HeaderMap,
+) -> Result<Option<String>, Box<HttpResponse>> {
+    match headers.get(IDEMPOTENCY_KEY) {
         None => Ok(None),
         Some(value) => match value.to_str() {
             Ok(text) if !text.is_empty() && text.len() <= IDEMPOTENCY_KEY_BYTES_MAX => {
@@ -1077,8 +1101,8 @@ pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Decodes `%XX` escapes; the result must be UTF-8.
-fn percent_decode(text: &str) -> Result<String, String> {
+/// Decodes `%XX` escapes into bytes (any bytes: keys need not be UTF-8).
+fn percent_decode(text: &str) -> Result<Vec<u8>, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -1099,20 +1123,24 @@ fn percent_decode(text: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| "key is not valid UTF-8".to_string())
+    Ok(out)
 }
 
-/// A parsed query string (first value wins).
-pub(super) struct Query(Vec<(String, String)>);
+/// A parsed query string (first value wins): each value as text (lossy where it is not UTF-8)
+/// and its decoded bytes, or why its escapes do not decode.
+pub(super) struct Query(Vec<(String, String, Result<Vec<u8>, String>)>);
 
 impl Query {
     pub(super) fn parse(query: Option<&str>) -> Query {
         let mut pairs = Vec::new();
         for part in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
-            let decode =
-                |s: &str| percent_decode(&s.replace('+', " ")).unwrap_or_else(|_| s.to_string());
-            pairs.push((decode(name), decode(value)));
+            let decode = |s: &str| percent_decode(&s.replace('+', " "));
+            let text = |s: &str| match decode(s) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(_) => s.to_string(),
+            };
+            pairs.push((text(name), text(value), decode(value)));
         }
         Query(pairs)
     }
@@ -1120,8 +1148,18 @@ impl Query {
     pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .find(|(n, _, _)| n == name)
+            .map(|(_, v, _)| v.as_str())
+    }
+
+    /// The value of `name` as bytes (for keys and prefixes, which may be any bytes); an error
+    /// when its percent escapes do not decode.
+    pub(super) fn get_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        match self.0.iter().find(|(n, _, _)| n == name) {
+            None => Ok(None),
+            Some((_, _, Ok(bytes))) => Ok(Some(bytes.clone())),
+            Some((_, _, Err(message))) => Err(format!("{name}: {message}")),
+        }
     }
 }
 
@@ -1213,18 +1251,24 @@ mod tests {
 
     #[test]
     fn percent_decoding_handles_escapes_and_refuses_bad_ones() {
-        assert_eq!(percent_decode("a%2Fb%20c").as_deref(), Ok("a/b c"));
-        assert_eq!(percent_decode("plain/key").as_deref(), Ok("plain/key"));
+        assert_eq!(percent_decode("a%2Fb%20c").as_deref(), Ok(&b"a/b c"[..]));
+        assert_eq!(
+            percent_decode("plain/key").as_deref(),
+            Ok(&b"plain/key"[..])
+        );
+        assert_eq!(percent_decode("%ff%00x").as_deref(), Ok(&b"\xff\x00x"[..]));
         assert!(percent_decode("bad%2").is_err());
         assert!(percent_decode("bad%zz").is_err());
-        assert!(percent_decode("%ff").is_err());
         assert!(percent_decode("%+f").is_err());
     }
 
     #[test]
     fn query_strings_parse_first_value_wins() {
-        let query = Query::parse(Some("prefix=a%2Fb&limit=5&prefix=x&flag"));
+        let query = Query::parse(Some("prefix=a%2Fb&limit=5&prefix=x&flag&after=%fe&bad=%zz"));
         assert_eq!(query.get("prefix"), Some("a/b"));
+        assert_eq!(query.get_bytes("after"), Ok(Some(vec![0xfe])));
+        assert!(query.get_bytes("bad").is_err());
+        assert_eq!(query.get_bytes("missing"), Ok(None));
         assert_eq!(query.get("limit"), Some("5"));
         assert_eq!(query.get("flag"), Some(""));
         assert_eq!(query.get("missing"), None);

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod client;
 pub mod guard;
 mod members;
+mod txn;
 mod watch;
 
 use std::convert::Infallible;

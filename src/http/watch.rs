@@ -18,7 +18,7 @@ pub const WATCH_WAIT_MAX: Duration = Duration::from_secs(600);
 
 /// Serves one long poll: the changes after `index=` to `key` (or to `prefix=` when `key` is
 /// `None`), waiting up to `wait=` for the first.
-pub(super) async fn watch(node: &NodeHandle, query: &Query, key: Option<String>) -> HttpResponse {
+pub(super) async fn watch(node: &NodeHandle, query: &Query, key: Option<Vec<u8>>) -> HttpResponse {
     let after_index = match query.get("index").map(str::parse::<u64>) {
         None => 0,
         Some(Ok(index)) => index,
@@ -37,7 +37,10 @@ pub(super) async fn watch(node: &NodeHandle, query: &Query, key: Option<String>)
     };
     let selector = match key {
         Some(key) => WatchSelector::Key(key),
-        None => WatchSelector::Prefix(query.get("prefix").unwrap_or("").to_string()),
+        None => match query.get_bytes("prefix") {
+            Ok(prefix) => WatchSelector::Prefix(prefix.unwrap_or_default()),
+            Err(message) => return error(StatusCode::BAD_REQUEST, "bad_key", &message),
+        },
     };
     match node.watches.wait(after_index, &selector, wait).await {
         Ok(batch) => {
@@ -75,9 +78,9 @@ pub(super) async fn watch(node: &NodeHandle, query: &Query, key: Option<String>)
 /// One change as the API shows it (README, *Watch*).
 pub(super) fn event_json(change: &KeyChange) -> Json {
     let mut event = json!({"index": change.index});
-    match std::str::from_utf8(change.key.as_bytes()) {
+    match std::str::from_utf8(&change.key) {
         Ok(key) => event["key"] = json!(key),
-        Err(_) => event["key_hex"] = json!(hex(change.key.as_bytes())),
+        Err(_) => event["key_hex"] = json!(hex(&change.key)),
     }
     match &change.kind {
         ChangeKind::Put {
@@ -123,6 +126,8 @@ fn parse_wait(text: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -151,7 +156,7 @@ mod tests {
     fn events_show_utf8_as_text_and_other_bytes_as_hex() {
         let put = KeyChange {
             index: 12,
-            key: "config/a".into(),
+            key: Arc::from(&b"config/a"[..]),
             kind: ChangeKind::Put {
                 value: bytes::Bytes::from_static(b"v2"),
                 create_index: 10,
@@ -163,16 +168,18 @@ mod tests {
         );
         let binary = KeyChange {
             index: 13,
-            key: "bin".into(),
+            key: Arc::from(&[0xfe, b'a'][..]),
             kind: ChangeKind::Put {
                 value: bytes::Bytes::from_static(&[0xff, 0x00]),
                 create_index: 13,
             },
         };
         assert_eq!(event_json(&binary)["value_hex"], json!("ff00"));
+        assert_eq!(event_json(&binary)["key_hex"], json!("fe61"));
+        assert_eq!(event_json(&binary).get("key"), None);
         let delete = KeyChange {
             index: 14,
-            key: "config/a".into(),
+            key: Arc::from(&b"config/a"[..]),
             kind: ChangeKind::Delete,
         };
         assert_eq!(

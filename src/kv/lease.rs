@@ -25,7 +25,7 @@ pub struct Lease {
     /// The keys it holds; they are deleted when it is revoked or expires.
     /// Invariant: `keys.len() <= LEASE_KEYS_MAX`, and each key maps back to this lease in
     /// [`LeaseTable::key_lease`].
-    pub keys: OrdSet<Arc<str>>,
+    pub keys: OrdSet<Arc<[u8]>>,
 }
 
 /// The leases and the key -> lease attachments.
@@ -33,7 +33,7 @@ pub struct Lease {
 pub(super) struct LeaseTable {
     leases: OrdMap<u64, Lease>,
     /// Invariant: `key_lease[k] == id` exactly when `leases[id].keys` contains `k`.
-    key_lease: OrdMap<Arc<str>, u64>,
+    key_lease: OrdMap<Arc<[u8]>, u64>,
 }
 
 /// Why a lease operation was refused.
@@ -55,7 +55,7 @@ impl LeaseTable {
     }
 
     /// The lease holding `key`, if any.
-    pub(super) fn lease_of(&self, key: &str) -> Option<u64> {
+    pub(super) fn lease_of(&self, key: &[u8]) -> Option<u64> {
         self.key_lease.get(key).copied()
     }
 
@@ -85,7 +85,7 @@ impl LeaseTable {
     }
 
     /// Checks that `key` may be attached to `lease_id` (without changing anything).
-    pub(super) fn check_attach(&self, key: &str, lease_id: u64) -> Result<(), LeaseRefusal> {
+    pub(super) fn check_attach(&self, key: &[u8], lease_id: u64) -> Result<(), LeaseRefusal> {
         let lease = self.leases.get(&lease_id).ok_or(LeaseRefusal::NotFound)?;
         if lease.keys.len() >= LEASE_KEYS_MAX && !lease.keys.contains(key) {
             return Err(LeaseRefusal::Limit(format!(
@@ -97,7 +97,7 @@ impl LeaseTable {
 
     /// Attaches `key` to `lease_id` (detaching it from any other lease). Call
     /// [`LeaseTable::check_attach`] first.
-    pub(super) fn attach(&mut self, key: Arc<str>, lease_id: u64) {
+    pub(super) fn attach(&mut self, key: Arc<[u8]>, lease_id: u64) {
         self.detach(&key);
         let lease = self
             .leases
@@ -108,7 +108,7 @@ impl LeaseTable {
     }
 
     /// Detaches `key` from its lease, if it has one.
-    pub(super) fn detach(&mut self, key: &str) {
+    pub(super) fn detach(&mut self, key: &[u8]) {
         if let Some(lease_id) = self.key_lease.remove(key) {
             if let Some(lease) = self.leases.get_mut(&lease_id) {
                 lease.keys.remove(key);
@@ -117,7 +117,7 @@ impl LeaseTable {
     }
 
     /// Removes the lease; returns its keys (which the caller deletes).
-    pub(super) fn remove(&mut self, lease_id: u64) -> Option<OrdSet<Arc<str>>> {
+    pub(super) fn remove(&mut self, lease_id: u64) -> Option<OrdSet<Arc<[u8]>>> {
         let lease = self.leases.remove(&lease_id)?;
         for key in lease.keys.iter() {
             self.key_lease.remove(key);
@@ -131,9 +131,9 @@ impl LeaseTable {
         &mut self,
         lease_id: u64,
         ttl_ms: u64,
-        keys: Vec<String>,
+        keys: Vec<Vec<u8>>,
         applied_index: u64,
-        key_exists: impl Fn(&str) -> bool,
+        key_exists: impl Fn(&[u8]) -> bool,
     ) -> Result<(), String> {
         if let Some((previous, _)) = self.leases.get_max() {
             if *previous >= lease_id {
@@ -156,10 +156,10 @@ impl LeaseTable {
             if !key_exists(&key) {
                 return Err(format!("lease {lease_id} holds the absent key {key:?}"));
             }
-            if self.key_lease.contains_key(key.as_str()) {
+            if self.key_lease.contains_key(key.as_slice()) {
                 return Err(format!("key {key:?} held by two leases"));
             }
-            let key: Arc<str> = Arc::from(key);
+            let key: Arc<[u8]> = Arc::from(key);
             self.key_lease.insert(key.clone(), lease_id);
             set.insert(key);
         }

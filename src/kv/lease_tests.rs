@@ -56,7 +56,7 @@ fn revoking_a_lease_deletes_exactly_its_keys() {
     apply(&mut store, put_leased("a", lease_id));
     apply(&mut store, put_leased("b", lease_id));
     apply(&mut store, put("c"));
-    assert_eq!(store.lease_of("a"), Some(lease_id));
+    assert_eq!(store.lease_of(b"a"), Some(lease_id));
     assert_eq!(
         apply(&mut store, WriteOp::LeaseRevoke { lease_id }),
         WriteResult::LeaseEnded {
@@ -82,7 +82,7 @@ fn a_plain_write_or_delete_detaches_a_key_from_its_lease() {
     apply(&mut store, put_leased("gone", lease_id));
     apply(&mut store, put("kept"));
     apply(&mut store, WriteOp::Delete { key: "gone".into() });
-    assert_eq!(store.lease_of("kept"), None);
+    assert_eq!(store.lease_of(b"kept"), None);
     assert_eq!(
         apply(&mut store, WriteOp::LeaseExpire { lease_id }),
         WriteResult::LeaseEnded {
@@ -140,7 +140,7 @@ fn a_create_only_leased_put_is_the_lock_recipe() {
         }
     );
     assert_eq!(
-        store.lease_of("lock"),
+        store.lease_of(b"lock"),
         Some(holder),
         "the rival took nothing"
     );
@@ -193,7 +193,7 @@ fn leases_survive_a_snapshot_round_trip_and_count_in_the_state_hash() {
     apply(&mut store, put("b"));
     let restored = KvStore::restore(&store.snapshot(), KvOptions::default()).unwrap();
     assert_eq!(restored, store);
-    assert_eq!(restored.lease_of("a"), Some(lease_id));
+    assert_eq!(restored.lease_of(b"a"), Some(lease_id));
     let mut without_lease = store.clone();
     apply(&mut without_lease, WriteOp::LeaseRevoke { lease_id });
     let mut plain = store.clone();
@@ -244,10 +244,10 @@ fn an_ended_lease_reports_a_delete_of_each_of_its_keys_to_watches() {
     });
     let mut changes = Vec::new();
     store.apply_recording(index, &expire, &mut changes).unwrap();
-    let deleted: Vec<(&str, u64)> = changes
+    let deleted: Vec<(&[u8], u64)> = changes
         .iter()
         .filter(|change| change.kind == ChangeKind::Delete)
         .map(|change| (change.key.as_ref(), change.index))
         .collect();
-    assert_eq!(deleted, vec![("a", index), ("b", index)]);
+    assert_eq!(deleted, vec![(&b"a"[..], index), (&b"b"[..], index)]);
 }

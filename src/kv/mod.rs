@@ -22,8 +22,12 @@
 //! and yields a frozen, self-consistent view of keys, idempotency records and applied index that
 //! a background task can serialize ([`crate::snapshot::write`]) while the driver keeps applying.
 //! A write after a clone copies only the nodes on its path, once each while the view lives; with
-//! no view alive the maps mutate in place. Keys are `Arc<str>` so a copied node clones pointers,
-//! not strings. The alternatives lose: cloning a `BTreeMap` is the O(n) copy and 2x memory
+//! no view alive the maps mutate in place. Keys are `Arc<[u8]>` so a copied node clones
+//! pointers, not strings.
+//!
+//! Keys are any bytes (etcd's rule), compared and listed in byte order. A key travels in a
+//! command as a length-prefixed byte string, the same encoding postcard gives a `String`, so
+//! commands written when keys had to be UTF-8 decode unchanged. The alternatives lose: cloning a `BTreeMap` is the O(n) copy and 2x memory
 //! spike at every snapshot that stalled the node; a hand-written copy-on-write layer (a side
 //! map of overwritten keys while a snapshot runs) must merge back and be proven; `fork()` (as
 //! Redis does) is unsound in a multi-threaded tokio process and invisible to the simulator.
@@ -34,7 +38,12 @@ mod idempotency;
 mod lease;
 mod snapshot;
 pub use lease::{Lease, LEASES_MAX, LEASE_KEYS_MAX, LEASE_TTL_MS_MAX};
+mod txn;
 pub use snapshot::KvRestore;
+pub use txn::{
+    Compare, CompareTarget, Txn, TxnOp, TxnOpResult, TXN_BYTES_MAX, TXN_COMPARES_MAX,
+    TXN_GET_BYTES_MAX, TXN_OPS_MAX,
+};
 #[cfg(test)]
 mod lease_tests;
 #[cfg(test)]
@@ -52,7 +61,7 @@ use lease::{LeaseRefusal, LeaseTable};
 
 use crate::plants::{self, Plant};
 
-/// Longest key accepted, in bytes (UTF-8).
+/// Longest key accepted, in bytes (any bytes).
 pub const KEY_BYTES_MAX: usize = 4096;
 /// Largest value the HTTP layer should accept, in bytes (1 MiB). The store itself does not
 /// enforce it: a value that was committed is applied whatever its size.
@@ -77,21 +86,23 @@ pub struct WriteRequest {
 pub enum WriteOp {
     /// Sets `key` to `value`, creating it if absent.
     Put {
-        /// The key to write.
-        key: String,
+        /// The key to write (any bytes; encoded like a string, so entries written when keys
+        /// were strings decode unchanged).
+        key: Vec<u8>,
         /// The new value.
         value: Bytes,
     },
     /// Removes `key` if present.
     Delete {
         /// The key to remove.
-        key: String,
+        key: Vec<u8>,
     },
     /// Sets `key` to `value` only if its current `mod_index` equals `expected_mod_index`.
     /// `expected_mod_index` 0 = create only (fails if the key exists).
     Cas {
-        /// The key to write.
-        key: String,
+        /// The key to write (any bytes; encoded like a string, so entries written when keys
+        /// were strings decode unchanged).
+        key: Vec<u8>,
         /// The `mod_index` the key must have now; 0 means "the key must be absent".
         expected_mod_index: u64,
         /// The new value.
@@ -101,7 +112,7 @@ pub enum WriteOp {
     /// `expected_mod_index` (0 = absent, which succeeds as a no-op on an absent key).
     CasDelete {
         /// The key to remove.
-        key: String,
+        key: Vec<u8>,
         /// The `mod_index` the key must have now; 0 means "the key must be absent".
         expected_mod_index: u64,
     },
@@ -113,8 +124,8 @@ pub enum WriteOp {
     /// A `Put` (or, with `expected_mod_index`, a `Cas`) that also attaches `key` to a lease,
     /// so it is deleted when the lease ends. A plain `Put`/`Cas`/`Delete` detaches it again.
     PutLeased {
-        /// The key to write.
-        key: String,
+        /// The key to write (any bytes).
+        key: Vec<u8>,
         /// The new value.
         value: Bytes,
         /// The lease to attach the key to; it must exist.
@@ -133,6 +144,9 @@ pub enum WriteOp {
         /// The lease.
         lease_id: u64,
     },
+    /// A transaction over any keys, applied atomically (see [`Txn`]). Last, so that the
+    /// encoding of the variants before it is unchanged.
+    Txn(Txn),
 }
 
 /// The outcome of an applied write, identical on every replica.
@@ -184,6 +198,14 @@ pub enum WriteResult {
         /// Which limit.
         reason: String,
     },
+    /// A transaction: whether its compares held, and what each operation of the list that
+    /// ran did.
+    Txn {
+        /// Whether every compare held (so `success` ran, else `failure`).
+        succeeded: bool,
+        /// One result per operation of the list that ran, in order.
+        results: Vec<TxnOpResult>,
+    },
 }
 
 /// A stored value and its versions.
@@ -204,7 +226,7 @@ pub struct KeyChange {
     /// Log index of the entry that made the change.
     pub index: u64,
     /// The key changed.
-    pub key: Arc<str>,
+    pub key: Arc<[u8]>,
     /// What happened to it.
     pub kind: ChangeKind,
 }
@@ -261,6 +283,12 @@ pub enum KvError {
         /// The limit ([`KEY_BYTES_MAX`]).
         key_bytes_max: usize,
     },
+    /// A transaction exceeds [`TXN_COMPARES_MAX`], [`TXN_OPS_MAX`] or [`TXN_BYTES_MAX`].
+    #[error("transaction too large: {what}")]
+    TxnTooLarge {
+        /// Which limit, by how much.
+        what: String,
+    },
     /// The idempotency key is empty or exceeds [`IDEMPOTENCY_KEY_BYTES_MAX`].
     #[error("idempotency key is {key_bytes} bytes, allowed are 1 to {key_bytes_max}")]
     BadIdempotencyKey {
@@ -286,9 +314,8 @@ pub enum KvError {
 }
 
 impl WriteOp {
-    /// The key the operation writes (`None` for lease grant, revoke and expiry, which name a
-    /// lease; revoke and expiry delete its keys).
-    pub fn key(&self) -> Option<&str> {
+    /// The key a single-key operation writes; `None` for a transaction.
+    pub fn key(&self) -> Option<&[u8]> {
         match self {
             WriteOp::Put { key, .. }
             | WriteOp::Delete { key }
@@ -297,7 +324,8 @@ impl WriteOp {
             | WriteOp::PutLeased { key, .. } => Some(key),
             WriteOp::LeaseGrant { .. }
             | WriteOp::LeaseRevoke { .. }
-            | WriteOp::LeaseExpire { .. } => None,
+            | WriteOp::LeaseExpire { .. }
+            | WriteOp::Txn(_) => None,
         }
     }
 }
@@ -306,16 +334,18 @@ impl WriteRequest {
     /// Checks the limits [`KvStore::apply`] enforces, so a front end can refuse a request before
     /// proposing it. Value size is not checked here (see [`VALUE_BYTES_MAX`]).
     pub fn validate(&self) -> Result<(), KvError> {
-        if let Some(key) = self.op.key() {
-            validate_key(key)?;
-        }
-        if let WriteOp::LeaseGrant { ttl_ms } = self.op {
-            if !(1..=LEASE_TTL_MS_MAX).contains(&ttl_ms) {
-                return Err(KvError::BadLeaseTtl {
-                    ttl_ms,
-                    ttl_ms_max: LEASE_TTL_MS_MAX,
-                });
+        match &self.op {
+            WriteOp::Txn(txn) => txn.validate()?,
+            WriteOp::LeaseGrant { ttl_ms } => {
+                if !(1..=LEASE_TTL_MS_MAX).contains(ttl_ms) {
+                    return Err(KvError::BadLeaseTtl {
+                        ttl_ms: *ttl_ms,
+                        ttl_ms_max: LEASE_TTL_MS_MAX,
+                    });
+                }
             }
+            WriteOp::LeaseRevoke { .. } | WriteOp::LeaseExpire { .. } => {}
+            single => validate_key(single.key().unwrap_or_default())?,
         }
         if let Some(idempotency_key) = &self.idempotency_key {
             validate_idempotency_key(idempotency_key)?;
@@ -333,7 +363,7 @@ fn lease_refused(lease_id: u64, refusal: LeaseRefusal) -> WriteResult {
 }
 
 /// Checks a key against the store's rules: non-empty, at most [`KEY_BYTES_MAX`] bytes.
-pub fn validate_key(key: &str) -> Result<(), KvError> {
+pub fn validate_key(key: &[u8]) -> Result<(), KvError> {
     if key.is_empty() {
         return Err(KvError::EmptyKey);
     }
@@ -384,7 +414,7 @@ pub struct KvStore {
     options: KvOptions,
     /// The keys, in ascending byte order. A persistent B-tree: cloning the store is O(1) and
     /// shares every node until one side writes (see the module docs).
-    entries: OrdMap<Arc<str>, Value>,
+    entries: OrdMap<Arc<[u8]>, Value>,
     /// Results of recently applied requests that carried an idempotency key.
     idempotency: IdempotencyTable,
     /// The leases and the keys they hold.
@@ -471,19 +501,25 @@ impl KvStore {
     }
 
     /// The value of `key`, if present.
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.entries.get(key)
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<&Value> {
+        self.entries.get(key.as_ref())
     }
 
     /// Keys starting with `prefix` in ascending byte order, at most `limit`, starting strictly
     /// after `after` when given (pass the last key of the previous page to continue).
-    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<(&str, &Value)> {
+    pub fn list(
+        &self,
+        prefix: impl AsRef<[u8]>,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<(&[u8], &Value)> {
+        let prefix = prefix.as_ref();
         let start = match after {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
         };
         self.entries
-            .range::<_, str>((start, Bound::Unbounded))
+            .range::<_, [u8]>((start, Bound::Unbounded))
             .take_while(|(key, _)| key.starts_with(prefix))
             .take(limit)
             .map(|(key, value)| (key.as_ref(), value))
@@ -506,7 +542,7 @@ impl KvStore {
     }
 
     /// The lease holding `key`, if any.
-    pub fn lease_of(&self, key: &str) -> Option<u64> {
+    pub fn lease_of(&self, key: &[u8]) -> Option<u64> {
         self.leases.lease_of(key)
     }
 
@@ -547,7 +583,6 @@ impl KvStore {
     fn apply_op(&mut self, index: u64, op: WriteOp, changes: &mut Vec<KeyChange>) -> WriteResult {
         match op {
             WriteOp::Put { key, value } => {
-                self.leases.detach(&key);
                 let created = self.write(index, key, value, changes);
                 WriteResult::Put {
                     mod_index: index,
@@ -566,7 +601,6 @@ impl KvStore {
                 if current_mod_index != expected_mod_index {
                     return WriteResult::CasMismatch { current_mod_index };
                 }
-                self.leases.detach(&key);
                 self.write(index, key, value, changes);
                 WriteResult::CasOk { mod_index: index }
             }
@@ -602,7 +636,7 @@ impl KvStore {
                 if expected_mod_index.is_some_and(|expected| expected != current_mod_index) {
                     return WriteResult::CasMismatch { current_mod_index };
                 }
-                let shared: Arc<str> = Arc::from(key.as_str());
+                let shared: Arc<[u8]> = Arc::from(key.as_slice());
                 let created = self.write(index, key, value, changes);
                 self.leases.attach(shared, lease_id);
                 match expected_mod_index {
@@ -628,11 +662,15 @@ impl KvStore {
                     }
                 }
             }
+            WriteOp::Txn(txn) => {
+                let (succeeded, results) = self.apply_txn(index, txn, changes);
+                WriteResult::Txn { succeeded, results }
+            }
         }
     }
 
     /// Removes `key` (and its lease attachment) at `index`; returns whether it was present.
-    fn remove(&mut self, index: u64, key: &str, changes: &mut Vec<KeyChange>) -> bool {
+    fn remove(&mut self, index: u64, key: &[u8], changes: &mut Vec<KeyChange>) -> bool {
         self.leases.detach(key);
         let Some((key, _)) = self.entries.remove_with_key(key) else {
             return false;
@@ -646,19 +684,21 @@ impl KvStore {
     }
 
     /// `mod_index` of `key`, 0 when absent.
-    fn mod_index_of(&self, key: &str) -> u64 {
+    fn mod_index_of(&self, key: &[u8]) -> u64 {
         self.entries.get(key).map_or(0, |value| value.mod_index)
     }
 
-    /// Writes `data` at `index`; returns whether the key was created.
+    /// Writes `data` at `index`, detaching `key` from any lease (a `PutLeased` attaches it again
+    /// after); returns whether the key was created.
     fn write(
         &mut self,
         index: u64,
-        key: String,
+        key: Vec<u8>,
         data: Bytes,
         changes: &mut Vec<KeyChange>,
     ) -> bool {
-        let (key, create_index, created) = match self.entries.get_key_value(key.as_str()) {
+        self.leases.detach(&key);
+        let (key, create_index, created) = match self.entries.get_key_value(key.as_slice()) {
             Some((stored, value)) => (stored.clone(), value.create_index, false),
             None => (Arc::from(key), index, true),
         };

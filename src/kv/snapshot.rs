@@ -31,7 +31,11 @@ use super::{
 /// First bytes of every snapshot.
 const SNAPSHOT_MAGIC: [u8; 4] = *b"RKVS";
 /// Format version written after the magic; bump it on any change to the body.
+/// Version 2: keys are any bytes, and the body ends with the leases.
 const SNAPSHOT_VERSION: u8 = 2;
+/// Version 1 held only UTF-8 keys (encoded as version 2 encodes bytes: postcard writes a string
+/// and a byte string alike) and no leases; it is still read.
+const SNAPSHOT_VERSION_UTF8_KEYS: u8 = 1;
 /// Bytes before the body: magic, version, crc32c.
 const SNAPSHOT_HEADER_BYTES: usize = 4 + 1 + 4;
 
@@ -48,12 +52,21 @@ struct BodyRef<'a> {
 #[derive(Deserialize)]
 struct BodyOwned {
     applied_index: u64,
-    entries: Vec<(String, Value)>,
+    entries: Vec<(Vec<u8>, Value)>,
     idempotency: Vec<(String, u64, WriteResult)>,
-    leases: Vec<(u64, u64, Vec<String>)>,
+    leases: Vec<(u64, u64, Vec<Vec<u8>>)>,
 }
 
-struct EntriesRef<'a>(&'a OrdMap<Arc<str>, Value>);
+/// The body of a version 1 snapshot: UTF-8 keys (encoded as version 2 encodes bytes) and no
+/// leases.
+#[derive(Deserialize)]
+struct BodyOwnedV1 {
+    applied_index: u64,
+    entries: Vec<(Vec<u8>, Value)>,
+    idempotency: Vec<(String, u64, WriteResult)>,
+}
+
+struct EntriesRef<'a>(&'a OrdMap<Arc<[u8]>, Value>);
 
 impl Serialize for EntriesRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -74,7 +87,7 @@ struct LeasesRef<'a>(&'a LeaseTable);
 impl Serialize for LeasesRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(self.0.iter().map(|(lease_id, lease)| {
-            let keys: Vec<&str> = lease.keys.iter().map(AsRef::as_ref).collect();
+            let keys: Vec<&[u8]> = lease.keys.iter().map(AsRef::as_ref).collect();
             (lease_id, lease.ttl_ms, keys)
         }))
     }
@@ -110,25 +123,26 @@ impl KvRestore {
     }
 
     /// Adds the next key, which must sort after the previous one.
-    pub fn push_key(&mut self, key: String, value: Value) -> Result<(), KvError> {
+    pub fn push_key(&mut self, key: Vec<u8>, value: Value) -> Result<(), KvError> {
+        let shown = String::from_utf8_lossy(&key).into_owned();
         if self.idempotency_started || self.leases_started {
             return Err(corrupt(format!(
-                "key {key:?} after the idempotency records or leases"
+                "key {shown:?} after the idempotency records or leases"
             )));
         }
         if let Some((previous, _)) = self.store.entries.get_max() {
-            if previous.as_ref() >= key.as_str() {
-                return Err(corrupt(format!("key {key:?} out of order")));
+            if previous.as_ref() >= key.as_slice() {
+                return Err(corrupt(format!("key {shown:?} out of order")));
             }
         }
-        validate_key(&key).map_err(|error| corrupt(format!("key {key:?}: {error}")))?;
+        validate_key(&key).map_err(|error| corrupt(format!("key {shown:?}: {error}")))?;
         let applied_index = self.store.applied_index;
         if !(0 < value.create_index
             && value.create_index <= value.mod_index
             && value.mod_index <= applied_index)
         {
             return Err(corrupt(format!(
-                "key {key:?}: need 0 < create_index({}) <= mod_index({}) <= applied_index({applied_index})",
+                "key {shown:?}: need 0 < create_index({}) <= mod_index({}) <= applied_index({applied_index})",
                 value.create_index, value.mod_index
             )));
         }
@@ -176,7 +190,7 @@ impl KvRestore {
         &mut self,
         lease_id: u64,
         ttl_ms: u64,
-        keys: Vec<String>,
+        keys: Vec<Vec<u8>>,
     ) -> Result<(), KvError> {
         self.leases_started = true;
         let entries = &self.store.entries;
@@ -235,9 +249,9 @@ impl KvStore {
         if header[..4] != SNAPSHOT_MAGIC {
             return Err(corrupt(format!("bad magic {:02x?}", &header[..4])));
         }
-        if header[4] != SNAPSHOT_VERSION {
+        if header[4] != SNAPSHOT_VERSION && header[4] != SNAPSHOT_VERSION_UTF8_KEYS {
             return Err(corrupt(format!(
-                "format version {}, expected {SNAPSHOT_VERSION}",
+                "format version {}, expected {SNAPSHOT_VERSION} (or {SNAPSHOT_VERSION_UTF8_KEYS})",
                 header[4]
             )));
         }
@@ -248,8 +262,20 @@ impl KvStore {
                 "body crc32c {crc_actual:#010x}, header says {crc_expected:#010x}"
             )));
         }
-        let (decoded, rest) = postcard::take_from_bytes::<BodyOwned>(body)
-            .map_err(|error| corrupt(format!("body does not decode: {error}")))?;
+        let (decoded, rest) = if header[4] == SNAPSHOT_VERSION_UTF8_KEYS {
+            postcard::take_from_bytes::<BodyOwnedV1>(body).map(|(v1, rest)| {
+                let body = BodyOwned {
+                    applied_index: v1.applied_index,
+                    entries: v1.entries,
+                    idempotency: v1.idempotency,
+                    leases: Vec::new(),
+                };
+                (body, rest)
+            })
+        } else {
+            postcard::take_from_bytes::<BodyOwned>(body)
+        }
+        .map_err(|error| corrupt(format!("body does not decode: {error}")))?;
         if !rest.is_empty() {
             return Err(corrupt(format!(
                 "{} trailing bytes after the body",
@@ -276,7 +302,7 @@ impl KvStore {
     }
 
     /// The keys and their values in ascending key order (what a snapshot file holds).
-    pub fn entries_iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+    pub fn entries_iter(&self) -> impl Iterator<Item = (&[u8], &Value)> {
         self.entries
             .iter()
             .map(|(key, value)| (key.as_ref(), value))

@@ -7,20 +7,20 @@ use super::*;
 
 fn put(key: &str, value: &str) -> WriteOp {
     WriteOp::Put {
-        key: key.to_string(),
+        key: key.as_bytes().to_vec(),
         value: Bytes::copy_from_slice(value.as_bytes()),
     }
 }
 
 fn delete(key: &str) -> WriteOp {
     WriteOp::Delete {
-        key: key.to_string(),
+        key: key.as_bytes().to_vec(),
     }
 }
 
 fn cas(key: &str, expected_mod_index: u64, value: &str) -> WriteOp {
     WriteOp::Cas {
-        key: key.to_string(),
+        key: key.as_bytes().to_vec(),
         expected_mod_index,
         value: Bytes::copy_from_slice(value.as_bytes()),
     }
@@ -28,7 +28,7 @@ fn cas(key: &str, expected_mod_index: u64, value: &str) -> WriteOp {
 
 fn cas_delete(key: &str, expected_mod_index: u64) -> WriteOp {
     WriteOp::CasDelete {
-        key: key.to_string(),
+        key: key.as_bytes().to_vec(),
         expected_mod_index,
     }
 }
@@ -710,6 +710,13 @@ fn restore_refuses_broken_invariants_behind_a_valid_checksum() {
     );
     let store = KvStore::restore(&snapshot_with_body(&sound), KvOptions::default()).unwrap();
     assert_eq!(store.snapshot().to_vec(), snapshot_with_body(&sound));
+    // A version 1 snapshot (UTF-8 keys, the same encoding) still restores, to the same store.
+    let mut version_1 = snapshot_with_body(&sound);
+    version_1[4] = 1;
+    assert_eq!(
+        KvStore::restore(&version_1, KvOptions::default()).unwrap(),
+        store
+    );
 }
 
 #[test]
@@ -720,9 +727,9 @@ fn list_filters_by_prefix_in_ascending_order() {
     ] {
         h.apply(put(key, key)).unwrap();
     }
-    let keys = |page: Vec<(&str, &Value)>| {
+    let keys = |page: Vec<(&[u8], &Value)>| {
         page.into_iter()
-            .map(|(key, _)| key.to_string())
+            .map(|(key, _)| String::from_utf8_lossy(key).into_owned())
             .collect::<Vec<_>>()
     };
     assert_eq!(
@@ -754,9 +761,9 @@ fn list_paginates_with_after() {
     loop {
         let page: Vec<String> = h
             .store
-            .list("p/", after.as_deref(), 3)
+            .list("p/", after.as_deref().map(str::as_bytes), 3)
             .into_iter()
-            .map(|(key, _)| key.to_string())
+            .map(|(key, _)| String::from_utf8_lossy(key).into_owned())
             .collect();
         if page.is_empty() {
             break;
@@ -773,10 +780,58 @@ fn list_paginates_with_after() {
         ]
     );
     // A cursor before the prefix starts at the prefix; one past it ends the listing.
-    assert_eq!(h.store.list("p/", Some("a"), 1)[0].0, "p/0");
-    assert_eq!(h.store.list("p/", Some("p/"), 1)[0].0, "p/0");
-    assert_eq!(h.store.list("p/", Some("p/35"), 1)[0].0, "p/4");
-    assert!(h.store.list("p/", Some("p0"), 10).is_empty());
+    assert_eq!(h.store.list("p/", Some(b"a"), 1)[0].0, b"p/0");
+    assert_eq!(h.store.list("p/", Some(b"p/"), 1)[0].0, b"p/0");
+    assert_eq!(h.store.list("p/", Some(b"p/35"), 1)[0].0, b"p/4");
+    assert!(h.store.list("p/", Some(b"p0"), 10).is_empty());
+}
+
+#[test]
+fn keys_are_any_bytes_listed_in_byte_order_and_survive_a_snapshot() {
+    let mut h = Harness::new();
+    let keys: [&[u8]; 4] = [b"k\xff", b"k\x00", b"k", b"k\xc3\xa9"];
+    for key in keys {
+        h.apply(WriteOp::Put {
+            key: key.to_vec(),
+            value: Bytes::from_static(b"v"),
+        })
+        .unwrap();
+    }
+    let listed: Vec<&[u8]> = h
+        .store
+        .list("k", None, 10)
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(listed, [&b"k"[..], b"k\x00", b"k\xc3\xa9", b"k\xff"]);
+    let restored = KvStore::restore(&h.store.snapshot(), h.store.options().clone()).unwrap();
+    assert_eq!(restored, h.store);
+    assert!(restored.get(b"k\xff").is_some());
+}
+
+#[test]
+fn a_command_written_when_keys_were_strings_decodes_to_the_same_key_bytes() {
+    // The encoding of the old `WriteOp::Put { key: String, .. }`, written by hand.
+    #[derive(serde::Serialize)]
+    enum OldOp {
+        Put { key: String, value: Bytes },
+    }
+    #[derive(serde::Serialize)]
+    struct OldRequest {
+        idempotency_key: Option<String>,
+        op: OldOp,
+    }
+    let old = postcard::to_allocvec(&OldRequest {
+        idempotency_key: Some("r1".into()),
+        op: OldOp::Put {
+            key: "config/é".into(),
+            value: Bytes::from_static(b"v"),
+        },
+    })
+    .unwrap();
+    let decoded = decode_write(&old).unwrap();
+    assert_eq!(decoded.op.key(), Some("config/é".as_bytes()));
+    assert_eq!(decoded.idempotency_key.as_deref(), Some("r1"));
 }
 
 /// One step of a random history: a command, a no-op, or undecodable bytes.
@@ -788,7 +843,13 @@ enum Step {
 }
 
 fn op_strategy() -> impl Strategy<Value = WriteOp> {
-    let key = prop_oneof![Just(String::new()), "[a-d]{1,2}"];
+    // Keys are any bytes: a few that are not UTF-8 (and one with a NUL) among the letters.
+    let key = prop_oneof![
+        Just(Vec::new()),
+        "[a-d]{1,2}".prop_map(String::into_bytes),
+        Just(vec![0xff]),
+        Just(vec![b'a', 0x00, 0xfe]),
+    ];
     let value = proptest::collection::vec(any::<u8>(), 0..4).prop_map(Bytes::from);
     let expected_mod_index = prop_oneof![Just(0u64), 1u64..40];
     prop_oneof![

@@ -122,6 +122,15 @@ pub enum NodeEvent {
         /// The file's size.
         file_bytes: u64,
     },
+    /// The entry the node applied at `index` changed these keys (what its watches report).
+    Changed {
+        /// The node's id.
+        node: u64,
+        /// The entry's index.
+        index: u64,
+        /// The changes, in the order the entry made them.
+        changes: Vec<crate::kv::KeyChange>,
+    },
     /// The node restored its state machine from a snapshot at `index` (entries up to it are
     /// not reported one by one).
     Restored {

@@ -834,6 +834,13 @@ impl Driver {
                 None
             }
         };
+        if self.config.observer.is_some() && !self.changes.is_empty() {
+            self.observe(NodeEvent::Changed {
+                node: self.cluster.self_id,
+                index,
+                changes: self.changes.clone(),
+            });
+        }
         self.watches
             .record(index, std::mem::take(&mut self.changes));
         // Everything at or below `index` is decided now.
@@ -874,8 +881,8 @@ impl Driver {
 
     fn serve_read(&self, query: &ReadQuery) -> ReadOutcome {
         let index = self.kv.applied_index();
-        let view = |key: &str, value: &kv::Value| ValueView {
-            key: key.to_string(),
+        let view = |key: &[u8], value: &kv::Value| ValueView {
+            key: key.to_vec(),
             data: value.data.clone(),
             create_index: value.create_index,
             mod_index: value.mod_index,
@@ -924,7 +931,7 @@ impl Driver {
                         .lease_clock
                         .remaining(*lease_id, env::now())
                         .map(|left| left.as_millis() as u64),
-                    keys: lease.keys.iter().map(|key| key.to_string()).collect(),
+                    keys: lease.keys.iter().map(|key| key.to_vec()).collect(),
                 }),
             },
         }

@@ -42,13 +42,13 @@ pub enum Consistency {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadQuery {
     /// One key.
-    Get(String),
+    Get(Vec<u8>),
     /// Keys with a prefix, in order, after `after`, at most `limit`.
     List {
         /// The prefix.
-        prefix: String,
+        prefix: Vec<u8>,
         /// Start after this key.
-        after: Option<String>,
+        after: Option<Vec<u8>>,
         /// At most this many keys.
         limit: usize,
     },
@@ -60,7 +60,7 @@ pub enum ReadQuery {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValueView {
     /// The key.
-    pub key: String,
+    pub key: Vec<u8>,
     /// The value.
     pub data: Bytes,
     /// The log index that created the key.
@@ -93,7 +93,7 @@ pub struct LeaseView {
     /// (only the leader counts).
     pub remaining_ms: Option<u64>,
     /// The keys it holds, in ascending order.
-    pub keys: Vec<String>,
+    pub keys: Vec<Vec<u8>>,
 }
 
 /// The answer to a write.

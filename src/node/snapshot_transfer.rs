@@ -545,7 +545,7 @@ mod tests {
             let request = WriteRequest {
                 idempotency_key: (index % 2 == 0).then(|| format!("client-{index}")),
                 op: WriteOp::Put {
-                    key: format!("key-{index:04}"),
+                    key: format!("key-{index:04}").into_bytes(),
                     value: Bytes::from(format!("value {index}")),
                 },
             };

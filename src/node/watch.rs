@@ -18,14 +18,15 @@
 //! in index order, and nothing else.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::env;
 use crate::kv::{ChangeKind, KeyChange};
+use crate::plants::{self, Plant};
 
 /// Default for [`WatchOptions::history_events_max`].
 pub const WATCH_HISTORY_EVENTS_MAX_DEFAULT: usize = 10_000;
@@ -63,16 +64,16 @@ impl Default for WatchOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WatchSelector {
     /// One key.
-    Key(String),
+    Key(Vec<u8>),
     /// Every key starting with this prefix (empty: every key).
-    Prefix(String),
+    Prefix(Vec<u8>),
 }
 
 impl WatchSelector {
-    fn matches(&self, key: &str) -> bool {
+    fn matches(&self, key: &[u8]) -> bool {
         match self {
-            WatchSelector::Key(wanted) => key == wanted,
-            WatchSelector::Prefix(prefix) => key.starts_with(prefix.as_str()),
+            WatchSelector::Key(wanted) => key == wanted.as_slice(),
+            WatchSelector::Prefix(prefix) => key.starts_with(prefix),
         }
     }
 }
@@ -129,8 +130,13 @@ struct History {
 pub struct WatchHub {
     options: WatchOptions,
     history: Mutex<History>,
-    /// The applied index, published after each batch of applied entries: what wakes a watch.
-    applied: watch::Sender<u64>,
+    /// Woken after each batch of applied entries: what wakes a watch. A `Notify`, not a
+    /// `tokio::sync::watch` channel: the latter picks one of its internal notifiers with tokio's
+    /// per-thread RNG, seeded from a process-wide counter, which made two runs of one simulated
+    /// seed diverge.
+    applied: Notify,
+    /// The applied index last published.
+    published_index: AtomicU64,
     watches_waiting: AtomicUsize,
 }
 
@@ -145,7 +151,8 @@ impl WatchHub {
                 floor_index: applied_index,
                 applied_index,
             }),
-            applied: watch::Sender::new(applied_index),
+            applied: Notify::new(),
+            published_index: AtomicU64::new(applied_index),
             watches_waiting: AtomicUsize::new(0),
         }
     }
@@ -203,17 +210,16 @@ impl WatchHub {
         history.floor_index = index;
         history.applied_index = index;
         drop(history);
-        self.applied.send_replace(index);
+        self.published_index.store(index, Ordering::Release);
+        self.applied.notify_waiters();
     }
 
     /// Wakes the watches: the entries recorded so far are applied.
     pub fn publish_applied(&self) {
         let applied_index = self.lock().applied_index;
-        self.applied.send_if_modified(|published| {
-            let changed = *published != applied_index;
-            *published = applied_index;
-            changed
-        });
+        if self.published_index.swap(applied_index, Ordering::AcqRel) != applied_index {
+            self.applied.notify_waiters();
+        }
     }
 
     /// The oldest index a watch can continue from and the applied index, for status.
@@ -237,9 +243,16 @@ impl WatchHub {
             });
         }
         // Events ascend by index: skip those at or below `after_index` by binary search.
-        let start = history
-            .events
-            .partition_point(|event| event.index <= after_index);
+        let start = if plants::active(Plant::WatchResumeRepeats) {
+            // The planted off-by-one: the change at the asked index itself comes again.
+            history
+                .events
+                .partition_point(|event| event.index < after_index)
+        } else {
+            history
+                .events
+                .partition_point(|event| event.index <= after_index)
+        };
         let mut events: Vec<KeyChange> = Vec::new();
         let mut full = false;
         for event in history.events.range(start..) {
@@ -276,18 +289,18 @@ impl WatchHub {
             return Ok(batch);
         }
         let _slot = self.take_slot()?;
-        // Subscribed before looking again, so a publish between the look and the wait wakes us.
-        let mut applied = self.applied.subscribe();
         let waited = env::timeout(wait, async {
             loop {
+                // Registered before looking again, so a publish between the look and the wait
+                // wakes us (`notify_waiters` wakes only registered waiters).
+                let notified = self.applied.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
                 let batch = self.changes_after(after_index, selector)?;
                 if !batch.events.is_empty() {
                     return Ok::<_, Compacted>(batch);
                 }
-                if applied.changed().await.is_err() {
-                    // The hub is gone with its node: answer what there is.
-                    return Ok(batch);
-                }
+                notified.await;
             }
         })
         .await;

@@ -36,7 +36,11 @@ use crate::raft::SnapshotMeta;
 /// First bytes of every snapshot file.
 const MAGIC: [u8; 4] = *b"RKSN";
 /// Format version after the magic; bump it on any change to the layout or the records.
+/// Version 2: keys are any bytes (a length-prefixed byte string), and lease records may follow.
 const FORMAT_VERSION: u8 = 2;
+/// Version 1 held only UTF-8 keys, encoded exactly as version 2 encodes bytes (postcard writes a
+/// string and a byte string alike: length, then the bytes), so it is read as version 2.
+const FORMAT_VERSION_UTF8_KEYS: u8 = 1;
 /// Bytes of the header before the meta: magic, version, meta length.
 const HEADER_PREFIX_BYTES: usize = 4 + 1 + 4;
 /// Bytes of a chunk's frame before its payload: length, crc32c.
@@ -99,7 +103,7 @@ pub enum SnapshotError {
 #[derive(Serialize)]
 enum RecordRef<'a> {
     Key {
-        key: &'a str,
+        key: &'a [u8],
         value: &'a Value,
     },
     Idempotency {
@@ -110,7 +114,7 @@ enum RecordRef<'a> {
     Lease {
         lease_id: u64,
         ttl_ms: u64,
-        keys: Vec<&'a str>,
+        keys: Vec<&'a [u8]>,
     },
 }
 
@@ -118,7 +122,7 @@ enum RecordRef<'a> {
 #[derive(Deserialize)]
 enum Record {
     Key {
-        key: String,
+        key: Vec<u8>,
         value: Value,
     },
     Idempotency {
@@ -129,7 +133,7 @@ enum Record {
     Lease {
         lease_id: u64,
         ttl_ms: u64,
-        keys: Vec<String>,
+        keys: Vec<Vec<u8>>,
     },
 }
 
@@ -477,9 +481,9 @@ impl ChunkReader {
         if prefix[..4] != MAGIC {
             return Err(reader.corrupt(format!("bad magic {:02x?}", &prefix[..4])));
         }
-        if prefix[4] != FORMAT_VERSION {
+        if prefix[4] != FORMAT_VERSION && prefix[4] != FORMAT_VERSION_UTF8_KEYS {
             return Err(reader.corrupt(format!(
-                "format version {}, expected {FORMAT_VERSION}",
+                "format version {}, expected {FORMAT_VERSION} (or {FORMAT_VERSION_UTF8_KEYS})",
                 prefix[4]
             )));
         }

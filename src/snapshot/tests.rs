@@ -16,7 +16,7 @@ fn sample_store(keys: u64) -> KvStore {
         let request = WriteRequest {
             idempotency_key: (index % 3 == 0).then(|| format!("client-{index}")),
             op: WriteOp::Put {
-                key: format!("key-{:03}", (index * 7) % 101),
+                key: format!("key-{:03}", (index * 7) % 101).into_bytes(),
                 value: Bytes::from(format!("value {index}").repeat(index as usize % 4 + 1)),
             },
         };

@@ -154,8 +154,15 @@ fn lease_json(lease: &LeaseView, index: Option<u64>) -> Json {
         "id": lease.lease_id,
         "ttl_s": lease.ttl_ms / 1000,
         "remaining_ms": lease.remaining_ms,
-        "keys": lease.keys,
+        "keys": [],
     });
+    // UTF-8 keys as strings; any other key in `keys_hex`, as the KV listing's `key_hex` does.
+    for key in &lease.keys {
+        match std::str::from_utf8(key) {
+            Ok(key) => push_json(&mut body["keys"], json!(key)),
+            Err(_) => push_json(&mut body["keys_hex"], json!(hex(key))),
+        }
+    }
     if let Some(index) = index {
         body["index"] = json!(index);
     }
@@ -197,4 +204,14 @@ pub(super) fn write_result_response(index: u64, result: WriteResult) -> HttpResp
         }
     };
     with_index(response, index)
+}
+
+/// Appends `item` to the JSON array at `slot`, making the array if `slot` is null.
+fn push_json(slot: &mut Json, item: Json) {
+    if !slot.is_array() {
+        *slot = json!([]);
+    }
+    if let Some(items) = slot.as_array_mut() {
+        items.push(item);
+    }
 }

@@ -5,7 +5,7 @@ use super::*;
 fn put(index: u64, key: &str, value: &str) -> KeyChange {
     KeyChange {
         index,
-        key: key.into(),
+        key: key.as_bytes().into(),
         kind: ChangeKind::Put {
             value: Bytes::copy_from_slice(value.as_bytes()),
             create_index: index,
@@ -16,7 +16,7 @@ fn put(index: u64, key: &str, value: &str) -> KeyChange {
 fn delete(index: u64, key: &str) -> KeyChange {
     KeyChange {
         index,
-        key: key.into(),
+        key: key.as_bytes().into(),
         kind: ChangeKind::Delete,
     }
 }
@@ -43,7 +43,7 @@ fn a_key_watch_sees_only_its_key_after_the_asked_index_and_resumes_without_gaps_
     hub.record(2, vec![put(2, "b", "1")]);
     hub.record(3, Vec::new()); // a no-op entry
     hub.record(4, vec![delete(4, "a")]);
-    let key_a = WatchSelector::Key("a".into());
+    let key_a = WatchSelector::Key(b"a".to_vec());
     let first = hub.changes_after(0, &key_a).expect("in history");
     assert_eq!(first.events, vec![put(1, "a", "1"), delete(4, "a")]);
     assert_eq!(first.index, 4);
@@ -67,11 +67,11 @@ fn a_prefix_watch_sees_every_key_under_the_prefix_and_an_empty_prefix_sees_all()
     hub.record(2, vec![put(2, "apple", "1")]);
     hub.record(3, vec![put(3, "app/y", "1")]);
     let app = hub
-        .changes_after(0, &WatchSelector::Prefix("app/".into()))
+        .changes_after(0, &WatchSelector::Prefix(b"app/".to_vec()))
         .expect("in history");
     assert_eq!(indexes(&app), vec![1, 3]);
     let all = hub
-        .changes_after(1, &WatchSelector::Prefix(String::new()))
+        .changes_after(1, &WatchSelector::Prefix(Vec::new()))
         .expect("in history");
     assert_eq!(indexes(&all), vec![2, 3]);
 }
@@ -83,7 +83,7 @@ fn an_index_older_than_the_history_is_compacted_with_the_oldest_index_still_serv
         hub.record(index, vec![put(index, "k", "v")]);
     }
     // Kept: the changes at 4 and 5; the one at 3 was evicted, so the floor is 3.
-    let all = WatchSelector::Prefix(String::new());
+    let all = WatchSelector::Prefix(Vec::new());
     assert_eq!(
         hub.changes_after(2, &all),
         Err(Compacted {
@@ -110,7 +110,7 @@ fn the_byte_bound_evicts_the_oldest_changes() {
     }
     assert_eq!(hub.bounds(), (2, 5));
     let kept = hub
-        .changes_after(2, &WatchSelector::Key("k".into()))
+        .changes_after(2, &WatchSelector::Key(b"k".to_vec()))
         .expect("in history");
     assert_eq!(indexes(&kept), vec![3, 4, 5]);
 }
@@ -123,7 +123,7 @@ fn a_full_answer_ends_at_an_entry_boundary_so_the_next_call_misses_nothing() {
         // Two changes per entry: a full answer must not split them.
         hub.record(index, vec![put(index, "a", "v"), put(index, "b", "v")]);
     }
-    let all = WatchSelector::Prefix(String::new());
+    let all = WatchSelector::Prefix(Vec::new());
     let first = hub.changes_after(0, &all).expect("in history");
     assert_eq!(first.events.len(), WATCH_EVENTS_PER_ANSWER_MAX);
     assert_eq!(first.index, WATCH_EVENTS_PER_ANSWER_MAX as u64 / 2);
@@ -150,7 +150,7 @@ fn a_reset_history_starts_at_the_snapshot_index() {
     let hub = hub(100);
     hub.record(1, vec![put(1, "k", "v")]);
     hub.reset(10);
-    let key = WatchSelector::Key("k".into());
+    let key = WatchSelector::Key(b"k".to_vec());
     assert_eq!(
         hub.changes_after(1, &key),
         Err(Compacted {
@@ -171,7 +171,7 @@ fn an_answer_never_moves_the_client_back_below_its_index() {
     let hub = hub(100);
     hub.record(1, vec![put(1, "k", "v")]);
     let batch = hub
-        .changes_after(7, &WatchSelector::Key("k".into()))
+        .changes_after(7, &WatchSelector::Key(b"k".to_vec()))
         .expect("in history");
     assert_eq!(
         batch,

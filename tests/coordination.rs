@@ -1,4 +1,4 @@
-//! Watches on real `raft-kv` processes over loopback HTTP.
+//! Coordination features (watches, byte keys) on real `raft-kv` processes over loopback HTTP.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod common;
@@ -309,4 +309,122 @@ async fn a_watch_waits_for_a_change_and_an_evicted_index_answers_410_with_the_ol
         assert_eq!(reply.status, 400, "{bad}");
         assert!(reply.json()["error"].is_string(), "{bad}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percent_encoded_byte_keys_round_trip_exactly_and_list_as_hex() {
+    let cluster = Cluster::start(1);
+    cluster.wait_for_leader(LEADER_WAIT).await;
+    let addr = cluster.addrs()[0].clone();
+    // `b/` then 0xff 0x00 0x2f ('/', escaped so it is part of the key, not the path).
+    let path = "/v1/kv/b%2F%FF%00%2f";
+    let put = call(&addr, "PUT", path, &[], b"\xfe\x01").await.unwrap();
+    assert_eq!(put.status, 201, "{:?}", String::from_utf8_lossy(&put.body));
+    let got = get(&addr, path).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(&got.body[..], b"\xfe\x01");
+    // The same bytes spelled with lowercase escapes are the same key.
+    assert_eq!(get(&addr, "/v1/kv/b%2f%ff%00%2F").await.status, 200);
+    // A key one byte different is another key.
+    assert_eq!(get(&addr, "/v1/kv/b%2F%FF%00").await.status, 404);
+    let listed = get(&addr, "/v1/kv/?prefix=b%2F%FF").await;
+    let body = listed.json();
+    assert_eq!(body["keys"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["keys"][0]["key_hex"], "622fff002f", "{body}");
+    assert_eq!(body["keys"][0]["value_hex"], "fe01", "{body}");
+    assert!(body["keys"][0].get("key").is_none(), "{body}");
+    // A watch names the key the same way.
+    let watched = get(&addr, "/v1/kv/?prefix=b%2F&watch&index=0&wait=0s").await;
+    assert_eq!(watched.json()["events"][0]["key_hex"], "622fff002f");
+    let deleted = call(&addr, "DELETE", path, &[], b"").await.unwrap();
+    assert_eq!(deleted.json()["deleted"], true);
+    // A bad escape is still refused.
+    assert_eq!(get(&addr, "/v1/kv/b%zz").await.status, 400);
+    assert_eq!(get(&addr, "/v1/kv/?prefix=%f").await.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_through_a_follower_applies_atomically_once_and_limits_are_400() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    let follower = cluster.addrs()[(leader + 1) % 3].clone();
+    let txn = |body: String, key: Option<&'static str>| {
+        let follower = follower.clone();
+        async move {
+            let headers: Vec<(&str, &str)> =
+                key.map(|k| ("idempotency-key", k)).into_iter().collect();
+            call(&follower, "POST", "/v1/txn", &headers, body.as_bytes())
+                .await
+                .expect("an answer")
+        }
+    };
+    // Create-only of two keys at once, the second as raw bytes.
+    let create = r#"{"compare": [{"key": "acct/a", "exists": false}],
+        "success": [{"put": {"key": "acct/a", "value": "100"}}, {"put": {"key_hex": "ff01", "value": "0"}}],
+        "failure": [{"get": {"key": "acct/a"}}]}"#
+        .to_string();
+    let first = txn(create.clone(), Some("create-1")).await;
+    assert_eq!(
+        first.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let body = first.json();
+    assert_eq!(body["succeeded"], true, "{body}");
+    let index = body["index"].as_u64().unwrap();
+    assert_eq!(first.header_u64("x-raft-index"), Some(index));
+    assert_eq!(body["results"][0]["put"]["mod_index"], index, "{body}");
+    // The retry with the same key is answered from the first application.
+    let retried = txn(create.clone(), Some("create-1")).await.json();
+    // (Its own entry carries the retry, so only `index` differs.)
+    assert_eq!(retried["results"], body["results"]);
+    assert_eq!(retried["succeeded"], true);
+    // Without the key it runs again, and now the compare fails: the failure list reads.
+    let again = txn(create, None).await.json();
+    assert_eq!(again["succeeded"], false, "{again}");
+    assert_eq!(again["results"][0]["get"]["value"], "100", "{again}");
+    assert_eq!(again["results"][0]["get"]["mod_index"], index, "{again}");
+    // Both keys changed in one entry: one watch answer, two events at one index.
+    let watched = get(
+        &follower,
+        &format!("/v1/kv/?prefix=&watch&index={}&wait=5s", index - 1),
+    )
+    .await;
+    let events = watched.json()["events"].clone();
+    assert_eq!(events.as_array().unwrap().len(), 2, "{events}");
+    assert_eq!(events[0]["index"], index);
+    assert_eq!(events[1]["index"], index);
+    assert_eq!(events[1]["key_hex"], "ff01");
+    // A compare on the mod index guards a move between the two keys.
+    let transfer = format!(
+        r#"{{"compare": [{{"key": "acct/a", "mod_index": {index}}}, {{"key_hex": "ff01", "value": "0"}}],
+            "success": [{{"put": {{"key": "acct/a", "value": "60"}}}}, {{"put": {{"key_hex": "ff01", "value": "40"}}}}]}}"#
+    );
+    assert_eq!(txn(transfer.clone(), None).await.json()["succeeded"], true);
+    assert_eq!(txn(transfer, None).await.json()["succeeded"], false);
+    assert_eq!(&get(&follower, "/v1/kv/%FF%01").await.body[..], b"40");
+
+    // Bad input: a clear 400 (or 405) with a JSON body.
+    let too_many: Vec<String> = (0..129)
+        .map(|i| format!(r#"{{"get": {{"key": "k{i}"}}}}"#))
+        .collect();
+    for (body, code) in [
+        ("not json".to_string(), "bad_txn"),
+        (r#"{"compare": [{"key": "a"}]}"#.to_string(), "bad_txn"),
+        (
+            r#"{"success": [{"put": {"key": "", "value": "v"}}]}"#.to_string(),
+            "invalid_txn",
+        ),
+        (
+            format!(r#"{{"success": [{}]}}"#, too_many.join(",")),
+            "invalid_txn",
+        ),
+    ] {
+        let reply = txn(body.clone(), None).await;
+        assert_eq!(reply.status, 400, "{body}");
+        assert_eq!(reply.json()["code"], code, "{body}");
+    }
+    let wrong_method = get(&follower, "/v1/txn").await;
+    assert_eq!(wrong_method.status, 405);
 }
