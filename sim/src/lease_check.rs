@@ -104,6 +104,7 @@ pub mod holder {
         let request = hyper::Request::builder()
             .method(method)
             .uri(path)
+            .header("authorization", crate::stranger::CLIENT_AUTHORIZATION_HEADER)
             .body(Full::new(body))
             .expect("a valid request");
         http.call(addr, request, 1 << 20, ctx.call_timeout)

@@ -710,9 +710,16 @@ fn restore_refuses_broken_invariants_behind_a_valid_checksum() {
     );
     let store = KvStore::restore(&snapshot_with_body(&sound), KvOptions::default()).unwrap();
     assert_eq!(store.snapshot().to_vec(), snapshot_with_body(&sound));
-    // A version 1 snapshot (UTF-8 keys, the same encoding) still restores, to the same store.
-    let mut version_1 = snapshot_with_body(&sound);
-    version_1[4] = 1;
+    // A version 1 snapshot (UTF-8 keys, the same encoding, and no leases) still restores, to
+    // the same store.
+    let version_1 = {
+        let body = postcard::to_allocvec(&sound).unwrap();
+        let mut out = b"RKVS".to_vec();
+        out.push(1);
+        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    };
     assert_eq!(
         KvStore::restore(&version_1, KvOptions::default()).unwrap(),
         store
