@@ -49,30 +49,27 @@ pub struct Promise {
 pub fn promise(plant: Plant) -> Option<Promise> {
     let (victim, seeds_max) = match plant {
         Plant::None => return None,
-        Plant::LyingFsync => (STATE_MACHINE_SAFETY, 50),
-        // First caught at seed 796 before the watchers joined the scenario (seed 73 of the
-        // first one); being re-measured. The sweep test does not run it.
-        Plant::ForgetVote => (ELECTION_SAFETY, 1000),
-        Plant::VoteWithoutLogCheck => (LEADER_COMPLETENESS, 50),
-        Plant::ReadWithoutConfirm => (LINEARIZABILITY, 200),
-        Plant::LeaderNeverStepsDown => (LINEARIZABILITY, 50),
-        Plant::AckBeforeFsync => (STATE_MACHINE_SAFETY, 300),
-        Plant::ApplyRetryTwice => (LINEARIZABILITY, 50),
-        Plant::DroppedUnderSnapshot => (LINEARIZABILITY, 50),
-        Plant::DriverPanic => (PANIC, 5),
+        Plant::LyingFsync => (STATE_MACHINE_SAFETY, Some(50)),
+        // Not caught in seeds 1..=1000 of the scenario with watchers (seed 796 before they
+        // joined, seed 73 of the first scenario): no bound is promised and no test claims one.
+        Plant::ForgetVote => (ELECTION_SAFETY, None),
+        Plant::VoteWithoutLogCheck => (LEADER_COMPLETENESS, Some(50)),
+        Plant::ReadWithoutConfirm => (LINEARIZABILITY, Some(200)),
+        Plant::LeaderNeverStepsDown => (LINEARIZABILITY, Some(50)),
+        Plant::AckBeforeFsync => (STATE_MACHINE_SAFETY, Some(300)),
+        Plant::ApplyRetryTwice => (LINEARIZABILITY, Some(50)),
+        Plant::DroppedUnderSnapshot => (LINEARIZABILITY, Some(50)),
+        Plant::DriverPanic => (PANIC, Some(5)),
         // A crash after the unsynced file's rename leaves the recorded snapshot empty: the node
         // cannot restart and the cluster never fully recovers.
-        Plant::SnapshotUnsynced => (LIVENESS, 20),
+        Plant::SnapshotUnsynced => (LIVENESS, Some(20)),
         // The stranger runs in every seed of this plant and forges an RPC every 400 ms.
-        Plant::SkipPeerAuth => (PEER_AUTHENTICATION, 5),
-        Plant::SkipRoleCheck => (CLIENT_AUTHORIZATION, 5),
-        Plant::LeaseCountdownNotRestarted => (LEASE_KEPT_ALIVE, 50),
-        Plant::WatchResumeRepeats => (WATCH, 20),
+        Plant::SkipPeerAuth => (PEER_AUTHENTICATION, Some(5)),
+        Plant::SkipRoleCheck => (CLIENT_AUTHORIZATION, Some(5)),
+        Plant::LeaseCountdownNotRestarted => (LEASE_KEPT_ALIVE, Some(50)),
+        Plant::WatchResumeRepeats => (WATCH, Some(20)),
     };
-    Some(Promise {
-        victim,
-        seeds_max: Some(seeds_max),
-    })
+    Some(Promise { victim, seeds_max })
 }
 
 /// Whether a failure's property belongs to `victim`.
