@@ -369,7 +369,8 @@ impl World {
         // (Append, Heartbeat, InstallSnapshot) from outside its configuration on purpose: a
         // joining node learns its configuration from the leader's log. A forged leader is a
         // Byzantine peer, outside what Raft defends against, so those kinds are not forged
-        // here. TimeoutNow from anyone only starts an election, which safety must survive.
+        // here. TimeoutNow from anyone only starts an election, and a vote request from anyone is
+        // weighed like any other; safety must survive both.
         let members = self.cluster.node(to).status().membership;
         if members.contains(message.from) {
             message.from = 0;
@@ -380,13 +381,15 @@ impl World {
             | MessageBody::InstallSnapshot { .. } => {
                 return;
             }
-            MessageBody::TimeoutNow => {
+            // Vote requests are handled whatever the configuration (thesis §4.1: a node with a
+            // stale configuration must still be electable); safety must survive them.
+            MessageBody::TimeoutNow | MessageBody::PreVote { .. } | MessageBody::Vote { .. } => {
                 let _ = self.cluster.node_mut(to).step(message);
                 return;
             }
             _ => {}
         }
-        // Votes and answers from a non-member must be refused untouched.
+        // Answers from a non-member must be refused untouched.
         let before = fingerprint(self.cluster.node(to));
         let had_ready = self.cluster.node(to).has_ready();
         let result = self.cluster.node_mut(to).step(message.clone());

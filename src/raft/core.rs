@@ -630,11 +630,12 @@ impl RaftCore {
                         message.term
                     ));
                 }
-                // Thesis §4.2.3: a server outside the configuration (e.g. removed) must not
-                // disrupt the cluster with elections.
-                if !membership.voters.contains(&message.from) {
-                    return invalid(format!("vote request from non-voter {}", message.from));
-                }
+                // Thesis §4.1: requests are handled without consulting the configuration. A
+                // server with a stale configuration may hold a voter that its own log calls a
+                // learner or a stranger; dropping its requests deadlocked elections (found by
+                // the property test with reconfiguration). A removed server cannot disrupt:
+                // pre-vote and the lease check (§4.2.3) refuse it, and it cannot win without
+                // the votes of servers that hold the change removing it.
             }
             MessageBody::PreVoteResponse { .. } | MessageBody::VoteResponse { .. } => {
                 if !membership.voters.contains(&message.from) {

@@ -253,10 +253,11 @@ impl Raft {
     }
 
     /// Handles a message from a peer. Messages with nonsense contents (wrong receiver, sender 0
-    /// or this node, term 0, non-contiguous entries, ...) and messages from non-members (vote
-    /// requests and answers from non-voters, responses from non-members) are dropped with an
-    /// `Err` saying why and change nothing. A leader's `Append`, `Heartbeat`, `InstallSnapshot`
-    /// and `TimeoutNow` are handled even from a node this node does not know as a member: a
+    /// or this node, term 0, non-contiguous entries, ...) and answers from non-members (vote
+    /// answers from non-voters, other responses from non-members) are dropped with an
+    /// `Err` saying why and change nothing. Requests (vote requests included: thesis §4.1) and a
+    /// leader's `Append`, `Heartbeat`, `InstallSnapshot` and `TimeoutNow` are handled even from a
+    /// node this node does not know as a member: a
     /// lagging follower may not yet hold the configuration that added its leader.
     pub fn step(&mut self, message: Message) -> Result<(), Error> {
         self.core.guarded(|core| core.step(message))

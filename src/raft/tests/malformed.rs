@@ -99,18 +99,8 @@ fn step_rejects_malformed_messages_and_changes_nothing() {
                 body: MessageBody::VoteResponse { granted: true },
             },
         ),
-        (
-            2,
-            Message {
-                from: 9,
-                to: 2,
-                term: 4,
-                body: MessageBody::PreVote {
-                    last_log_index: 5,
-                    last_log_term: 4,
-                },
-            },
-        ),
+        // A (pre-)vote request from a stranger is not malformed: thesis §4.1 handles requests
+        // without consulting the configuration (see `core.rs`), only answers are filtered.
         (
             2,
             Message {
