@@ -447,3 +447,58 @@ async fn a_rolling_replacement_3_to_5_to_3_loses_no_acknowledged_write() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_a_cluster_with_client_tokens_needs_an_admin_join_token() {
+    let admin = "join-test-admin-token";
+    let token_dir = tempfile::tempdir().expect("temp dir");
+    let token_path = token_dir.path().join("tokens");
+    std::fs::write(
+        &token_path,
+        format!("ops admin {}\n", raft_kv::http::auth::token_hash_hex(admin)),
+    )
+    .expect("write the token file");
+    let token_arg = token_path.to_str().expect("a UTF-8 path").to_string();
+    let mut cluster = Cluster::start_with(1, &["--auth-tokens", &token_arg]);
+    cluster.wait_for_leader(WAIT).await;
+    let seed = cluster.nodes[0].addr.clone();
+    // Without a token the cluster answers 401: the join ends at once with that answer.
+    let refused = cluster.add_node("node2", &["--join", &seed]);
+    let status = eventually(WAIT, "node2 exits", || {
+        let status = cluster.nodes[refused].exited();
+        async move { status }
+    })
+    .await;
+    assert!(!status.success(), "a refused join exits non-zero");
+    let log = cluster.nodes[refused].log_text();
+    assert!(log.contains("401"), "the error names the answer: {log}");
+    // With an admin token the node joins and is promoted.
+    cluster.add_node(
+        "node3",
+        &[
+            "--join",
+            &seed,
+            "--join-token",
+            admin,
+            "--auth-tokens",
+            &token_arg,
+        ],
+    );
+    let bearer = format!("Bearer {admin}");
+    eventually(WAIT, "node3 a voter", || {
+        let (seed, bearer) = (seed.clone(), bearer.clone());
+        async move {
+            let reply = call(
+                &seed,
+                "GET",
+                "/v1/cluster/members",
+                &[("authorization", bearer.as_str())],
+                b"",
+            )
+            .await?;
+            let view = (reply.status == 200).then(|| reply.json())?;
+            (roles(&view) == voters(&["node1", "node3"])).then_some(())
+        }
+    })
+    .await;
+}

@@ -104,7 +104,10 @@ pub mod holder {
         let request = hyper::Request::builder()
             .method(method)
             .uri(path)
-            .header("authorization", crate::stranger::CLIENT_AUTHORIZATION_HEADER)
+            .header(
+                "authorization",
+                crate::stranger::CLIENT_AUTHORIZATION_HEADER,
+            )
             .body(Full::new(body))
             .expect("a valid request");
         http.call(addr, request, 1 << 20, ctx.call_timeout)

@@ -65,7 +65,10 @@ pub async fn watch_loop(
         };
         let request = hyper::Request::builder()
             .uri(path)
-            .header("authorization", crate::stranger::CLIENT_AUTHORIZATION_HEADER)
+            .header(
+                "authorization",
+                crate::stranger::CLIENT_AUTHORIZATION_HEADER,
+            )
             .body(Full::new(Bytes::new()))
             .expect("the simulator builds valid requests");
         let timeout = ctx.call_timeout + Duration::from_millis(WATCH_WAIT_MS);

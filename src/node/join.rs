@@ -43,6 +43,10 @@ pub(super) async fn join(
         }
         let view = match members(client, join_addr, config).await {
             Ok(view) => view,
+            // No token, or one without the role (`--join-token`): retrying cannot help.
+            Err(answer) if answer.starts_with("401") || answer.starts_with("403") => {
+                return Err(failed(answer));
+            }
             Err(answer) => {
                 last_answer = answer;
                 continue;
