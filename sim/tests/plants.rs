@@ -139,3 +139,8 @@ fn a_node_that_skips_the_role_check_is_caught_by_the_stranger() {
 fn a_new_leader_that_does_not_restart_lease_countdowns_is_caught_by_the_lease_check() {
     assert_caught_by_its_victim(Plant::LeaseCountdownNotRestarted);
 }
+
+#[test]
+fn a_voter_that_forgets_its_vote_on_restart_is_caught_by_election_safety() {
+    assert_caught_by_its_victim(Plant::ForgetVote);
+}
