@@ -153,7 +153,7 @@ async fn every_route_by_every_role_and_with_no_bad_or_revoked_token() {
     let bearer = |token: &str| format!("Bearer {token}");
 
     // (method, path, body, the role it needs; None: open).
-    let routes: [(&str, &str, &[u8], Option<&str>); 15] = [
+    let routes: [(&str, &str, &[u8], Option<&str>); 16] = [
         ("GET", "/health", b"", None),
         ("GET", "/v1/raft/hello", b"", None),
         ("GET", "/metrics", b"", Some("read")),
@@ -169,6 +169,8 @@ async fn every_route_by_every_role_and_with_no_bad_or_revoked_token() {
         ("POST", "/v1/leases", br#"{"ttl_s": 30}"#, Some("readwrite")),
         ("GET", "/v1/leases/424242", b"", Some("read")),
         ("DELETE", "/v1/leases/424242", b"", Some("readwrite")),
+        // An empty transaction body: a writer gets the handler's 400, a reader 403.
+        ("POST", "/v1/txn", b"{}", Some("readwrite")),
         ("GET", "/v1/no-such-route", b"", Some("admin")),
     ];
     let rank = |role: &str| {

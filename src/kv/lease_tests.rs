@@ -251,3 +251,45 @@ fn an_ended_lease_reports_a_delete_of_each_of_its_keys_to_watches() {
         .collect();
     assert_eq!(deleted, vec![(&b"a"[..], index), (&b"b"[..], index)]);
 }
+
+#[test]
+fn a_transaction_that_writes_or_deletes_a_leased_key_detaches_it_as_plain_writes_do() {
+    let mut store = store();
+    let lease_id = grant(&mut store, 5000);
+    apply(&mut store, put_leased("put-in-txn", lease_id));
+    apply(&mut store, put_leased("deleted-in-txn", lease_id));
+    apply(&mut store, put_leased("kept", lease_id));
+    let txn = Txn {
+        compares: Vec::new(),
+        success: vec![
+            TxnOp::Put {
+                key: b"put-in-txn".to_vec(),
+                value: Bytes::from_static(b"now plain"),
+            },
+            TxnOp::Delete {
+                key: b"deleted-in-txn".to_vec(),
+            },
+        ],
+        failure: Vec::new(),
+    };
+    assert!(matches!(
+        apply(&mut store, WriteOp::Txn(txn)),
+        WriteResult::Txn {
+            succeeded: true,
+            ..
+        }
+    ));
+    assert_eq!(store.lease_of(b"put-in-txn"), None);
+    assert_eq!(store.lease_of(b"deleted-in-txn"), None);
+    assert_eq!(store.lease_of(b"kept"), Some(lease_id));
+    // Revoking the lease now deletes only the key it still holds.
+    assert!(matches!(
+        apply(&mut store, WriteOp::LeaseRevoke { lease_id }),
+        WriteResult::LeaseEnded {
+            keys_deleted: 1,
+            ..
+        }
+    ));
+    assert!(store.get(b"put-in-txn").is_some());
+    assert!(store.get(b"kept").is_none());
+}
