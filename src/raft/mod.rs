@@ -22,9 +22,10 @@
 //! }
 //! ```
 //!
-//! Layout: `core.rs` holds the state machine (roles, elections, replication, commitment,
-//! ReadIndex, transfer, membership), `log.rs` the in-memory log and its persistence markers,
-//! `progress.rs` the leader's per-follower flow control, `membership.rs` the configuration as
+//! Layout: `core.rs` holds the state machine's fields and queries, and `core/` its behaviour
+//! by concern (`election.rs`, `replication.rs`, `reads.rs`, `configuration.rs`, `step.rs` for
+//! inbound messages, `ready.rs` for the output interface), `log.rs` the in-memory log and its
+//! persistence markers, `progress.rs` the leader's per-follower flow control, `membership.rs` the configuration as
 //! recorded in the log, `quorum.rs` and `read_only.rs` the majority and ReadIndex bookkeeping.
 //! [`testkit`] drives whole clusters of cores deterministically for tests and benchmarks.
 
@@ -220,7 +221,7 @@ pub struct Status {
 }
 
 // RAFT-CORE-API: the signatures below are the contract the node, the simulator, the tests and
-// the fuzzers are written against; the behaviour lives in `core.rs`.
+// the fuzzers are written against; the behaviour lives in `core.rs` and `core/`.
 /// The consensus core of one node.
 #[derive(Debug)]
 pub struct Raft {

@@ -100,7 +100,7 @@ fn step_rejects_malformed_messages_and_changes_nothing() {
             },
         ),
         // A (pre-)vote request from a stranger is not malformed: thesis §4.1 handles requests
-        // without consulting the configuration (see `core.rs`), only answers are filtered.
+        // without consulting the configuration (see `core/step.rs`), only answers are filtered.
         (
             2,
             Message {
