@@ -518,6 +518,7 @@ async fn bad_requests_get_the_documented_4xx_with_a_json_body() {
         cluster_id: 12345,
         from: 7,
         to: 8,
+        from_incarnation: 1,
         messages: vec![],
     };
     let reply = call(

@@ -110,6 +110,7 @@ fn the_rpc_overflow_regression_still_reaches_the_append_check() {
         fuzz_logic::rpc_decode::CLUSTER_ID,
         1u64,
         fuzz_logic::rpc_decode::SELF_ID,
+        fuzz_logic::rpc_decode::MEMBER_INCARNATION,
     ))
     .expect("a header encodes");
     framed.extend_from_slice(&data);

@@ -1,5 +1,6 @@
 //! Membership change on real `raft-kv` processes (issue 10): growing from one node with
-//! `--join`, the membership API's answers, and removing the leader.
+//! `--join`, the membership API's answers, removing the leader, and the removed and replaced
+//! incarnations' RPCs (410 and 403) after the peers restart.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod common;
@@ -501,4 +502,161 @@ async fn joining_a_cluster_with_client_tokens_needs_an_admin_join_token() {
         }
     })
     .await;
+}
+
+/// The cluster id in `node`'s `cluster.json` and the incarnation of its data directory.
+fn identity(node: &common::NodeProcess) -> (u64, u64) {
+    let cluster = std::fs::read(node.data_dir.join("cluster.json")).unwrap();
+    let cluster: Json = serde_json::from_slice(&cluster).unwrap();
+    let incarnation = std::fs::read_to_string(node.data_dir.join("incarnation")).unwrap();
+    (
+        cluster["cluster_id"].as_u64().unwrap(),
+        incarnation.trim().parse().unwrap(),
+    )
+}
+
+/// The term `/health` at `addr` reports.
+async fn term_of(addr: &str) -> Option<u64> {
+    call(addr, "GET", "/health", &[], b"").await?.json()["term"].as_u64()
+}
+
+/// Posts a Raft RPC envelope from `from` (`incarnation`) to `to` and returns the answer.
+async fn post_rpc(
+    to: &common::NodeProcess,
+    cluster_id: u64,
+    from: &str,
+    incarnation: u64,
+    messages: Vec<raft_kv::raft::Message>,
+) -> common::Reply {
+    let envelope = raft_kv::node::rpc::RpcEnvelope {
+        cluster_id,
+        from: raft_kv::node::config::node_id_of(from),
+        to: raft_kv::node::config::node_id_of(&to.name),
+        from_incarnation: incarnation,
+        messages,
+    };
+    call(
+        &to.addr,
+        "POST",
+        "/v1/raft/messages",
+        &[],
+        &raft_kv::node::rpc::encode(&envelope),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_its_peers_restart_a_removed_node_gets_410_and_another_incarnation_403() {
+    // Snapshots every 10 entries, so the removal is folded into a snapshot before the restarts.
+    let mut cluster = Cluster::start_with(3, &["--snapshot-entries", "10"]);
+    let leader = cluster.wait_for_leader(WAIT).await;
+    let gone = (leader + 1) % 3;
+    let gone_name = cluster.nodes[gone].name.clone();
+    let (cluster_id, gone_incarnation) = identity(&cluster.nodes[gone]);
+    // Removed while it is down, so it cannot learn it from its own log.
+    cluster.nodes[gone].kill();
+    let leader_addr = cluster.nodes[leader].addr.clone();
+    let reply = call(
+        &leader_addr,
+        "DELETE",
+        &format!("/v1/cluster/members/{gone_name}"),
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let rest: Vec<usize> = (0..3).filter(|&i| i != gone).collect();
+    let mut rest_names: Vec<&str> = rest
+        .iter()
+        .map(|&i| cluster.nodes[i].name.as_str())
+        .collect();
+    rest_names.sort();
+    wait_for_roles(&leader_addr, voters(&rest_names)).await;
+    for i in 0..30 {
+        let reply = call(&leader_addr, "PUT", &format!("/v1/kv/k{i}"), &[], b"v")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
+    }
+    for &i in &rest {
+        eventually(WAIT, "a snapshot past the removal", || {
+            let files = cluster.nodes[i].snapshot_files();
+            async move { (!files.is_empty()).then_some(()) }
+        })
+        .await;
+    }
+    // Both peers restart: what they know of the removal comes from their disks.
+    for &i in &rest {
+        cluster.nodes[i].kill();
+        cluster.nodes[i].start();
+    }
+    let leader = cluster.wait_for_leader(WAIT).await;
+    for &i in &rest {
+        let reply = post_rpc(
+            &cluster.nodes[i],
+            cluster_id,
+            &gone_name,
+            gone_incarnation,
+            vec![],
+        )
+        .await;
+        assert_eq!(reply.status, 410, "{:?}", reply.body);
+        assert_eq!(reply.json()["code"], "removed");
+    }
+    // A member under another incarnation (a lost data directory that bypassed the start check)
+    // is refused with 403, and its vote request never reaches the core: the term stays.
+    let voter = rest.iter().copied().find(|&i| i != leader).unwrap();
+    let (_, voter_incarnation) = identity(&cluster.nodes[voter]);
+    let leader_addr = cluster.nodes[leader].addr.clone();
+    let term = term_of(&leader_addr).await.unwrap();
+    let voter_name = cluster.nodes[voter].name.clone();
+    let vote = raft_kv::raft::Message {
+        from: raft_kv::node::config::node_id_of(&voter_name),
+        to: raft_kv::node::config::node_id_of(&cluster.nodes[leader].name),
+        term: term + 5,
+        body: raft_kv::raft::MessageBody::Vote {
+            last_log_index: 1_000,
+            last_log_term: term + 5,
+            transfer: true,
+        },
+    };
+    let reply = post_rpc(
+        &cluster.nodes[leader],
+        cluster_id,
+        &voter_name,
+        voter_incarnation ^ 1,
+        vec![vote.clone()],
+    )
+    .await;
+    assert_eq!(reply.status, 403, "{:?}", reply.body);
+    assert_eq!(reply.json()["code"], "other_incarnation");
+    assert_eq!(term_of(&leader_addr).await, Some(term));
+    // The same envelope under the member's own incarnation does reach the core (the transfer
+    // flag bypasses the lease): the term moves, so the refusal above was the incarnation's.
+    let reply = post_rpc(
+        &cluster.nodes[leader],
+        cluster_id,
+        &voter_name,
+        voter_incarnation,
+        vec![vote],
+    )
+    .await;
+    assert_eq!(reply.status, 204, "{:?}", reply.body);
+    eventually(WAIT, "the term moves past the forged vote's", || {
+        let leader_addr = leader_addr.clone();
+        async move { (term_of(&leader_addr).await? >= term + 5).then_some(()) }
+    })
+    .await;
+    // The removed node itself, started again, is told 410 by its restarted peers and exits.
+    cluster.nodes[gone].start();
+    let status = eventually(WAIT, "the removed node exits", || {
+        let exited = cluster.nodes[gone].exited();
+        async move { exited }
+    })
+    .await;
+    assert!(!status.success(), "{status:?}");
+    let log = cluster.nodes[gone].log_text();
+    assert!(log.contains("410 Gone"), "{log}");
 }

@@ -549,10 +549,17 @@ fn scripted_body(spec: &BodySpec, state: &AppState) -> ScriptedBody {
             } else {
                 self_id.wrapping_add(1).max(1)
             };
+            // The incarnation the node's configuration records for the sender, so the envelope
+            // reaches the core when the sender is a member.
+            let from_incarnation = state
+                .node()
+                .and_then(|node| node.directory.member(from))
+                .map_or(0, |member| member.incarnation);
             let envelope = RpcEnvelope {
                 cluster_id,
                 from,
                 to: self_id,
+                from_incarnation,
                 messages: messages
                     .iter()
                     .map(|m| {

@@ -300,6 +300,7 @@ fn to_snapshot(snapshot: &FuzzSnapshot) -> Snapshot {
                 voters: ids(&snapshot.voters),
                 learners: ids(&snapshot.learners),
                 records: Default::default(),
+                removed: Default::default(),
             },
         },
         data: snapshot.data.0.clone(),

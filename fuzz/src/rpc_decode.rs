@@ -7,11 +7,11 @@
 //! - its peak heap growth stays under [`ALLOC_FIXED_BYTES_MAX`] + [`ALLOC_PER_INPUT_BYTE_MAX`]
 //!   times the input size (when the counting allocator is installed);
 //! - an accepted envelope satisfies everything `decode` promises (cluster, addressee, member
-//!   sender, every message claiming the envelope's ends, contiguous append entries), and
+//!   sender under its recorded incarnation, every message claiming the envelope's ends, contiguous append entries), and
 //!   encodes and decodes back to itself;
 //! - an input over the body limit is refused as `TooLarge` before it is parsed.
 
-use raft_kv::node::rpc::{self, RpcEnvelope, RpcError};
+use raft_kv::node::rpc::{self, RpcEnvelope, RpcError, Standing};
 use raft_kv::raft::{MessageBody, NodeId};
 
 use super::alloc_probe;
@@ -22,6 +22,8 @@ pub const CLUSTER_ID: u64 = 0x00c0_ffee;
 pub const SELF_ID: NodeId = 2;
 /// The members of the cluster.
 pub const MEMBER_IDS: [NodeId; 3] = [1, 2, 3];
+/// The incarnation every member's record names.
+pub const MEMBER_INCARNATION: u64 = 7;
 /// The body limit the production node uses (`NodeConfig::rpc_body_bytes_max`).
 pub const BODY_BYTES_MAX: usize = 64 << 20;
 /// Heap the decoder may take whatever the input: serde preallocates at most 1 MiB for a
@@ -35,15 +37,15 @@ pub const ALLOC_PER_INPUT_BYTE_MAX: usize = 512;
 /// Runs one input; panics when a property above does not hold.
 pub fn run(data: &[u8]) {
     check_decode(data);
-    // The same bytes behind a valid header: cluster id, sender 1, addressee 2, then `data`
-    // read as the message vector.
+    // The same bytes behind a valid header: cluster id, sender 1, addressee 2, incarnation, then
+    // `data` read as the message vector.
     let mut framed = header_bytes();
     framed.extend_from_slice(data);
     check_decode(&framed);
     // The body limit is checked before anything is parsed.
     if !data.is_empty() {
         let limit = data.len() - 1;
-        let refused = rpc::decode(data, limit, CLUSTER_ID, SELF_ID, is_member);
+        let refused = rpc::decode(data, limit, CLUSTER_ID, SELF_ID, standing);
         assert_eq!(
             refused,
             Err(RpcError::TooLarge {
@@ -56,16 +58,22 @@ pub fn run(data: &[u8]) {
     }
 }
 
-fn is_member(id: NodeId) -> bool {
-    MEMBER_IDS.contains(&id)
+fn standing(id: NodeId, incarnation: u64) -> Standing {
+    match (MEMBER_IDS.contains(&id), incarnation == MEMBER_INCARNATION) {
+        (true, true) => Standing::Member,
+        (true, false) => Standing::OtherIncarnation,
+        (false, _) => Standing::Stranger,
+    }
 }
 
-/// The postcard encoding of an envelope's fixed fields (without the message count).
+/// The postcard encoding of an envelope's fixed fields (without the message count): cluster,
+/// sender, addressee, the sender's incarnation.
 fn header_bytes() -> Vec<u8> {
     let empty = RpcEnvelope {
         cluster_id: CLUSTER_ID,
         from: 1,
         to: SELF_ID,
+        from_incarnation: MEMBER_INCARNATION,
         messages: Vec::new(),
     };
     let mut bytes = rpc::encode(&empty);
@@ -82,7 +90,7 @@ fn header_bytes() -> Vec<u8> {
 
 fn check_decode(data: &[u8]) {
     let (result, grown_bytes) =
-        alloc_probe::measure(|| rpc::decode(data, BODY_BYTES_MAX, CLUSTER_ID, SELF_ID, is_member));
+        alloc_probe::measure(|| rpc::decode(data, BODY_BYTES_MAX, CLUSTER_ID, SELF_ID, standing));
     let bound_bytes =
         ALLOC_FIXED_BYTES_MAX.saturating_add(ALLOC_PER_INPUT_BYTE_MAX.saturating_mul(data.len()));
     assert!(
@@ -95,7 +103,7 @@ fn check_decode(data: &[u8]) {
     };
     check_accepted(&envelope);
     let reencoded = rpc::encode(&envelope);
-    let again = rpc::decode(&reencoded, BODY_BYTES_MAX, CLUSTER_ID, SELF_ID, is_member);
+    let again = rpc::decode(&reencoded, BODY_BYTES_MAX, CLUSTER_ID, SELF_ID, standing);
     assert_eq!(
         again.as_ref(),
         Ok(&envelope),
@@ -112,10 +120,12 @@ fn check_accepted(envelope: &RpcEnvelope) {
         envelope.to, SELF_ID,
         "accepted an envelope addressed to another node"
     );
-    assert!(
-        is_member(envelope.from),
-        "accepted an envelope from non-member {}",
-        envelope.from
+    assert_eq!(
+        standing(envelope.from, envelope.from_incarnation),
+        Standing::Member,
+        "accepted an envelope from {} incarnation {}, not a member under that incarnation",
+        envelope.from,
+        envelope.from_incarnation
     );
     for message in &envelope.messages {
         assert!(

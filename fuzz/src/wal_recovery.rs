@@ -29,7 +29,9 @@ use raft_kv::raft::{
 use raft_kv::wal::{
     decode_segment, segment_name, DecodedRecord, Record, Tail, Wal, WalError, WalOptions,
 };
-use raft_kv::wal::{FRAME_HEADER_BYTES, RECORD_BYTES_MAX, SNAPSHOT_FILE_NAME};
+use raft_kv::wal::{
+    snapshot_file_payload, FRAME_HEADER_BYTES, RECORD_BYTES_MAX, SNAPSHOT_FILE_NAME,
+};
 
 /// Inputs larger than this skip the quadratic reference check of a torn verdict.
 pub const REFERENCE_SCAN_BYTES_MAX: usize = 16 << 10;
@@ -484,8 +486,7 @@ fn check_open(segments: &[SegmentSpec], snapshot: Option<&SnapshotFileSpec>) {
             },
             data: Bytes::copy_from_slice(&spec.data),
         };
-        let mut bytes =
-            frame(&postcard::to_stdvec(&snapshot).expect("a snapshot encodes into a Vec"));
+        let mut bytes = frame(&snapshot_file_payload(&snapshot).expect("a snapshot encodes"));
         damage(&mut bytes, &spec.damage);
         snapshot_id = Some((snapshot.meta.index, snapshot.meta.term));
         std::fs::write(wal_dir.join(SNAPSHOT_FILE_NAME), &bytes).expect("write the snapshot file");

@@ -2,7 +2,9 @@
 //! tokens (the workload's clients hold a `readwrite` token), and in some seeds a stranger on the
 //! client machine probes them, once every 400 ms, in turn:
 //! - a forged Raft RPC claiming a member as its sender, without a MAC or signed with a wrong
-//!   secret: must get 401; a 2xx breaks "peer authentication" (plant `skip-peer-auth`);
+//!   secret: must get 401; a 2xx breaks "peer authentication" (plant `skip-peer-auth`). The
+//!   forgery carries the claimed member's incarnation, which anyone may ask it for
+//!   (`GET /v1/raft/hello`), so only the MAC stands between it and the core;
 //! - a write with a `read` token: must get 403; a write with no token: must get 401; a 2xx
 //!   breaks "client authorization" (plant `skip-role-check`). Its key is outside the workload's
 //!   keys, so a wrongly accepted write does not disturb the linearizability check.
@@ -18,6 +20,7 @@ use std::time::Duration;
 use raft_kv::env;
 use raft_kv::http::auth::{token_hash_hex, TokenTable};
 use raft_kv::http::client::HttpClient;
+use raft_kv::node::cluster::Hello;
 use raft_kv::node::peer_auth::{signed_post, PeerSecret};
 use raft_kv::node::rpc::{self, RpcEnvelope};
 use raft_kv::plants::Plant;
@@ -87,11 +90,14 @@ pub async fn stranger_loop(
         let target = (rng.next_u64() % count) as usize;
         let claimed = (target + 1 + (rng.next_u64() % (count - 1)) as usize) % members.len();
         let (to, addr) = &members[target];
-        let from = members[claimed].0;
+        let (from, from_addr) = &members[claimed];
+        let from = *from;
+        let from_incarnation = incarnation_of(&http, from_addr).await;
         let body = rpc::encode(&RpcEnvelope {
             cluster_id,
             from,
             to: *to,
+            from_incarnation,
             messages: vec![Message {
                 from,
                 to: *to,
@@ -122,6 +128,23 @@ pub async fn stranger_loop(
                 return;
             }
         }
+    }
+}
+
+/// The incarnation the member at `addr` answers to `GET /v1/raft/hello` (0 if it does not
+/// answer: the forgery is then refused as another incarnation, which is no failure either).
+async fn incarnation_of(http: &HttpClient, addr: &str) -> u64 {
+    let request = hyper::Request::get("/v1/raft/hello")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("a static request is valid");
+    match http
+        .call(addr, request, 64 << 10, Duration::from_secs(2))
+        .await
+    {
+        Ok(response) if response.status().is_success() => {
+            serde_json::from_slice::<Hello>(response.body()).map_or(0, |hello| hello.incarnation)
+        }
+        _ => 0,
     }
 }
 

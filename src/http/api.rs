@@ -440,19 +440,22 @@ where
 }
 
 /// The answer to a peer RPC that failed its checks.
-fn rpc_error_response(node: &NodeHandle, e: &rpc::RpcError) -> HttpResponse {
+fn rpc_error_response(e: &rpc::RpcError) -> HttpResponse {
     match e {
-        rpc::RpcError::Stranger { from } if node.directory.was_removed(*from) => error(
+        rpc::RpcError::Removed { .. } => error(
             StatusCode::GONE,
             "removed",
             "this sender was removed from the cluster; it must stop",
         ),
-        rpc::RpcError::Stranger { .. } => error(
+        rpc::RpcError::OtherIncarnation { .. } => error(
             StatusCode::FORBIDDEN,
-            "not_member",
-            "raft rpc from outside this cluster refused",
+            "other_incarnation",
+            "the configuration names this member with another incarnation (its data directory \
+             was replaced): remove the member, then join again with an empty data directory",
         ),
-        rpc::RpcError::WrongCluster { .. } | rpc::RpcError::NotMember(_) => error(
+        rpc::RpcError::Stranger { .. }
+        | rpc::RpcError::WrongCluster { .. }
+        | rpc::RpcError::NotMember(_) => error(
             StatusCode::FORBIDDEN,
             "not_member",
             "raft rpc from outside this cluster refused",
@@ -479,7 +482,7 @@ where
         state.limits.rpc_body_bytes_max,
         cluster.cluster_id,
         cluster.self_id,
-        |id| node.directory.is_member(id),
+        |id, incarnation| node.directory.standing(id, incarnation),
     ) {
         Ok(envelope) => match node.deliver(envelope.messages) {
             Ok(()) => Response::builder()
@@ -488,7 +491,7 @@ where
                 .expect("a static response is valid"),
             Err(e) => node_error_response(&e),
         },
-        Err(e) => rpc_error_response(node, &e),
+        Err(e) => rpc_error_response(&e),
     }
 }
 
@@ -509,7 +512,7 @@ where
         state.limits.rpc_body_bytes_max,
         cluster.cluster_id,
         cluster.self_id,
-        |id| node.directory.is_member(id),
+        |id, incarnation| node.directory.standing(id, incarnation),
     ) {
         Ok((header, start)) => match node
             .deliver_snapshot_chunk(header, body.slice(start..))
@@ -522,7 +525,7 @@ where
                 .expect("a static response is valid"),
             Err(e) => node_error_response(&e),
         },
-        Err(e) => rpc_error_response(node, &e),
+        Err(e) => rpc_error_response(&e),
     }
 }
 

@@ -210,10 +210,10 @@ pub(super) async fn start(
     )
     .map_err(|e| StartError::Restore(e.to_string()))?;
     let published_membership = raft.membership().clone();
-    let directory = Arc::new(members::Directory::new(members::members_of(
-        &published_membership,
-        &cluster,
-    )));
+    let directory = Arc::new(members::Directory::new(
+        members::members_of(&published_membership, &cluster),
+        published_membership.removed.clone(),
+    ));
     if published_membership.voters.len() == 1
         && published_membership.voters.contains(&cluster.self_id)
     {
@@ -235,6 +235,7 @@ pub(super) async fn start(
     let transfer = TransferOptions {
         cluster_id: cluster.cluster_id,
         self_id: cluster.self_id,
+        self_incarnation: incarnation,
         data_dir: config.data_dir.clone(),
         chunk_bytes: config.snapshot_transfer_chunk_bytes.max(1),
         body_bytes_max: config.rpc_body_bytes_max,
@@ -511,7 +512,8 @@ impl Driver {
             "configuration changed"
         );
         self.transport.sync_peers(&members);
-        self.directory.replace(members);
+        self.directory
+            .replace(members, self.published_membership.removed.clone());
         true
     }
 

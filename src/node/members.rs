@@ -5,7 +5,7 @@
 //! [`Directory`] is rebuilt from it whenever it changes; `cluster.json` only seeds the first
 //! configuration. A request is answered once its `Config` entry is applied (committed).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -13,8 +13,10 @@ use tokio::sync::oneshot;
 
 use super::cluster::{ClusterInfo, Member};
 use super::config::{node_id_of, validate_addr, validate_name};
+use super::rpc::Standing;
 use crate::raft::{
-    ConfChange, Error as RaftError, Index, MemberRecord, Membership, NodeId, Raft, Role, Term,
+    ConfChange, Error as RaftError, Index, MemberRecord, Membership, NodeId, Raft, RemovedMember,
+    Role, Term,
 };
 
 /// A learner is promoted only when its log is at most this many entries behind the leader's
@@ -26,30 +28,43 @@ pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 1_000;
 #[derive(Debug)]
 pub struct Directory {
     members: Mutex<Vec<Member>>,
-    /// Ids this node saw leave the configuration (and not come back) since it started: their
-    /// RPCs get 410 Gone, which tells a removed node to stop.
-    removed_ids: Mutex<BTreeSet<NodeId>>,
+    /// The removed incarnations the configuration remembers (`Membership::removed`, durable in
+    /// the log and snapshots): their RPCs get 410 Gone, which tells a removed node to stop.
+    removed: Mutex<Vec<RemovedMember>>,
     /// Set once this node learns it was removed: why. The driver stops, `/health` says
     /// `removed`, and the process exits non-zero.
     removal: Mutex<Option<String>>,
 }
 
 impl Directory {
-    /// A directory of `members`.
-    pub fn new(members: Vec<Member>) -> Directory {
+    /// A directory of `members`, remembering the `removed` incarnations.
+    pub fn new(members: Vec<Member>, removed: Vec<RemovedMember>) -> Directory {
         Directory {
             members: Mutex::new(members),
-            removed_ids: Mutex::new(BTreeSet::new()),
+            removed: Mutex::new(removed),
             removal: Mutex::new(None),
         }
     }
 
-    /// Whether this node saw `id` removed from the configuration.
-    pub fn was_removed(&self, id: NodeId) -> bool {
-        self.removed_ids
-            .lock()
-            .expect("directory lock poisoned")
-            .contains(&id)
+    /// Whether RPCs from incarnation `incarnation` of `id` are heard: a member's record must
+    /// name that incarnation (a record without one, 0, from a configuration older than
+    /// incarnations, accepts any); else a removed incarnation is told so (410), and anyone
+    /// else is refused (403).
+    pub fn standing(&self, id: NodeId, incarnation: u64) -> Standing {
+        let member = self.member(id);
+        if let Some(member) = &member {
+            if member.incarnation == 0 || member.incarnation == incarnation {
+                return Standing::Member;
+            }
+        }
+        let removed = self.removed.lock().expect("directory lock poisoned");
+        if removed.iter().any(|r| r.covers(id, incarnation)) {
+            Standing::Removed
+        } else if member.is_some() {
+            Standing::OtherIncarnation
+        } else {
+            Standing::Stranger
+        }
     }
 
     /// Why this node was removed from the cluster, once it knows.
@@ -86,24 +101,10 @@ impl Directory {
         self.members().into_iter().find(|m| m.name == name)
     }
 
-    /// Whether `id` is a member (voter or learner).
-    pub fn is_member(&self, id: NodeId) -> bool {
-        self.member(id).is_some()
-    }
-
-    pub(super) fn replace(&self, members: Vec<Member>) {
-        let mut current = self.members.lock().expect("directory lock poisoned");
-        let mut removed_ids = self.removed_ids.lock().expect("directory lock poisoned");
-        for gone in current
-            .iter()
-            .filter(|old| members.iter().all(|m| m.id != old.id))
-        {
-            removed_ids.insert(gone.id);
-        }
-        for member in &members {
-            removed_ids.remove(&member.id);
-        }
-        *current = members;
+    /// Takes the members and removed incarnations of a new configuration.
+    pub(super) fn replace(&self, members: Vec<Member>, removed: Vec<RemovedMember>) {
+        *self.members.lock().expect("directory lock poisoned") = members;
+        *self.removed.lock().expect("directory lock poisoned") = removed;
     }
 }
 
@@ -559,7 +560,7 @@ mod tests {
         raft.campaign();
         settle(&mut raft);
         assert_eq!(raft.soft_state().role, Role::Leader);
-        let directory = Directory::new(members_of(raft.membership(), &cluster));
+        let directory = Directory::new(members_of(raft.membership(), &cluster), Vec::new());
         (raft, directory)
     }
 
@@ -590,10 +591,10 @@ mod tests {
             Err(MembershipError::InFlight)
         );
         settle(&mut raft);
-        directory.replace(members_of(
-            raft.membership(),
-            &ClusterInfo::new("n1", "h:1", vec![]),
-        ));
+        directory.replace(
+            members_of(raft.membership(), &ClusterInfo::new("n1", "h:1", vec![])),
+            raft.membership().removed.clone(),
+        );
         assert!(propose(&mut raft, &directory, add("n3", "h:3"), Some(index)).is_ok());
     }
 
@@ -645,10 +646,10 @@ mod tests {
         // A learner that never answered is not caught up.
         propose(&mut raft, &directory, add("n2", "h:2"), None).unwrap();
         settle(&mut raft);
-        directory.replace(members_of(
-            raft.membership(),
-            &ClusterInfo::new("n1", "h:1", vec![]),
-        ));
+        directory.replace(
+            members_of(raft.membership(), &ClusterInfo::new("n1", "h:1", vec![])),
+            raft.membership().removed.clone(),
+        );
         assert!(matches!(
             propose(
                 &mut raft,
@@ -670,19 +671,50 @@ mod tests {
     }
 
     #[test]
-    fn the_directory_remembers_who_left_until_they_come_back() {
-        let member = |name: &str| Member {
+    fn the_directory_hears_members_under_their_incarnation_and_tells_removed_ones_so() {
+        let member = |name: &str, incarnation: u64| Member {
             name: name.into(),
             id: node_id_of(name),
             addr: format!("{name}:1"),
-            incarnation: 0,
+            incarnation,
         };
-        let directory = Directory::new(vec![member("a"), member("b")]);
-        directory.replace(vec![member("a")]);
-        assert!(directory.was_removed(node_id_of("b")));
-        assert!(!directory.was_removed(node_id_of("a")));
-        directory.replace(vec![member("a"), member("b")]);
-        assert!(!directory.was_removed(node_id_of("b")));
+        let (a, b, c) = (node_id_of("a"), node_id_of("b"), node_id_of("c"));
+        // "a" is recorded with incarnation 5, "legacy" without one; "b" incarnation 6 was
+        // removed, and every incarnation of "c" (removed without a record).
+        let directory = Directory::new(
+            vec![member("a", 5), member("legacy", 0)],
+            vec![
+                RemovedMember {
+                    id: b,
+                    incarnation: 6,
+                },
+                RemovedMember {
+                    id: c,
+                    incarnation: 0,
+                },
+            ],
+        );
+        assert_eq!(directory.standing(a, 5), Standing::Member);
+        assert_eq!(directory.standing(a, 4), Standing::OtherIncarnation);
+        assert_eq!(
+            directory.standing(node_id_of("legacy"), 99),
+            Standing::Member
+        );
+        assert_eq!(directory.standing(b, 6), Standing::Removed);
+        assert_eq!(directory.standing(b, 7), Standing::Stranger);
+        assert_eq!(directory.standing(c, 1), Standing::Removed);
+        assert_eq!(directory.standing(node_id_of("d"), 1), Standing::Stranger);
+        // "b" joins again as a new incarnation: that one is heard, the removed one still told.
+        directory.replace(
+            vec![member("a", 5), member("b", 8)],
+            vec![RemovedMember {
+                id: b,
+                incarnation: 6,
+            }],
+        );
+        assert_eq!(directory.standing(b, 8), Standing::Member);
+        assert_eq!(directory.standing(b, 6), Standing::Removed);
+        assert_eq!(directory.standing(b, 9), Standing::OtherIncarnation);
         assert_eq!(directory.removal(), None);
         directory.mark_removed("first".into());
         directory.mark_removed("second".into());

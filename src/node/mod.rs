@@ -544,7 +544,7 @@ impl NodeHandle {
     #[cfg(test)]
     pub(crate) fn with_driver_gone(config: NodeConfig, status: NodeStatus) -> NodeHandle {
         let cluster = ClusterInfo::new(&config.name, &config.listen_addr, Vec::new());
-        let directory = Arc::new(members::Directory::new(cluster.members.clone()));
+        let directory = Arc::new(members::Directory::new(cluster.members.clone(), Vec::new()));
         let (requests, _) = mpsc::channel(1);
         let (inbound, _) = mpsc::channel(1);
         let (snapshot_chunks, _) = mpsc::channel(1);

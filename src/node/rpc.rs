@@ -19,6 +19,8 @@ pub struct ChunkHeader {
     pub from: NodeId,
     /// The receiving member.
     pub to: NodeId,
+    /// The incarnation of the sender's data directory (see [`Standing`]).
+    pub from_incarnation: u64,
     /// The leader's term when it started the transfer.
     pub term: Term,
     /// The snapshot the file holds.
@@ -67,7 +69,7 @@ pub fn decode_chunk(
     body_bytes_max: usize,
     cluster_id: u64,
     self_id: NodeId,
-    is_member: impl Fn(NodeId) -> bool,
+    standing: impl Fn(NodeId, u64) -> Standing,
 ) -> Result<(ChunkHeader, usize), RpcError> {
     if bytes.len() > body_bytes_max {
         return Err(RpcError::TooLarge {
@@ -92,10 +94,11 @@ pub fn decode_chunk(
     check_route(
         header.cluster_id,
         header.from,
+        header.from_incarnation,
         header.to,
         cluster_id,
         self_id,
-        is_member,
+        standing,
     )?;
     Ok((header, 4 + head_len))
 }
@@ -110,14 +113,31 @@ pub fn decode_answer(bytes: &[u8]) -> Result<ChunkAnswer, RpcError> {
     postcard::from_bytes(bytes).map_err(|e| RpcError::Malformed(e.to_string()))
 }
 
+/// What the receiver's configuration says of a sender (its id and the incarnation of its data
+/// directory): only a member whose record names this incarnation is heard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// The configuration names the sender with this incarnation (or with none recorded).
+    Member,
+    /// This incarnation of the sender was removed from the configuration: answered 410 Gone,
+    /// which tells it to stop.
+    Removed,
+    /// The configuration names the sender with another incarnation: this one lost (or never
+    /// had) the durable state of that member, so it must not vote or count in a quorum as it.
+    OtherIncarnation,
+    /// The sender is not a member.
+    Stranger,
+}
+
 /// The cluster and member checks every peer RPC passes.
 fn check_route(
     got_cluster: u64,
     from: NodeId,
+    from_incarnation: u64,
     to: NodeId,
     cluster_id: u64,
     self_id: NodeId,
-    is_member: impl Fn(NodeId) -> bool,
+    standing: impl Fn(NodeId, u64) -> Standing,
 ) -> Result<(), RpcError> {
     if got_cluster != cluster_id {
         return Err(RpcError::WrongCluster {
@@ -130,10 +150,13 @@ fn check_route(
             "addressed to node {to:#x}, this is node {self_id:#x}"
         )));
     }
-    if !is_member(from) {
-        return Err(RpcError::Stranger { from });
+    let incarnation = from_incarnation;
+    match standing(from, incarnation) {
+        Standing::Member => Ok(()),
+        Standing::Removed => Err(RpcError::Removed { from, incarnation }),
+        Standing::OtherIncarnation => Err(RpcError::OtherIncarnation { from, incarnation }),
+        Standing::Stranger => Err(RpcError::Stranger { from }),
     }
-    Ok(())
 }
 
 /// One HTTP body of Raft traffic from one node to another.
@@ -145,6 +168,8 @@ pub struct RpcEnvelope {
     pub from: NodeId,
     /// The receiving member.
     pub to: NodeId,
+    /// The incarnation of the sender's data directory (see [`Standing`]).
+    pub from_incarnation: u64,
     /// The messages, in the order the sender's core produced them.
     pub messages: Vec<Message>,
 }
@@ -174,11 +199,27 @@ pub enum RpcError {
     /// The addressee is not this node.
     #[error("raft rpc rejected: {0}")]
     NotMember(String),
-    /// The sender is not a member (perhaps one that was removed).
+    /// The sender is not a member.
     #[error("raft rpc rejected: sender {from:#x} is not a member")]
     Stranger {
         /// The sender.
         from: NodeId,
+    },
+    /// This incarnation of the sender was removed from the cluster.
+    #[error("raft rpc rejected: sender {from:#x} (incarnation {incarnation:#x}) was removed from the cluster")]
+    Removed {
+        /// The sender.
+        from: NodeId,
+        /// The sender's incarnation.
+        incarnation: u64,
+    },
+    /// The configuration records the sender with another incarnation.
+    #[error("raft rpc rejected: sender {from:#x} is a member under another incarnation than {incarnation:#x} (its data directory was replaced)")]
+    OtherIncarnation {
+        /// The sender.
+        from: NodeId,
+        /// The sender's incarnation.
+        incarnation: u64,
     },
 }
 
@@ -195,7 +236,7 @@ pub fn decode(
     body_bytes_max: usize,
     cluster_id: u64,
     self_id: NodeId,
-    is_member: impl Fn(NodeId) -> bool,
+    standing: impl Fn(NodeId, u64) -> Standing,
 ) -> Result<RpcEnvelope, RpcError> {
     if bytes.len() > body_bytes_max {
         return Err(RpcError::TooLarge {
@@ -208,10 +249,11 @@ pub fn decode(
     check_route(
         envelope.cluster_id,
         envelope.from,
+        envelope.from_incarnation,
         envelope.to,
         cluster_id,
         self_id,
-        is_member,
+        standing,
     )?;
     for message in &envelope.messages {
         if message.from != envelope.from || message.to != envelope.to {
@@ -266,6 +308,7 @@ mod tests {
             cluster_id: 9,
             from: 1,
             to: 2,
+            from_incarnation: 0x77,
             messages: vec![heartbeat(1, 2)],
         }
     }
@@ -273,39 +316,67 @@ mod tests {
     #[test]
     fn an_envelope_round_trips() {
         let bytes = encode(&envelope());
-        assert_eq!(decode(&bytes, 1 << 20, 9, 2, |id| id == 1), Ok(envelope()));
+        assert_eq!(decode(&bytes, 1 << 20, 9, 2, member_1), Ok(envelope()));
     }
 
-    /// Asserts that `decode(body_bytes_max, cluster_id, self_id, sender_is_member)` refuses
-    /// another cluster, a stranger, a wrong addressee and an oversized body (the body is from
-    /// node 1 to node 2 in cluster 9, over 8 bytes long).
+    /// The receiver's view in most tests: node 1 is a member with incarnation 0x77.
+    fn member_1(id: NodeId, incarnation: u64) -> Standing {
+        if id == 1 && incarnation == 0x77 {
+            Standing::Member
+        } else {
+            Standing::Stranger
+        }
+    }
+
+    /// Asserts that `decode(body_bytes_max, cluster_id, self_id, standing)` refuses another
+    /// cluster, a stranger, a removed or replaced incarnation, a wrong addressee and an
+    /// oversized body (the body is from node 1, incarnation 0x77, to node 2 in cluster 9, over
+    /// 8 bytes long), and passes the sender's id and incarnation to `standing`.
     fn assert_route_checks<T: std::fmt::Debug>(
-        decode: impl Fn(usize, u64, NodeId, bool) -> Result<T, RpcError>,
+        decode: impl Fn(usize, u64, NodeId, &dyn Fn(NodeId, u64) -> Standing) -> Result<T, RpcError>,
     ) {
+        let member = |_, _| Standing::Member;
         assert!(matches!(
-            decode(1 << 20, 8, 2, true),
+            decode(1 << 20, 8, 2, &member),
             Err(RpcError::WrongCluster { .. })
         ));
         assert!(matches!(
-            decode(1 << 20, 9, 2, false),
+            decode(1 << 20, 9, 2, &|_, _| Standing::Stranger),
             Err(RpcError::Stranger { from: 1 })
         ));
+        assert_eq!(
+            decode(1 << 20, 9, 2, &|_, _| Standing::Removed).unwrap_err(),
+            RpcError::Removed {
+                from: 1,
+                incarnation: 0x77
+            }
+        );
+        assert_eq!(
+            decode(1 << 20, 9, 2, &|_, _| Standing::OtherIncarnation).unwrap_err(),
+            RpcError::OtherIncarnation {
+                from: 1,
+                incarnation: 0x77
+            }
+        );
         assert!(matches!(
-            decode(1 << 20, 9, 3, true),
+            decode(1 << 20, 9, 3, &member),
             Err(RpcError::NotMember(_))
         ));
         assert!(matches!(
-            decode(8, 9, 2, true),
+            decode(8, 9, 2, &member),
             Err(RpcError::TooLarge { .. })
         ));
-        assert!(decode(1 << 20, 9, 2, true).is_ok());
+        assert!(decode(1 << 20, 9, 2, &member).is_ok());
+        assert!(decode(1 << 20, 9, 2, &member_1).is_ok());
+        let other_incarnation = |id, incarnation| member_1(id, incarnation ^ 1);
+        assert!(decode(1 << 20, 9, 2, &other_incarnation).is_err());
     }
 
     #[test]
-    fn envelopes_from_another_cluster_or_a_stranger_are_refused() {
+    fn envelopes_from_another_cluster_a_stranger_or_another_incarnation_are_refused() {
         let bytes = encode(&envelope());
-        assert_route_checks(|limit, cluster, me, member| {
-            decode(&bytes, limit, cluster, me, |_| member)
+        assert_route_checks(|limit, cluster, me, standing| {
+            decode(&bytes, limit, cluster, me, standing)
         });
     }
 
@@ -315,7 +386,7 @@ mod tests {
         forged.messages.push(heartbeat(3, 2));
         let bytes = encode(&forged);
         assert!(matches!(
-            decode(&bytes, 1 << 20, 9, 2, |_| true),
+            decode(&bytes, 1 << 20, 9, 2, |_, _| Standing::Member),
             Err(RpcError::Malformed(_))
         ));
     }
@@ -343,10 +414,11 @@ mod tests {
             cluster_id: 9,
             from: 1,
             to: 2,
+            from_incarnation: 0x77,
             messages: vec![append],
         });
         assert!(matches!(
-            decode(&bytes, 1 << 20, 9, 2, |_| true),
+            decode(&bytes, 1 << 20, 9, 2, |_, _| Standing::Member),
             Err(RpcError::Malformed(_))
         ));
     }
@@ -356,6 +428,7 @@ mod tests {
             cluster_id: 9,
             from: 1,
             to: 2,
+            from_incarnation: 0x77,
             term: 3,
             meta: SnapshotMeta::default(),
             transfer_id: 4,
@@ -367,7 +440,7 @@ mod tests {
     #[test]
     fn a_snapshot_chunk_round_trips_with_its_bytes() {
         let body = encode_chunk(&chunk_header(), b"abc");
-        let (header, start) = decode_chunk(&body, 1 << 20, 9, 2, |id| id == 1).unwrap();
+        let (header, start) = decode_chunk(&body, 1 << 20, 9, 2, member_1).unwrap();
         assert_eq!(header, chunk_header());
         assert_eq!(&body[start..], b"abc");
     }
@@ -375,8 +448,8 @@ mod tests {
     #[test]
     fn snapshot_chunks_get_the_same_cluster_and_member_checks_as_messages() {
         let body = encode_chunk(&chunk_header(), b"abc");
-        assert_route_checks(|limit, cluster, me, member| {
-            decode_chunk(&body, limit, cluster, me, |_| member)
+        assert_route_checks(|limit, cluster, me, standing| {
+            decode_chunk(&body, limit, cluster, me, standing)
         });
     }
 
@@ -385,13 +458,13 @@ mod tests {
         let mut body = encode_chunk(&chunk_header(), b"abc");
         body[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
-            decode_chunk(&body, 1 << 20, 9, 2, |_| true),
+            decode_chunk(&body, 1 << 20, 9, 2, |_, _| Standing::Member),
             Err(RpcError::Malformed(_))
         ));
         assert!(decode_answer(&[]).is_err());
         for len in 0..64 {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
-            assert!(decode_chunk(&bytes, 1 << 20, 9, 2, |_| true).is_err());
+            assert!(decode_chunk(&bytes, 1 << 20, 9, 2, |_, _| Standing::Member).is_err());
         }
     }
 
@@ -413,7 +486,7 @@ mod tests {
     fn garbage_is_malformed_not_a_panic() {
         for len in 0..64 {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
-            assert!(decode(&bytes, 1 << 20, 9, 2, |_| true).is_err());
+            assert!(decode(&bytes, 1 << 20, 9, 2, |_, _| Standing::Member).is_err());
         }
     }
 }

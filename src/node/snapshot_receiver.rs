@@ -221,6 +221,7 @@ mod tests {
             cluster_id: 9,
             from: 1,
             to: 2,
+            from_incarnation: 1,
             term,
             meta: meta(index),
             transfer_id,

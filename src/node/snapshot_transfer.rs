@@ -49,6 +49,8 @@ pub(super) type Leadership = Option<Term>;
 pub(super) struct TransferOptions {
     pub cluster_id: u64,
     pub self_id: NodeId,
+    /// This node's incarnation, sent with every chunk (see `rpc::Standing`).
+    pub self_incarnation: u64,
     pub data_dir: PathBuf,
     pub chunk_bytes: usize,
     /// Largest peer RPC body: a chunk and its header never exceed it.
@@ -226,6 +228,7 @@ impl OutboundStream {
                 cluster_id: self.options.cluster_id,
                 from: self.options.self_id,
                 to: self.to,
+                from_incarnation: self.options.self_incarnation,
                 term: self.term,
                 meta: self.meta.clone(),
                 transfer_id: self.transfer_id,
@@ -558,6 +561,7 @@ mod tests {
         TransferOptions {
             cluster_id: 9,
             self_id: 2,
+            self_incarnation: 1,
             data_dir,
             chunk_bytes: CHUNK_BYTES,
             body_bytes_max: 1 << 20,
@@ -611,6 +615,7 @@ mod tests {
             cluster_id: 9,
             from: 1,
             to: 2,
+            from_incarnation: 1,
             term: 5,
             meta: meta.clone(),
             transfer_id: 1,
@@ -711,6 +716,7 @@ mod tests {
                 cluster_id: 9,
                 from: 1,
                 to: 2,
+                from_incarnation: 1,
                 term: 5,
                 meta: meta.clone(),
                 transfer_id: 1,

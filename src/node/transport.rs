@@ -43,6 +43,8 @@ pub(super) struct Transport {
     dropped: Counter,
     cluster_id: u64,
     self_id: NodeId,
+    /// This node's incarnation, sent with every envelope.
+    self_incarnation: u64,
     client: HttpClient,
     rpc_timeout: Duration,
     body_bytes_max: usize,
@@ -88,6 +90,7 @@ impl Transport {
         metrics: &NodeMetrics,
     ) -> Transport {
         let peer_secret = transfer.peer_secret.clone();
+        let self_incarnation = transfer.self_incarnation;
         let snapshots =
             SnapshotSender::new(transfer, client.clone(), directory.clone(), metrics.clone());
         let dropped = metrics.registry.counter(
@@ -101,6 +104,7 @@ impl Transport {
             dropped,
             cluster_id: cluster.cluster_id,
             self_id: cluster.self_id,
+            self_incarnation,
             client,
             rpc_timeout,
             body_bytes_max,
@@ -130,6 +134,7 @@ impl Transport {
                 cluster_id: self.cluster_id,
                 from: self.self_id,
                 to: member.id,
+                from_incarnation: self.self_incarnation,
                 addr: member.addr.clone(),
                 client: self.client.clone(),
                 rpc_timeout: self.rpc_timeout,
@@ -179,6 +184,7 @@ struct PeerLink {
     cluster_id: u64,
     from: NodeId,
     to: NodeId,
+    from_incarnation: u64,
     addr: String,
     client: HttpClient,
     /// Where the snapshot files an `InstallSnapshot` names live.
@@ -225,6 +231,7 @@ impl PeerLink {
                 cluster_id: self.cluster_id,
                 from: self.from,
                 to: self.to,
+                from_incarnation: self.from_incarnation,
                 messages,
             });
             if body.len() > self.body_bytes_max {
@@ -331,6 +338,7 @@ mod tests {
                 cluster_id: u64::MAX,
                 from: u64::MAX,
                 to: u64::MAX - 1,
+                from_incarnation: u64::MAX,
                 messages,
             });
             assert!(

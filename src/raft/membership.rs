@@ -97,7 +97,7 @@ impl MembershipLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::types::Term;
+    use crate::raft::types::{MemberRecord, RemovedMember, Term, REMOVED_MEMBERS_MAX};
 
     fn config_entry(index: Index, term: Term, change: ConfChange) -> Entry {
         Entry {
@@ -118,14 +118,24 @@ mod tests {
         log
     }
 
+    /// The membership after `two_changes`: node 1 removed (it had no record).
+    fn without_1() -> Membership {
+        let mut membership = Membership::with_voters([2, 3, 4]);
+        membership.removed = vec![RemovedMember {
+            id: 1,
+            incarnation: 0,
+        }];
+        membership
+    }
+
     #[test]
     fn the_membership_at_an_index_is_the_latest_change_at_or_before_it() {
         let log = two_changes();
         assert_eq!(log.at(4), &Membership::with_voters([1, 2, 3]));
         assert_eq!(log.at(5), &Membership::with_voters([1, 2, 3, 4]));
         assert_eq!(log.at(7), &Membership::with_voters([1, 2, 3, 4]));
-        assert_eq!(log.at(8), &Membership::with_voters([2, 3, 4]));
-        assert_eq!(log.current(), &Membership::with_voters([2, 3, 4]));
+        assert_eq!(log.at(8), &without_1());
+        assert_eq!(log.current(), &without_1());
         assert_eq!(log.latest_change_index(), Some(8));
     }
 
@@ -145,13 +155,52 @@ mod tests {
         log.compact_to(7);
         assert_eq!(log.latest_change_index(), Some(8));
         assert_eq!(log.at(6), &Membership::with_voters([1, 2, 3, 4]));
-        assert_eq!(log.current(), &Membership::with_voters([2, 3, 4]));
+        assert_eq!(log.current(), &without_1());
         // Compacting exactly at a change folds it in too.
         assert_eq!(log.current_index(), 8);
         log.compact_to(8);
         assert_eq!(log.latest_change_index(), None);
         assert_eq!(log.current_index(), 8);
-        assert_eq!(log.at(8), &Membership::with_voters([2, 3, 4]));
-        assert_eq!(log.current(), &Membership::with_voters([2, 3, 4]));
+        assert_eq!(log.at(8), &without_1());
+        assert_eq!(log.current(), &without_1());
+    }
+
+    #[test]
+    fn a_removal_remembers_the_removed_incarnation_and_a_bounded_number_of_them() {
+        let record = |incarnation| MemberRecord {
+            name: "n4".into(),
+            addr: "h:4".into(),
+            incarnation,
+        };
+        let removed_4 = |incarnation| RemovedMember { id: 4, incarnation };
+        let mut membership = Membership::with_voters([1, 2, 3]);
+        membership = ConfChange::AddLearnerWithRecord(4, record(40)).apply(&membership);
+        membership = ConfChange::Remove(4).apply(&membership);
+        assert!(membership.records.is_empty());
+        assert_eq!(membership.removed, vec![removed_4(40)]);
+        assert!(membership.removed[0].covers(4, 40));
+        assert!(!membership.removed[0].covers(4, 41));
+        assert!(!membership.removed[0].covers(5, 40));
+        // Back with a new incarnation, removed again: both incarnations are remembered.
+        membership = ConfChange::AddLearnerWithRecord(4, record(41)).apply(&membership);
+        assert_eq!(membership.removed, vec![removed_4(40)]);
+        membership = ConfChange::Remove(4).apply(&membership);
+        assert_eq!(membership.removed, vec![removed_4(40), removed_4(41)]);
+        // Without a record, every incarnation counts as removed.
+        membership = ConfChange::AddLearner(4).apply(&membership);
+        membership = ConfChange::Remove(4).apply(&membership);
+        assert!(membership.removed[2].covers(4, 12345));
+        // The oldest are forgotten past the bound; a repeated removal moves to the end.
+        for id in 100..100 + REMOVED_MEMBERS_MAX as u64 {
+            membership = ConfChange::AddLearner(id).apply(&membership);
+            membership = ConfChange::Remove(id).apply(&membership);
+        }
+        assert_eq!(membership.removed.len(), REMOVED_MEMBERS_MAX);
+        assert_eq!(membership.removed[0].id, 100);
+        membership = ConfChange::AddLearner(100).apply(&membership);
+        membership = ConfChange::Remove(100).apply(&membership);
+        assert_eq!(membership.removed.len(), REMOVED_MEMBERS_MAX);
+        assert_eq!(membership.removed[0].id, 101);
+        assert_eq!(membership.removed.last().map(|r| r.id), Some(100));
     }
 }

@@ -74,6 +74,25 @@ pub struct Membership {
     ///
     /// Invariant: every key is a voter or a learner.
     pub records: BTreeMap<NodeId, MemberRecord>,
+    /// The members removed from the configuration, oldest first, at most
+    /// [`REMOVED_MEMBERS_MAX`] (the oldest are forgotten). Applied from the `Remove` entries and
+    /// carried in snapshots like `records`, so every node, after any restart, still knows that
+    /// these incarnations were removed: their RPCs are answered 410 Gone, which stops them.
+    pub removed: Vec<RemovedMember>,
+}
+
+/// How many removed members a configuration remembers.
+pub const REMOVED_MEMBERS_MAX: usize = 256;
+
+/// A member incarnation that a `Remove` change took out of the configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct RemovedMember {
+    /// The removed member.
+    pub id: NodeId,
+    /// The incarnation its record named; 0 when it had no record (then every incarnation of
+    /// `id` counts as removed until `id` is a member again).
+    pub incarnation: u64,
 }
 
 /// A member's identity outside the core: the core only carries it through the log.
@@ -89,6 +108,13 @@ pub struct MemberRecord {
     pub incarnation: u64,
 }
 
+impl RemovedMember {
+    /// Whether this record says incarnation `incarnation` of `id` was removed.
+    pub fn covers(&self, id: NodeId, incarnation: u64) -> bool {
+        self.id == id && (self.incarnation == 0 || self.incarnation == incarnation)
+    }
+}
+
 impl Membership {
     /// A membership of voters only.
     pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Self {
@@ -96,6 +122,7 @@ impl Membership {
             voters: voters.into_iter().collect(),
             learners: BTreeSet::new(),
             records: BTreeMap::new(),
+            removed: Vec::new(),
         }
     }
 
@@ -126,7 +153,7 @@ pub enum ConfChange {
     AddVoter(NodeId),
     /// Add a learner (or demote a voter to learner); a member keeps its record.
     AddLearner(NodeId),
-    /// Remove a member entirely, and its record.
+    /// Remove a member entirely; its record's incarnation joins `Membership::removed`.
     Remove(NodeId),
     /// Add a learner with its record, or replace the record of a learner: how a node joins.
     AddLearnerWithRecord(NodeId, MemberRecord),
@@ -158,7 +185,16 @@ impl ConfChange {
             ConfChange::Remove(id) => {
                 next.voters.remove(id);
                 next.learners.remove(id);
-                next.records.remove(id);
+                let incarnation = next.records.remove(id).map_or(0, |r| r.incarnation);
+                let removed = RemovedMember {
+                    id: *id,
+                    incarnation,
+                };
+                next.removed.retain(|r| *r != removed);
+                next.removed.push(removed);
+                if next.removed.len() > REMOVED_MEMBERS_MAX {
+                    next.removed.remove(0);
+                }
             }
             ConfChange::AddLearnerWithRecord(id, record) => {
                 next.voters.remove(id);

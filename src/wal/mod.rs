@@ -28,9 +28,13 @@
 //! and still succeed on retry). The node must stop acknowledging and restart from disk.
 
 mod format;
+mod snapshot_file;
 
 pub use format::{
     decode_segment, DecodedRecord, Record, Tail, FRAME_HEADER_BYTES, RECORD_BYTES_MAX,
+};
+pub use snapshot_file::{
+    decode_snapshot_file_payload, snapshot_file_payload, SNAPSHOT_FILE_MAGIC, SNAPSHOT_FILE_VERSION,
 };
 
 use std::collections::BTreeMap;
@@ -39,7 +43,7 @@ use std::path::{Path, PathBuf};
 
 use crate::env::fs;
 use crate::raft::{Entry, HardState, Index, RestoreState, Snapshot, Term};
-use format::{decode_payload, frame, frame_bounded, read_frame};
+use format::{frame, frame_bounded, read_frame};
 
 /// The default bound of a segment's size: 64 MiB.
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 << 20;
@@ -420,8 +424,7 @@ impl Wal {
                 self.snapshot_id.0
             )));
         }
-        let payload = postcard::to_stdvec(snapshot)
-            .map_err(|error| WalError::Invalid(format!("cannot encode the snapshot: {error}")))?;
+        let payload = snapshot_file_payload(snapshot).map_err(WalError::Invalid)?;
         if payload.len() > SNAPSHOT_BYTES_MAX {
             return Err(WalError::Invalid(format!(
                 "snapshot of {} bytes is over the limit of {SNAPSHOT_BYTES_MAX}",
@@ -695,7 +698,7 @@ async fn load_snapshot(dir: &Path) -> Result<Option<Snapshot>, WalError> {
             bytes.len() - frame_bytes
         )));
     }
-    let snapshot = decode_payload::<Snapshot>(payload).map_err(corrupt)?;
+    let snapshot = decode_snapshot_file_payload(payload).map_err(corrupt)?;
     // Index arithmetic (`index + 1`) must not overflow on a checksummed but absurd file.
     if snapshot.meta.index == Index::MAX {
         return Err(corrupt(format!("a snapshot at index {}", Index::MAX)));

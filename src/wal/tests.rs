@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use rand_core::{RngCore, SeedableRng};
 
+use super::format::decode_payload;
 use super::*;
 use crate::env::fs;
 use crate::env::testing::run_with_dir;
@@ -640,7 +641,7 @@ fn a_crash_between_the_snapshot_file_and_its_record_is_recovered() {
             wal.sync().await.unwrap();
             drop(wal);
             // The snapshot file made it, the record of it did not.
-            let payload = postcard::to_stdvec(&snapshot(15, term)).unwrap();
+            let payload = snapshot_file_payload(&snapshot(15, term)).unwrap();
             fs::write_atomic(wal_dir.join(SNAPSHOT_FILE_NAME), &frame_snapshot(&payload))
                 .await
                 .unwrap();
@@ -680,5 +681,45 @@ fn a_damaged_snapshot_file_is_corruption() {
         overwrite(&path, &bytes).await;
         let error = open_error(&dir).await;
         assert_corrupt(&error, &path, Some(0));
+    });
+}
+
+#[test]
+fn a_wal_whose_snapshot_file_predates_membership_changes_opens_and_is_rewritten_in_the_new_format()
+{
+    run_with_dir(|dir| async move {
+        let wal_dir = dir.join("old");
+        let (mut wal, _) = open(&wal_dir).await;
+        wal.append(&entries(1..=20, 1)).await.unwrap();
+        wal.save_snapshot(&snapshot(15, 1)).await.unwrap();
+        drop(wal);
+        // Overwrite the file with what the release before membership changes wrote: no header,
+        // a membership of voters and learners only (index, term, voters, learners, data).
+        let voters: std::collections::BTreeSet<u64> = [1, 2, 3].into();
+        let old_body = postcard::to_stdvec(&(
+            (
+                15u64,
+                1u64,
+                (voters, std::collections::BTreeSet::<u64>::new()),
+            ),
+            snapshot(15, 1).data.to_vec(),
+        ))
+        .unwrap();
+        fs::write_atomic(wal_dir.join(SNAPSHOT_FILE_NAME), &frame_snapshot(&old_body))
+            .await
+            .unwrap();
+        let (mut wal, restore) = open(&wal_dir).await;
+        assert_eq!(restore.snapshot, Some(snapshot(15, 1)));
+        assert_eq!(restore.entries, entries(16..=20, 1));
+        // The next snapshot is written with the header.
+        wal.save_snapshot(&snapshot(18, 1)).await.unwrap();
+        drop(wal);
+        let bytes = fs::read(&wal_dir.join(SNAPSHOT_FILE_NAME)).await.unwrap();
+        assert_eq!(
+            &bytes[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + 5],
+            b"RKSF\x02"
+        );
+        let (_, restore) = open(&wal_dir).await;
+        assert_eq!(restore.snapshot, Some(snapshot(18, 1)));
     });
 }

@@ -12,7 +12,18 @@ mod transfer;
 use bytes::Bytes;
 
 use super::testkit::Cluster;
-use super::{Entry, EntryKind, HardState, NodeId, RestoreState, Role, Term};
+use super::{
+    Entry, EntryKind, HardState, Membership, NodeId, RemovedMember, RestoreState, Role, Term,
+};
+
+/// `membership` after `Remove` changes of `removed` (members without a record), in order.
+fn with_removed(mut membership: Membership, removed: &[NodeId]) -> Membership {
+    membership.removed = removed
+        .iter()
+        .map(|&id| RemovedMember { id, incarnation: 0 })
+        .collect();
+    membership
+}
 
 /// The entry a figure shows at `index` with `term` (same position and term: same data).
 fn figure_entry(index: u64, term: Term) -> Entry {
