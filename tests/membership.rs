@@ -660,3 +660,70 @@ async fn after_its_peers_restart_a_removed_node_gets_410_and_another_incarnation
     let log = cluster.nodes[gone].log_text();
     assert!(log.contains("410 Gone"), "{log}");
 }
+
+/// A process started in its own process group, which is sent SIGTERM (the process and every
+/// node it started) when dropped, so a failing test leaves no node running.
+struct Group(std::process::Child);
+
+impl Group {
+    fn spawn(args: &[&str]) -> Group {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("spawn raft-kv");
+        Group(child)
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_kv_dev_add_and_remove_grow_and_shrink_the_running_dev_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_string();
+    let base_port = common::free_port().to_string();
+    let flags = [
+        "--base-port",
+        base_port.as_str(),
+        "--data-dir",
+        data_dir.as_str(),
+    ];
+    let _dev = Group::spawn(&[&["dev", "--nodes", "1"][..], &flags].concat());
+    let seed = format!("127.0.0.1:{base_port}");
+    wait_for_roles(&seed, voters(&["node1"])).await;
+    let mut added = Group::spawn(&[&["dev", "add", "node2"][..], &flags].concat());
+    wait_for_roles(&seed, voters(&["node1", "node2"])).await;
+    let dev = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+            .args([&["dev"][..], args, &flags].concat())
+            .output()
+            .unwrap()
+    };
+    let removed = dev(&["remove", "node2"]);
+    assert!(removed.status.success(), "{removed:?}");
+    wait_for_roles(&seed, voters(&["node1"])).await;
+    // The removed node stops by itself, and with it `dev add`.
+    let status = eventually(WAIT, "dev add exits", || {
+        let exited = added.0.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    assert!(!status.success(), "{status:?}");
+    // A bad name is a usage error (2); a name that is no member is refused by the cluster (1).
+    assert_eq!(dev(&["remove", "bad name"]).status.code(), Some(2));
+    let unknown = dev(&["remove", "node9"]);
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("404"));
+}

@@ -1,27 +1,57 @@
-//! `raft-kv dev`: a local cluster of separate node processes, for trying failover by hand.
+//! `raft-kv dev`: a local cluster of separate node processes, for trying failover by hand;
+//! `raft-kv dev add NAME` and `raft-kv dev remove NAME` grow and shrink it while it runs.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
 
-use clap::Args;
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http_body_util::Full;
 
 /// Flags of `raft-kv dev`.
 #[derive(Args, Debug)]
 pub struct DevArgs {
+    /// Grow or shrink a running dev cluster instead of starting one.
+    #[command(subcommand)]
+    action: Option<DevAction>,
     /// How many nodes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9))]
     nodes: u16,
     /// Port of the first node; the others follow.
-    #[arg(long, default_value_t = 8001, value_parser = clap::value_parser!(u16).range(1..=65000))]
+    #[arg(long, global = true, default_value_t = 8001, value_parser = clap::value_parser!(u16).range(1..=65000))]
     base_port: u16,
     /// Host to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, global = true, default_value = "127.0.0.1")]
     host: String,
     /// Parent of the nodes' data directories.
-    #[arg(long, default_value = "raft-kv-data/dev")]
+    #[arg(long, global = true, default_value = "raft-kv-data/dev")]
     data_dir: PathBuf,
 }
+
+/// What `raft-kv dev add` and `raft-kv dev remove` do to the running dev cluster.
+#[derive(Subcommand, Debug)]
+enum DevAction {
+    /// Start a node NAME that joins the running dev cluster (runs in the foreground; ctrl-c
+    /// stops it, and it exits by itself once removed).
+    Add {
+        /// The new node's name (its `--id`).
+        name: String,
+        /// Its port (default: the first free one after --base-port).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Remove member NAME from the running dev cluster (the node then exits by itself).
+    Remove {
+        /// The member's name.
+        name: String,
+    },
+}
+
+/// The dev cluster's members are looked for on this many ports from `--base-port`.
+const DEV_PORTS_SCANNED: u16 = 20;
+/// How long `dev add` and `dev remove` look for the cluster's leader.
+const DEV_LEADER_WAIT: Duration = Duration::from_secs(10);
 
 /// Prints how to grow and shrink the running dev cluster (the membership API, issue 10): a
 /// node started by hand is not stopped by ctrl-c here.
@@ -35,15 +65,136 @@ fn print_membership_commands(exe: &std::path::Path, args: &DevArgs, addrs: &[Str
         args.data_dir.join(format!("node{next}")).display(),
         addrs[0],
     );
+    println!("   or: {} dev add node{next}", exe.display());
     println!("       curl http://{}/v1/cluster/members", addrs[0]);
     println!(
-        "shrink: curl -X DELETE http://{}/v1/cluster/members/node{next}  (then stop its process)",
+        "shrink: curl -X DELETE http://{}/v1/cluster/members/node{next}  (the node then exits)",
         addrs[0]
     );
+    println!("   or: {} dev remove node{next}", exe.display());
+}
+
+/// `raft-kv dev add` / `raft-kv dev remove`: acts on the dev cluster on the ports from
+/// `--base-port`, through its leader.
+fn act(args: &DevArgs, action: &DevAction) -> ExitCode {
+    let (DevAction::Add { name, .. } | DevAction::Remove { name }) = action;
+    let name = match raft_kv::node::config::validate_name(name) {
+        Ok(name) => name,
+        Err(e) => {
+            eprintln!("raft-kv dev: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let endpoints: Vec<String> = (0..DEV_PORTS_SCANNED)
+        .filter_map(|i| args.base_port.checked_add(i))
+        .map(|port| format!("{}:{port}", args.host))
+        .collect();
+    let client = raft_kv::http::client::HttpClient::new();
+    let leader = runtime.block_on(super::bench::wait_for_leader(
+        &client,
+        &endpoints,
+        DEV_LEADER_WAIT,
+    ));
+    let Some(leader) = leader else {
+        eprintln!(
+            "raft-kv dev: no leader answers on {}:{}..{} (is `raft-kv dev` running with this \
+             --base-port?)",
+            args.host,
+            args.base_port,
+            args.base_port.saturating_add(DEV_PORTS_SCANNED - 1)
+        );
+        return ExitCode::FAILURE;
+    };
+    match action {
+        DevAction::Add { port, .. } => add(args, &name, *port, &leader),
+        DevAction::Remove { .. } => runtime.block_on(remove(&client, &name, &leader)),
+    }
+}
+
+/// Runs node `name` in the foreground, joining through `leader`.
+fn add(args: &DevArgs, name: &str, port: Option<u16>, leader: &str) -> ExitCode {
+    let port = port.or_else(|| {
+        (args.base_port..=u16::MAX)
+            .skip(1)
+            .find(|&p| std::net::TcpListener::bind((args.host.as_str(), p)).is_ok())
+    });
+    let Some(port) = port else {
+        eprintln!("raft-kv dev: no free port after {}", args.base_port);
+        return ExitCode::FAILURE;
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("raft-kv dev: cannot find this executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "raft-kv dev: starting {name} on http://{}:{port}, joining through {leader}; ctrl-c stops it",
+        args.host
+    );
+    let status = Command::new(exe)
+        .arg("--id")
+        .arg(name)
+        .arg("--host")
+        .arg(&args.host)
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--data-dir")
+        .arg(args.data_dir.join(name))
+        .arg("--join")
+        .arg(leader)
+        .stdin(Stdio::null())
+        .status();
+    match status {
+        Ok(status) if status.success() => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("raft-kv dev: {name} exited ({status})");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("raft-kv dev: cannot start {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `DELETE /v1/cluster/members/{name}` through `leader`; prints the answer.
+async fn remove(client: &raft_kv::http::client::HttpClient, name: &str, leader: &str) -> ExitCode {
+    let request = hyper::Request::delete(format!("/v1/cluster/members/{name}"))
+        .body(Full::new(Bytes::new()))
+        .expect("a valid request");
+    match client
+        .call(leader, request, 1 << 20, Duration::from_secs(30))
+        .await
+    {
+        Ok(response) if response.status().is_success() => {
+            println!("raft-kv dev: removed {name}; its process exits by itself");
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!(
+                "raft-kv dev: removing {name} answered {}: {}",
+                response.status(),
+                String::from_utf8_lossy(response.body())
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("raft-kv dev: removing {name} through {leader} failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Starts the nodes, prints their endpoints, and stops them on ctrl-c.
 pub fn run(args: DevArgs) -> ExitCode {
+    if let Some(action) = &args.action {
+        return act(&args, action);
+    }
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -101,16 +252,9 @@ pub fn run(args: DevArgs) -> ExitCode {
     print_membership_commands(&exe, &args, &addrs);
     println!("kill a node's pid to watch failover; ctrl-c stops the cluster.");
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("raft-kv dev: cannot start the runtime: {e}");
-            stop(&mut children);
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        stop(&mut children);
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let client = raft_kv::http::client::HttpClient::new();
@@ -125,6 +269,15 @@ pub fn run(args: DevArgs) -> ExitCode {
     });
     stop(&mut children);
     ExitCode::SUCCESS
+}
+
+/// A multi-threaded runtime, or `None` after saying why there is none.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("raft-kv dev: cannot start the runtime: {e}"))
+        .ok()
 }
 
 fn stop(children: &mut [(String, Child)]) {
