@@ -1,5 +1,7 @@
 //! A small pooled HTTP/1.1 client over the environment seam's TCP, used for Raft RPCs, request
-//! forwarding and the bench/dev commands. Connections to one address are reused.
+//! forwarding and the bench/dev commands. Connections to one address are reused. With a
+//! [`env::tls::ClientTls`] every connection is TLS (peer RPCs with peer TLS on, `https://`
+//! endpoints in the CLI).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +46,20 @@ pub enum ClientError {
     },
 }
 
+/// An error and its causes, `a: b: c` (a refused TLS certificate hides in a cause).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
+    }
+    message
+}
+
 /// Idle connections by address.
 type IdlePool = BTreeMap<String, Vec<SendRequest<Full<Bytes>>>>;
 
@@ -51,6 +67,8 @@ type IdlePool = BTreeMap<String, Vec<SendRequest<Full<Bytes>>>>;
 #[derive(Clone, Default)]
 pub struct HttpClient {
     idle: Arc<Mutex<IdlePool>>,
+    /// TLS for every connection, when set.
+    tls: Option<Arc<env::tls::ClientTls>>,
 }
 
 /// A response with its whole body read.
@@ -60,6 +78,19 @@ impl HttpClient {
     /// A client with an empty pool.
     pub fn new() -> Self {
         HttpClient::default()
+    }
+
+    /// A client with an empty pool whose connections all run TLS with `tls`.
+    pub fn with_tls(tls: Option<Arc<env::tls::ClientTls>>) -> Self {
+        HttpClient {
+            idle: Arc::default(),
+            tls,
+        }
+    }
+
+    /// The TLS configuration, if connections use TLS.
+    pub fn tls(&self) -> Option<&Arc<env::tls::ClientTls>> {
+        self.tls.as_ref()
     }
 
     /// Sends `request` to `addr` (`host:port`) and reads the whole response body (at most
@@ -92,9 +123,9 @@ impl HttpClient {
             }
         }
         let mut sender = self.checkout(addr).await?;
-        let http_error = |e: &dyn std::fmt::Display| ClientError::Http {
+        let http_error = |e: &dyn std::error::Error| ClientError::Http {
             addr: addr.to_string(),
-            message: e.to_string(),
+            message: with_causes(e),
         };
         let response = sender
             .send_request(request)
@@ -104,7 +135,7 @@ impl HttpClient {
         let body = Limited::new(body, body_bytes_max)
             .collect()
             .await
-            .map_err(|e| http_error(&e))?
+            .map_err(|e| http_error(&*e))?
             .to_bytes();
         self.checkin(addr, sender);
         Ok(Response::from_parts(parts, body))
@@ -136,11 +167,21 @@ impl HttpClient {
                     source,
                 })?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(env::hyper_io(stream))
+        let stream = match &self.tls {
+            Some(tls) => tls
+                .connect(addr, stream)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                })?,
+            None => env::tls::ClientStream::plain(stream),
+        };
+        let (sender, connection) = hyper::client::conn::http1::handshake(env::TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Http {
                 addr: addr.to_string(),
-                message: e.to_string(),
+                message: with_causes(&e),
             })?;
         env::spawn(async move {
             let _ = connection.await;
