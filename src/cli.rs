@@ -342,11 +342,15 @@ fn warn_if_exposed(config: &NodeConfig) {
     let authenticated = config.auth_tokens_file.is_some() || config.tls.client_cert_auth;
     let missing = match (config.tls.enabled(), authenticated) {
         (true, true) => return,
-        (false, false) => "without TLS or client authentication: anyone who can reach this port \
-                           can read and write every key, and everything travels in plaintext",
+        (false, false) => {
+            "without TLS or client authentication: anyone who can reach this port \
+                           can read and write every key, and everything travels in plaintext"
+        }
         (false, true) => "without TLS: tokens, keys and values travel in plaintext",
-        (true, false) => "without client authentication (--auth-tokens or --client-cert-auth): \
-                          anyone who can reach this port can read and write every key",
+        (true, false) => {
+            "without client authentication (--auth-tokens or --client-cert-auth): \
+                          anyone who can reach this port can read and write every key"
+        }
     };
     tracing::warn!(
         addr = %config.listen_addr,
@@ -399,7 +403,11 @@ fn run_node(args: NodeArgs) -> ExitCode {
     };
     let name = config.name.clone();
     let addr = config.listen_addr.clone();
-    let scheme = if config.tls.enabled() { "https" } else { "http" };
+    let scheme = if config.tls.enabled() {
+        "https"
+    } else {
+        "http"
+    };
     let result = runtime.block_on(raft_kv::server::run(
         config,
         raft_kv::env::shutdown_signal(),

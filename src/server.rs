@@ -125,9 +125,14 @@ pub async fn run(
     }
     let state = Arc::new(state);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = env::spawn(http::serve(listener, server_tls, state.clone(), async move {
-        let _ = http_stopped.await;
-    }));
+    let server = env::spawn(http::serve(
+        listener,
+        server_tls,
+        state.clone(),
+        async move {
+            let _ = http_stopped.await;
+        },
+    ));
     tracing::info!(
         node = %config.name,
         addr = %config.listen_addr,

@@ -79,7 +79,11 @@ async fn bench(mut args: BenchArgs) -> ExitCode {
     args.endpoints = args
         .endpoints
         .iter()
-        .map(|e| super::client::strip_scheme(e.trim()).trim_end_matches('/').to_string())
+        .map(|e| {
+            super::client::strip_scheme(e.trim())
+                .trim_end_matches('/')
+                .to_string()
+        })
         .collect();
     let client = HttpClient::with_tls(tls);
     let Some(leader) = wait_for_leader(&client, &args.endpoints, Duration::from_secs(30)).await

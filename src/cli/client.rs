@@ -136,11 +136,7 @@ impl Client {
     pub fn new(endpoints: &[String], timeout: Duration) -> Result<Client, Failure> {
         let endpoints: Vec<String> = endpoints
             .iter()
-            .map(|e| {
-                strip_scheme(e.trim())
-                    .trim_end_matches('/')
-                    .to_string()
-            })
+            .map(|e| strip_scheme(e.trim()).trim_end_matches('/').to_string())
             .filter(|e| !e.is_empty())
             .collect();
         if endpoints.is_empty() {

@@ -203,7 +203,10 @@ mod tests {
     fn incomplete_configurations_are_refused_with_the_missing_flag() {
         let mut files = peer_files();
         files.peer_trusted_ca_file = None;
-        assert!(files.validate().unwrap_err().contains("--peer-trusted-ca-file"));
+        assert!(files
+            .validate()
+            .unwrap_err()
+            .contains("--peer-trusted-ca-file"));
 
         let mut files = peer_files();
         files.cert_file = Some("c.crt".into());

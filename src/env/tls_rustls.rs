@@ -76,13 +76,9 @@ async fn load_identity(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Str
     let signing_key = rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
     let certified = CertifiedKey::new(chain, signing_key);
-    certified.keys_match().map_err(|e| {
-        format!(
-            "{} and {} do not match: {e}",
-            cert.display(),
-            key.display()
-        )
-    })?;
+    certified
+        .keys_match()
+        .map_err(|e| format!("{} and {} do not match: {e}", cert.display(), key.display()))?;
     Ok(Arc::new(certified))
 }
 
@@ -132,9 +128,10 @@ async fn load_server(files: &TlsFiles) -> Result<ServerState, String> {
     if let Some(path) = &files.peer_trusted_ca_file {
         let peer_roots = load_roots(path).await?;
         all_roots.roots.extend(peer_roots.roots.iter().cloned());
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(peer_roots), provider())
-            .build()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(peer_roots), provider())
+                .build()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
         peer_verifier = Some(verifier);
     }
     let verifier = if all_roots.is_empty() {
@@ -231,12 +228,10 @@ struct ClientFiles {
 
 async fn load_client(files: &ClientFiles) -> Result<tokio_rustls::TlsConnector, String> {
     let roots = load_roots(&files.ca).await?;
-    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider(),
-    )
-    .build()
-    .map_err(|e| format!("{}: {e}", files.ca.display()))?;
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| format!("{}: {e}", files.ca.display()))?;
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

@@ -17,10 +17,10 @@ mod leases;
 
 use super::client::HttpClient;
 use crate::env;
+use crate::env::tls::ClientIdentity;
 use crate::kv::{WriteOp, WriteRequest, WriteResult};
 use crate::metrics::{Histogram, Metrics, LATENCY_BUCKETS_SECONDS};
 use crate::node::cluster::Hello;
-use crate::env::tls::ClientIdentity;
 use crate::node::{peer_auth, rpc};
 use crate::node::{Consistency, NodeError, NodeHandle, ReadOutcome, ReadQuery, ValueView};
 use crate::raft::NodeId;
