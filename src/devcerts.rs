@@ -19,6 +19,9 @@ pub enum Usage {
     ServerAndClient,
 }
 
+/// A calendar day, `(year, month, day)`.
+pub type Day = (i32, u8, u8);
+
 /// A certificate and its private key, PEM.
 #[derive(Clone, Debug)]
 pub struct Issued {
@@ -84,8 +87,8 @@ impl Authority {
         common_name: &str,
         names: &[&str],
         usage: Usage,
-        not_before: (i32, u8, u8),
-        not_after: (i32, u8, u8),
+        not_before: Day,
+        not_after: Day,
     ) -> Result<Issued, String> {
         self.issue_with(common_name, names, usage, Some((not_before, not_after)))
     }
@@ -95,7 +98,7 @@ impl Authority {
         common_name: &str,
         names: &[&str],
         usage: Usage,
-        validity: Option<((i32, u8, u8), (i32, u8, u8))>,
+        validity: Option<(Day, Day)>,
     ) -> Result<Issued, String> {
         let key = KeyPair::generate().map_err(rcgen_error)?;
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
