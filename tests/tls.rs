@@ -1,7 +1,9 @@
 //! TLS on real `raft-kv` processes, with certificates made by rcgen in the test: client
 //! certificates (none, wrong CA, expired) are refused, a peer RPC needs a peer certificate, a
 //! 3-node TLS cluster elects, replicates and survives a leader kill -9, and SIGHUP reloads the
-//! certificate files (a bad file keeps the old ones).
+//! certificate files (a bad file keeps the old ones); a node joins a TLS cluster with --join.
+// The simulator has no TLS (see src/env/tls.rs), and these tests run real processes.
+#![cfg(not(madsim))]
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod common;
