@@ -437,3 +437,110 @@ async fn incomplete_tls_flags_stop_the_node_with_a_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--peer-cert-file"), "{stderr}");
 }
+
+/// Starts a node on all interfaces with `args`, waits until it serves, stops it, and returns
+/// what it printed.
+fn output_when_exposed(dir: &Path, name: &str, args: &[String]) -> String {
+    let log_path = dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        .args(["--id", name, "--host", "0.0.0.0"])
+        .args(["--port", &common::free_port().to_string()])
+        .arg("--data-dir")
+        .arg(dir.join(name))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("clone log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn raft-kv");
+    let deadline = Instant::now() + LEADER_WAIT;
+    let text = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("serving on") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("serving on"), "{name} did not start: {text}");
+    text
+}
+
+#[test]
+fn an_exposed_node_warns_about_what_it_lacks_and_a_secured_one_does_not() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = Pki::new(dir.path());
+    let plain = output_when_exposed(dir.path(), "plain", &[]);
+    assert!(
+        plain.contains("INSECURE") && plain.contains("without TLS or client authentication"),
+        "{plain}"
+    );
+    let tls_only = output_when_exposed(dir.path(), "tls-only", &pki.node_args(false));
+    assert!(
+        tls_only.contains("INSECURE") && tls_only.contains("without client authentication"),
+        "{tls_only}"
+    );
+    let secured = output_when_exposed(dir.path(), "secured", &pki.node_args(true));
+    assert!(!secured.contains("INSECURE"), "{secured}");
+    assert!(secured.contains("serving on https://"), "{secured}");
+}
+
+/// Runs `raft-kv` with `args`; returns (exit code, stdout, stderr).
+fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        .args(args)
+        .output()
+        .expect("run raft-kv");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_talks_https_with_etcdctl_flags() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = Pki::new(dir.path());
+    let args = pki.node_args(true);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster = Cluster::start_with(1, &args);
+    let good = pki.client(&pki.client_ca, Some(&pki.client)).await;
+    wait_for_leader(&good, &cluster, &[true], LEADER_WAIT).await;
+    let endpoint = format!("https://{}", cluster.nodes[0].addr);
+    let ca = pki.client_ca.display().to_string();
+    let cert = pki.client.0.display().to_string();
+    let key = pki.client.1.display().to_string();
+    let tls = ["--cacert", &ca, "--cert", &cert, "--key", &key];
+    let with = |command: &[&str]| -> Vec<String> {
+        let mut all: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        all.extend(["--endpoints".to_string(), endpoint.clone()]);
+        all
+    };
+    let put: Vec<String> = with(&["kv", "put", "greeting", "hello"]);
+    let mut put: Vec<&str> = put.iter().map(String::as_str).collect();
+    put.extend(tls);
+    let (code, _, stderr) = cli(&put);
+    assert_eq!(code, Some(0), "{stderr}");
+    let get: Vec<String> = with(&["kv", "get", "greeting"]);
+    let mut get: Vec<&str> = get.iter().map(String::as_str).collect();
+    let without_cert: Vec<&str> = get
+        .iter()
+        .copied()
+        .chain(["--cacert", &ca, "--timeout", "1"])
+        .collect();
+    let without_ca: Vec<&str> = get.clone();
+    get.extend(tls);
+    let (code, stdout, stderr) = cli(&get);
+    assert_eq!((code, stdout.as_str()), (Some(0), "hello"), "{stderr}");
+    // No client certificate: refused in the handshake, and the message says so.
+    let (code, _, stderr) = cli(&without_cert);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("CertificateRequired"), "{stderr}");
+    // https without a CA to check the node against is a usage error.
+    let (code, _, stderr) = cli(&without_ca);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--cacert"), "{stderr}");
+}
