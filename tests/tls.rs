@@ -544,3 +544,60 @@ async fn the_cli_talks_https_with_etcdctl_flags() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--cacert"), "{stderr}");
 }
+
+#[test]
+fn dev_tls_starts_a_secure_cluster_and_prints_commands_that_work() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out_path = dir.path().join("dev.out");
+    let out = std::fs::File::create(&out_path).expect("output file");
+    let mut dev = std::process::Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        .args(["dev", "--nodes", "1", "--tls"])
+        .args(["--base-port", &common::free_port().to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("dev"))
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().expect("clone"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn raft-kv dev");
+    let deadline = Instant::now() + LEADER_WAIT;
+    let text = loop {
+        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+        if text.contains("a leader is elected") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The printed `raft-kv kv get` line, turned into a put and a get.
+    let printed = text
+        .lines()
+        .find(|line| line.contains(" kv get greeting --endpoints https://"))
+        .map(str::to_string);
+    let outcome = printed.map(|line| {
+        let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let put: Vec<&str> = ["kv", "put", "greeting", "hi"]
+            .into_iter()
+            .chain(words[3..].iter().copied())
+            .collect();
+        (cli(&put), cli(&words))
+    });
+    // ctrl-c stops the dev cluster and its nodes.
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status();
+    let _ = dev.wait();
+    assert!(text.contains("a leader is elected"), "{text}");
+    let ((put_code, _, put_err), (get_code, got, get_err)) =
+        outcome.unwrap_or_else(|| panic!("no kv get line printed: {text}"));
+    assert_eq!(put_code, Some(0), "{put_err}");
+    assert_eq!((get_code, got.as_str()), (Some(0), "hi"), "{get_err}");
+    for file in [
+        "ca.crt",
+        "peer-ca.crt",
+        "node1.crt",
+        "node1-peer.key",
+        "client.key",
+    ] {
+        assert!(dir.path().join("dev/tls").join(file).is_file(), "{file}");
+    }
+}
