@@ -164,6 +164,29 @@ pub struct NodeArgs {
     /// refused with 401. Every member needs the same file.
     #[arg(long, env = "RAFT_KV_PEER_SECRET_FILE")]
     pub peer_secret_file: Option<PathBuf>,
+    /// TLS: the certificate (PEM, chain first to last) the client API shows. Needs --key-file
+    /// and peer TLS (one port serves both). Re-read on SIGHUP.
+    #[arg(long, env = "RAFT_KV_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// TLS: the private key (PEM) of --cert-file.
+    #[arg(long, env = "RAFT_KV_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// TLS: CA certificates (PEM) that sign client certificates.
+    #[arg(long, env = "RAFT_KV_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// TLS: every client must show a certificate signed by --trusted-ca-file (or the peer CA).
+    #[arg(long, env = "RAFT_KV_CLIENT_CERT_AUTH", requires = "trusted_ca_file")]
+    pub client_cert_auth: bool,
+    /// Peer TLS: this node's peer certificate (PEM; needs both serverAuth and clientAuth
+    /// usages), shown to peers both ways. Peer RPCs then use TLS and need a peer certificate.
+    #[arg(long, env = "RAFT_KV_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer TLS: the private key (PEM) of --peer-cert-file.
+    #[arg(long, env = "RAFT_KV_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Peer TLS: the CA (PEM) that signs every member's peer certificate.
+    #[arg(long, env = "RAFT_KV_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
     /// Put `/metrics` behind a `read` token (needs --auth-tokens).
     #[arg(long, env = "RAFT_KV_METRICS_AUTH", requires = "auth_tokens")]
     pub metrics_auth: bool,
@@ -244,6 +267,16 @@ impl NodeArgs {
         config.auth_tokens_file = self.auth_tokens.clone();
         config.metrics_auth = self.metrics_auth;
         config.peer_secret_file = self.peer_secret_file.clone();
+        config.tls = raft_kv::env::tls::TlsFiles {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+            peer_cert_file: self.peer_cert_file.clone(),
+            peer_key_file: self.peer_key_file.clone(),
+            peer_trusted_ca_file: self.peer_trusted_ca_file.clone(),
+        };
+        config.tls.validate()?;
         config.watch = raft_kv::node::watch::WatchOptions {
             history_events_max: self.watch_history_events as usize,
             history_bytes_max: self.watch_history_bytes as usize,
@@ -291,7 +324,8 @@ fn exit_on_panic() {
     }));
 }
 
-/// Warns loudly when the node listens beyond loopback with nothing keeping strangers out.
+/// Warns loudly when the node listens beyond loopback without TLS or without client
+/// authentication (tokens or client certificates).
 fn warn_if_exposed(config: &NodeConfig) {
     let host = config
         .listen_addr
@@ -302,18 +336,30 @@ fn warn_if_exposed(config: &NodeConfig) {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
-    if !loopback && config.auth_tokens_file.is_none() {
-        tracing::warn!(
-            addr = %config.listen_addr,
-            "INSECURE: listening on a non-loopback address without TLS or client authentication: \
-             anyone who can reach this port can read and write every key (see the README's Security section)"
-        );
-        eprintln!(
-            "raft-kv: WARNING: {} is reachable beyond this machine without TLS or --auth-tokens: \
-             anyone who can reach it can read and write every key",
-            config.listen_addr
-        );
+    if loopback {
+        return;
     }
+    let authenticated = config.auth_tokens_file.is_some() || config.tls.client_cert_auth;
+    let missing = match (config.tls.enabled(), authenticated) {
+        (true, true) => return,
+        (false, false) => {
+            "without TLS or client authentication: anyone who can reach this port \
+                           can read and write every key, and everything travels in plaintext"
+        }
+        (false, true) => "without TLS: tokens, keys and values travel in plaintext",
+        (true, false) => {
+            "without client authentication (--auth-tokens or --client-cert-auth): \
+                          anyone who can reach this port can read and write every key"
+        }
+    };
+    tracing::warn!(
+        addr = %config.listen_addr,
+        "INSECURE: listening on a non-loopback address {missing} (see the README's Security section)"
+    );
+    eprintln!(
+        "raft-kv: WARNING: {} is reachable beyond this machine {missing}",
+        config.listen_addr
+    );
 }
 
 /// Parses the command line and runs it.
@@ -357,11 +403,16 @@ fn run_node(args: NodeArgs) -> ExitCode {
     };
     let name = config.name.clone();
     let addr = config.listen_addr.clone();
+    let scheme = if config.tls.enabled() {
+        "https"
+    } else {
+        "http"
+    };
     let result = runtime.block_on(raft_kv::server::run(
         config,
         raft_kv::env::shutdown_signal(),
         move |_| {
-            eprintln!("raft-kv: node {name} serving on http://{addr}");
+            eprintln!("raft-kv: node {name} serving on {scheme}://{addr}");
         },
     ));
     match result {

@@ -7,6 +7,7 @@
 //! - [`plants`]: bugs planted on purpose, alive only inside the simulator;
 //! - [`node`]: the driver loop tying them together; [`http`]: the HTTP API; [`server`]: one node.
 
+pub mod devcerts;
 pub mod env;
 pub mod fnv;
 pub mod http;

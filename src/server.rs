@@ -68,7 +68,15 @@ pub async fn run(
             addr: config.listen_addr.clone(),
             source,
         })?;
-    let client = HttpClient::new();
+    let server_tls = env::tls::ServerTls::load(&config.tls)
+        .await
+        .map_err(RunError::Config)?
+        .map(Arc::new);
+    let peer_tls = env::tls::ClientTls::for_peers(&config.tls)
+        .await
+        .map_err(RunError::Config)?
+        .map(Arc::new);
+    let client = HttpClient::with_tls(peer_tls.clone());
     let limits = HttpLimits {
         key_bytes_max: config.key_bytes_max,
         value_bytes_max: config.value_bytes_max,
@@ -88,6 +96,14 @@ pub async fn run(
         .await
         .map_err(|e| RunError::Start(StartError::from(e)))?;
     state.set_incarnation(incarnation);
+    if config.tls.peer_enabled() {
+        state = state.with_peer_tls();
+    }
+    let mut reloadable = Reloadable {
+        auth: None,
+        server_tls: server_tls.clone(),
+        peer_tls,
+    };
     if let Some(path) = &config.auth_tokens_file {
         let tokens = http::auth::load_token_file(path)
             .await
@@ -97,25 +113,41 @@ pub async fn run(
             Some(path.clone()),
             config.metrics_auth,
         ));
-        drop(env::spawn(reload_on_signal(auth.clone())));
+        reloadable.auth = Some(auth.clone());
         state = state.with_auth(auth);
     } else if let Some(tokens) = &config.auth_tokens {
         // Tokens given directly (the simulator): nothing to reload.
         let auth = http::auth::ClientAuth::new(tokens.clone(), None, config.metrics_auth);
         state = state.with_auth(Arc::new(auth));
     }
+    if reloadable.any() {
+        drop(env::spawn(reload_on_signal(reloadable)));
+    }
     let state = Arc::new(state);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = env::spawn(http::serve(listener, state.clone(), async move {
-        let _ = http_stopped.await;
-    }));
-    tracing::info!(node = %config.name, addr = %config.listen_addr, peers = ?config.peers, "listening");
+    let server = env::spawn(http::serve(
+        listener,
+        server_tls,
+        state.clone(),
+        async move {
+            let _ = http_stopped.await;
+        },
+    ));
+    tracing::info!(
+        node = %config.name,
+        addr = %config.listen_addr,
+        peers = ?config.peers,
+        tls = config.tls.enabled(),
+        peer_tls = config.tls.peer_enabled(),
+        "listening"
+    );
 
     let election_timeout = config.tick_interval * config.election_ticks;
+    let client_for_join = HttpClient::with_tls(client.tls().cloned());
     tokio::pin!(shutdown);
     let handle = tokio::select! {
         biased; // deterministic in simulation, see the driver loop
-        handle = node::start(config, client) => handle?,
+        handle = node::start(config, client.clone()) => handle?,
         _ = &mut shutdown => {
             let _ = stop_http.send(());
             let _ = server.await;
@@ -125,7 +157,7 @@ pub async fn run(
     state.set_node(handle.clone());
     if let Some(join_addr) = handle.config.join.clone() {
         let config = handle.config.clone();
-        let client = HttpClient::new();
+        let client = client_for_join.clone();
         env::spawn(async move {
             node::join::promote_when_caught_up(&config, &client, &join_addr).await
         });
@@ -159,18 +191,53 @@ pub async fn run(
     Ok(())
 }
 
-/// Re-reads the token file at each SIGHUP; a bad file keeps the tokens in force.
-async fn reload_on_signal(auth: Arc<http::auth::ClientAuth>) {
+/// What a SIGHUP re-reads.
+struct Reloadable {
+    auth: Option<Arc<http::auth::ClientAuth>>,
+    server_tls: Option<Arc<env::tls::ServerTls>>,
+    peer_tls: Option<Arc<env::tls::ClientTls>>,
+}
+
+impl Reloadable {
+    fn any(&self) -> bool {
+        self.auth.is_some() || self.server_tls.is_some() || self.peer_tls.is_some()
+    }
+}
+
+/// Re-reads the token file and the certificate files at each SIGHUP; a bad file keeps the
+/// configuration in force (each part on its own: a bad token file does not stop a new
+/// certificate).
+async fn reload_on_signal(reloadable: Reloadable) {
     let mut signals = env::ReloadSignals::new();
     loop {
         signals.recv().await;
-        match auth.reload().await {
-            Ok(count) => {
-                tracing::info!(tokens = count, path = ?auth.path, "token file reloaded")
+        if let Some(auth) = &reloadable.auth {
+            match auth.reload().await {
+                Ok(count) => {
+                    tracing::info!(tokens = count, path = ?auth.path, "token file reloaded")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "token file not reloaded; the previous tokens stay in force")
+                }
             }
-            Err(error) => {
-                tracing::error!(%error, "token file not reloaded; the previous tokens stay in force")
+        }
+        let server = match &reloadable.server_tls {
+            Some(tls) => tls.reload().await,
+            None => Ok(()),
+        };
+        let peer = match &reloadable.peer_tls {
+            Some(tls) => tls.reload().await,
+            None => Ok(()),
+        };
+        match server.and(peer) {
+            Ok(()) if reloadable.server_tls.is_some() => {
+                tracing::info!("certificate files reloaded")
             }
+            Ok(()) => {}
+            Err(error) => tracing::error!(
+                %error,
+                "certificate files not reloaded; the previous certificates stay in force"
+            ),
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct BenchArgs {
     /// Before the timed run, write every key once (untimed), so the store holds `--keys` keys.
     #[arg(long)]
     preload: bool,
+    #[command(flatten)]
+    tls: super::client::TlsArgs,
 }
 
 /// Requests in flight at once while preloading.
@@ -66,8 +68,24 @@ pub fn run(args: BenchArgs) -> ExitCode {
     runtime.block_on(bench(args))
 }
 
-async fn bench(args: BenchArgs) -> ExitCode {
-    let client = HttpClient::new();
+async fn bench(mut args: BenchArgs) -> ExitCode {
+    let tls = match args.tls.load(&args.endpoints).await {
+        Ok(tls) => tls,
+        Err(failure) => {
+            eprintln!("raft-kv bench: {}", failure.message);
+            return ExitCode::from(failure.exit as u8);
+        }
+    };
+    args.endpoints = args
+        .endpoints
+        .iter()
+        .map(|e| {
+            super::client::strip_scheme(e.trim())
+                .trim_end_matches('/')
+                .to_string()
+        })
+        .collect();
+    let client = HttpClient::with_tls(tls);
     let Some(leader) = wait_for_leader(&client, &args.endpoints, Duration::from_secs(30)).await
     else {
         eprintln!(

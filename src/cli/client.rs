@@ -6,7 +6,9 @@
 //! A follower forwards writes and linearizable reads to its leader itself, so "following the
 //! leader hint" is the server's job; the client only moves on when an endpoint cannot answer.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -129,17 +131,12 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client over `endpoints` (`host:port`, an `http://` prefix and a trailing `/` are
-    /// accepted).
+    /// A client over `endpoints` (`host:port`, an `http://` or `https://` prefix and a trailing
+    /// `/` are accepted; TLS comes from [`Client::with_tls`]).
     pub fn new(endpoints: &[String], timeout: Duration) -> Result<Client, Failure> {
         let endpoints: Vec<String> = endpoints
             .iter()
-            .map(|e| {
-                e.trim()
-                    .trim_start_matches("http://")
-                    .trim_end_matches('/')
-                    .to_string()
-            })
+            .map(|e| strip_scheme(e.trim()).trim_end_matches('/').to_string())
             .filter(|e| !e.is_empty())
             .collect();
         if endpoints.is_empty() {
@@ -154,6 +151,12 @@ impl Client {
             timeout,
             token: None,
         })
+    }
+
+    /// The same client, talking TLS to every endpoint when `tls` is set.
+    pub fn with_tls(mut self, tls: Option<Arc<env::tls::ClientTls>>) -> Client {
+        self.http = HttpClient::with_tls(tls);
+        self
     }
 
     /// The same client, sending `token` as a bearer token with every request.
@@ -262,6 +265,57 @@ impl Client {
             .await
             .ok()?;
         Some(into_reply(response))
+    }
+}
+
+/// An endpoint without its `http://` or `https://` prefix.
+pub fn strip_scheme(endpoint: &str) -> &str {
+    endpoint
+        .strip_prefix("https://")
+        .or_else(|| endpoint.strip_prefix("http://"))
+        .unwrap_or(endpoint)
+}
+
+/// etcdctl's TLS flags, for every client command.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// TLS: the CA certificate (PEM) that signed the nodes' certificates; every endpoint is
+    /// then called over https.
+    #[arg(long = "cacert", env = "RAFT_KV_CACERT", global = true)]
+    pub tls_cacert: Option<PathBuf>,
+    /// TLS: a client certificate (PEM) to show, for nodes started with --client-cert-auth.
+    #[arg(long = "cert", env = "RAFT_KV_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the private key (PEM) of --cert.
+    #[arg(long = "key", env = "RAFT_KV_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS configuration these flags describe for `endpoints`, `None` for plain HTTP.
+    pub async fn load(
+        &self,
+        endpoints: &[String],
+    ) -> Result<Option<Arc<env::tls::ClientTls>>, Failure> {
+        let identity = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => return Err(Failure::new(Exit::Usage, "--cert and --key go together")),
+        };
+        let https = endpoints.iter().any(|e| e.trim().starts_with("https://"));
+        let Some(ca) = &self.tls_cacert else {
+            if https || identity.is_some() {
+                return Err(Failure::new(
+                    Exit::Usage,
+                    "https needs --cacert: the CA certificate that signed the nodes' certificates",
+                ));
+            }
+            return Ok(None);
+        };
+        let tls = env::tls::ClientTls::load(ca, identity)
+            .await
+            .map_err(|e| Failure::new(Exit::Usage, e))?;
+        Ok(Some(Arc::new(tls)))
     }
 }
 

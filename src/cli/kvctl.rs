@@ -34,6 +34,8 @@ pub struct ClusterArgs {
     /// Bearer ...`); `RAFT_KV_TOKEN` keeps it out of the process list.
     #[arg(long, env = "RAFT_KV_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub tls: super::client::TlsArgs,
 }
 
 /// `raft-kv kv ...`.
@@ -152,7 +154,10 @@ where
                 .map_err(|e| {
                     Failure::new(Exit::Unavailable, format!("cannot start the runtime: {e}"))
                 })?;
-            runtime.block_on(f(client))
+            runtime.block_on(async {
+                let tls = cluster.tls.load(&cluster.endpoints).await?;
+                f(client.with_tls(tls)).await
+            })
         });
     match result {
         Ok(()) => Exit::Ok.into(),

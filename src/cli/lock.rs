@@ -193,7 +193,12 @@ pub fn lock(args: LockArgs) -> ExitCode {
         Duration::from_secs(args.cluster.timeout_s),
     )
     .map(|client| client.with_token(args.cluster.token.clone()))
-    .map(|client| runtime.block_on(hold(client, &args)));
+    .map(|client| {
+        runtime.block_on(async {
+            let tls = args.cluster.tls.load(&args.cluster.endpoints).await?;
+            hold(client.with_tls(tls), &args).await
+        })
+    });
     match outcome {
         Ok(Ok(code)) => ExitCode::from(code),
         Ok(Err(failure)) | Err(failure) => {

@@ -10,6 +10,7 @@
 //! | clock      | the OS monotonic clock                   | madsim's virtual clock + per-node skew/drift|
 //! | randomness | OS entropy                               | madsim's seeded generator                   |
 //! | network    | tokio TCP                                | madsim's simulated TCP                      |
+//! | TLS        | rustls (ring) over tokio-rustls          | none: certificate files are refused         |
 //! | files      | `std::fs` on the blocking pool, real fsync | our own crash-modelling simulated disk    |
 //! | signals    | ctrl-c / SIGTERM, SIGHUP (reload)        | never fires                                 |
 //!
@@ -24,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub mod fs;
+pub mod tls;
 
 #[cfg(not(madsim))]
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]

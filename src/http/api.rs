@@ -17,6 +17,7 @@ mod leases;
 
 use super::client::HttpClient;
 use crate::env;
+use crate::env::tls::ClientIdentity;
 use crate::kv::{WriteOp, WriteRequest, WriteResult};
 use crate::metrics::{Histogram, Metrics, LATENCY_BUCKETS_SECONDS};
 use crate::node::cluster::Hello;
@@ -77,6 +78,8 @@ pub struct AppState {
     request_durations: Mutex<BTreeMap<(&'static str, u16), Histogram>>,
     /// Client tokens and roles (`None`: every client may do everything).
     auth: Option<Arc<ClientAuth>>,
+    /// Peer TLS is on: peer RPCs need a connection whose certificate chains to the peer CA.
+    peer_tls: bool,
 }
 
 impl AppState {
@@ -92,7 +95,15 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
             request_durations: Mutex::new(BTreeMap::new()),
             auth: None,
+            peer_tls: false,
         }
+    }
+
+    /// The same state with peer TLS on: `POST /v1/raft/messages` and `/v1/raft/snapshot` answer
+    /// only connections that showed a peer certificate (401 without one, 403 with another).
+    pub fn with_peer_tls(mut self) -> AppState {
+        self.peer_tls = true;
+        self
     }
 
     /// Records this node's incarnation, for hello answers.
@@ -163,6 +174,11 @@ where
 {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
+    if state.peer_tls && (path == "/v1/raft/messages" || path == "/v1/raft/snapshot") {
+        if let Some(refused) = peer_certificate_refusal(request.extensions().get()) {
+            return ("denied", refused);
+        }
+    }
     if let Some(auth) = &state.auth {
         let authorization = request.headers().get(hyper::header::AUTHORIZATION);
         if let Err(denied) = auth.check(&path, &method, authorization) {
@@ -402,6 +418,23 @@ fn cluster(state: &AppState) -> HttpResponse {
             "members": members,
         }),
     )
+}
+
+/// Why a connection may not carry peer RPCs under peer TLS (see `env::tls`), or `None`.
+fn peer_certificate_refusal(identity: Option<&ClientIdentity>) -> Option<HttpResponse> {
+    match identity.copied().unwrap_or(ClientIdentity::Anonymous) {
+        ClientIdentity::Peer => None,
+        ClientIdentity::Anonymous => Some(error(
+            StatusCode::UNAUTHORIZED,
+            "peer_unauthenticated",
+            "peer rpc without a peer certificate; peer TLS is on",
+        )),
+        ClientIdentity::Client => Some(error(
+            StatusCode::FORBIDDEN,
+            "peer_forbidden",
+            "peer rpc with a certificate that does not chain to the peer CA",
+        )),
+    }
 }
 
 /// The started node and the body of a peer RPC, or the response that refuses it.

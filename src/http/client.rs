@@ -1,5 +1,7 @@
 //! A small pooled HTTP/1.1 client over the environment seam's TCP, used for Raft RPCs, request
-//! forwarding and the bench/dev commands. Connections to one address are reused.
+//! forwarding and the bench/dev commands. Connections to one address are reused. With a
+//! [`env::tls::ClientTls`] every connection is TLS (peer RPCs with peer TLS on, `https://`
+//! endpoints in the CLI).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -44,13 +46,39 @@ pub enum ClientError {
     },
 }
 
+/// An error and its causes, `a: b: c` (a refused TLS certificate hides in a cause).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// How long a failed request waits for its connection's own error (TLS only: a refused client
+/// certificate arrives as an alert the connection task reads, after the request is cancelled).
+const CONNECTION_ERROR_WAIT: Duration = Duration::from_millis(200);
+
+/// One open connection: the request side, and the error its driver task ended with.
+struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    ended: tokio::sync::oneshot::Receiver<String>,
+}
+
 /// Idle connections by address.
-type IdlePool = BTreeMap<String, Vec<SendRequest<Full<Bytes>>>>;
+type IdlePool = BTreeMap<String, Vec<Connection>>;
 
 /// A cheap-to-clone pooled client.
 #[derive(Clone, Default)]
 pub struct HttpClient {
     idle: Arc<Mutex<IdlePool>>,
+    /// TLS for every connection, when set.
+    tls: Option<Arc<env::tls::ClientTls>>,
 }
 
 /// A response with its whole body read.
@@ -60,6 +88,19 @@ impl HttpClient {
     /// A client with an empty pool.
     pub fn new() -> Self {
         HttpClient::default()
+    }
+
+    /// A client with an empty pool whose connections all run TLS with `tls`.
+    pub fn with_tls(tls: Option<Arc<env::tls::ClientTls>>) -> Self {
+        HttpClient {
+            idle: Arc::default(),
+            tls,
+        }
+    }
+
+    /// The TLS configuration, if connections use TLS.
+    pub fn tls(&self) -> Option<&Arc<env::tls::ClientTls>> {
+        self.tls.as_ref()
     }
 
     /// Sends `request` to `addr` (`host:port`) and reads the whole response body (at most
@@ -91,38 +132,49 @@ impl HttpClient {
                 request.headers_mut().insert(hyper::header::HOST, host);
             }
         }
-        let mut sender = self.checkout(addr).await?;
-        let http_error = |e: &dyn std::fmt::Display| ClientError::Http {
+        let mut connection = self.checkout(addr).await?;
+        let http_error = |e: &dyn std::error::Error| ClientError::Http {
             addr: addr.to_string(),
-            message: e.to_string(),
+            message: with_causes(e),
         };
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| http_error(&e))?;
+        let response = match connection.sender.send_request(request).await {
+            Ok(response) => response,
+            Err(e) if self.tls.is_some() => {
+                // "connection closed" hides why: the TLS alert is the connection's error.
+                let cause = env::timeout(CONNECTION_ERROR_WAIT, &mut connection.ended).await;
+                return Err(match cause {
+                    Ok(Ok(cause)) => ClientError::Http {
+                        addr: addr.to_string(),
+                        message: format!("{}: {cause}", with_causes(&e)),
+                    },
+                    _ => http_error(&e),
+                });
+            }
+            Err(e) => return Err(http_error(&e)),
+        };
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, body_bytes_max)
             .collect()
             .await
-            .map_err(|e| http_error(&e))?
+            .map_err(|e| http_error(&*e))?
             .to_bytes();
-        self.checkin(addr, sender);
+        self.checkin(addr, connection);
         Ok(Response::from_parts(parts, body))
     }
 
-    async fn checkout(&self, addr: &str) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+    async fn checkout(&self, addr: &str) -> Result<Connection, ClientError> {
         loop {
             let candidate = {
                 let mut idle = self.idle.lock().expect("client pool lock poisoned");
                 idle.get_mut(addr).and_then(Vec::pop)
             };
             match candidate {
-                Some(mut sender) => {
-                    if sender.is_closed() {
+                Some(mut connection) => {
+                    if connection.sender.is_closed() {
                         continue;
                     }
-                    if sender.ready().await.is_ok() {
-                        return Ok(sender);
+                    if connection.sender.ready().await.is_ok() {
+                        return Ok(connection);
                     }
                 }
                 None => break,
@@ -136,26 +188,40 @@ impl HttpClient {
                     source,
                 })?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(env::hyper_io(stream))
+        let stream = match &self.tls {
+            Some(tls) => {
+                tls.connect(addr, stream)
+                    .await
+                    .map_err(|source| ClientError::Connect {
+                        addr: addr.to_string(),
+                        source,
+                    })?
+            }
+            None => env::tls::ClientStream::plain(stream),
+        };
+        let (sender, connection) = hyper::client::conn::http1::handshake(env::TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Http {
                 addr: addr.to_string(),
-                message: e.to_string(),
+                message: with_causes(&e),
             })?;
+        let (report_end, ended) = tokio::sync::oneshot::channel();
         env::spawn(async move {
-            let _ = connection.await;
+            if let Err(error) = connection.await {
+                let _ = report_end.send(with_causes(&error));
+            }
         });
-        Ok(sender)
+        Ok(Connection { sender, ended })
     }
 
-    fn checkin(&self, addr: &str, sender: SendRequest<Full<Bytes>>) {
-        if sender.is_closed() {
+    fn checkin(&self, addr: &str, connection: Connection) {
+        if connection.sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().expect("client pool lock poisoned");
         let slot = idle.entry(addr.to_string()).or_default();
         if slot.len() < IDLE_CONNECTIONS_PER_ADDR_MAX {
-            slot.push(sender);
+            slot.push(connection);
         }
     }
 }

@@ -21,9 +21,11 @@ use crate::env;
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves HTTP on `listener` until `shutdown` resolves.
+/// Serves HTTP on `listener` until `shutdown` resolves; HTTPS when `tls` is set. Every request
+/// carries the connection's [`env::tls::ClientIdentity`] in its extensions.
 pub async fn serve(
     listener: env::TcpListener,
+    tls: Option<Arc<env::tls::ServerTls>>,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -34,7 +36,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer_addr) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
@@ -44,10 +46,30 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let tls = tls.clone();
         env::spawn(async move {
+            let (stream, identity) = match tls {
+                None => (
+                    env::tls::ServerStream::plain(stream),
+                    env::tls::ClientIdentity::Anonymous,
+                ),
+                // The handshake has the same deadline as a request head.
+                Some(tls) => match env::timeout(HEADER_READ_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(accepted)) => accepted,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, peer = %peer_addr, "tls handshake failed");
+                        return;
+                    }
+                    Err(env::Elapsed) => {
+                        tracing::debug!(peer = %peer_addr, "tls handshake timed out");
+                        return;
+                    }
+                },
+            };
             let header_bytes_max = state.limits.header_bytes_max.max(8192);
-            let service = hyper::service::service_fn(move |request| {
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
                 let state = state.clone();
+                request.extensions_mut().insert(identity);
                 async move {
                     if let Some(refused) = guard::refusal_response(&request) {
                         return Ok::<_, Infallible>(refused);
@@ -72,9 +94,8 @@ pub async fn serve(
 
 /// The connection as hyper reads it: every request head passes [`guard::HeadGuard`] first.
 fn guarded_io(
-    stream: env::TcpStream,
+    stream: env::tls::ServerStream,
     header_bytes_max: usize,
-) -> env::TokioIo<guard::HeadGuard<env::FlushWhenWritten<env::TcpStream>>> {
-    let flushing = env::hyper_io(stream).into_inner();
-    env::TokioIo::new(guard::HeadGuard::new(flushing, header_bytes_max))
+) -> env::TokioIo<guard::HeadGuard<env::tls::ServerStream>> {
+    env::TokioIo::new(guard::HeadGuard::new(stream, header_bytes_max))
 }

@@ -73,6 +73,9 @@ pub struct NodeConfig {
     pub peer_secret_file: Option<PathBuf>,
     /// The secret itself, loaded from `peer_secret_file` when the node starts (`server::run`).
     pub peer_secret: Option<super::peer_auth::PeerSecret>,
+    /// Certificate files (`--cert-file` ... `--peer-trusted-ca-file`): see `env::tls`. Empty:
+    /// plain HTTP.
+    pub tls: crate::env::tls::TlsFiles,
     /// Bounds of the watch history and of the watches waiting at once.
     pub watch: super::watch::WatchOptions,
     /// Receives a [`NodeEvent`] for every role change and applied entry (the simulator's
@@ -176,6 +179,7 @@ impl NodeConfig {
             metrics_auth: false,
             peer_secret_file: None,
             peer_secret: None,
+            tls: crate::env::tls::TlsFiles::default(),
             watch: super::watch::WatchOptions::default(),
             observer: None,
         }
