@@ -843,9 +843,37 @@ async fn write(
                 "current_mod_index": current_mod_index,
             }),
         ),
+        WriteResult::QuotaExceeded { .. } => quota_exceeded(&outcome.result),
         lease_result => return Ok(leases::write_result_response(index, lease_result)),
     };
     Ok(with_index(response, index))
+}
+
+/// `507 Insufficient Storage` for a write the store refused at apply because it would have
+/// grown past the quota stamped into it (`--quota-bytes`): a definite "not applied".
+pub(super) fn quota_exceeded(result: &WriteResult) -> HttpResponse {
+    let &WriteResult::QuotaExceeded {
+        quota_bytes,
+        store_bytes,
+        store_bytes_after,
+    } = result
+    else {
+        unreachable!("quota_exceeded answers only WriteResult::QuotaExceeded");
+    };
+    json_response(
+        StatusCode::INSUFFICIENT_STORAGE,
+        json!({
+            "error": format!(
+                "quota exceeded: the write would grow the store from {store_bytes} to \
+                 {store_bytes_after} bytes, past the quota of {quota_bytes}; \
+                 delete keys or revoke leases to free space"
+            ),
+            "code": "quota_exceeded",
+            "quota_bytes": quota_bytes,
+            "store_bytes": store_bytes,
+            "store_bytes_after": store_bytes_after,
+        }),
+    )
 }
 
 /// The read consistency a query asks for (`consistency=linearizable|stale`).
