@@ -104,6 +104,9 @@ pub async fn run(
         let auth = http::auth::ClientAuth::new(tokens.clone(), None, config.metrics_auth);
         state = state.with_auth(Arc::new(auth));
     }
+    if let Some(options) = config.rate_limit {
+        state = state.with_rate_limit(options);
+    }
     let state = Arc::new(state);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = env::spawn(http::serve(listener, state.clone(), async move {

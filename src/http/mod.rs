@@ -7,6 +7,7 @@ pub mod auth;
 pub mod client;
 pub mod guard;
 mod members;
+pub mod rate_limit;
 mod txn;
 mod watch;
 
@@ -17,6 +18,10 @@ use std::time::Duration;
 pub use api::{handle, AppState, HttpLimits};
 
 use crate::env;
+
+/// The address a request's connection came from (a request extension set by [`serve`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteAddr(pub std::net::SocketAddr);
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,7 +39,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
@@ -46,8 +51,9 @@ pub async fn serve(
         let state = state.clone();
         env::spawn(async move {
             let header_bytes_max = state.limits.header_bytes_max.max(8192);
-            let service = hyper::service::service_fn(move |request| {
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
                 let state = state.clone();
+                request.extensions_mut().insert(RemoteAddr(peer));
                 async move {
                     if let Some(refused) = guard::refusal_response(&request) {
                         return Ok::<_, Infallible>(refused);

@@ -66,6 +66,9 @@ pub struct NodeConfig {
     /// the node stamps it into every command it proposes, and the store refuses (507) a write
     /// that would grow past the stamped quota; a follower's own value decides nothing.
     pub quota_bytes: u64,
+    /// The per-client request rate limit (`--rate-limit-rps`, `--rate-limit-burst`; `None`: no
+    /// limit). See `http::rate_limit`.
+    pub rate_limit: Option<crate::http::rate_limit::RateLimitOptions>,
     /// Client bearer tokens with roles (`--auth-tokens`; `None`: no client authentication).
     /// See `http::auth` for the file format.
     pub auth_tokens_file: Option<PathBuf>,
@@ -176,6 +179,7 @@ impl NodeConfig {
             request_queue_max: 65_536,
             idempotency_keys_max: 100_000,
             quota_bytes: crate::kv::QUOTA_BYTES_DEFAULT,
+            rate_limit: None,
             auth_tokens_file: None,
             auth_tokens: None,
             metrics_auth: false,
