@@ -72,7 +72,8 @@ pub fn promise(plant: Plant) -> Option<Promise> {
         Plant::SkipRoleCheck => (CLIENT_AUTHORIZATION, Some(5)),
         Plant::LeaseCountdownNotRestarted => (LEASE_KEPT_ALIVE, Some(50)),
         Plant::WatchResumeRepeats => (WATCH, Some(20)),
-        Plant::QuotaNotEnforcedOnApply => (QUOTA, None),
+        // Every seed of this plant runs with a small quota; caught at seed 1.
+        Plant::QuotaNotEnforcedOnApply => (QUOTA, Some(20)),
     };
     Some(Promise { victim, seeds_max })
 }
