@@ -89,6 +89,16 @@ async fn fill_to_the_quota_get_507_delete_and_write_again_losing_nothing() {
         .unwrap();
     assert_eq!(reply.status, 507, "{:?}", reply.body);
 
+    // The command-line client names the quota and exits 6 (refused).
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        .args(["kv", "put", "from-cli", "v"])
+        .env("RAFT_KV_ENDPOINTS", &addr)
+        .output()
+        .expect("run raft-kv kv put");
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert_eq!(cli.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("quota exceeded"), "{stderr}");
+
     // Reads still work; deletes free space.
     let reply = call(&addr, "GET", "/v1/kv/k000", &[], b"").await.unwrap();
     assert_eq!(reply.status, 200);
