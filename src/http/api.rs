@@ -20,7 +20,7 @@ mod leases;
 use super::client::HttpClient;
 use crate::env;
 use crate::kv::{WriteOp, WriteRequest, WriteResult};
-use crate::metrics::{Histogram, Metrics, LATENCY_BUCKETS_SECONDS};
+use crate::metrics::{Counter, Histogram, Metrics, LATENCY_BUCKETS_SECONDS};
 use crate::node::cluster::Hello;
 use crate::node::{peer_auth, rpc};
 use crate::node::{Consistency, NodeError, NodeHandle, ReadOutcome, ReadQuery, ValueView};
@@ -79,8 +79,8 @@ pub struct AppState {
     request_durations: Mutex<BTreeMap<(&'static str, u16), Histogram>>,
     /// Client tokens and roles (`None`: every client may do everything).
     auth: Option<Arc<ClientAuth>>,
-    /// The per-client request rate limit (`None`: no limit).
-    rate_limit: Option<RateLimiter>,
+    /// The per-client request rate limit and `raft_kv_rate_limited_total` (`None`: no limit).
+    rate_limit: Option<(RateLimiter, Counter)>,
 }
 
 impl AppState {
@@ -114,7 +114,12 @@ impl AppState {
 
     /// The same state with a per-client request rate limit.
     pub fn with_rate_limit(mut self, options: RateLimitOptions) -> AppState {
-        self.rate_limit = Some(RateLimiter::new(options));
+        let refused = self.metrics.counter(
+            "raft_kv_rate_limited_total",
+            "Requests refused with 429 by the per-client rate limit.",
+            &[],
+        );
+        self.rate_limit = Some((RateLimiter::new(options), refused));
         self
     }
 
@@ -894,7 +899,7 @@ pub(super) fn quota_exceeded(result: &WriteResult) -> HttpResponse {
 /// (`/health`, `/metrics`) and peer RPCs (`/v1/raft/...`) are never limited, nor a request a
 /// member forwarded (it was counted where the client sent it).
 fn rate_limited<B>(state: &AppState, request: &Request<B>, path: &str) -> Option<HttpResponse> {
-    let limiter = state.rate_limit.as_ref()?;
+    let (limiter, refused) = state.rate_limit.as_ref()?;
     if matches!(path, "/health" | "/metrics") || path.starts_with("/v1/raft/") {
         return None;
     }
@@ -915,14 +920,7 @@ fn rate_limited<B>(state: &AppState, request: &Request<B>, path: &str) -> Option
         },
     };
     let wait = limiter.check(&client, env::now()).err()?;
-    state
-        .metrics
-        .counter(
-            "raft_kv_rate_limited_total",
-            "Requests refused with 429 by the per-client rate limit.",
-            &[],
-        )
-        .inc();
+    refused.inc();
     let options = limiter.options();
     let retry_after = retry_after_seconds(wait);
     let mut response = json_response(
