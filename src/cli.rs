@@ -155,6 +155,19 @@ pub struct NodeArgs {
     /// Largest value in bytes (larger values get 413).
     #[arg(long, env = "RAFT_KV_MAX_VALUE_BYTES", default_value_t = raft_kv::kv::VALUE_BYTES_MAX)]
     pub max_value_bytes: usize,
+    /// Quota on the store's size in bytes (keys + values + 64 per key): a write that would grow
+    /// the store past it gets 507 `quota_exceeded`; deletes and reads still work. The leader's
+    /// value is the one in force (it travels in each write), so set it alike on every node.
+    #[arg(long, env = "RAFT_KV_QUOTA_BYTES", default_value_t = raft_kv::kv::QUOTA_BYTES_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub quota_bytes: u64,
+    /// Limit each client (its token's holder with --auth-tokens, else its IP address) to this
+    /// many requests per second on this node; beyond it requests get 429 with Retry-After.
+    /// `/health`, `/metrics` and peer traffic are not limited.
+    #[arg(long, env = "RAFT_KV_RATE_LIMIT_RPS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_limit_rps: Option<u32>,
+    /// Requests a client may send at once after a pause [default: --rate-limit-rps].
+    #[arg(long, env = "RAFT_KV_RATE_LIMIT_BURST", requires = "rate_limit_rps", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_limit_burst: Option<u32>,
     /// Client bearer tokens with roles, one `name role sha256-hex` line each (make one with
     /// `raft-kv token NAME ROLE`); re-read on SIGHUP. Without it every client may do everything.
     #[arg(long, env = "RAFT_KV_AUTH_TOKENS")]
@@ -264,6 +277,14 @@ impl NodeArgs {
         config.snapshot_receive_bytes_max = self.snapshot_receive_bytes_max.unwrap_or(u64::MAX);
         config.key_bytes_max = self.max_key_bytes;
         config.value_bytes_max = self.max_value_bytes;
+        config.quota_bytes = self.quota_bytes;
+        config.rate_limit = self.rate_limit_rps.map(|requests_per_second| {
+            raft_kv::http::rate_limit::RateLimitOptions {
+                requests_per_second,
+                burst: self.rate_limit_burst.unwrap_or(requests_per_second),
+                clients_max: raft_kv::http::rate_limit::RATE_LIMIT_CLIENTS_MAX_DEFAULT,
+            }
+        });
         config.auth_tokens_file = self.auth_tokens.clone();
         config.metrics_auth = self.metrics_auth;
         config.peer_secret_file = self.peer_secret_file.clone();

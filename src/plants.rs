@@ -55,11 +55,14 @@ pub enum Plant {
     /// A watch that continues from index N gets the change at N again (an off-by-one in where
     /// the history is read from), so a watcher sees a change twice.
     WatchResumeRepeats,
+    /// The state machine applies a write that grows the store past the quota stamped into it
+    /// (issue 11: `--quota-bytes`), so a replica's store passes the quota in force.
+    QuotaNotEnforcedOnApply,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 15] = [
+    pub const ALL: [Plant; 16] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -75,6 +78,7 @@ impl Plant {
         Plant::SkipRoleCheck,
         Plant::LeaseCountdownNotRestarted,
         Plant::WatchResumeRepeats,
+        Plant::QuotaNotEnforcedOnApply,
     ];
 
     /// The name used on the command line.
@@ -95,6 +99,7 @@ impl Plant {
             Plant::SkipRoleCheck => "skip-role-check",
             Plant::LeaseCountdownNotRestarted => "lease-countdown-not-restarted",
             Plant::WatchResumeRepeats => "watch-resume-repeats",
+            Plant::QuotaNotEnforcedOnApply => "quota-not-enforced-on-apply",
         }
     }
 }

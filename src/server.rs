@@ -120,6 +120,9 @@ pub async fn run(
         let auth = http::auth::ClientAuth::new(tokens.clone(), None, config.metrics_auth);
         state = state.with_auth(Arc::new(auth));
     }
+    if let Some(options) = config.rate_limit {
+        state = state.with_rate_limit(options);
+    }
     if reloadable.any() {
         drop(env::spawn(reload_on_signal(reloadable)));
     }

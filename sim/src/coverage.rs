@@ -62,6 +62,8 @@ pub struct Coverage {
     pub writes: u64,
     /// Operations whose outcome stayed unknown.
     pub unknown: u64,
+    /// Write attempts answered `507 quota_exceeded` (small-quota seeds).
+    pub quota_refused: u64,
 }
 
 impl Coverage {
@@ -246,6 +248,13 @@ impl fmt::Display for SweepCoverage {
             "  {:<26} {}",
             "unknown outcomes",
             self.spread(|c| c.unknown)
+        )?;
+        writeln!(
+            f,
+            "  {:<26} {} ({} seeds)",
+            "writes refused (507)",
+            self.spread(|c| c.quota_refused),
+            self.seeds.iter().filter(|c| c.quota_refused > 0).count()
         )?;
         let missing = self.missing_kinds();
         if missing.is_empty() {

@@ -12,6 +12,7 @@ pub mod history_file;
 pub mod lease_check;
 pub mod linearizability;
 pub mod plants;
+pub mod quota_check;
 pub mod recorder;
 pub mod regressions;
 pub mod report;

@@ -34,6 +34,10 @@ pub const LIVENESS: Victim = "liveness";
 /// A key whose lease was kept alive within a third of its TTL is never deleted (lease check).
 pub const LEASE_KEPT_ALIVE: Victim = "lease kept alive";
 
+/// No node's applied store ever holds more than the quota in force (issue 11: `--quota-bytes`),
+/// and a write answered 507 is never visible (quota check).
+pub const QUOTA: Victim = "quota";
+
 /// What a plant promises: the checker it breaks and within how many seeds (of 1..) it is caught.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Promise {
@@ -68,6 +72,8 @@ pub fn promise(plant: Plant) -> Option<Promise> {
         Plant::SkipRoleCheck => (CLIENT_AUTHORIZATION, Some(5)),
         Plant::LeaseCountdownNotRestarted => (LEASE_KEPT_ALIVE, Some(50)),
         Plant::WatchResumeRepeats => (WATCH, Some(20)),
+        // Every seed of this plant runs with a small quota; caught at seed 1.
+        Plant::QuotaNotEnforcedOnApply => (QUOTA, Some(20)),
     };
     Some(Promise { victim, seeds_max })
 }

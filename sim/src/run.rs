@@ -542,7 +542,9 @@ async fn monitor(
     shared: Shared,
     names: BTreeMap<u64, String>,
     triggers: mpsc::UnboundedSender<Trigger>,
+    quota_bytes: Option<u64>,
 ) {
+    let mut quota_check = quota_bytes.map(crate::quota_check::QuotaCheck::new);
     let name = |id: u64| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
     let mut leaders: BTreeMap<u64, u64> = BTreeMap::new();
     let mut terms: BTreeMap<u64, u64> = BTreeMap::new();
@@ -628,7 +630,16 @@ async fn monitor(
                 index,
                 changes,
             } => {
-                let changes = changes.into_iter().map(watch_change).collect();
+                let changes: Vec<_> = changes.into_iter().map(watch_change).collect();
+                if let Some(check) = &mut quota_check {
+                    if let Err(detail) = check.observe(index, &changes) {
+                        shared.fail(
+                            "quota: a store holds more than the quota in force",
+                            format!("{detail} (reported by {})", name(node)),
+                            Vec::new(),
+                        );
+                    }
+                }
                 let observed = shared
                     .lock()
                     .watch_truth
@@ -675,6 +686,9 @@ fn node_config(
     config.snapshot_transfer_chunk_bytes = scenario.transfer_chunk_bytes;
     config.rpc_body_bytes_max = scenario.rpc_body_bytes_max;
     config.wal_segment_bytes_max = scenario.wal_segment_bytes_max;
+    if let Some(quota_bytes) = scenario.quota_bytes {
+        config.quota_bytes = quota_bytes;
+    }
     config.observer = Some(observer);
     config.peer_secret = Some(crate::stranger::sim_peer_secret());
     config.auth_tokens = Some(crate::stranger::sim_tokens());
@@ -830,6 +844,7 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         shared.clone(),
         names,
         triggers_tx,
+        scenario.quota_bytes,
     ));
 
     // The clients.

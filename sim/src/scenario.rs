@@ -208,6 +208,9 @@ pub struct Scenario {
     pub transfer_chunk_bytes: usize,
     /// Largest peer RPC body (batches of messages and snapshot chunks stay under it).
     pub rpc_body_bytes_max: usize,
+    /// Every node's `--quota-bytes` in a small-quota seed (see `quota_check`); `None`: the
+    /// default, which the workload never reaches.
+    pub quota_bytes: Option<u64>,
 }
 
 /// A small seeded generator for scenario parameters.
@@ -408,6 +411,16 @@ impl Scenario {
         // span many RPCs and the faults above land in the middle of them.
         let transfer_chunk_bytes = *draw.pick(&[128, 512, 1 << 10, 1 << 10, 1 << 20]);
         let rpc_body_bytes_max = *draw.pick(&[16 << 10, 16 << 10, 64 << 10, 64 << 20]);
+        // Not drawn, so every other parameter stays what it was for every seed.
+        let (keys_count, quota_bytes) = if crate::quota_check::runs_in(seed, plant) {
+            let keys_count = keys_count + crate::quota_check::EXTRA_KEYS;
+            (
+                keys_count,
+                Some(crate::quota_check::small_quota(keys_count)),
+            )
+        } else {
+            (keys_count, None)
+        };
         Scenario {
             seed,
             plant,
@@ -436,6 +449,7 @@ impl Scenario {
             snapshot_crash_probability,
             transfer_chunk_bytes,
             rpc_body_bytes_max,
+            quota_bytes,
         }
     }
 
@@ -745,6 +759,9 @@ impl fmt::Display for Scenario {
             "  workload: {} clients, {} keys, think {}..={} ms",
             self.clients_count, self.keys_count, self.think_ms.0, self.think_ms.1
         )?;
+        if let Some(quota_bytes) = self.quota_bytes {
+            writeln!(f, "  quota: {quota_bytes} bytes on every node")?;
+        }
         writeln!(
             f,
             "  faults ({} episodes, healed at {} ms):",

@@ -9,6 +9,11 @@
 //! A 503 `dropped` is a promise that the write did not and will never apply: the client takes
 //! it at its word and ends the operation there (a retry with the same key would be answered
 //! from the idempotency table and hide a broken promise from the checker).
+//!
+//! A `507 quota_exceeded` is definite too: the store refused the write at apply, and a retry with
+//! the same key would only repeat the refusal from the idempotency table. The operation ends
+//! there as not applied, so the linearizability model never sees it: a refused write that
+//! applied after all shows up as a read of a value no operation wrote.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,6 +60,8 @@ enum Attempt {
     NotApplied(String),
     /// The node promised the write did not and will never apply (503 `dropped`).
     Dropped(String),
+    /// The store refused the write for the quota (507 `quota_exceeded`): not applied, ever.
+    QuotaRefused(String),
     /// The attempt may or may not have been applied (504, broken or timed-out call).
     Unknown(String),
 }
@@ -239,6 +246,12 @@ pub async fn run_operation(
                 tracing::debug!(key, %input, attempt, addr, reason, "client attempt dropped");
                 break;
             }
+            Attempt::QuotaRefused(reason) => {
+                tracing::debug!(key, %input, attempt, addr, reason, "client attempt over quota");
+                ctx.shared.lock().coverage.quota_refused += 1;
+                // The idempotency key's one application was the refusal: nothing else applies.
+                return Ending::NotApplied;
+            }
             Attempt::Unknown(reason) => {
                 tracing::debug!(key, %input, attempt, addr, reason, "client attempt outcome unknown");
                 maybe_applied = true;
@@ -314,6 +327,11 @@ fn classify(
             Attempt::Dropped(text())
         }
         (503 | 408, _) => Attempt::NotApplied(text()),
+        (507, KvInput::Put { .. } | KvInput::Cas { .. })
+            if json_str(body, "code").as_deref() == Some("quota_exceeded") =>
+        {
+            Attempt::QuotaRefused(text())
+        }
         (504, _) => Attempt::Unknown(text()),
         (200, KvInput::Get) => {
             let mod_index = response

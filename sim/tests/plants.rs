@@ -144,3 +144,8 @@ fn a_new_leader_that_does_not_restart_lease_countdowns_is_caught_by_the_lease_ch
 fn a_voter_that_forgets_its_vote_on_restart_is_caught_by_election_safety() {
     assert_caught_by_its_victim(Plant::ForgetVote);
 }
+
+#[test]
+fn a_store_that_applies_writes_past_the_quota_is_caught_by_the_quota_check() {
+    assert_caught_by_its_victim(Plant::QuotaNotEnforcedOnApply);
+}

@@ -48,6 +48,34 @@ pub struct BenchArgs {
     preload: bool,
     #[command(flatten)]
     tls: super::client::TlsArgs,
+    /// A bearer token (role `readwrite` or `admin`) for clusters started with `--auth-tokens`;
+    /// `RAFT_KV_TOKEN` keeps it out of the process list.
+    #[arg(long, env = "RAFT_KV_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// The `Authorization` header value for `token`, if one was given.
+fn authorization_of(token: Option<&str>) -> Option<Arc<str>> {
+    token
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .map(|token| Arc::from(format!("Bearer {token}")))
+}
+
+/// A request carrying `authorization` when set.
+fn request(
+    method: hyper::Method,
+    path: &str,
+    body: Bytes,
+    authorization: Option<&str>,
+) -> hyper::Request<Full<Bytes>> {
+    let mut builder = hyper::Request::builder().method(method).uri(path);
+    if let Some(authorization) = authorization {
+        builder = builder.header(hyper::header::AUTHORIZATION, authorization);
+    }
+    builder
+        .body(Full::new(body))
+        .expect("a bench request is valid")
 }
 
 /// Requests in flight at once while preloading.
@@ -86,13 +114,20 @@ async fn bench(mut args: BenchArgs) -> ExitCode {
         })
         .collect();
     let client = HttpClient::with_tls(tls);
-    let Some(leader) = wait_for_leader(&client, &args.endpoints, Duration::from_secs(30)).await
-    else {
-        eprintln!(
-            "raft-kv bench: no leader answered at {:?} within 30 s",
-            args.endpoints
-        );
-        return ExitCode::FAILURE;
+    let authorization = authorization_of(args.token.as_deref());
+    let leader = match wait_for_leader_with(
+        &client,
+        &args.endpoints,
+        Duration::from_secs(30),
+        authorization.as_deref(),
+    )
+    .await
+    {
+        Ok(leader) => leader,
+        Err(error) => {
+            eprintln!("raft-kv bench: {error}");
+            return ExitCode::FAILURE;
+        }
     };
     let targets: Vec<String> = if args.leader_only {
         vec![leader.clone()]
@@ -114,7 +149,7 @@ async fn bench(mut args: BenchArgs) -> ExitCode {
     let value = Bytes::from(vec![b'x'; args.value_bytes]);
     if args.preload {
         let started = env::now();
-        match preload(&client, &targets, args.keys, &value).await {
+        match preload(&client, &targets, args.keys, &value, authorization.clone()).await {
             Ok(()) => println!(
                 "  preloaded {} keys in {:.1} s (untimed)",
                 args.keys,
@@ -133,11 +168,12 @@ async fn bench(mut args: BenchArgs) -> ExitCode {
     for id in 0..args.clients {
         let client = client.clone();
         let target = targets[(id as usize) % targets.len()].clone();
-        let (value, done, completed, failed) = (
+        let (value, done, completed, failed, authorization) = (
             value.clone(),
             done.clone(),
             completed.clone(),
             failed.clone(),
+            authorization.clone(),
         );
         let keys = args.keys;
         tasks.push(env::spawn(async move {
@@ -147,9 +183,12 @@ async fn bench(mut args: BenchArgs) -> ExitCode {
             let mut rng = ChaCha8Rng::seed_from_u64(id);
             while !done.load(Ordering::Relaxed) {
                 let key = rng.next_u64() % keys;
-                let request = hyper::Request::put(bench_key_path(key))
-                    .body(Full::new(value.clone()))
-                    .expect("a bench request is valid");
+                let request = request(
+                    hyper::Method::PUT,
+                    &bench_key_path(key),
+                    value.clone(),
+                    authorization.as_deref(),
+                );
                 let started = env::now();
                 match client
                     .call(&target, request, 1 << 20, Duration::from_secs(10))
@@ -242,13 +281,19 @@ async fn preload(
     targets: &[String],
     keys: u64,
     value: &Bytes,
+    authorization: Option<Arc<str>>,
 ) -> Result<(), String> {
     /// Attempts per key before the preload gives up.
     const ATTEMPTS_MAX: u32 = 20;
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for id in 0..PRELOAD_CLIENTS {
-        let (client, next, value) = (client.clone(), next.clone(), value.clone());
+        let (client, next, value, authorization) = (
+            client.clone(),
+            next.clone(),
+            value.clone(),
+            authorization.clone(),
+        );
         let target = targets[(id as usize) % targets.len()].clone();
         tasks.push(env::spawn(async move {
             loop {
@@ -259,9 +304,12 @@ async fn preload(
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    let request = hyper::Request::put(bench_key_path(key))
-                        .body(Full::new(value.clone()))
-                        .expect("a bench request is valid");
+                    let request = request(
+                        hyper::Method::PUT,
+                        &bench_key_path(key),
+                        value.clone(),
+                        authorization.as_deref(),
+                    );
                     let outcome = client
                         .call(&target, request, 1 << 20, Duration::from_secs(10))
                         .await;
@@ -292,16 +340,41 @@ pub async fn wait_for_leader(
     endpoints: &[String],
     wait_max: Duration,
 ) -> Option<String> {
+    wait_for_leader_with(client, endpoints, wait_max, None)
+        .await
+        .ok()
+}
+
+/// [`wait_for_leader`], sending `authorization` (a cluster with `--auth-tokens` answers
+/// `/v1/cluster` only to a `read` token); a `401` or `403` ends the wait at once, as an error
+/// naming the status and the node's message.
+async fn wait_for_leader_with(
+    client: &HttpClient,
+    endpoints: &[String],
+    wait_max: Duration,
+    authorization: Option<&str>,
+) -> Result<String, String> {
     let deadline = env::now() + wait_max;
     while env::now() < deadline {
         for endpoint in endpoints {
-            let request = hyper::Request::get("/v1/cluster")
-                .body(Full::new(Bytes::new()))
-                .expect("valid request");
+            let request = request(
+                hyper::Method::GET,
+                "/v1/cluster",
+                Bytes::new(),
+                authorization,
+            );
             if let Ok(response) = client
                 .call(endpoint, request, 1 << 20, Duration::from_secs(1))
                 .await
             {
+                let status = response.status().as_u16();
+                if status == 401 || status == 403 {
+                    return Err(format!(
+                        "{endpoint} answered {status} to GET /v1/cluster (give a token with \
+                         --token or RAFT_KV_TOKEN): {}",
+                        String::from_utf8_lossy(response.body()).trim()
+                    ));
+                }
                 if let Ok(body) = serde_json::from_slice::<serde_json::Value>(response.body()) {
                     let leader = body["members"]
                         .as_array()
@@ -312,12 +385,15 @@ pub async fn wait_for_leader(
                         })
                         .and_then(|m| m["addr"].as_str());
                     if let Some(addr) = leader {
-                        return Some(addr.to_string());
+                        return Ok(addr.to_string());
                     }
                 }
             }
         }
         env::sleep(Duration::from_millis(100)).await;
     }
-    None
+    Err(format!(
+        "no leader answered at {endpoints:?} within {} s",
+        wait_max.as_secs()
+    ))
 }

@@ -13,13 +13,15 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
 
 use super::auth::{ClientAuth, Denied};
+use super::rate_limit::{retry_after_seconds, RateLimitOptions, RateLimiter};
+use super::RemoteAddr;
 mod leases;
 
 use super::client::HttpClient;
 use crate::env;
 use crate::env::tls::ClientIdentity;
 use crate::kv::{WriteOp, WriteRequest, WriteResult};
-use crate::metrics::{Histogram, Metrics, LATENCY_BUCKETS_SECONDS};
+use crate::metrics::{Counter, Histogram, Metrics, LATENCY_BUCKETS_SECONDS};
 use crate::node::cluster::Hello;
 use crate::node::{peer_auth, rpc};
 use crate::node::{Consistency, NodeError, NodeHandle, ReadOutcome, ReadQuery, ValueView};
@@ -80,6 +82,8 @@ pub struct AppState {
     auth: Option<Arc<ClientAuth>>,
     /// Peer TLS is on: peer RPCs need a connection whose certificate chains to the peer CA.
     peer_tls: bool,
+    /// The per-client request rate limit and `raft_kv_rate_limited_total` (`None`: no limit).
+    rate_limit: Option<(RateLimiter, Counter)>,
 }
 
 impl AppState {
@@ -96,6 +100,7 @@ impl AppState {
             request_durations: Mutex::new(BTreeMap::new()),
             auth: None,
             peer_tls: false,
+            rate_limit: None,
         }
     }
 
@@ -115,6 +120,17 @@ impl AppState {
     /// The same state with client authentication on.
     pub fn with_auth(mut self, auth: Arc<ClientAuth>) -> AppState {
         self.auth = Some(auth);
+        self
+    }
+
+    /// The same state with a per-client request rate limit.
+    pub fn with_rate_limit(mut self, options: RateLimitOptions) -> AppState {
+        let refused = self.metrics.counter(
+            "raft_kv_rate_limited_total",
+            "Requests refused with 429 by the per-client rate limit.",
+            &[],
+        );
+        self.rate_limit = Some((RateLimiter::new(options), refused));
         self
     }
 
@@ -184,6 +200,9 @@ where
         if let Err(denied) = auth.check(&path, &method, authorization) {
             return ("denied", denied_response(&denied));
         }
+    }
+    if let Some(refused) = rate_limited(state, &request, &path) {
+        return ("rate-limited", refused);
     }
     match path.as_str() {
         "/health" => ("/health", only(&method, &[Method::GET], || health(state))),
@@ -879,9 +898,106 @@ async fn write(
                 "current_mod_index": current_mod_index,
             }),
         ),
+        WriteResult::QuotaExceeded { .. } => quota_exceeded(&outcome.result),
         lease_result => return Ok(leases::write_result_response(index, lease_result)),
     };
     Ok(with_index(response, index))
+}
+
+/// `507 Insufficient Storage` for a write the store refused at apply because it would have
+/// grown past the quota stamped into it (`--quota-bytes`): a definite "not applied".
+pub(super) fn quota_exceeded(result: &WriteResult) -> HttpResponse {
+    let &WriteResult::QuotaExceeded {
+        quota_bytes,
+        store_bytes,
+        store_bytes_after,
+    } = result
+    else {
+        unreachable!("quota_exceeded answers only WriteResult::QuotaExceeded");
+    };
+    json_response(
+        StatusCode::INSUFFICIENT_STORAGE,
+        json!({
+            "error": format!(
+                "quota exceeded: the write would grow the store from {store_bytes} to \
+                 {store_bytes_after} bytes, past the quota of {quota_bytes}; \
+                 delete keys or revoke leases to free space"
+            ),
+            "code": "quota_exceeded",
+            "quota_bytes": quota_bytes,
+            "store_bytes": store_bytes,
+            "store_bytes_after": store_bytes_after,
+        }),
+    )
+}
+
+/// The `429` for a request over its client's rate limit, or `None` to serve it. Open routes
+/// (`/health`, `/metrics`) and peer RPCs (`/v1/raft/...`) are never limited, nor a request a
+/// member forwarded (it was counted where the client sent it).
+fn rate_limited<B>(state: &AppState, request: &Request<B>, path: &str) -> Option<HttpResponse> {
+    let (limiter, refused) = state.rate_limit.as_ref()?;
+    if matches!(path, "/health" | "/metrics") || path.starts_with("/v1/raft/") {
+        return None;
+    }
+    let remote = request.extensions().get::<RemoteAddr>().map(|addr| addr.0);
+    if forwarded_by_member(state, request, remote) {
+        return None;
+    }
+    let authorization = request.headers().get(hyper::header::AUTHORIZATION);
+    let client = match state
+        .auth
+        .as_ref()
+        .and_then(|auth| auth.holder(authorization))
+    {
+        Some(holder) => format!("token {holder}"),
+        None => match remote {
+            Some(remote) => format!("address {}", remote.ip()),
+            None => "address unknown".to_string(),
+        },
+    };
+    let wait = limiter.check(&client, env::now()).err()?;
+    refused.inc();
+    let options = limiter.options();
+    let retry_after = retry_after_seconds(wait);
+    let mut response = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({
+            "error": format!(
+                "rate limit: {client} may send {} requests per second (bursts of {}); retry in {} ms",
+                options.requests_per_second,
+                options.burst,
+                wait.as_millis()
+            ),
+            "code": "rate_limited",
+            "retry_after_ms": wait.as_millis() as u64,
+        }),
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+    Some(response)
+}
+
+/// Whether `request` carries the forwarding header of a member and comes from that member's
+/// address (members' addresses must be IP literals for this; a host name never matches).
+fn forwarded_by_member<B>(
+    state: &AppState,
+    request: &Request<B>,
+    remote: Option<std::net::SocketAddr>,
+) -> bool {
+    let (Some(remote), Some(node)) = (remote, state.node()) else {
+        return false;
+    };
+    let Some(name) = request
+        .headers()
+        .get(FORWARDED)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    node.member(crate::node::config::node_id_of(name))
+        .and_then(|member| member.addr.parse::<std::net::SocketAddr>().ok())
+        .is_some_and(|addr| addr.ip() == remote.ip())
 }
 
 /// The read consistency a query asks for (`consistency=linearizable|stale`).

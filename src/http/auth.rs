@@ -205,6 +205,18 @@ impl ClientAuth {
         Ok(count)
     }
 
+    /// The holder of the valid token in `authorization`, if any (who a rate limit counts).
+    pub fn holder(&self, authorization: Option<&hyper::header::HeaderValue>) -> Option<String> {
+        let token = bearer_token(authorization).ok()?;
+        let tokens = self
+            .tokens
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        tokens
+            .principal(token)
+            .map(|principal| principal.name.clone())
+    }
+
     /// Whether a request for `path` with `method` carrying `authorization` may proceed.
     pub fn check(
         &self,

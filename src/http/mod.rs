@@ -7,6 +7,7 @@ pub mod auth;
 pub mod client;
 pub mod guard;
 mod members;
+pub mod rate_limit;
 mod txn;
 mod watch;
 
@@ -17,6 +18,10 @@ use std::time::Duration;
 pub use api::{handle, AppState, HttpLimits};
 
 use crate::env;
+
+/// The address a request's connection came from (a request extension set by [`serve`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteAddr(pub std::net::SocketAddr);
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,7 +74,8 @@ pub async fn serve(
             let header_bytes_max = state.limits.header_bytes_max.max(8192);
             let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
                 let state = state.clone();
-                request.extensions_mut().insert(identity);
+                request.extensions_mut().insert(identity.clone());
+                request.extensions_mut().insert(RemoteAddr(peer_addr));
                 async move {
                     if let Some(refused) = guard::refusal_response(&request) {
                         return Ok::<_, Infallible>(refused);

@@ -179,6 +179,9 @@ where
 
 /// The answer to an applied transaction: `200` with whether it succeeded and each result.
 pub(super) fn response(index: u64, result: &WriteResult) -> HttpResponse {
+    if let WriteResult::QuotaExceeded { .. } = result {
+        return with_index(super::api::quota_exceeded(result), index);
+    }
     let WriteResult::Txn { succeeded, results } = result else {
         // The Idempotency-Key was first used by another kind of write: its first result stands.
         return with_index(

@@ -17,6 +17,22 @@
 //! index, even if the retried operation differs from the first one. The table of remembered keys
 //! is bounded ([`KvOptions::idempotency_keys_max`]) and forgets the oldest keys in apply order.
 //!
+//! Quota (`--quota-bytes`): the store's size is [`KvStore::store_bytes`], the sum over keys of
+//! key bytes + value bytes + [`ENTRY_OVERHEAD_BYTES`], kept exactly on every replica because it
+//! is a function of the applied keys alone. The quota itself is *not* a replica's option: the
+//! leader stamps the quota it runs with into every command it proposes ([`encode_command`]), and
+//! [`KvStore::apply`] decides from the entry alone. A replica started with another
+//! `--quota-bytes` therefore applies the same log to the same state; its own flag only matters
+//! once it leads. The alternatives lose: a quota in [`KvOptions`] (like the idempotency bound)
+//! makes a replica with another flag refuse a write its peers applied, and the replicas diverge
+//! silently; a check only at propose time races with writes already in the log, so the store
+//! could pass the quota by a whole pipeline of writes, and a new leader could not tell which
+//! entries were checked. A command that would grow the store past its stamped quota changes
+//! nothing and yields [`WriteResult::QuotaExceeded`], a definite "not applied" that the
+//! idempotency table remembers like any result. Deletes, lease revokes and writes that do not
+//! grow the store always apply. Commands without a stamp (written before quotas existed) are
+//! not limited.
+//!
 //! Point-in-time views: the keys and both sides of the idempotency table are `imbl::OrdMap`s,
 //! persistent B-trees with structural sharing. [`KvStore::clone`] is O(1) (it shares the roots)
 //! and yields a frozen, self-consistent view of keys, idempotency records and applied index that
@@ -47,6 +63,8 @@ pub use txn::{
 #[cfg(test)]
 mod lease_tests;
 #[cfg(test)]
+mod quota_tests;
+#[cfg(test)]
 mod tests;
 
 use std::ops::Bound;
@@ -70,6 +88,20 @@ pub const VALUE_BYTES_MAX: usize = 1 << 20;
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
 /// Default for [`KvOptions::idempotency_keys_max`].
 pub const IDEMPOTENCY_KEYS_MAX_DEFAULT: usize = 100_000;
+
+/// Bytes a key counts towards [`KvStore::store_bytes`] beyond its key and value bytes: the
+/// versions, the tree node and the key's `Arc` (a rough figure, but the same on every replica).
+pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
+/// Default quota on [`KvStore::store_bytes`] (2 GiB, etcd's default backend quota).
+pub const QUOTA_BYTES_DEFAULT: u64 = 2 << 30;
+
+/// What the leader adds to a command after the encoded [`WriteRequest`] (see the module docs):
+/// the quota in force when it proposed it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandStamp {
+    /// The proposing leader's `--quota-bytes`.
+    pub quota_bytes: u64,
+}
 
 /// A write as proposed through Raft (postcard-encoded into `Entry.data` by [`encode_write`]).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -206,6 +238,16 @@ pub enum WriteResult {
         /// One result per operation of the list that ran, in order.
         results: Vec<TxnOpResult>,
     },
+    /// The command would have grown the store past the quota stamped into it; nothing changed.
+    /// Last, so that the encoding of the variants before it is unchanged.
+    QuotaExceeded {
+        /// The quota the command carried.
+        quota_bytes: u64,
+        /// [`KvStore::store_bytes`] when it was refused.
+        store_bytes: u64,
+        /// What the store would have held had it applied.
+        store_bytes_after: u64,
+    },
 }
 
 /// A stored value and its versions.
@@ -330,6 +372,32 @@ impl WriteOp {
     }
 }
 
+impl WriteOp {
+    /// The most this operation can add to [`KvStore::store_bytes`]: every put it may run (of
+    /// either branch of a transaction) counted as a new key.
+    fn growth_bytes_max(&self) -> u64 {
+        match self {
+            WriteOp::Put { key, value }
+            | WriteOp::Cas { key, value, .. }
+            | WriteOp::PutLeased { key, value, .. } => entry_bytes(key, value),
+            WriteOp::Txn(txn) => txn
+                .success
+                .iter()
+                .chain(&txn.failure)
+                .map(|op| match op {
+                    TxnOp::Put { key, value } => entry_bytes(key, value),
+                    TxnOp::Delete { .. } | TxnOp::Get { .. } => 0,
+                })
+                .fold(0, u64::saturating_add),
+            WriteOp::Delete { .. }
+            | WriteOp::CasDelete { .. }
+            | WriteOp::LeaseGrant { .. }
+            | WriteOp::LeaseRevoke { .. }
+            | WriteOp::LeaseExpire { .. } => 0,
+        }
+    }
+}
+
 impl WriteRequest {
     /// Checks the limits [`KvStore::apply`] enforces, so a front end can refuse a request before
     /// proposing it. Value size is not checked here (see [`VALUE_BYTES_MAX`]).
@@ -386,26 +454,49 @@ fn validate_idempotency_key(idempotency_key: &str) -> Result<(), KvError> {
     Ok(())
 }
 
-/// Encodes a request for `Entry.data` (postcard).
+/// Encodes a request for `Entry.data` (postcard), without a stamp: no quota applies to it.
 pub fn encode_write(request: &WriteRequest) -> Bytes {
     let encoded = postcard::to_allocvec(request)
         .unwrap_or_else(|error| panic!("encoding a WriteRequest cannot fail: {error}"));
     Bytes::from(encoded)
 }
 
-/// Decodes `Entry.data` into a request. Trailing bytes after a valid request are an error, so
-/// one entry has exactly one meaning.
+/// Encodes a request followed by the leader's [`CommandStamp`] (what a node proposes).
+pub fn encode_command(request: &WriteRequest, stamp: CommandStamp) -> Bytes {
+    let mut encoded = postcard::to_allocvec(request)
+        .unwrap_or_else(|error| panic!("encoding a WriteRequest cannot fail: {error}"));
+    encoded = postcard::to_extend(&stamp, encoded)
+        .unwrap_or_else(|error| panic!("encoding a CommandStamp cannot fail: {error}"));
+    Bytes::from(encoded)
+}
+
+/// Decodes `Entry.data` into a request (ignoring its stamp, see [`decode_command`]).
 pub fn decode_write(data: &[u8]) -> Result<WriteRequest, KvError> {
-    let (request, rest) =
-        postcard::take_from_bytes::<WriteRequest>(data).map_err(|error| KvError::Decode {
-            reason: error.to_string(),
-        })?;
+    decode_command(data).map(|(request, _)| request)
+}
+
+/// Decodes `Entry.data` into a request and its stamp, if any. Trailing bytes after a valid
+/// request and stamp are an error, so one entry has exactly one meaning.
+pub fn decode_command(data: &[u8]) -> Result<(WriteRequest, Option<CommandStamp>), KvError> {
+    let decode_error = |error: postcard::Error| KvError::Decode {
+        reason: error.to_string(),
+    };
+    let (request, rest) = postcard::take_from_bytes::<WriteRequest>(data).map_err(decode_error)?;
+    if rest.is_empty() {
+        return Ok((request, None));
+    }
+    let (stamp, rest) = postcard::take_from_bytes::<CommandStamp>(rest).map_err(decode_error)?;
     if !rest.is_empty() {
         return Err(KvError::Decode {
             reason: format!("{} trailing bytes after the request", rest.len()),
         });
     }
-    Ok(request)
+    Ok((request, Some(stamp)))
+}
+
+/// What `key` = `value` counts towards [`KvStore::store_bytes`].
+pub fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
+    key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD_BYTES
 }
 
 /// The replicated key-value state machine (see the module docs).
@@ -422,6 +513,8 @@ pub struct KvStore {
     /// Index of the last entry applied (command or not).
     /// Invariant: every `mod_index` and every remembered request index is `<= applied_index`.
     applied_index: u64,
+    /// Invariant: the sum of [`entry_bytes`] over `entries`.
+    store_bytes: u64,
 }
 
 impl KvStore {
@@ -433,6 +526,7 @@ impl KvStore {
             idempotency: IdempotencyTable::default(),
             leases: LeaseTable::default(),
             applied_index: 0,
+            store_bytes: 0,
         }
     }
 
@@ -458,8 +552,8 @@ impl KvStore {
         changes: &mut Vec<KeyChange>,
     ) -> Result<WriteResult, KvError> {
         self.advance_applied_index(index);
-        let request = match decode_write(data) {
-            Ok(request) => request,
+        let (request, stamp) = match decode_command(data) {
+            Ok(decoded) => decoded,
             Err(error) => {
                 tracing::warn!(index, data_bytes = data.len(), %error, "refusing a committed command");
                 return Err(error);
@@ -473,7 +567,12 @@ impl KvStore {
                 }
             }
         }
-        let result = self.apply_op(index, request.op, changes);
+        let result = match stamp {
+            Some(CommandStamp { quota_bytes }) => {
+                self.apply_op_within_quota(index, request.op, quota_bytes, changes)
+            }
+            None => self.apply_op(index, request.op, changes),
+        };
         // Only the planted bug reaches here with a key already recorded.
         let known = plants::active(Plant::ApplyRetryTwice)
             && request
@@ -569,6 +668,45 @@ impl KvStore {
     /// The options the store was built with.
     pub fn options(&self) -> &KvOptions {
         &self.options
+    }
+
+    /// The store's size as the quota counts it: key + value + [`ENTRY_OVERHEAD_BYTES`] per key.
+    pub fn store_bytes(&self) -> u64 {
+        self.store_bytes
+    }
+
+    /// [`KvStore::apply_op`], undone (keys, leases and recorded changes) when it grew the store
+    /// past `quota_bytes`. A command that cannot grow the store past it runs without the undo
+    /// point, so the common case pays nothing; otherwise the O(1) clones of the persistent maps
+    /// are the undo point.
+    fn apply_op_within_quota(
+        &mut self,
+        index: u64,
+        op: WriteOp,
+        quota_bytes: u64,
+        changes: &mut Vec<KeyChange>,
+    ) -> WriteResult {
+        let store_bytes = self.store_bytes;
+        if store_bytes.saturating_add(op.growth_bytes_max()) <= quota_bytes {
+            return self.apply_op(index, op, changes);
+        }
+        let undo = (self.entries.clone(), self.leases.clone(), changes.len());
+        let result = self.apply_op(index, op, changes);
+        let store_bytes_after = self.store_bytes;
+        let enforced = !plants::active(Plant::QuotaNotEnforcedOnApply);
+        if enforced && store_bytes_after > quota_bytes && store_bytes_after > store_bytes {
+            let (entries, leases, changes_len) = undo;
+            self.entries = entries;
+            self.leases = leases;
+            self.store_bytes = store_bytes;
+            changes.truncate(changes_len);
+            return WriteResult::QuotaExceeded {
+                quota_bytes,
+                store_bytes,
+                store_bytes_after,
+            };
+        }
+        result
     }
 
     fn advance_applied_index(&mut self, index: u64) {
@@ -672,9 +810,10 @@ impl KvStore {
     /// Removes `key` (and its lease attachment) at `index`; returns whether it was present.
     fn remove(&mut self, index: u64, key: &[u8], changes: &mut Vec<KeyChange>) -> bool {
         self.leases.detach(key);
-        let Some((key, _)) = self.entries.remove_with_key(key) else {
+        let Some((key, value)) = self.entries.remove_with_key(key) else {
             return false;
         };
+        self.store_bytes -= entry_bytes(&key, &value.data);
         changes.push(KeyChange {
             index,
             key,
@@ -699,9 +838,13 @@ impl KvStore {
     ) -> bool {
         self.leases.detach(&key);
         let (key, create_index, created) = match self.entries.get_key_value(key.as_slice()) {
-            Some((stored, value)) => (stored.clone(), value.create_index, false),
+            Some((stored, value)) => {
+                self.store_bytes -= entry_bytes(stored, &value.data);
+                (stored.clone(), value.create_index, false)
+            }
             None => (Arc::from(key), index, true),
         };
+        self.store_bytes += entry_bytes(&key, &data);
         changes.push(KeyChange {
             index,
             key: key.clone(),

@@ -146,6 +146,7 @@ impl KvRestore {
                 value.create_index, value.mod_index
             )));
         }
+        self.store.store_bytes += super::entry_bytes(&key, &value.data);
         self.store.entries.insert(Arc::from(key), value);
         Ok(())
     }

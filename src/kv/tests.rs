@@ -311,8 +311,17 @@ fn bad_idempotency_keys_are_refused() {
 fn bad_bytes_are_an_error_not_a_panic() {
     let mut store = KvStore::new(KvOptions::default());
     let good = request(put("a", "1"));
-    let mut trailing = good.to_vec();
+    // One byte after a request reads as a quota stamp: bytes after the stamp are trailing.
+    let mut trailing = encode_command(
+        &decode_write(&good).unwrap(),
+        CommandStamp {
+            quota_bytes: 1 << 20,
+        },
+    )
+    .to_vec();
     trailing.push(0);
+    let mut bad_stamp = good.to_vec();
+    bad_stamp.push(0xff); // a varint that never ends
     let cases: Vec<Vec<u8>> = vec![
         vec![],
         vec![0xff; 16],
@@ -320,6 +329,7 @@ fn bad_bytes_are_an_error_not_a_panic() {
         vec![0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0x0f], // a key length far beyond the input
         good[..good.len() - 1].to_vec(), // truncated
         trailing,
+        bad_stamp,
     ];
     for (offset, data) in cases.iter().enumerate() {
         let index = offset as u64 + 1;

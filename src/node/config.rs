@@ -62,6 +62,13 @@ pub struct NodeConfig {
     pub request_queue_max: usize,
     /// Idempotency keys remembered by the state machine.
     pub idempotency_keys_max: usize,
+    /// Quota on the store's size (`--quota-bytes`, see `kv::KvStore::store_bytes`). As leader
+    /// the node stamps it into every command it proposes, and the store refuses (507) a write
+    /// that would grow past the stamped quota; a follower's own value decides nothing.
+    pub quota_bytes: u64,
+    /// The per-client request rate limit (`--rate-limit-rps`, `--rate-limit-burst`; `None`: no
+    /// limit). See `http::rate_limit`.
+    pub rate_limit: Option<crate::http::rate_limit::RateLimitOptions>,
     /// Client bearer tokens with roles (`--auth-tokens`; `None`: no client authentication).
     /// See `http::auth` for the file format.
     pub auth_tokens_file: Option<PathBuf>,
@@ -174,6 +181,8 @@ impl NodeConfig {
             header_bytes_max: 16 << 10,
             request_queue_max: 65_536,
             idempotency_keys_max: 100_000,
+            quota_bytes: crate::kv::QUOTA_BYTES_DEFAULT,
+            rate_limit: None,
             auth_tokens_file: None,
             auth_tokens: None,
             metrics_auth: false,

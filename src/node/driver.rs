@@ -437,8 +437,7 @@ impl Driver {
         }
         match request {
             Request::Write { request, reply } => {
-                let data = kv::encode_write(&request);
-                match self.raft.propose(data) {
+                match self.raft.propose(self.encode_command(&request)) {
                     Ok(index) => {
                         self.metrics.proposals.inc();
                         let term = self.raft.soft_state().term;
@@ -496,6 +495,15 @@ impl Driver {
         }
     }
 
+    /// A command as this node proposes it: stamped with its quota (see `kv`'s module docs), so
+    /// every replica decides the quota from the entry, never from its own flag.
+    fn encode_command(&self, request: &WriteRequest) -> Bytes {
+        let stamp = kv::CommandStamp {
+            quota_bytes: self.config.quota_bytes,
+        };
+        kv::encode_command(request, stamp)
+    }
+
     /// Rebuilds the directory and the peer links when the core's configuration changed (on
     /// append, committed or not: thesis §4.1).
     fn maybe_publish_membership(&mut self) -> bool {
@@ -547,7 +555,7 @@ impl Driver {
                 idempotency_key: None,
                 op: WriteOp::LeaseExpire { lease_id },
             };
-            match self.raft.propose(kv::encode_write(&request)) {
+            match self.raft.propose(self.encode_command(&request)) {
                 Ok(index) => {
                     tracing::info!(node = %self.config.name, lease_id, index, "lease expired, expiry proposed");
                 }
@@ -829,6 +837,7 @@ impl Driver {
                     }
                     _ => {}
                 }
+                self.note_quota(&result);
                 Some(result)
             }
             EntryKind::Noop | EntryKind::Config => {
@@ -1097,6 +1106,17 @@ impl Driver {
         self.publish_status();
     }
 
+    /// Flips `raft_kv_quota_exceeded`: on when the store refused a write for the quota, off
+    /// again once an applied command changed a key (space freed, or a write fitted).
+    fn note_quota(&self, result: &Result<WriteResult, kv::KvError>) {
+        if let Ok(WriteResult::QuotaExceeded { .. }) = result {
+            self.metrics.quota_exceeded.set(1);
+            self.metrics.quota_refused.inc();
+        } else if !self.changes.is_empty() {
+            self.metrics.quota_exceeded.set(0);
+        }
+    }
+
     fn publish_status(&mut self) {
         let status = self.raft.status();
         let soft = status.soft_state;
@@ -1108,6 +1128,10 @@ impl Driver {
             .commit_index
             .set(status.hard_state.commit as i64);
         self.metrics.applied_index.set(status.applied_index as i64);
+        self.metrics.store_bytes.set(self.kv.store_bytes() as i64);
+        self.metrics
+            .quota_bytes
+            .set(i64::try_from(self.config.quota_bytes).unwrap_or(i64::MAX));
         for (role, gauge) in &self.metrics.roles {
             gauge.set(i64::from(*role == soft.role));
         }

@@ -259,6 +259,13 @@ pub struct NodeMetrics {
     pub(crate) healthy: Gauge,
     /// Watches waiting on this node now (set when `/metrics` is read).
     pub(crate) watches_waiting: Gauge,
+    /// `raft_kv_quota_bytes`: this node's `--quota-bytes` (what it stamps as leader).
+    pub(crate) quota_bytes: Gauge,
+    /// `raft_kv_store_bytes`: the applied store's size as the quota counts it.
+    pub(crate) store_bytes: Gauge,
+    /// `raft_kv_quota_exceeded`: 1 from a write refused for the quota until a key changes.
+    pub(crate) quota_exceeded: Gauge,
+    pub(crate) quota_refused: Counter,
 }
 
 impl NodeMetrics {
@@ -283,6 +290,26 @@ impl NodeMetrics {
                 )
             })
             .collect(),
+            quota_bytes: m.gauge(
+                "raft_kv_quota_bytes",
+                "This node's --quota-bytes, stamped into the writes it proposes as leader.",
+                &[],
+            ),
+            store_bytes: m.gauge(
+                "raft_kv_store_bytes",
+                "The applied store's size as the quota counts it (key + value + 64 per key).",
+                &[],
+            ),
+            quota_exceeded: m.gauge(
+                "raft_kv_quota_exceeded",
+                "1 after a write was refused for the quota (507), 0 again once a key changes.",
+                &[],
+            ),
+            quota_refused: m.counter(
+                "raft_kv_quota_refused_total",
+                "Writes the store refused at apply because they would pass the quota.",
+                &[],
+            ),
             commit_index: m.gauge(
                 "raft_commit_index",
                 "The highest log index known committed.",

@@ -194,6 +194,8 @@ pub(super) fn write_result_response(index: u64, result: WriteResult) -> HttpResp
         ),
         WriteResult::LeaseNotFound { lease_id } => not_found(lease_id),
         WriteResult::LeaseLimit { reason } => error(StatusCode::CONFLICT, "lease_limit", &reason),
+        // The Idempotency-Key was first used by a write the quota refused: its result stands.
+        WriteResult::QuotaExceeded { .. } => super::quota_exceeded(&result),
         other => {
             tracing::error!(?other, "a key write result reached the lease answers");
             error(
