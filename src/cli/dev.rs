@@ -103,19 +103,39 @@ async fn write_dev_certs(dir: &std::path::Path, host: &str, nodes: u16) -> Resul
 
 /// Prints how to grow and shrink the running dev cluster (the membership API, issue 10): a
 /// node started by hand is not stopped by ctrl-c here.
-fn print_membership_commands(exe: &std::path::Path, args: &DevArgs, addrs: &[String]) {
+fn print_membership_commands(
+    exe: &std::path::Path,
+    args: &DevArgs,
+    addrs: &[String],
+    tls: Option<&DevTls>,
+) {
     let next = addrs.len() + 1;
     let port = args.base_port as usize + addrs.len();
+    let (scheme, node_flags, curl) = match tls {
+        Some(tls) => {
+            let flags: Vec<String> = tls
+                .node_flags(&format!("node{next}"))
+                .iter()
+                .map(|f| f.to_string_lossy().into_owned())
+                .collect();
+            (
+                "https",
+                format!(" {}", flags.join(" ")),
+                format!("curl {} ", tls.curl_flags()),
+            )
+        }
+        None => ("http", String::new(), "curl ".to_string()),
+    };
     println!(
-        "grow:  {} --id node{next} --host {} --port {port} --data-dir {} --join {}",
+        "grow:  {} --id node{next} --host {} --port {port} --data-dir {} --join {}{node_flags}",
         exe.display(),
         args.host,
         args.data_dir.join(format!("node{next}")).display(),
         addrs[0],
     );
-    println!("       curl http://{}/v1/cluster/members", addrs[0]);
+    println!("       {curl}{scheme}://{}/v1/cluster/members", addrs[0]);
     println!(
-        "shrink: curl -X DELETE http://{}/v1/cluster/members/node{next}  (then stop its process)",
+        "shrink: {curl}-X DELETE {scheme}://{}/v1/cluster/members/node{next}  (then stop its process)",
         addrs[0]
     );
 }
@@ -146,7 +166,8 @@ pub fn run(args: DevArgs) -> ExitCode {
         dir: args.data_dir.join("tls"),
     });
     if let Some(tls) = &tls {
-        if let Err(e) = runtime.block_on(write_dev_certs(&tls.dir, &args.host, args.nodes)) {
+        // One node more than started, for the printed `grow` command.
+        if let Err(e) = runtime.block_on(write_dev_certs(&tls.dir, &args.host, args.nodes + 1)) {
             eprintln!("raft-kv dev: {e}");
             return ExitCode::FAILURE;
         }
@@ -211,9 +232,8 @@ pub fn run(args: DevArgs) -> ExitCode {
             "certificates in {}: ca.crt/client.* (client API), peer-ca.crt/node*-peer.* (peers)",
             tls.dir.display()
         );
-    } else {
-        print_membership_commands(&exe, &args, &addrs);
     }
+    print_membership_commands(&exe, &args, &addrs, tls.as_ref());
     println!("kill a node's pid to watch failover; ctrl-c stops the cluster.");
 
     runtime.block_on(async {
