@@ -133,23 +133,48 @@ const DEV_LEADER_WAIT: Duration = Duration::from_secs(10);
 
 /// Prints how to grow and shrink the running dev cluster (the membership API, issue 10): a
 /// node started by hand is not stopped by ctrl-c here.
-fn print_membership_commands(exe: &std::path::Path, args: &DevArgs, addrs: &[String]) {
+fn print_membership_commands(
+    exe: &std::path::Path,
+    args: &DevArgs,
+    addrs: &[String],
+    tls: Option<&DevTls>,
+) {
     let next = addrs.len() + 1;
     let port = args.base_port as usize + addrs.len();
+    let (scheme, node_flags, curl) = match tls {
+        Some(tls) => {
+            let flags: Vec<String> = tls
+                .node_flags(&format!("node{next}"))
+                .iter()
+                .map(|f| f.to_string_lossy().into_owned())
+                .collect();
+            (
+                "https",
+                format!(" {}", flags.join(" ")),
+                format!("curl {} ", tls.curl_flags()),
+            )
+        }
+        None => ("http", String::new(), "curl ".to_string()),
+    };
     println!(
-        "grow:  {} --id node{next} --host {} --port {port} --data-dir {} --join {}",
+        "grow:  {} --id node{next} --host {} --port {port} --data-dir {} --join {}{node_flags}",
         exe.display(),
         args.host,
         args.data_dir.join(format!("node{next}")).display(),
         addrs[0],
     );
-    println!("   or: {} dev add node{next}", exe.display());
-    println!("       curl http://{}/v1/cluster/members", addrs[0]);
+    if tls.is_none() {
+        println!("   or: {} dev add node{next}", exe.display());
+    }
+    println!("       {curl}{scheme}://{}/v1/cluster/members", addrs[0]);
     println!(
-        "shrink: curl -X DELETE http://{}/v1/cluster/members/node{next}  (the node then exits)",
+        "shrink: {curl}-X DELETE {scheme}://{}/v1/cluster/members/node{next}  (the node then exits)",
         addrs[0]
     );
-    println!("   or: {} dev remove node{next}", exe.display());
+    if tls.is_none() {
+        // `dev add` and `dev remove` speak plain HTTP: with --tls, use the commands above.
+        println!("   or: {} dev remove node{next}", exe.display());
+    }
 }
 
 /// `raft-kv dev add` / `raft-kv dev remove`: acts on the dev cluster on the ports from
@@ -290,7 +315,8 @@ pub fn run(args: DevArgs) -> ExitCode {
         dir: args.data_dir.join("tls"),
     });
     if let Some(tls) = &tls {
-        if let Err(e) = runtime.block_on(write_dev_certs(&tls.dir, &args.host, args.nodes)) {
+        // One node more than started, for the printed `grow` command.
+        if let Err(e) = runtime.block_on(write_dev_certs(&tls.dir, &args.host, args.nodes + 1)) {
             eprintln!("raft-kv dev: {e}");
             return ExitCode::FAILURE;
         }
@@ -355,9 +381,8 @@ pub fn run(args: DevArgs) -> ExitCode {
             "certificates in {}: ca.crt/client.* (client API), peer-ca.crt/node*-peer.* (peers)",
             tls.dir.display()
         );
-    } else {
-        print_membership_commands(&exe, &args, &addrs);
     }
+    print_membership_commands(&exe, &args, &addrs, tls.as_ref());
     println!("kill a node's pid to watch failover; ctrl-c stops the cluster.");
 
     runtime.block_on(async {

@@ -336,3 +336,94 @@ impl ClientTls {
         Ok(MaybeTls::Tls(Box::new(tls)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devcerts::{Authority, Usage};
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        #[allow(clippy::disallowed_methods)] // test setup, outside the node
+        std::fs::write(&path, text).expect("write a test file");
+        path
+    }
+
+    /// Peer-TLS files from fresh certificates, with `mutate` applied to the file texts
+    /// (certificate, key, CA) before they are written.
+    fn peer_files(dir: &Path, mutate: impl FnOnce(&mut [String; 3])) -> TlsFiles {
+        let ca = Authority::new("unit CA").unwrap();
+        let issued = ca
+            .issue("n", &["127.0.0.1"], Usage::ServerAndClient)
+            .unwrap();
+        let mut texts = [issued.cert_pem, issued.key_pem, ca.cert_pem().to_string()];
+        mutate(&mut texts);
+        TlsFiles {
+            peer_cert_file: Some(write(dir, "peer.crt", &texts[0])),
+            peer_key_file: Some(write(dir, "peer.key", &texts[1])),
+            peer_trusted_ca_file: Some(write(dir, "ca.crt", &texts[2])),
+            ..TlsFiles::default()
+        }
+    }
+
+    async fn load_error(files: &TlsFiles) -> String {
+        match ServerTls::load(files).await {
+            Ok(_) => panic!("{files:?} loaded"),
+            Err(error) => error,
+        }
+    }
+
+    #[tokio::test]
+    async fn good_files_load_for_the_listener_and_the_peer_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = peer_files(dir.path(), |_| {});
+        assert!(ServerTls::load(&files).await.unwrap().is_some());
+        assert!(ClientTls::for_peers(&files).await.unwrap().is_some());
+        assert!(ServerTls::load(&TlsFiles::default())
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_key_of_another_certificate_is_refused_naming_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = Authority::new("other")
+            .unwrap()
+            .issue("x", &[], Usage::Client)
+            .unwrap();
+        let files = peer_files(dir.path(), |texts| texts[1] = other.key_pem.clone());
+        let error = load_error(&files).await;
+        assert!(
+            error.contains("peer.crt") && error.contains("peer.key") && error.contains("match"),
+            "{error}"
+        );
+        assert!(ClientTls::for_peers(&files).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn files_that_are_not_pem_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = peer_files(dir.path(), |texts| texts[0] = "not a certificate".into());
+        let error = load_error(&files).await;
+        assert!(
+            error.contains("peer.crt") && error.contains("no PEM certificate"),
+            "{error}"
+        );
+        let files = peer_files(dir.path(), |texts| texts[1] = "not a key".into());
+        let error = load_error(&files).await;
+        assert!(error.contains("peer.key"), "{error}");
+        let files = peer_files(dir.path(), |texts| texts[2] = String::new());
+        let error = load_error(&files).await;
+        assert!(error.contains("ca.crt"), "{error}");
+        let missing = TlsFiles {
+            peer_cert_file: Some(dir.path().join("absent.crt")),
+            ..peer_files(dir.path(), |_| {})
+        };
+        let error = load_error(&missing).await;
+        assert!(
+            error.contains("cannot read") && error.contains("absent.crt"),
+            "{error}"
+        );
+    }
+}
