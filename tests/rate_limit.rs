@@ -96,3 +96,32 @@ fn a_burst_without_a_rate_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--rate-limit-rps"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_does_not_count_again_what_followers_forwarded() {
+    let cluster = Cluster::start_with(3, &["--rate-limit-rps", "1", "--rate-limit-burst", "3"]);
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    let followers: Vec<String> = (1..3)
+        .map(|offset| cluster.nodes[(leader + offset) % 3].addr.clone())
+        .collect();
+    // Six writes from one address within a second, three through each follower: each follower
+    // counts its three, and the leader, which applies all six, counts none of them.
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let follower = &followers[n % 2];
+        let reply = call(follower, "PUT", &format!("/v1/kv/f{n}"), &[], b"v")
+            .await
+            .expect("the follower answers");
+        statuses.push(reply.status);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "too slow to test a 1 rps limit"
+    );
+    assert_eq!(statuses, [201; 6], "{statuses:?}");
+    let reply = call(&followers[0], "PUT", "/v1/kv/f-more", &[], b"v")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 429, "the follower's own count still holds");
+}
