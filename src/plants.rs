@@ -55,11 +55,14 @@ pub enum Plant {
     /// A watch that continues from index N gets the change at N again (an off-by-one in where
     /// the history is read from), so a watcher sees a change twice.
     WatchResumeRepeats,
+    /// Nodes hear a member's peer RPCs under any incarnation (issue 10): a node whose data
+    /// directory was replaced would vote and acknowledge as the member it no longer is.
+    SkipIncarnationCheck,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 15] = [
+    pub const ALL: [Plant; 16] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -75,6 +78,7 @@ impl Plant {
         Plant::SkipRoleCheck,
         Plant::LeaseCountdownNotRestarted,
         Plant::WatchResumeRepeats,
+        Plant::SkipIncarnationCheck,
     ];
 
     /// The name used on the command line.
@@ -95,6 +99,7 @@ impl Plant {
             Plant::SkipRoleCheck => "skip-role-check",
             Plant::LeaseCountdownNotRestarted => "lease-countdown-not-restarted",
             Plant::WatchResumeRepeats => "watch-resume-repeats",
+            Plant::SkipIncarnationCheck => "skip-incarnation-check",
         }
     }
 }
