@@ -27,6 +27,10 @@ pub const PEER_AUTHENTICATION: Victim = "peer authentication";
 /// A node lets a client write without a token, or with a `read` token (issue 11), seen by the
 /// stranger (`stranger.rs`).
 pub const CLIENT_AUTHORIZATION: Victim = "client authorization";
+/// A node hears a peer RPC from a member only under the incarnation its configuration
+/// records (issue 10), seen by the stranger that sends correctly signed RPCs under another
+/// incarnation (`stranger.rs`).
+pub const INCARNATION_CHECK: Victim = "incarnation check";
 /// After every fault heals the cluster recovers: a leader every node follows, operations
 /// finish, replicas converge.
 pub const LIVENESS: Victim = "liveness";
@@ -74,6 +78,8 @@ pub fn promise(plant: Plant) -> Option<Promise> {
         Plant::WatchResumeRepeats => (WATCH, Some(20)),
         // Every seed of this plant runs with a small quota; caught at seed 1.
         Plant::QuotaNotEnforcedOnApply => (QUOTA, Some(20)),
+        // The stranger runs in every seed of this plant and sends such an RPC every 1.2 s.
+        Plant::SkipIncarnationCheck => (INCARNATION_CHECK, Some(5)),
     };
     Some(Promise { victim, seeds_max })
 }

@@ -5,6 +5,9 @@
 //!   secret: must get 401; a 2xx breaks "peer authentication" (plant `skip-peer-auth`). The
 //!   forgery carries the claimed member's incarnation, which anyone may ask it for
 //!   (`GET /v1/raft/hello`), so only the MAC stands between it and the core;
+//! - the same RPC correctly signed (as a member whose data directory was replaced would send
+//!   it) but under another incarnation than the member's record: must be refused (403); a 2xx
+//!   breaks "incarnation check" (plant `skip-incarnation-check`, issue 10);
 //! - a write with a `read` token: must get 403; a write with no token: must get 401; a 2xx
 //!   breaks "client authorization" (plant `skip-role-check`). Its key is outside the workload's
 //!   keys, so a wrongly accepted write does not disturb the linearizability check.
@@ -27,7 +30,7 @@ use raft_kv::plants::Plant;
 use raft_kv::raft::{Message, MessageBody, NodeId};
 use rand_core::RngCore;
 
-use crate::plants::{CLIENT_AUTHORIZATION, PEER_AUTHENTICATION};
+use crate::plants::{CLIENT_AUTHORIZATION, INCARNATION_CHECK, PEER_AUTHENTICATION};
 use crate::recorder::Shared;
 
 /// The cluster secret every simulated node holds.
@@ -56,7 +59,10 @@ pub fn sim_tokens() -> TokenTable {
 /// Whether the stranger runs in this seed: one seed in four (seeds 3, 7, 11, ...; no pinned
 /// regression seed, so their traces stay as they were), and every seed of its plants.
 pub fn runs_in(seed: u64, plant: Plant) -> bool {
-    seed % 4 == 3 || plant == Plant::SkipPeerAuth || plant == Plant::SkipRoleCheck
+    seed % 4 == 3
+        || plant == Plant::SkipPeerAuth
+        || plant == Plant::SkipRoleCheck
+        || plant == Plant::SkipIncarnationCheck
 }
 
 /// The simulated nodes' secret.
@@ -75,6 +81,7 @@ pub async fn stranger_loop(
     let http = HttpClient::new();
     let wrong_secret =
         PeerSecret::new(b"a stranger's guess at the secret, 32+ bytes").expect("long enough");
+    let cluster_secret = sim_peer_secret();
     let mut probes = 0u64;
     while !stop.load(Ordering::Relaxed) {
         env::sleep(Duration::from_millis(PROBE_INTERVAL_MS)).await;
@@ -93,21 +100,7 @@ pub async fn stranger_loop(
         let (from, from_addr) = &members[claimed];
         let from = *from;
         let from_incarnation = incarnation_of(&http, from_addr).await;
-        let body = rpc::encode(&RpcEnvelope {
-            cluster_id,
-            from,
-            to: *to,
-            from_incarnation,
-            messages: vec![Message {
-                from,
-                to: *to,
-                term: 0,
-                body: MessageBody::Heartbeat {
-                    leader_commit: 0,
-                    read_seq: 0,
-                },
-            }],
-        });
+        let body = stale_heartbeat(cluster_id, from, *to, from_incarnation);
         // Half unsigned, half signed with a wrong secret.
         let secret = (probes % 6 == 0).then_some(&wrong_secret);
         let request = signed_post("/v1/raft/messages", body, secret);
@@ -128,7 +121,51 @@ pub async fn stranger_loop(
                 return;
             }
         }
+        // Signed with the cluster's secret, as a member's replaced data directory would send
+        // it, but under another incarnation than the one the member's record names.
+        if from_incarnation != 0 {
+            let other = from_incarnation ^ 1;
+            let body = stale_heartbeat(cluster_id, from, *to, other);
+            let request = signed_post("/v1/raft/messages", body, Some(&cluster_secret));
+            if let Ok(response) = http
+                .call(addr, request, 64 << 10, Duration::from_secs(2))
+                .await
+            {
+                if response.status().is_success() {
+                    shared.fail(
+                        INCARNATION_CHECK,
+                        format!(
+                            "node {to:#x} accepted a raft rpc from {from:#x} under incarnation \
+                             {other:#x}, its record names {from_incarnation:#x} (answer {})",
+                            response.status()
+                        ),
+                        Vec::new(),
+                    );
+                    return;
+                }
+            }
+        }
     }
+}
+
+/// An envelope of one stale (term 0) heartbeat: a node that wrongly accepts it answers the
+/// claimed sender with its own term, which that member ignores.
+fn stale_heartbeat(cluster_id: u64, from: NodeId, to: NodeId, from_incarnation: u64) -> Vec<u8> {
+    rpc::encode(&RpcEnvelope {
+        cluster_id,
+        from,
+        to,
+        from_incarnation,
+        messages: vec![Message {
+            from,
+            to,
+            term: 0,
+            body: MessageBody::Heartbeat {
+                leader_commit: 0,
+                read_seq: 0,
+            },
+        }],
+    })
 }
 
 /// The incarnation the member at `addr` answers to `GET /v1/raft/hello` (0 if it does not

@@ -136,6 +136,11 @@ fn a_node_that_skips_the_role_check_is_caught_by_the_stranger() {
 }
 
 #[test]
+fn hearing_a_member_under_another_incarnation_is_caught_by_the_incarnation_check() {
+    assert_caught_by_its_victim(Plant::SkipIncarnationCheck);
+}
+
+#[test]
 fn a_new_leader_that_does_not_restart_lease_countdowns_is_caught_by_the_lease_check() {
     assert_caught_by_its_victim(Plant::LeaseCountdownNotRestarted);
 }

@@ -53,7 +53,8 @@ impl Directory {
     pub fn standing(&self, id: NodeId, incarnation: u64) -> Standing {
         let member = self.member(id);
         if let Some(member) = &member {
-            if member.incarnation == 0 || member.incarnation == incarnation {
+            let skip_check = crate::plants::active(crate::plants::Plant::SkipIncarnationCheck);
+            if member.incarnation == 0 || member.incarnation == incarnation || skip_check {
                 return Standing::Member;
             }
         }
