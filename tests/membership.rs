@@ -727,3 +727,49 @@ async fn raft_kv_dev_add_and_remove_grow_and_shrink_the_running_dev_cluster() {
     assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("404"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_data_but_kept_cluster_json_is_refused_as_another_incarnation() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(WAIT).await;
+    let leader_addr = cluster.nodes[leader].addr.clone();
+    let victim = (leader + 1) % 3;
+    let (_, old_incarnation) = identity(&cluster.nodes[victim]);
+    // The disk is lost but `cluster.json` is copied back by hand: the node restarts as if it
+    // had data, so the start check (the hello) is bypassed, with a fresh incarnation.
+    cluster.nodes[victim].kill();
+    let data_dir = cluster.nodes[victim].data_dir.clone();
+    let cluster_json = std::fs::read(data_dir.join("cluster.json")).unwrap();
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::write(data_dir.join("cluster.json"), cluster_json).unwrap();
+    cluster.nodes[victim].start();
+    let (_, new_incarnation) = eventually(WAIT, "a fresh incarnation", || {
+        let ready = data_dir.join("incarnation").is_file();
+        let node = &cluster.nodes[victim];
+        async move { ready.then(|| identity(node)) }
+    })
+    .await;
+    assert_ne!(new_incarnation, old_incarnation);
+    // Its peers refuse every RPC of it with 403, and it says so.
+    eventually(WAIT, "the refused node warns", || {
+        let log = cluster.nodes[victim].log_text();
+        async move { log.contains("another incarnation").then_some(()) }
+    })
+    .await;
+    // The cluster keeps committing without it, and still records the old incarnation.
+    let reply = call(&leader_addr, "PUT", "/v1/kv/after-loss", &[], b"x")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    let name = cluster.nodes[victim].name.clone();
+    let view = members(&leader_addr).await.unwrap();
+    let recorded = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name.as_str())
+        .unwrap()["incarnation"]
+        .as_u64();
+    assert_eq!(recorded, Some(old_incarnation), "{view}");
+}

@@ -200,6 +200,8 @@ impl PeerLink {
     async fn run(self, mut queue: mpsc::Receiver<Message>) {
         // A message taken from the queue that did not fit the last batch opens the next one.
         let mut held: Option<Message> = None;
+        // Said once per link: the refusal repeats on every call.
+        let mut warned_other_incarnation = false;
         loop {
             let first = match held.take() {
                 Some(message) => message,
@@ -256,7 +258,20 @@ impl PeerLink {
                     false
                 }
                 Ok(response) => {
-                    tracing::debug!(peer = %self.addr, status = %response.status(), "raft rpc refused");
+                    let other_incarnation = response.status() == hyper::StatusCode::FORBIDDEN
+                        && serde_json::from_slice::<serde_json::Value>(response.body())
+                            .is_ok_and(|body| body["code"] == "other_incarnation");
+                    if other_incarnation && !warned_other_incarnation {
+                        warned_other_incarnation = true;
+                        tracing::warn!(
+                            peer = %self.addr,
+                            "the peer records this member under another incarnation (its data \
+                             directory was replaced): its RPCs are refused; remove the member, \
+                             then join again with an empty data directory"
+                        );
+                    } else {
+                        tracing::debug!(peer = %self.addr, status = %response.status(), "raft rpc refused");
+                    }
                     false
                 }
                 Err(error) => {
