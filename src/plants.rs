@@ -55,11 +55,14 @@ pub enum Plant {
     /// A watch that continues from index N gets the change at N again (an off-by-one in where
     /// the history is read from), so a watcher sees a change twice.
     WatchResumeRepeats,
+    /// A leader accepts a membership change before it committed an entry of its own term: the
+    /// single-server change bug (Ongaro, raft-dev 2015) that the current-term check fixes.
+    SkipCurrentTermCheck,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 15] = [
+    pub const ALL: [Plant; 16] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -75,6 +78,7 @@ impl Plant {
         Plant::SkipRoleCheck,
         Plant::LeaseCountdownNotRestarted,
         Plant::WatchResumeRepeats,
+        Plant::SkipCurrentTermCheck,
     ];
 
     /// The name used on the command line.
@@ -95,6 +99,7 @@ impl Plant {
             Plant::SkipRoleCheck => "skip-role-check",
             Plant::LeaseCountdownNotRestarted => "lease-countdown-not-restarted",
             Plant::WatchResumeRepeats => "watch-resume-repeats",
+            Plant::SkipCurrentTermCheck => "skip-current-term-check",
         }
     }
 }

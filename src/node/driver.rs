@@ -579,15 +579,20 @@ impl Driver {
         let status = self.raft.status();
         let snapshot_index = status.snapshot_index;
         let snapshot_term = self.raft.term_at(snapshot_index).unwrap_or(0);
-        let log = if scope.log {
-            self.raft
-                .entries(snapshot_index + 1, status.last_index + 1)
-                .iter()
-                .map(|e| (e.index, e.term, entry_digest(e.kind, &e.data)))
-                .collect()
+        let entries = if scope.log {
+            self.raft.entries(snapshot_index + 1, status.last_index + 1)
         } else {
-            Vec::new()
+            &[]
         };
+        let log: Vec<_> = entries
+            .iter()
+            .map(|e| (e.index, e.term, entry_digest(e.kind, &e.data)))
+            .collect();
+        let config_indexes: Vec<Index> = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Config)
+            .map(|e| e.index)
+            .collect();
         let view = NodeView {
             id: status.id,
             term: status.soft_state.term,
@@ -602,6 +607,7 @@ impl Driver {
             state_hash: scope.state_hash.then(|| self.kv.state_hash()),
             status,
             view,
+            config_indexes,
         }
     }
 
