@@ -116,7 +116,9 @@ struct NodeSlot {
     /// The membership operator took the machine (killed for good, or wiped and not yet joined
     /// again): no fault touches it and the heal does not restart it.
     owned: bool,
-    /// The operator removed it from the cluster: after the heal it must have stopped.
+    /// The operator removed it from the cluster: after the heal it must have stopped. No fault
+    /// starts on it any more (one under way still ends: a full disk is mended, a crashed node
+    /// restarted, and it must learn it was removed).
     removed: bool,
 }
 
@@ -320,6 +322,7 @@ impl World {
         let node = &self.nodes[index];
         let eligible = !node.crashed
             && !node.owned
+            && !node.removed
             && !node.paused
             && !node.disk_full
             && virtual_ms() + 1_000 < FAULTS_END_MS;
@@ -341,7 +344,7 @@ impl World {
         let downtime_ms = self.rng.next_u64() % downtime_ms_max;
         env::sleep(Duration::from_millis(delay_ms)).await;
         let node = &self.nodes[index];
-        if node.crashed || node.paused || node.disk_full || node.owned {
+        if node.crashed || node.paused || node.disk_full || node.owned || node.removed {
             return;
         }
         self.trace(format!(
@@ -377,7 +380,7 @@ impl World {
     fn start_episode(&mut self, number: usize) {
         let episode = self.scenario.episodes[number].clone();
         if let Some(node) = episode.fault.process_node() {
-            if self.nodes[node].owned {
+            if self.nodes[node].owned || self.nodes[node].removed {
                 self.trace(format!(
                     "fault {number}: {} belongs to the membership operator, skipped",
                     self.nodes[node].name
@@ -675,13 +678,12 @@ impl World {
                     }
                 }
             }
-            // A removed machine is retired: no fault restarts it (a removed node restarted
-            // with its old data after its former peers restarted is not told it was removed:
-            // they only remember removals seen since they started).
+            // A removed machine is retired: no new fault starts on it (a removed node
+            // restarted with its old data after its former peers restarted is not told it was
+            // removed: they only remember removals seen since they started).
             Command::Removed { name } => {
                 if let Some(index) = self.index_of(&name) {
                     self.nodes[index].removed = true;
-                    self.nodes[index].owned = true;
                 }
             }
             Command::Cut { key, pairs } => {
@@ -1342,7 +1344,16 @@ async fn heal_and_check_liveness(
         if virtual_ms() >= leader_deadline_ms {
             shared.fail(
                 "liveness: leader after heal",
-                format!("no leader followed by every node {LEADER_AFTER_HEAL_MS_MAX} ms after the heal; {}", statuses(world)),
+                format!(
+                    "no leader followed by every member {LEADER_AFTER_HEAL_MS_MAX} ms after the \
+                     heal; members {:?}; {}",
+                    world
+                        .final_members()
+                        .iter()
+                        .map(|&i| world.nodes[i].name.as_str())
+                        .collect::<Vec<_>>(),
+                    statuses(world)
+                ),
                 Vec::new(),
             );
             return None;
@@ -1600,5 +1611,27 @@ fn check_history(shared: &Shared) {
             violation.explanation,
             violation.ops,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_change_in_flight;
+
+    #[test]
+    fn a_leader_log_with_two_uncommitted_changes_breaks_the_in_flight_check() {
+        let error = one_change_in_flight(&[3, 7, 9], 6).unwrap_err();
+        assert!(error.contains("[7, 9]"), "{error}");
+        assert!(error.contains("commit index 6"), "{error}");
+    }
+
+    #[test]
+    fn one_uncommitted_change_above_committed_ones_passes_the_in_flight_check() {
+        assert_eq!(one_change_in_flight(&[3, 7, 9], 7), Ok(()));
+        assert_eq!(
+            one_change_in_flight(&[3, 7], 2),
+            Err("configuration changes at [3, 7] all above the commit index 2".to_string())
+        );
+        assert_eq!(one_change_in_flight(&[], 0), Ok(()));
     }
 }

@@ -144,3 +144,8 @@ fn a_new_leader_that_does_not_restart_lease_countdowns_is_caught_by_the_lease_ch
 fn a_voter_that_forgets_its_vote_on_restart_is_caught_by_election_safety() {
     assert_caught_by_its_victim(Plant::ForgetVote);
 }
+
+#[test]
+fn a_membership_change_before_the_new_leaders_first_commit_is_caught_by_state_machine_safety() {
+    assert_caught_by_its_victim(Plant::SkipCurrentTermCheck);
+}

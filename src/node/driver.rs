@@ -718,6 +718,9 @@ impl Driver {
             self.member_waiters.applied(entry.index, entry.term);
         }
         self.self_removal.maybe_notice(&self.raft, &self.directory);
+        if self.raft.membership_index() <= self.raft.hard_state().commit {
+            self.directory.commit_removals();
+        }
         self.watches.publish_applied();
         for read_state in std::mem::take(&mut ready.read_states) {
             if let Some(reads) = self.reads_confirming.remove(&read_state.context) {

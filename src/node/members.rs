@@ -26,9 +26,13 @@ pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 1_000;
 #[derive(Debug)]
 pub struct Directory {
     members: Mutex<Vec<Member>>,
-    /// Ids this node saw leave the configuration (and not come back) since it started: their
-    /// RPCs get 410 Gone, which tells a removed node to stop.
+    /// Ids this node saw leave a committed configuration (and not come back) since it started:
+    /// their RPCs get 410 Gone, which tells a removed node to stop.
     removed_ids: Mutex<BTreeSet<NodeId>>,
+    /// Ids the latest configuration dropped while it is not known committed: an uncommitted
+    /// removal may still be overwritten by another leader's log, and a node told 410 on its
+    /// strength would exit while it is still a voter (found by the simulator).
+    removed_pending: Mutex<BTreeSet<NodeId>>,
     /// Set once this node learns it was removed: why. The driver stops, `/health` says
     /// `removed`, and the process exits non-zero.
     removal: Mutex<Option<String>>,
@@ -40,6 +44,7 @@ impl Directory {
         Directory {
             members: Mutex::new(members),
             removed_ids: Mutex::new(BTreeSet::new()),
+            removed_pending: Mutex::new(BTreeSet::new()),
             removal: Mutex::new(None),
         }
     }
@@ -91,19 +96,36 @@ impl Directory {
         self.member(id).is_some()
     }
 
+    /// Takes the members of a new configuration (committed or not). Who left it is told 410
+    /// only once the configuration commits ([`Directory::commit_removals`]).
     pub(super) fn replace(&self, members: Vec<Member>) {
         let mut current = self.members.lock().expect("directory lock poisoned");
         let mut removed_ids = self.removed_ids.lock().expect("directory lock poisoned");
+        let mut pending = self
+            .removed_pending
+            .lock()
+            .expect("directory lock poisoned");
         for gone in current
             .iter()
             .filter(|old| members.iter().all(|m| m.id != old.id))
         {
-            removed_ids.insert(gone.id);
+            pending.insert(gone.id);
         }
         for member in &members {
             removed_ids.remove(&member.id);
+            pending.remove(&member.id);
         }
         *current = members;
+    }
+
+    /// The current configuration is committed: who left it is removed for good.
+    pub(super) fn commit_removals(&self) {
+        let mut removed_ids = self.removed_ids.lock().expect("directory lock poisoned");
+        let mut pending = self
+            .removed_pending
+            .lock()
+            .expect("directory lock poisoned");
+        removed_ids.append(&mut pending);
     }
 }
 
@@ -679,11 +701,19 @@ mod tests {
         };
         let directory = Directory::new(vec![member("a"), member("b")]);
         directory.replace(vec![member("a")]);
+        // Not while the removal may still be overwritten.
+        assert!(!directory.was_removed(node_id_of("b")));
+        directory.commit_removals();
         assert!(directory.was_removed(node_id_of("b")));
         assert!(!directory.was_removed(node_id_of("a")));
         directory.replace(vec![member("a"), member("b")]);
         assert!(!directory.was_removed(node_id_of("b")));
         assert_eq!(directory.removal(), None);
+        // An uncommitted removal that another leader's log overwrites is never told.
+        directory.replace(vec![member("a")]);
+        directory.replace(vec![member("a"), member("b")]);
+        directory.commit_removals();
+        assert!(!directory.was_removed(node_id_of("b")));
         directory.mark_removed("first".into());
         directory.mark_removed("second".into());
         assert_eq!(directory.removal().as_deref(), Some("first"));
