@@ -114,6 +114,14 @@ pub struct Operator {
     pub started: usize,
 }
 
+/// A random item of `items`.
+fn pick<'a, T>(rng: &mut ChaCha8Rng, items: &'a [T]) -> Option<&'a T> {
+    if items.is_empty() {
+        return None;
+    }
+    Some(&items[(rng.next_u64() % items.len() as u64) as usize])
+}
+
 /// The voters of `view`.
 fn voters_of(view: &MembersView) -> Vec<String> {
     view.members
@@ -155,10 +163,12 @@ impl Operator {
     }
 
     fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
-        if items.is_empty() {
-            return None;
-        }
-        Some(&items[(self.rng.next_u64() % items.len() as u64) as usize])
+        pick(&mut self.rng, items)
+    }
+
+    /// A random address of a started node.
+    fn pick_addr(&mut self) -> Option<String> {
+        pick(&mut self.rng, &self.addrs[..self.started]).cloned()
     }
 
     /// Runs the plan, one step after the other.
@@ -495,7 +505,7 @@ impl Operator {
     /// `GET /v1/cluster/members` from any node, a few attempts.
     async fn list(&mut self, http: &HttpClient) -> Option<MembersView> {
         for _ in 0..10 {
-            let addr = self.pick(&self.addrs[..self.started].to_vec())?.clone();
+            let addr = self.pick_addr()?;
             let request = hyper::Request::get("/v1/cluster/members")
                 .header("authorization", format!("Bearer {OPERATOR_TOKEN}"))
                 .body(Full::new(Bytes::new()))
@@ -525,7 +535,7 @@ impl Operator {
         method: hyper::Method,
         path: &str,
     ) -> (Option<u16>, String) {
-        let Some(addr) = self.pick(&self.addrs[..self.started].to_vec()).cloned() else {
+        let Some(addr) = self.pick_addr() else {
             return (None, "no address".to_string());
         };
         let request = hyper::Request::builder()

@@ -479,7 +479,7 @@ where
         state.limits.rpc_body_bytes_max,
         cluster.cluster_id,
         cluster.self_id,
-        |id| node.directory.is_member(id),
+        |id| node.directory.accepts_rpcs_from(id),
     ) {
         Ok(envelope) => match node.deliver(envelope.messages) {
             Ok(()) => Response::builder()
@@ -509,7 +509,7 @@ where
         state.limits.rpc_body_bytes_max,
         cluster.cluster_id,
         cluster.self_id,
-        |id| node.directory.is_member(id),
+        |id| node.directory.accepts_rpcs_from(id),
     ) {
         Ok((header, start)) => match node
             .deliver_snapshot_chunk(header, body.slice(start..))

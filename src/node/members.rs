@@ -91,6 +91,18 @@ impl Directory {
         self.members().into_iter().find(|m| m.name == name)
     }
 
+    /// Whether Raft RPCs from `id` are taken: a member, or one only an uncommitted
+    /// configuration dropped (a leader whose log will overwrite that removal must be heard;
+    /// thesis §4.1: servers process RPCs without consulting their configurations).
+    pub fn accepts_rpcs_from(&self, id: NodeId) -> bool {
+        self.is_member(id)
+            || self
+                .removed_pending
+                .lock()
+                .expect("directory lock poisoned")
+                .contains(&id)
+    }
+
     /// Whether `id` is a member (voter or learner).
     pub fn is_member(&self, id: NodeId) -> bool {
         self.member(id).is_some()
@@ -701,9 +713,11 @@ mod tests {
         };
         let directory = Directory::new(vec![member("a"), member("b")]);
         directory.replace(vec![member("a")]);
-        // Not while the removal may still be overwritten.
+        // Not while the removal may still be overwritten: b's RPCs are still taken.
         assert!(!directory.was_removed(node_id_of("b")));
+        assert!(directory.accepts_rpcs_from(node_id_of("b")));
         directory.commit_removals();
+        assert!(!directory.accepts_rpcs_from(node_id_of("b")));
         assert!(directory.was_removed(node_id_of("b")));
         assert!(!directory.was_removed(node_id_of("a")));
         directory.replace(vec![member("a"), member("b")]);
