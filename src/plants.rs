@@ -61,11 +61,14 @@ pub enum Plant {
     /// Nodes hear a member's peer RPCs under any incarnation (issue 10): a node whose data
     /// directory was replaced would vote and acknowledge as the member it no longer is.
     SkipIncarnationCheck,
+    /// A leader accepts a membership change before it committed an entry of its own term: the
+    /// single-server change bug (Ongaro, raft-dev 2015) that the current-term check fixes.
+    SkipCurrentTermCheck,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 17] = [
+    pub const ALL: [Plant; 18] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -83,6 +86,7 @@ impl Plant {
         Plant::WatchResumeRepeats,
         Plant::QuotaNotEnforcedOnApply,
         Plant::SkipIncarnationCheck,
+        Plant::SkipCurrentTermCheck,
     ];
 
     /// The name used on the command line.
@@ -105,6 +109,7 @@ impl Plant {
             Plant::WatchResumeRepeats => "watch-resume-repeats",
             Plant::QuotaNotEnforcedOnApply => "quota-not-enforced-on-apply",
             Plant::SkipIncarnationCheck => "skip-incarnation-check",
+            Plant::SkipCurrentTermCheck => "skip-current-term-check",
         }
     }
 }

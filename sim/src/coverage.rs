@@ -9,7 +9,7 @@ use crate::linearizability::{KvInput, Operation};
 
 /// Every fault kind a run can inject, in report order. A kind is counted only when its episode
 /// did something (a leader to isolate, links to cut, a node to crash).
-pub const FAULT_KINDS: [&str; 16] = [
+pub const FAULT_KINDS: [&str; 25] = [
     "partition majority",
     "partition one-way",
     "partition bridge",
@@ -26,6 +26,16 @@ pub const FAULT_KINDS: [&str; 16] = [
     "disk full",
     "lost unsynced writes",
     "torn writes",
+    // Membership operations (issue 10), counted when the cluster took them.
+    "learner added",
+    "learner promoted",
+    "voter removed",
+    "leader removed",
+    "crashed node replaced",
+    "wiped node refused",
+    "wiped node replaced",
+    "change refused 409",
+    "change refused 412",
 ];
 
 /// The fault kind of a cut episode of `shape`.

@@ -23,6 +23,8 @@ pub mod timeline;
 pub mod watch_check;
 
 #[cfg(madsim)]
+pub mod membership;
+#[cfg(madsim)]
 pub mod run;
 #[cfg(madsim)]
 pub mod sweep;

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use crate::coverage::cut_kind;
 use crate::lease_check::{self, holder::HolderContext};
 use crate::linearizability::{self, Budget, CheckResult, KvInput, Operation};
+use crate::membership::Command;
 use crate::recorder::Shared;
 use crate::scenario::{
     Fault, Plant, Scenario, CLIENTS_DRAIN_MS_MAX, CLIENTS_STOP_MS, CONVERGE_MS_MAX, FAULTS_END_MS,
@@ -33,6 +34,12 @@ use crate::workload::{self, virtual_nanos, ClientContext, Ending};
 
 /// The HTTP port every node listens on.
 const PORT: u16 = 7000;
+/// The clients' machine in the supervisor's links (the scenario names it `nodes_count`).
+const CLIENT: usize = usize::MAX;
+/// Keys of the membership operator's cuts among the active cuts (above every episode number).
+const OPERATOR_CUTS: usize = 1 << 20;
+/// Spare machines for nodes the membership operator starts (fresh joiners).
+const SPARES_MAX: usize = 6;
 /// How often the inspector looks inside every live node (virtual milliseconds).
 const INSPECT_EVERY_MS: u64 = 500;
 /// Virtual time after which a run is declared hung (madsim panics).
@@ -61,19 +68,29 @@ fn virtual_ms() -> u64 {
     virtual_nanos() / 1_000_000
 }
 
+/// What woke the supervisor before its next scheduled moment.
+enum Wake {
+    /// A moment the monitor saw.
+    Trigger(Trigger),
+    /// A request of the membership operator.
+    Command(Command),
+}
+
 /// Sleeps until `at_ms`, or returns early with a trigger the monitor saw (a voter asked for its
-/// vote, a node starting a snapshot write).
+/// vote, a node starting a snapshot write) or a request of the membership operator.
 async fn sleep_until_ms_or_trigger(
     at_ms: u64,
     triggers: &mut mpsc::UnboundedReceiver<Trigger>,
-) -> Option<Trigger> {
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> Option<Wake> {
     let now = virtual_ms();
     if at_ms <= now {
         return None;
     }
     tokio::select! {
         biased;
-        trigger = triggers.recv() => trigger,
+        trigger = triggers.recv() => trigger.map(Wake::Trigger),
+        Some(command) = commands.recv() => Some(Wake::Command(command)),
         () = env::sleep(Duration::from_millis(at_ms - now)) => None,
     }
 }
@@ -91,9 +108,18 @@ struct NodeSlot {
     boot: u64,
     /// The running node's handle (set by `on_started`, cleared on kill).
     handle: Arc<Mutex<Option<NodeHandle>>>,
+    /// The flags the node starts with (the membership operator may switch them to `--join`).
+    config: Arc<Mutex<NodeConfig>>,
     crashed: bool,
     paused: bool,
     disk_full: bool,
+    /// The membership operator took the machine (killed for good, or wiped and not yet joined
+    /// again): no fault touches it and the heal does not restart it.
+    owned: bool,
+    /// The operator removed it from the cluster: after the heal it must have stopped. No fault
+    /// starts on it any more (one under way still ends: a full disk is mended, a crashed node
+    /// restarted, and it must learn it was removed).
+    removed: bool,
 }
 
 /// The simulated world of one seed, seen from the supervisor.
@@ -116,6 +142,11 @@ struct World {
     voter_crashes: u32,
     /// Snapshot writers crashed so far.
     snapshot_crashes: u32,
+    /// Process-fault episodes that found their node owned by the membership operator.
+    skipped_episodes: BTreeSet<usize>,
+    /// For starting spare nodes: the node event sender and every address.
+    observer: mpsc::UnboundedSender<NodeEvent>,
+    addrs: Vec<String>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -126,7 +157,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl World {
     fn sim_id(&self, index: usize) -> SimNodeId {
-        if index == self.scenario.nodes_count {
+        if index == CLIENT {
             self.client_sim_id
         } else {
             self.nodes[index].sim_id
@@ -176,7 +207,12 @@ impl World {
 
     fn disk_faults(&self, index: usize, fail_writes: bool) -> DiskFaults {
         DiskFaults {
-            torn_write_probability: self.scenario.torn_write_probability[index],
+            torn_write_probability: self
+                .scenario
+                .torn_write_probability
+                .get(index)
+                .copied()
+                .unwrap_or(0.0),
             lying_fsync: self.scenario.plant == Plant::LyingFsync,
             fail_writes,
             latency_min: Duration::from_micros(self.scenario.disk_latency_us.0),
@@ -285,6 +321,8 @@ impl World {
     ) -> bool {
         let node = &self.nodes[index];
         let eligible = !node.crashed
+            && !node.owned
+            && !node.removed
             && !node.paused
             && !node.disk_full
             && virtual_ms() + 1_000 < FAULTS_END_MS;
@@ -306,7 +344,7 @@ impl World {
         let downtime_ms = self.rng.next_u64() % downtime_ms_max;
         env::sleep(Duration::from_millis(delay_ms)).await;
         let node = &self.nodes[index];
-        if node.crashed || node.paused || node.disk_full {
+        if node.crashed || node.paused || node.disk_full || node.owned || node.removed {
             return;
         }
         self.trace(format!(
@@ -341,20 +379,37 @@ impl World {
 
     fn start_episode(&mut self, number: usize) {
         let episode = self.scenario.episodes[number].clone();
+        if let Some(node) = episode.fault.process_node() {
+            if self.nodes[node].owned || self.nodes[node].removed {
+                self.trace(format!(
+                    "fault {number}: {} belongs to the membership operator, skipped",
+                    self.nodes[node].name
+                ));
+                self.skipped_episodes.insert(number);
+                return;
+            }
+        }
         let label = |i: usize| self.scenario.label(i);
+        let client = self.scenario.nodes_count;
+        let endpoint = |i: usize| if i == client { CLIENT } else { i };
         match &episode.fault {
             Fault::Cut { shape, links } => {
                 self.trace(format!(
                     "fault {number}: cut {shape} ({} links)",
                     links.len()
                 ));
-                self.active_cuts.insert(number, links.clone());
+                let links = links
+                    .iter()
+                    .map(|&(a, b)| (endpoint(a), endpoint(b)))
+                    .collect();
+                self.active_cuts.insert(number, links);
                 self.shared.lock().coverage.fault(cut_kind(shape));
             }
             Fault::IsolateLeader => match self.current_leader() {
                 Some(leader) => {
                     self.trace(format!("fault {number}: isolate leader {}", label(leader)));
-                    let links = (0..=self.scenario.nodes_count)
+                    let links = (0..self.nodes.len())
+                        .chain([CLIENT])
                         .filter(|&n| n != leader)
                         .flat_map(|n| [(leader, n), (n, leader)])
                         .collect();
@@ -374,7 +429,7 @@ impl World {
                         "fault {number}: strand leader {} (every node's link to it cut one way)",
                         label(leader)
                     ));
-                    let links = (0..self.scenario.nodes_count)
+                    let links = (0..self.nodes.len())
                         .filter(|&n| n != leader)
                         .map(|n| (n, leader))
                         .collect();
@@ -436,6 +491,13 @@ impl World {
 
     fn end_episode(&mut self, number: usize) {
         let episode = self.scenario.episodes[number].clone();
+        let owned = episode
+            .fault
+            .process_node()
+            .is_some_and(|node| self.nodes[node].owned);
+        if self.skipped_episodes.contains(&number) || owned {
+            return;
+        }
         match &episode.fault {
             Fault::Cut { .. } | Fault::IsolateLeader | Fault::StrandLeader => {
                 self.active_cuts.remove(&number);
@@ -491,6 +553,167 @@ impl World {
         self.apply_network();
     }
 
+    /// The nodes the configuration of the current leader names (voters and learners), but not
+    /// those the operator took down for good; every node when no leader is known.
+    fn final_members(&self) -> BTreeSet<usize> {
+        let names: Option<BTreeSet<String>> = self.current_leader().and_then(|leader| {
+            let handle = lock(&self.nodes[leader].handle).clone()?;
+            Some(
+                handle
+                    .directory
+                    .members()
+                    .into_iter()
+                    .map(|m| m.name)
+                    .collect(),
+            )
+        });
+        (0..self.nodes.len())
+            .filter(|&i| !self.nodes[i].owned)
+            .filter(|&i| match &names {
+                Some(names) => names.contains(&self.nodes[i].name),
+                None => !self.nodes[i].removed,
+            })
+            .collect()
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Whether node `index` runs: its node started and its driver has not stopped.
+    fn running(&self, index: usize) -> bool {
+        let node = &self.nodes[index];
+        !node.crashed
+            && lock(&node.handle)
+                .as_ref()
+                .is_some_and(|h| !h.driver_stopped())
+    }
+
+    /// Hands node `index` to the membership operator: it is killed, its disk mended.
+    fn take(&mut self, index: usize) {
+        if !self.nodes[index].crashed {
+            self.kill(index);
+        }
+        if self.nodes[index].disk_full {
+            let faults = self.disk_faults(index, false);
+            sim_control::set_disk_faults(self.nodes[index].sim_id, faults);
+            self.nodes[index].disk_full = false;
+        }
+        self.nodes[index].owned = true;
+    }
+
+    /// The address a joining node asks: the leader's, else a running member's.
+    fn join_addr(&self) -> Option<String> {
+        let member = |i: &usize| !self.nodes[*i].removed && !self.nodes[*i].owned;
+        self.current_leader()
+            .filter(member)
+            .or_else(|| {
+                (0..self.nodes.len())
+                    .filter(member)
+                    .find(|&i| self.running(i))
+            })
+            .map(|i| self.addrs[i].clone())
+    }
+
+    /// Switches node `index`'s flags to `--join` through a running member.
+    fn set_join(&mut self, index: usize) -> bool {
+        let Some(join_addr) = self.join_addr() else {
+            return false;
+        };
+        join_through(&mut lock(&self.nodes[index].config), join_addr);
+        true
+    }
+
+    /// Carries out a request of the membership operator.
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Join { reply } => {
+                let index = self.nodes.len();
+                if index >= self.addrs.len() {
+                    let _ = reply.send(None);
+                    return;
+                }
+                let Some(join_addr) = self.join_addr() else {
+                    let _ = reply.send(None);
+                    return;
+                };
+                let mut config = node_config(
+                    &self.scenario,
+                    index,
+                    &self.addrs[..=index],
+                    self.observer.clone(),
+                );
+                join_through(&mut config, join_addr);
+                let name = config.name.clone();
+                self.trace(format!("membership: start {name}, joining"));
+                self.nodes.push(spawn_node(&self.shared, index, config));
+                let faults = self.disk_faults(index, false);
+                sim_control::set_disk_faults(self.nodes[index].sim_id, faults);
+                let _ = reply.send(Some(name));
+            }
+            Command::Kill { name } => {
+                if let Some(index) = self.index_of(&name) {
+                    self.trace(format!("membership: {name} is down for good"));
+                    self.take(index);
+                }
+            }
+            Command::WipeAndRestart { name } => {
+                if let Some(index) = self.index_of(&name) {
+                    self.trace(format!(
+                        "membership: {name} loses its disk, restarts with the same flags"
+                    ));
+                    self.take(index);
+                    sim_control::wipe_disk(self.nodes[index].sim_id);
+                    self.restart(index);
+                }
+            }
+            Command::Rejoin { name } => {
+                if let Some(index) = self.index_of(&name) {
+                    self.take(index);
+                    if self.set_join(index) {
+                        self.trace(format!("membership: {name} joins again, new incarnation"));
+                        self.nodes[index].owned = false;
+                        self.nodes[index].removed = false;
+                        self.restart(index);
+                    }
+                }
+            }
+            // A removed machine is retired: no new fault starts on it (a removed node
+            // restarted with its old data after its former peers restarted is not told it was
+            // removed: they only remember removals seen since they started).
+            Command::Removed { name } => {
+                if let Some(index) = self.index_of(&name) {
+                    self.nodes[index].removed = true;
+                }
+            }
+            Command::Cut { key, pairs } => {
+                let links = pairs
+                    .iter()
+                    .filter_map(|(a, b)| Some((self.index_of(a)?, self.index_of(b)?)))
+                    .flat_map(|(a, b)| [(a, b), (b, a)])
+                    .collect();
+                self.trace(format!("membership: cut {pairs:?}"));
+                self.active_cuts.insert(OPERATOR_CUTS + key, links);
+                self.apply_network();
+            }
+            Command::Uncut { key } => {
+                self.active_cuts.remove(&(OPERATOR_CUTS + key));
+                self.apply_network();
+            }
+            Command::Leader { reply } => {
+                let leader = self.current_leader().and_then(|index| {
+                    let term = lock(&self.nodes[index].handle).as_ref()?.status().term;
+                    Some((self.nodes[index].name.clone(), term))
+                });
+                let _ = reply.send(leader);
+            }
+            Command::Running { name, reply } => {
+                let running = self.index_of(&name).is_some_and(|i| self.running(i));
+                let _ = reply.send(running);
+            }
+        }
+    }
+
     /// Looks inside every running node and feeds the invariant checker; `with_state_hash` also
     /// hashes each state machine (a pass over all of it: only the convergence check needs it).
     async fn inspect_all(&self, with_state_hash: bool) -> Vec<(usize, raft_kv::node::Inspection)> {
@@ -510,6 +733,24 @@ impl World {
                 env::timeout(Duration::from_millis(300), handle.inspect(scope)).await
             {
                 inspections.push((index, inspection));
+            }
+        }
+        for (index, inspection) in &inspections {
+            let status = &inspection.status;
+            if status.soft_state.role != Role::Leader {
+                continue;
+            }
+            if let Err(detail) =
+                one_change_in_flight(&inspection.config_indexes, status.hard_state.commit)
+            {
+                self.shared.fail(
+                    ONE_CHANGE_IN_FLIGHT,
+                    format!(
+                        "leader {} in term {}: {detail}",
+                        self.nodes[*index].name, status.soft_state.term
+                    ),
+                    Vec::new(),
+                );
             }
         }
         let views: Vec<_> = inspections
@@ -532,6 +773,26 @@ impl World {
         }
         inspections
     }
+}
+
+/// The property of the check below.
+pub const ONE_CHANGE_IN_FLIGHT: &str = "membership: one change in flight";
+
+/// At most one configuration change uncommitted in a leader's log (single-server changes,
+/// thesis §4.1): `config_indexes` are the configuration entries in its log, `commit` its commit
+/// index.
+pub fn one_change_in_flight(config_indexes: &[u64], commit: u64) -> Result<(), String> {
+    let uncommitted: Vec<u64> = config_indexes
+        .iter()
+        .copied()
+        .filter(|&index| index > commit)
+        .collect();
+    if uncommitted.len() > 1 {
+        return Err(format!(
+            "configuration changes at {uncommitted:?} all above the commit index {commit}"
+        ));
+    }
+    Ok(())
 }
 
 /// Watches every node's events: at most one leader per term (Raft §5.2, election safety) and no
@@ -727,6 +988,57 @@ fn check_watches(shared: &Shared) {
     }
 }
 
+/// Sets `config` to join the cluster through `join_addr` (`--join`, `--join-token`).
+fn join_through(config: &mut NodeConfig, join_addr: String) {
+    config.peers.clear();
+    config.join = Some(join_addr);
+    config.join_token = Some(crate::stranger::OPERATOR_TOKEN.to_string());
+}
+
+/// Creates the machine of node `index` and starts it with `config` (the init closure reads the
+/// config at every boot, so the operator can switch it to `--join`).
+fn spawn_node(shared: &Shared, index: usize, config: NodeConfig) -> NodeSlot {
+    let name = config.name.clone();
+    let config = Arc::new(Mutex::new(config));
+    let slot: Arc<Mutex<Option<NodeHandle>>> = Arc::new(Mutex::new(None));
+    let slot_for_init = slot.clone();
+    let shared_for_init = shared.clone();
+    let config_for_init = config.clone();
+    let node = Handle::current()
+        .create_node()
+        .name(name.clone())
+        .ip(ip(&format!("10.0.0.{}", index + 1)))
+        .init(move || {
+            let config = lock(&config_for_init).clone();
+            let slot = slot_for_init.clone();
+            let shared = shared_for_init.clone();
+            async move {
+                let name = config.name.clone();
+                let on_started = |started: &NodeHandle| *lock(&slot) = Some(started.clone());
+                if let Err(error) =
+                    raft_kv::server::run(config, std::future::pending(), on_started).await
+                {
+                    shared.trace(format!("{:>6} ms  {name} stopped: {error}", virtual_ms()));
+                    *lock(&slot) = None;
+                }
+            }
+        })
+        .build();
+    NodeSlot {
+        raft_id: node_id_of(&name),
+        name,
+        sim_id: node.id(),
+        boot: 0,
+        handle: slot,
+        config,
+        crashed: false,
+        paused: false,
+        disk_full: false,
+        owned: false,
+        removed: false,
+    }
+}
+
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("a valid simulated IP address")
 }
@@ -749,48 +1061,23 @@ async fn supervise(scenario: Scenario, shared: Shared) {
     let addrs: Vec<String> = (0..scenario.nodes_count)
         .map(|i| format!("10.0.0.{}:{PORT}", i + 1))
         .collect();
+    // With membership operations the clients know the spare machines' addresses too.
+    let spares = if scenario.membership.is_empty() {
+        0
+    } else {
+        SPARES_MAX
+    };
+    let all_addrs: Vec<String> = (0..scenario.nodes_count + spares)
+        .map(|i| format!("10.0.0.{}:{PORT}", i + 1))
+        .collect();
     let (observer, events) = mpsc::unbounded_channel();
     let lease_config = node_config(&scenario, 0, &addrs, observer.clone());
     let checker = Arc::new(Mutex::new(InvariantChecker::new()));
     let mut nodes = Vec::new();
     for index in 0..scenario.nodes_count {
         let config = node_config(&scenario, index, &addrs, observer.clone());
-        let slot: Arc<Mutex<Option<NodeHandle>>> = Arc::new(Mutex::new(None));
-        let slot_for_init = slot.clone();
-        let shared_for_init = shared.clone();
-        let name = config.name.clone();
-        let node = handle
-            .create_node()
-            .name(name.clone())
-            .ip(ip(&format!("10.0.0.{}", index + 1)))
-            .init(move || {
-                let config = config.clone();
-                let slot = slot_for_init.clone();
-                let shared = shared_for_init.clone();
-                async move {
-                    let name = config.name.clone();
-                    let on_started = |started: &NodeHandle| *lock(&slot) = Some(started.clone());
-                    if let Err(error) =
-                        raft_kv::server::run(config, std::future::pending(), on_started).await
-                    {
-                        shared.trace(format!("{:>6} ms  {name} stopped: {error}", virtual_ms()));
-                        *lock(&slot) = None;
-                    }
-                }
-            })
-            .build();
-        nodes.push(NodeSlot {
-            raft_id: node_id_of(&name),
-            name,
-            sim_id: node.id(),
-            boot: 0,
-            handle: slot,
-            crashed: false,
-            paused: false,
-            disk_full: false,
-        });
+        nodes.push(spawn_node(&shared, index, config));
     }
-    drop(observer);
     let client_node = handle
         .create_node()
         .name("client")
@@ -809,6 +1096,9 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x00b0_07ed_c0de_0001),
         voter_crashes: 0,
         snapshot_crashes: 0,
+        skipped_episodes: BTreeSet::new(),
+        observer,
+        addrs: all_addrs.clone(),
     };
     for index in 0..scenario.nodes_count {
         let skew = scenario.clock_skews[index];
@@ -832,10 +1122,11 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         scenario.nodes_count, scenario.clients_count
     ));
 
-    let names: BTreeMap<u64, String> = world
-        .nodes
-        .iter()
-        .map(|n| (n.raft_id, n.name.clone()))
+    let names: BTreeMap<u64, String> = (0..scenario.nodes_count + spares)
+        .map(|i| {
+            let name = Scenario::node_name(i);
+            (node_id_of(&name), name)
+        })
         .collect();
     let (triggers_tx, mut triggers) = mpsc::unbounded_channel();
     let monitor_task = env::spawn(monitor(
@@ -849,7 +1140,7 @@ async fn supervise(scenario: Scenario, shared: Shared) {
 
     // The clients.
     let stop_clients = Arc::new(AtomicBool::new(false));
-    let ctx = ClientContext::new(&scenario, addrs.clone(), shared.clone());
+    let ctx = ClientContext::new(&scenario, all_addrs.clone(), shared.clone());
     let mut clients = Vec::new();
     for client in 0..scenario.clients_count {
         let ctx = ctx.clone();
@@ -877,7 +1168,7 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         )));
     }
     let holder_ctx = HolderContext {
-        addrs: addrs.clone(),
+        addrs: all_addrs.clone(),
         ttl_s: lease_config.lease_ttl_min().as_secs(),
         call_timeout: ctx.call_timeout,
         shared: shared.clone(),
@@ -916,6 +1207,25 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         }));
     }
 
+    // The membership operator, stopped when the faults end.
+    let (commands_tx, mut commands) = mpsc::unbounded_channel();
+    let stop_operator = Arc::new(AtomicBool::new(false));
+    if !scenario.membership.is_empty() {
+        let operator = crate::membership::Operator {
+            steps: scenario.membership.clone(),
+            addrs: all_addrs.clone(),
+            commands: commands_tx,
+            shared: shared.clone(),
+            rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x0e3b_e750_0000_0001),
+            stop: stop_operator.clone(),
+            call_timeout: ctx.call_timeout,
+            started: scenario.nodes_count,
+        };
+        drop(client_node.spawn(operator.run()));
+    } else {
+        drop(commands_tx);
+    }
+
     // Phase 1: the fault schedule, with periodic inspections in between.
     let mut actions: Vec<(u64, bool, usize)> = Vec::new();
     for (number, episode) in scenario.episodes.iter().enumerate() {
@@ -928,13 +1238,20 @@ async fn supervise(scenario: Scenario, shared: Shared) {
     let mut next_action = 0;
     while virtual_ms() < FAULTS_END_MS && !shared.failed() {
         let action_at = actions.get(next_action).map_or(FAULTS_END_MS, |a| a.0);
-        match sleep_until_ms_or_trigger(next_inspect_ms.min(action_at), &mut triggers).await {
-            Some(Trigger::Voter(voter)) => {
+        let wake =
+            sleep_until_ms_or_trigger(next_inspect_ms.min(action_at), &mut triggers, &mut commands)
+                .await;
+        match wake {
+            Some(Wake::Trigger(Trigger::Voter(voter))) => {
                 world.maybe_crash_voter(voter).await;
                 continue;
             }
-            Some(Trigger::SnapshotWriter(writer)) => {
+            Some(Wake::Trigger(Trigger::SnapshotWriter(writer))) => {
                 world.maybe_crash_snapshot_writer(writer).await;
+                continue;
+            }
+            Some(Wake::Command(command)) => {
+                world.handle_command(command);
                 continue;
             }
             None => {}
@@ -954,6 +1271,7 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         }
     }
 
+    stop_operator.store(true, Ordering::Relaxed);
     if !shared.failed() {
         let leader_ms = heal_and_check_liveness(&mut world, &stop_clients, clients, &ctx).await;
         if let Some(leader_ms) = leader_ms.filter(|_| !shared.failed()) {
@@ -1000,6 +1318,10 @@ async fn heal_and_check_liveness(
     world.active_delay.clear();
     world.apply_network();
     for index in 0..world.nodes.len() {
+        // Machines the operator took or removed stay as they are (removed ones must stop).
+        if world.nodes[index].owned || world.nodes[index].removed {
+            continue;
+        }
         if world.nodes[index].paused {
             Handle::current().resume(world.nodes[index].sim_id);
             world.nodes[index].paused = false;
@@ -1037,7 +1359,16 @@ async fn heal_and_check_liveness(
         if virtual_ms() >= leader_deadline_ms {
             shared.fail(
                 "liveness: leader after heal",
-                format!("no leader followed by every node {LEADER_AFTER_HEAL_MS_MAX} ms after the heal; {}", statuses(world)),
+                format!(
+                    "no leader followed by every member {LEADER_AFTER_HEAL_MS_MAX} ms after the \
+                     heal; members {:?}; {}",
+                    world
+                        .final_members()
+                        .iter()
+                        .map(|&i| world.nodes[i].name.as_str())
+                        .collect::<Vec<_>>(),
+                    statuses(world)
+                ),
                 Vec::new(),
             );
             return None;
@@ -1084,7 +1415,13 @@ async fn heal_and_check_liveness(
     // Every replica converges: same applied index, same state hash, nothing left to apply.
     let converge_deadline_ms = virtual_ms() + CONVERGE_MS_MAX;
     loop {
-        let inspections = world.inspect_all(true).await;
+        let members = world.final_members();
+        let inspections: Vec<_> = world
+            .inspect_all(true)
+            .await
+            .into_iter()
+            .filter(|(index, _)| members.contains(index))
+            .collect();
         if shared.failed() {
             return None;
         }
@@ -1096,7 +1433,7 @@ async fn heal_and_check_liveness(
         let caught_up = inspections
             .iter()
             .all(|(_, i)| i.kv_applied_index == i.status.hard_state.commit);
-        if inspections.len() == world.nodes.len()
+        if inspections.len() == members.len()
             && applied.len() == 1
             && hashes.len() == 1
             && caught_up
@@ -1124,9 +1461,9 @@ async fn heal_and_check_liveness(
             shared.fail(
                 "liveness: replicas converge",
                 format!(
-                    "{} of {} nodes answered; {}",
+                    "{} of {} members answered; {}",
                     inspections.len(),
-                    world.nodes.len(),
+                    members.len(),
                     detail.join("; ")
                 ),
                 Vec::new(),
@@ -1134,6 +1471,10 @@ async fn heal_and_check_liveness(
             return None;
         }
         env::sleep(Duration::from_millis(100)).await;
+    }
+
+    if !check_removed_stopped(world).await {
+        return None;
     }
 
     // No acknowledged write lost: a final linearizable read of every key joins the history.
@@ -1196,11 +1537,43 @@ async fn heal_and_check_liveness(
     None
 }
 
-/// The node every running node agrees leads, if any.
+/// Nodes the operator removed stop (exit, or report removed) within the convergence bound.
+async fn check_removed_stopped(world: &World) -> bool {
+    let deadline_ms = virtual_ms() + CONVERGE_MS_MAX;
+    loop {
+        let members = world.final_members();
+        let running: Vec<&str> = (0..world.nodes.len())
+            .filter(|i| world.nodes[*i].removed && !members.contains(i) && world.running(*i))
+            .map(|i| world.nodes[i].name.as_str())
+            .collect();
+        if running.is_empty() {
+            return true;
+        }
+        if virtual_ms() >= deadline_ms {
+            world.shared.fail(
+                "membership: removed nodes stop",
+                format!(
+                    "removed from the cluster but still running {CONVERGE_MS_MAX} ms after \
+                     the replicas converged: {running:?}"
+                ),
+                Vec::new(),
+            );
+            return false;
+        }
+        env::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The node every running member (of the configuration the leader holds) agrees leads, if any.
 fn agreed_leader(world: &World) -> Option<usize> {
     let leader = world.current_leader()?;
     let leader_status = lock(&world.nodes[leader].handle).as_ref()?.status();
-    for node in &world.nodes {
+    let members = world.final_members();
+    if !members.contains(&leader) {
+        return None;
+    }
+    for index in members {
+        let node = &world.nodes[index];
         let status = lock(&node.handle).as_ref()?.status();
         if status.term != leader_status.term || status.leader != Some(world.nodes[leader].raft_id) {
             return None;
@@ -1253,5 +1626,27 @@ fn check_history(shared: &Shared) {
             violation.explanation,
             violation.ops,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_change_in_flight;
+
+    #[test]
+    fn a_leader_log_with_two_uncommitted_changes_breaks_the_in_flight_check() {
+        let error = one_change_in_flight(&[3, 7, 9], 6).unwrap_err();
+        assert!(error.contains("[7, 9]"), "{error}");
+        assert!(error.contains("commit index 6"), "{error}");
+    }
+
+    #[test]
+    fn one_uncommitted_change_above_committed_ones_passes_the_in_flight_check() {
+        assert_eq!(one_change_in_flight(&[3, 7, 9], 7), Ok(()));
+        assert_eq!(
+            one_change_in_flight(&[3, 7], 2),
+            Err("configuration changes at [3, 7] all above the commit index 2".to_string())
+        );
+        assert_eq!(one_change_in_flight(&[], 0), Ok(()));
     }
 }

@@ -113,13 +113,51 @@ pub enum Fault {
 
 impl Fault {
     /// The node the fault is pinned to, if it acts on one node's process or disk.
-    fn process_node(&self) -> Option<usize> {
+    pub fn process_node(&self) -> Option<usize> {
         match self {
             Fault::Crash { node } | Fault::Pause { node } | Fault::DiskFull { node } => Some(*node),
             _ => None,
         }
     }
 }
+
+/// A membership operation the seed's operator takes (issue 10). The operator adapts it to the
+/// cluster it finds: a growth at five voters removes instead, a removal at three grows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberOp {
+    /// A fresh node joins (`--join`): added as a learner, promoted once caught up.
+    Grow,
+    /// A voter is removed (`DELETE /v1/cluster/members/{name}`); `leader`: the leader itself.
+    Remove {
+        /// Remove the leader (it hands leadership over first).
+        leader: bool,
+    },
+    /// A voter is crashed for good, removed, and a fresh node joins in its place.
+    ReplaceCrashed,
+    /// A voter loses its disk and restarts with the same flags (it must refuse to start under
+    /// its old identity); it is removed, then joins again as a new incarnation.
+    ReplaceWiped,
+    /// The shape of the single-server change bug (raft-dev, 2015), on four voters: the leader
+    /// is cut off and asked to remove a voter (appended, never replicated); the new leader is
+    /// at once asked to remove the old one while one of its voters is cut off; then the old
+    /// leader and that voter are joined. The current-term check refuses the second change;
+    /// without it both changes commit under disjoint majorities.
+    ChangesAcrossTerms,
+}
+
+/// A membership operation and when the operator starts it (after the one before it ended).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberStep {
+    /// Virtual milliseconds from the start.
+    pub at_ms: u64,
+    /// What the operator does.
+    pub op: MemberOp,
+}
+
+/// The share of seeds (of those that run membership operations at all) that do.
+pub const MEMBERSHIP_PROBABILITY: f64 = 0.8;
+/// Membership operations start no later than this before the faults end.
+pub const MEMBERSHIP_END_MARGIN_MS: u64 = 6_000;
 
 /// A fault active from `start_ms` for `duration_ms` (virtual milliseconds).
 #[derive(Clone, Debug, PartialEq)]
@@ -211,6 +249,8 @@ pub struct Scenario {
     /// Every node's `--quota-bytes` in a small-quota seed (see `quota_check`); `None`: the
     /// default, which the workload never reaches.
     pub quota_bytes: Option<u64>,
+    /// The membership operations, in order (empty: the member set stays as bootstrapped).
+    pub membership: Vec<MemberStep>,
 }
 
 /// A small seeded generator for scenario parameters.
@@ -421,6 +461,13 @@ impl Scenario {
         } else {
             (keys_count, None)
         };
+        // Drawn last, and only where no other plant's pinned seed would see its schedule move.
+        let membership =
+            if matches!(plant, Plant::None | Plant::SkipCurrentTermCheck) && !strand_focus {
+                Self::draw_membership(&mut draw)
+            } else {
+                Vec::new()
+            };
         Scenario {
             seed,
             plant,
@@ -450,7 +497,34 @@ impl Scenario {
             transfer_chunk_bytes,
             rpc_body_bytes_max,
             quota_bytes,
+            membership,
         }
+    }
+
+    /// Most seeds: a few membership operations spread over the fault phase.
+    fn draw_membership(draw: &mut Draw) -> Vec<MemberStep> {
+        if !draw.chance(MEMBERSHIP_PROBABILITY) {
+            return Vec::new();
+        }
+        let steps = draw.range(2, 6);
+        let mut at_ms = draw.range(1_000, 4_000);
+        let mut plan = Vec::new();
+        for _ in 0..steps {
+            if at_ms + MEMBERSHIP_END_MARGIN_MS > FAULTS_END_MS {
+                break;
+            }
+            let op = match draw.below(6) {
+                0 => MemberOp::Grow,
+                1 => MemberOp::Remove { leader: false },
+                2 => MemberOp::Remove { leader: true },
+                3 => MemberOp::ReplaceCrashed,
+                4 => MemberOp::ReplaceWiped,
+                _ => MemberOp::ChangesAcrossTerms,
+            };
+            plan.push(MemberStep { at_ms, op });
+            at_ms += draw.range(2_000, 8_000);
+        }
+        plan
     }
 
     fn draw_episodes(draw: &mut Draw, nodes_count: usize, election_ms: u64) -> Vec<Episode> {
@@ -768,6 +842,9 @@ impl fmt::Display for Scenario {
             self.episodes.len(),
             FAULTS_END_MS
         )?;
+        for step in &self.membership {
+            writeln!(f, "  membership at {:>6} ms: {:?}", step.at_ms, step.op)?;
+        }
         for episode in &self.episodes {
             let what = match &episode.fault {
                 Fault::Cut { shape, links } => {

@@ -43,15 +43,19 @@ pub const CLIENT_AUTHORIZATION_HEADER: &str = "Bearer sim-client-token-readwrite
 /// The stranger's token (role `read`).
 const READ_TOKEN: &str = "sim-stranger-token-read";
 
+/// The membership operator's token (role `admin`), also the joining nodes' `--join-token`.
+pub const OPERATOR_TOKEN: &str = "sim-operator-token-admin";
+
 /// The simulated nodes' token file.
 pub fn sim_tokens() -> TokenTable {
     let client_token = CLIENT_AUTHORIZATION_HEADER
         .strip_prefix("Bearer ")
         .expect("a bearer header");
     let text = format!(
-        "clients readwrite {}\nstranger read {}\n",
+        "clients readwrite {}\nstranger read {}\noperator admin {}\n",
         token_hash_hex(client_token),
-        token_hash_hex(READ_TOKEN)
+        token_hash_hex(READ_TOKEN),
+        token_hash_hex(OPERATOR_TOKEN)
     );
     TokenTable::parse(&text).expect("the simulated token file parses")
 }

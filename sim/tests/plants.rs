@@ -154,3 +154,8 @@ fn a_voter_that_forgets_its_vote_on_restart_is_caught_by_election_safety() {
 fn a_store_that_applies_writes_past_the_quota_is_caught_by_the_quota_check() {
     assert_caught_by_its_victim(Plant::QuotaNotEnforcedOnApply);
 }
+
+#[test]
+fn a_membership_change_before_the_new_leaders_first_commit_is_caught_by_state_machine_safety() {
+    assert_caught_by_its_victim(Plant::SkipCurrentTermCheck);
+}

@@ -115,6 +115,8 @@ struct Driver {
     self_removal: members::SelfRemoval,
     /// The configuration `directory` and the transport were last built from.
     published_membership: Membership,
+    /// The membership at the commit index when the directory was last rebuilt.
+    published_committed: Membership,
     transport: Transport,
     metrics: NodeMetrics,
     status: Arc<Mutex<NodeStatus>>,
@@ -210,10 +212,16 @@ pub(super) async fn start(
     )
     .map_err(|e| StartError::Restore(e.to_string()))?;
     let published_membership = raft.membership().clone();
+    let published_committed = raft.committed_membership().clone();
     let directory = Arc::new(members::Directory::new(
         members::members_of(&published_membership, &cluster),
-        published_membership.removed.clone(),
+        published_committed.removed.clone(),
     ));
+    directory.replace(
+        members::members_of(&published_membership, &cluster),
+        members::members_of(&published_committed, &cluster),
+        published_committed.removed.clone(),
+    );
     if published_membership.voters.len() == 1
         && published_membership.voters.contains(&cluster.self_id)
     {
@@ -283,6 +291,7 @@ pub(super) async fn start(
         member_waiters: members::Waiters::default(),
         self_removal,
         published_membership,
+        published_committed,
         transport,
         metrics: metrics.clone(),
         status: status.clone(),
@@ -507,22 +516,40 @@ impl Driver {
     /// Rebuilds the directory and the peer links when the core's configuration changed (on
     /// append, committed or not: thesis §4.1).
     fn maybe_publish_membership(&mut self) -> bool {
-        if self.raft.membership() == &self.published_membership {
+        if self.raft.membership() == &self.published_membership
+            && self.raft.committed_membership() == &self.published_committed
+        {
             return false;
         }
+        let latest_changed = self.raft.membership() != &self.published_membership;
         self.published_membership = self.raft.membership().clone();
+        self.published_committed = self.raft.committed_membership().clone();
         let members = members::members_of(&self.published_membership, &self.cluster);
-        tracing::info!(
-            node = %self.config.name,
-            voters = ?self.published_membership.voters,
-            learners = ?self.published_membership.learners,
-            config_index = self.raft.membership_index(),
-            "configuration changed"
+        let committed = members::members_of(&self.published_committed, &self.cluster);
+        self.directory.replace(
+            members.clone(),
+            committed.clone(),
+            self.published_committed.removed.clone(),
         );
-        self.transport.sync_peers(&members);
-        self.directory
-            .replace(members, self.published_membership.removed.clone());
-        true
+        // Links to the members of both: a member that only an uncommitted configuration dropped
+        // is still heard, so it must also get its answers.
+        let mut links = members;
+        for member in committed {
+            if links.iter().all(|m| m.id != member.id) {
+                links.push(member);
+            }
+        }
+        self.transport.sync_peers(&links);
+        if latest_changed {
+            tracing::info!(
+                node = %self.config.name,
+                voters = ?self.published_membership.voters,
+                learners = ?self.published_membership.learners,
+                config_index = self.raft.membership_index(),
+                "configuration changed"
+            );
+        }
+        latest_changed
     }
 
     /// Restarts a lease's countdown if this node leads (the caller then confirms leadership
@@ -589,15 +616,20 @@ impl Driver {
         let status = self.raft.status();
         let snapshot_index = status.snapshot_index;
         let snapshot_term = self.raft.term_at(snapshot_index).unwrap_or(0);
-        let log = if scope.log {
-            self.raft
-                .entries(snapshot_index + 1, status.last_index + 1)
-                .iter()
-                .map(|e| (e.index, e.term, entry_digest(e.kind, &e.data)))
-                .collect()
+        let entries = if scope.log {
+            self.raft.entries(snapshot_index + 1, status.last_index + 1)
         } else {
-            Vec::new()
+            &[]
         };
+        let log: Vec<_> = entries
+            .iter()
+            .map(|e| (e.index, e.term, entry_digest(e.kind, &e.data)))
+            .collect();
+        let config_indexes: Vec<Index> = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Config)
+            .map(|e| e.index)
+            .collect();
         let view = NodeView {
             id: status.id,
             term: status.soft_state.term,
@@ -612,6 +644,7 @@ impl Driver {
             state_hash: scope.state_hash.then(|| self.kv.state_hash()),
             status,
             view,
+            config_indexes,
         }
     }
 
@@ -722,6 +755,8 @@ impl Driver {
             self.member_waiters.applied(entry.index, entry.term);
         }
         self.self_removal.maybe_notice(&self.raft, &self.directory);
+        // A configuration that committed now tells the members it dropped (410).
+        self.maybe_publish_membership();
         self.watches.publish_applied();
         for read_state in std::mem::take(&mut ready.read_states) {
             if let Some(reads) = self.reads_confirming.remove(&read_state.context) {

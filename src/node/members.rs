@@ -28,8 +28,15 @@ pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 1_000;
 #[derive(Debug)]
 pub struct Directory {
     members: Mutex<Vec<Member>>,
-    /// The removed incarnations the configuration remembers (`Membership::removed`, durable in
-    /// the log and snapshots): their RPCs get 410 Gone, which tells a removed node to stop.
+    /// The members of the configuration committed at this node's commit index. Until a newer
+    /// configuration commits, its dropped members are still heard: an uncommitted removal may
+    /// be overwritten by another leader's log, and that leader must be heard (thesis §4.1;
+    /// found by the simulator).
+    committed_members: Mutex<Vec<Member>>,
+    /// The removed incarnations the committed configuration remembers (`Membership::removed`,
+    /// durable in the log and snapshots): their RPCs get 410 Gone, which tells a removed node to
+    /// stop. Only a committed removal is told: a node told 410 on the strength of an
+    /// uncommitted one would exit while it may still be a voter.
     removed: Mutex<Vec<RemovedMember>>,
     /// Set once this node learns it was removed: why. The driver stops, `/health` says
     /// `removed`, and the process exits non-zero.
@@ -40,6 +47,7 @@ impl Directory {
     /// A directory of `members`, remembering the `removed` incarnations.
     pub fn new(members: Vec<Member>, removed: Vec<RemovedMember>) -> Directory {
         Directory {
+            committed_members: Mutex::new(members.clone()),
             members: Mutex::new(members),
             removed: Mutex::new(removed),
             removal: Mutex::new(None),
@@ -52,16 +60,23 @@ impl Directory {
     /// else is refused (403).
     pub fn standing(&self, id: NodeId, incarnation: u64) -> Standing {
         let member = self.member(id);
-        if let Some(member) = &member {
-            let skip_check = crate::plants::active(crate::plants::Plant::SkipIncarnationCheck);
-            if member.incarnation == 0 || member.incarnation == incarnation || skip_check {
+        let committed = self
+            .committed_members
+            .lock()
+            .expect("directory lock poisoned")
+            .iter()
+            .find(|m| m.id == id)
+            .cloned();
+        let skip_check = crate::plants::active(crate::plants::Plant::SkipIncarnationCheck);
+        for known in [&member, &committed].into_iter().flatten() {
+            if known.incarnation == 0 || known.incarnation == incarnation || skip_check {
                 return Standing::Member;
             }
         }
         let removed = self.removed.lock().expect("directory lock poisoned");
         if removed.iter().any(|r| r.covers(id, incarnation)) {
             Standing::Removed
-        } else if member.is_some() {
+        } else if member.is_some() || committed.is_some() {
             Standing::OtherIncarnation
         } else {
             Standing::Stranger
@@ -102,10 +117,20 @@ impl Directory {
         self.members().into_iter().find(|m| m.name == name)
     }
 
-    /// Takes the members and removed incarnations of a new configuration.
-    pub(super) fn replace(&self, members: Vec<Member>, removed: Vec<RemovedMember>) {
+    /// Takes the members of the latest configuration (committed or not), and the members and
+    /// removed incarnations of the configuration committed at this node's commit index.
+    pub(super) fn replace(
+        &self,
+        members: Vec<Member>,
+        committed_members: Vec<Member>,
+        committed_removed: Vec<RemovedMember>,
+    ) {
         *self.members.lock().expect("directory lock poisoned") = members;
-        *self.removed.lock().expect("directory lock poisoned") = removed;
+        *self
+            .committed_members
+            .lock()
+            .expect("directory lock poisoned") = committed_members;
+        *self.removed.lock().expect("directory lock poisoned") = committed_removed;
     }
 }
 
@@ -706,8 +731,10 @@ mod tests {
         assert_eq!(directory.standing(c, 1), Standing::Removed);
         assert_eq!(directory.standing(node_id_of("d"), 1), Standing::Stranger);
         // "b" joins again as a new incarnation: that one is heard, the removed one still told.
+        let committed = vec![member("a", 5), member("b", 8)];
         directory.replace(
-            vec![member("a", 5), member("b", 8)],
+            committed.clone(),
+            committed,
             vec![RemovedMember {
                 id: b,
                 incarnation: 6,
@@ -717,6 +744,22 @@ mod tests {
         assert_eq!(directory.standing(b, 6), Standing::Removed);
         assert_eq!(directory.standing(b, 9), Standing::OtherIncarnation);
         assert_eq!(directory.removal(), None);
+        // A removal not yet committed is not told, and the dropped member is still heard: the
+        // removal may be overwritten by another leader's log (thesis §4.1).
+        let removed_b = RemovedMember {
+            id: b,
+            incarnation: 8,
+        };
+        directory.replace(
+            vec![member("a", 5)],
+            vec![member("a", 5), member("b", 8)],
+            vec![],
+        );
+        assert_eq!(directory.standing(b, 8), Standing::Member);
+        assert_eq!(directory.standing(b, 7), Standing::OtherIncarnation);
+        // Once it commits, b is told it is gone.
+        directory.replace(vec![member("a", 5)], vec![member("a", 5)], vec![removed_b]);
+        assert_eq!(directory.standing(b, 8), Standing::Removed);
         directory.mark_removed("first".into());
         directory.mark_removed("second".into());
         assert_eq!(directory.removal().as_deref(), Some("first"));

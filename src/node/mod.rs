@@ -224,6 +224,9 @@ pub struct Inspection {
     pub state_hash: Option<u64>,
     /// The core's view for [`crate::raft::invariants`] (its log only when asked for).
     pub view: crate::raft::invariants::NodeView,
+    /// The indexes of the configuration entries in the log above the snapshot (only when the
+    /// log was asked for): the simulator checks that a leader never holds two uncommitted.
+    pub config_indexes: Vec<Index>,
 }
 
 /// Buckets of the snapshot write duration: 1 ms to about 10 minutes.

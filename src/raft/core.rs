@@ -268,6 +268,11 @@ impl RaftCore {
         self.membership.current_index()
     }
 
+    /// The membership in force at the commit index.
+    pub(crate) fn committed_membership(&self) -> &Membership {
+        self.membership.at(self.log.commit)
+    }
+
     /// On a leader, whether `id` answered within the current check-quorum window.
     pub(crate) fn recently_active(&self, id: NodeId) -> Option<bool> {
         if id == self.id {

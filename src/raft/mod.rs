@@ -383,6 +383,11 @@ impl Raft {
         self.core.membership_index()
     }
 
+    /// The membership in force at the commit index (the latest one may not be committed yet).
+    pub fn committed_membership(&self) -> &Membership {
+        self.core.committed_membership()
+    }
+
     /// On a leader, whether member `id` answered within the current check-quorum window
     /// (`None` on a non-leader or for a non-member).
     pub fn recently_active(&self, id: NodeId) -> Option<bool> {

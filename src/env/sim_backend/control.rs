@@ -43,6 +43,12 @@ pub fn set_disk_faults(node: NodeId, faults: DiskFaults) {
     plugin::<DiskSim>().set_faults(node, faults);
 }
 
+/// Wipes `node`'s disk (a lost or replaced drive): every file and directory is gone, durable
+/// or not. Kill the node first; its faults and plants stay.
+pub fn wipe_disk(node: NodeId) {
+    plugin::<DiskSim>().wipe(node);
+}
+
 /// The faults currently set on `node`'s disk.
 pub fn disk_faults(node: NodeId) -> DiskFaults {
     plugin::<DiskSim>().faults(node)

@@ -330,6 +330,20 @@ impl DiskSim {
         self.with_disk(node, |disk| disk.faults = faults);
     }
 
+    /// Loses everything on `node`'s disk (a replaced drive): files, directories, pending
+    /// writes. Its faults and plants stay; handles of the old boot are refused.
+    pub(in crate::env) fn wipe(&self, node: NodeId) {
+        self.with_disk(node, |disk| {
+            *disk = NodeDisk {
+                boot: disk.boot + 1,
+                faults: disk.faults.clone(),
+                plants: disk.plants,
+                torn_files: disk.torn_files,
+                ..NodeDisk::default()
+            };
+        });
+    }
+
     pub(in crate::env) fn faults(&self, node: NodeId) -> DiskFaults {
         self.with_disk(node, |disk| disk.faults.clone())
     }
