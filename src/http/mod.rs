@@ -74,7 +74,7 @@ pub async fn serve(
             let header_bytes_max = state.limits.header_bytes_max.max(8192);
             let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
                 let state = state.clone();
-                request.extensions_mut().insert(identity.clone());
+                request.extensions_mut().insert(identity);
                 request.extensions_mut().insert(RemoteAddr(peer_addr));
                 async move {
                     if let Some(refused) = guard::refusal_response(&request) {

@@ -617,10 +617,8 @@ mod tests {
             Err(MembershipError::InFlight)
         );
         settle(&mut raft);
-        directory.replace(
-            members_of(raft.membership(), &ClusterInfo::new("n1", "h:1", vec![])),
-            raft.membership().removed.clone(),
-        );
+        let members = members_of(raft.membership(), &ClusterInfo::new("n1", "h:1", vec![]));
+        directory.replace(members.clone(), members, raft.membership().removed.clone());
         assert!(propose(&mut raft, &directory, add("n3", "h:3"), Some(index)).is_ok());
     }
 
@@ -672,10 +670,8 @@ mod tests {
         // A learner that never answered is not caught up.
         propose(&mut raft, &directory, add("n2", "h:2"), None).unwrap();
         settle(&mut raft);
-        directory.replace(
-            members_of(raft.membership(), &ClusterInfo::new("n1", "h:1", vec![])),
-            raft.membership().removed.clone(),
-        );
+        let members = members_of(raft.membership(), &ClusterInfo::new("n1", "h:1", vec![]));
+        directory.replace(members.clone(), members, raft.membership().removed.clone());
         assert!(matches!(
             propose(
                 &mut raft,
