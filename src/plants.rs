@@ -58,11 +58,14 @@ pub enum Plant {
     /// The state machine applies a write that grows the store past the quota stamped into it
     /// (issue 11: `--quota-bytes`), so a replica's store passes the quota in force.
     QuotaNotEnforcedOnApply,
+    /// Every client of a node shares one rate-limit bucket (issue 11: `--rate-limit-rps`), so
+    /// one greedy client gets a polite one refused.
+    RateLimitSharedBucket,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 16] = [
+    pub const ALL: [Plant; 17] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -79,6 +82,7 @@ impl Plant {
         Plant::LeaseCountdownNotRestarted,
         Plant::WatchResumeRepeats,
         Plant::QuotaNotEnforcedOnApply,
+        Plant::RateLimitSharedBucket,
     ];
 
     /// The name used on the command line.
@@ -100,6 +104,7 @@ impl Plant {
             Plant::LeaseCountdownNotRestarted => "lease-countdown-not-restarted",
             Plant::WatchResumeRepeats => "watch-resume-repeats",
             Plant::QuotaNotEnforcedOnApply => "quota-not-enforced-on-apply",
+            Plant::RateLimitSharedBucket => "rate-limit-shared-bucket",
         }
     }
 }

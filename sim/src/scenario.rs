@@ -211,6 +211,8 @@ pub struct Scenario {
     /// Every node's `--quota-bytes` in a small-quota seed (see `quota_check`); `None`: the
     /// default, which the workload never reaches.
     pub quota_bytes: Option<u64>,
+    /// Every node's rate limit in a rate-limited seed (see `rate_check`); `None`: no limit.
+    pub rate_limit: Option<raft_kv::http::rate_limit::RateLimitOptions>,
 }
 
 /// A small seeded generator for scenario parameters.
@@ -450,6 +452,8 @@ impl Scenario {
             transfer_chunk_bytes,
             rpc_body_bytes_max,
             quota_bytes,
+            // Not drawn either.
+            rate_limit: crate::rate_check::runs_in(seed, plant).then(crate::rate_check::options),
         }
     }
 
@@ -761,6 +765,13 @@ impl fmt::Display for Scenario {
         )?;
         if let Some(quota_bytes) = self.quota_bytes {
             writeln!(f, "  quota: {quota_bytes} bytes on every node")?;
+        }
+        if let Some(limit) = self.rate_limit {
+            writeln!(
+                f,
+                "  rate limit: {} requests/s in bursts of {} per client on every node",
+                limit.requests_per_second, limit.burst
+            )?;
         }
         writeln!(
             f,

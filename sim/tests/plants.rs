@@ -149,3 +149,8 @@ fn a_voter_that_forgets_its_vote_on_restart_is_caught_by_election_safety() {
 fn a_store_that_applies_writes_past_the_quota_is_caught_by_the_quota_check() {
     assert_caught_by_its_victim(Plant::QuotaNotEnforcedOnApply);
 }
+
+#[test]
+fn clients_sharing_one_rate_limit_bucket_are_caught_by_the_rate_limit_check() {
+    assert_caught_by_its_victim(Plant::RateLimitSharedBucket);
+}
