@@ -64,11 +64,14 @@ pub enum Plant {
     /// A leader accepts a membership change before it committed an entry of its own term: the
     /// single-server change bug (Ongaro, raft-dev 2015) that the current-term check fixes.
     SkipCurrentTermCheck,
+    /// Every client of a node shares one rate-limit bucket (issue 11: `--rate-limit-rps`), so
+    /// one greedy client gets a polite one refused.
+    RateLimitSharedBucket,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 18] = [
+    pub const ALL: [Plant; 19] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -87,6 +90,7 @@ impl Plant {
         Plant::QuotaNotEnforcedOnApply,
         Plant::SkipIncarnationCheck,
         Plant::SkipCurrentTermCheck,
+        Plant::RateLimitSharedBucket,
     ];
 
     /// The name used on the command line.
@@ -110,6 +114,7 @@ impl Plant {
             Plant::QuotaNotEnforcedOnApply => "quota-not-enforced-on-apply",
             Plant::SkipIncarnationCheck => "skip-incarnation-check",
             Plant::SkipCurrentTermCheck => "skip-current-term-check",
+            Plant::RateLimitSharedBucket => "rate-limit-shared-bucket",
         }
     }
 }

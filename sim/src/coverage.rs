@@ -74,6 +74,10 @@ pub struct Coverage {
     pub unknown: u64,
     /// Write attempts answered `507 quota_exceeded` (small-quota seeds).
     pub quota_refused: u64,
+    /// Whether the nodes ran with a rate limit (rate-limited seeds).
+    pub rate_limit: bool,
+    /// Requests answered `429 rate_limited` (the greedy client's and the workload's).
+    pub rate_limited: u64,
 }
 
 impl Coverage {
@@ -265,6 +269,14 @@ impl fmt::Display for SweepCoverage {
             "writes refused (507)",
             self.spread(|c| c.quota_refused),
             self.seeds.iter().filter(|c| c.quota_refused > 0).count()
+        )?;
+        writeln!(
+            f,
+            "  {:<26} {} ({} seeds, {} with a rate limit)",
+            "requests refused (429)",
+            self.spread(|c| c.rate_limited),
+            self.seeds.iter().filter(|c| c.rate_limited > 0).count(),
+            self.seeds.iter().filter(|c| c.rate_limit).count()
         )?;
         let missing = self.missing_kinds();
         if missing.is_empty() {

@@ -13,6 +13,7 @@ pub mod lease_check;
 pub mod linearizability;
 pub mod plants;
 pub mod quota_check;
+pub mod rate_check;
 pub mod recorder;
 pub mod regressions;
 pub mod report;

@@ -83,9 +83,16 @@ pub fn promise(plant: Plant) -> Option<Promise> {
         // The membership operator's "changes across terms" step (sim/src/membership.rs) builds
         // the 2015 shape; first caught at seed 39 (seed 30 breaks leader completeness first).
         Plant::SkipCurrentTermCheck => (STATE_MACHINE_SAFETY, Some(100)),
+        // Every seed of this plant runs with a rate limit and the polite and greedy clients.
+        Plant::RateLimitSharedBucket => (RATE_LIMIT, Some(20)),
     };
     Some(Promise { victim, seeds_max })
 }
+
+/// A client under its rate is never answered `429`, `/health` never is, a `429` carries a sane
+/// `Retry-After`, a greedy client meets the limit, and a write answered `429` never applies
+/// (issue 11: `--rate-limit-rps`, `rate_check.rs`).
+pub const RATE_LIMIT: Victim = "rate limit";
 
 /// Whether a failure's property belongs to `victim`.
 pub fn is_victim(victim: Victim, failure: &Failure) -> bool {

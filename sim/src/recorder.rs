@@ -67,6 +67,8 @@ pub struct Recorder {
     pub watch_truth: crate::watch_check::Truth,
     /// What every watcher saw.
     pub watchers: Vec<crate::watch_check::WatcherLog>,
+    /// What the rate-limit clients saw (rate-limited seeds).
+    pub rate: crate::rate_check::RateLog,
 }
 
 impl Recorder {

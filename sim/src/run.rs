@@ -804,6 +804,7 @@ async fn monitor(
     names: BTreeMap<u64, String>,
     triggers: mpsc::UnboundedSender<Trigger>,
     quota_bytes: Option<u64>,
+    rate_limited: bool,
 ) {
     let mut quota_check = quota_bytes.map(crate::quota_check::QuotaCheck::new);
     let name = |id: u64| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
@@ -892,6 +893,16 @@ async fn monitor(
                 changes,
             } => {
                 let changes: Vec<_> = changes.into_iter().map(watch_change).collect();
+                if rate_limited {
+                    let mut rec = shared.lock();
+                    for change in &changes {
+                        if let (crate::rate_check::GREEDY_KEY, Some(value)) =
+                            (change.key.as_str(), &change.value)
+                        {
+                            rec.rate.applied_values.insert(value.clone());
+                        }
+                    }
+                }
                 if let Some(check) = &mut quota_check {
                     if let Err(detail) = check.observe(index, &changes) {
                         shared.fail(
@@ -950,6 +961,7 @@ fn node_config(
     if let Some(quota_bytes) = scenario.quota_bytes {
         config.quota_bytes = quota_bytes;
     }
+    config.rate_limit = scenario.rate_limit;
     config.observer = Some(observer);
     config.peer_secret = Some(crate::stranger::sim_peer_secret());
     config.auth_tokens = Some(crate::stranger::sim_tokens());
@@ -1136,6 +1148,7 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         names,
         triggers_tx,
         scenario.quota_bytes,
+        scenario.rate_limit.is_some(),
     ));
 
     // The clients.
@@ -1166,6 +1179,19 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         clients.push(client_node.spawn(crate::stranger::stranger_loop(
             cluster_id, members, shared, stop,
         )));
+    }
+    if scenario.rate_limit.is_some() {
+        shared.lock().coverage.rate_limit = true;
+        for greedy in [false, true] {
+            let (addrs, shared, stop) = (addrs.clone(), shared.clone(), stop_clients.clone());
+            clients.push(client_node.spawn(async move {
+                if greedy {
+                    crate::rate_check::greedy_loop(addrs, shared, stop).await;
+                } else {
+                    crate::rate_check::polite_loop(addrs, shared, stop).await;
+                }
+            }));
+        }
     }
     let holder_ctx = HolderContext {
         addrs: all_addrs.clone(),
@@ -1285,6 +1311,9 @@ async fn supervise(scenario: Scenario, shared: Shared) {
     stop_clients.store(true, Ordering::Relaxed);
     shared.close_pending_as_unknown();
     check_history(&shared);
+    if scenario.rate_limit.is_some() && !shared.failed() {
+        crate::rate_check::check_run(&shared);
+    }
     stop_watchers.store(true, Ordering::Relaxed);
     check_watches(&shared);
     shared.lock().virtual_ms = virtual_ms();

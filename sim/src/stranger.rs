@@ -52,10 +52,11 @@ pub fn sim_tokens() -> TokenTable {
         .strip_prefix("Bearer ")
         .expect("a bearer header");
     let text = format!(
-        "clients readwrite {}\nstranger read {}\noperator admin {}\n",
+        "clients readwrite {}\nstranger read {}\noperator admin {}\n{}",
         token_hash_hex(client_token),
         token_hash_hex(READ_TOKEN),
-        token_hash_hex(OPERATOR_TOKEN)
+        token_hash_hex(OPERATOR_TOKEN),
+        crate::rate_check::token_lines()
     );
     TokenTable::parse(&text).expect("the simulated token file parses")
 }

@@ -146,7 +146,10 @@ fn parse(asked: u64, status: u16, body: &[u8]) -> Option<Answer> {
                 .unwrap_or_else(|| panic!("410 without oldest_index: {}", text()));
             Some(Answer::Compacted { asked, oldest })
         }
+        // 429: the watchers share the workload's token, and so its rate limit (rate-limited
+        // seeds): the call told nothing, the watcher asks again.
         503 | 504 => None,
+        429 if json()["code"] == "rate_limited" => None,
         _ => panic!("unexpected answer to a watch: {status} {}", text()),
     }
 }

@@ -14,6 +14,10 @@
 //! the same key would only repeat the refusal from the idempotency table. The operation ends
 //! there as not applied, so the linearizability model never sees it: a refused write that
 //! applied after all shows up as a read of a value no operation wrote.
+//!
+//! A `429 rate_limited` (rate-limited seeds, `rate_check.rs`) is refused by the node the client
+//! asked before anything is proposed: the attempt is not applied and the client may retry
+//! elsewhere; an operation whose every attempt was refused ends as not applied.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,6 +66,8 @@ enum Attempt {
     Dropped(String),
     /// The store refused the write for the quota (507 `quota_exceeded`): not applied, ever.
     QuotaRefused(String),
+    /// The node refused the request for its client's rate limit (429): not applied.
+    RateLimited(String),
     /// The attempt may or may not have been applied (504, broken or timed-out call).
     Unknown(String),
 }
@@ -252,6 +258,10 @@ pub async fn run_operation(
                 // The idempotency key's one application was the refusal: nothing else applies.
                 return Ending::NotApplied;
             }
+            Attempt::RateLimited(reason) => {
+                tracing::debug!(key, %input, attempt, addr, reason, "client attempt rate limited");
+                ctx.shared.lock().coverage.rate_limited += 1;
+            }
             Attempt::Unknown(reason) => {
                 tracing::debug!(key, %input, attempt, addr, reason, "client attempt outcome unknown");
                 maybe_applied = true;
@@ -327,6 +337,9 @@ fn classify(
             Attempt::Dropped(text())
         }
         (503 | 408, _) => Attempt::NotApplied(text()),
+        (429, _) if json_str(body, "code").as_deref() == Some("rate_limited") => {
+            Attempt::RateLimited(text())
+        }
         (507, KvInput::Put { .. } | KvInput::Cas { .. })
             if json_str(body, "code").as_deref() == Some("quota_exceeded") =>
         {

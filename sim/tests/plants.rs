@@ -159,3 +159,8 @@ fn a_store_that_applies_writes_past_the_quota_is_caught_by_the_quota_check() {
 fn a_membership_change_before_the_new_leaders_first_commit_is_caught_by_state_machine_safety() {
     assert_caught_by_its_victim(Plant::SkipCurrentTermCheck);
 }
+
+#[test]
+fn clients_sharing_one_rate_limit_bucket_are_caught_by_the_rate_limit_check() {
+    assert_caught_by_its_victim(Plant::RateLimitSharedBucket);
+}

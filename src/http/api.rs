@@ -955,6 +955,12 @@ fn rate_limited<B>(state: &AppState, request: &Request<B>, path: &str) -> Option
             None => "address unknown".to_string(),
         },
     };
+    // Planted bug (simulation only): every client counted in one bucket.
+    let client = if crate::plants::active(crate::plants::Plant::RateLimitSharedBucket) {
+        "everyone".to_string()
+    } else {
+        client
+    };
     let wait = limiter.check(&client, env::now()).err()?;
     refused.inc();
     let options = limiter.options();

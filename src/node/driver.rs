@@ -525,21 +525,12 @@ impl Driver {
         self.published_membership = self.raft.membership().clone();
         self.published_committed = self.raft.committed_membership().clone();
         let members = members::members_of(&self.published_membership, &self.cluster);
-        let committed = members::members_of(&self.published_committed, &self.cluster);
         self.directory.replace(
-            members.clone(),
-            committed.clone(),
+            members,
+            members::members_of(&self.published_committed, &self.cluster),
             self.published_committed.removed.clone(),
         );
-        // Links to the members of both: a member that only an uncommitted configuration dropped
-        // is still heard, so it must also get its answers.
-        let mut links = members;
-        for member in committed {
-            if links.iter().all(|m| m.id != member.id) {
-                links.push(member);
-            }
-        }
-        self.transport.sync_peers(&links);
+        self.transport.sync_peers(&self.directory.linked_members());
         if latest_changed {
             tracing::info!(
                 node = %self.config.name,

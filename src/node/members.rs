@@ -107,6 +107,23 @@ impl Directory {
             .clone()
     }
 
+    /// The members a node keeps links to: those of the latest configuration, and those of the
+    /// committed one that the latest dropped (they are still heard, so they must also get their
+    /// answers).
+    pub fn linked_members(&self) -> Vec<Member> {
+        let mut links = self.members();
+        let committed = self
+            .committed_members
+            .lock()
+            .expect("directory lock poisoned");
+        for member in committed.iter() {
+            if links.iter().all(|m| m.id != member.id) {
+                links.push(member.clone());
+            }
+        }
+        links
+    }
+
     /// The member with `id`.
     pub fn member(&self, id: NodeId) -> Option<Member> {
         self.members().into_iter().find(|m| m.id == id)

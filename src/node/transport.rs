@@ -112,7 +112,7 @@ impl Transport {
             directory: directory.clone(),
             peer_secret,
         };
-        transport.sync_peers(&directory.members());
+        transport.sync_peers(&directory.linked_members());
         transport
     }
 
