@@ -4,6 +4,7 @@
 
 mod api;
 pub mod auth;
+mod body;
 pub mod client;
 pub mod guard;
 mod members;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use api::{handle, AppState, HttpLimits};
+pub use body::ApiBody;
 
 use crate::env;
 
@@ -50,7 +52,7 @@ pub async fn serve(
                 let state = state.clone();
                 async move {
                     if let Some(refused) = guard::refusal_response(&request) {
-                        return Ok::<_, Infallible>(refused);
+                        return Ok::<_, Infallible>(refused.map(body::ApiBody::from));
                     }
                     Ok::<_, Infallible>(handle(&state, request).await)
                 }
