@@ -103,9 +103,15 @@ fn watch_stream(
     };
     let (sink, lines) = mpsc::channel(WATCH_STREAM_QUEUE_LINES);
     let hub = node.watches.clone();
+    let node = node.clone();
     env::spawn(async move {
-        hub.stream(slot, after_index, &selector, duration, &sink, stream_line)
-            .await;
+        // A node whose driver stopped (shut down, removed, failed) applies nothing more: its
+        // streams end, and their clients resume elsewhere from their last progress index.
+        tokio::select! {
+            biased; // deterministic in simulation
+            () = hub.stream(slot, after_index, &selector, duration, &sink, stream_line) => {}
+            () = node.wait_driver_stopped() => {}
+        }
     });
     let mut response = Response::new(ApiBody::stream(lines));
     response.headers_mut().insert(
