@@ -890,14 +890,22 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         lease_config.tick_interval * lease_config.election_ticks.saturating_mul(2),
     );
     drop(lease_config);
-    // The watchers, stopped only after the clients.
+    // The watchers, stopped only after the clients. They stream in the seeds of the
+    // coordination plants and the unplanted ones only, so that the pinned catching seeds of the
+    // other plants keep the long polls' schedule.
     let stop_watchers = Arc::new(AtomicBool::new(false));
+    let streams_allowed = matches!(
+        scenario.plant,
+        Plant::None | Plant::LeaseCountdownNotRestarted | Plant::WatchResumeRepeats
+    );
     for (watcher, selector) in crate::watch_client::selectors().into_iter().enumerate() {
         let ctx = ctx.clone();
         let stop = stop_watchers.clone();
         let rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x0077_a7c4_0000_0000 ^ watcher as u64);
+        let streams = streams_allowed && crate::watch_client::streams(watcher as u64);
         drop(client_node.spawn(async move {
-            crate::watch_client::watch_loop(watcher as u64, selector, ctx, rng, stop).await;
+            crate::watch_client::watch_loop(watcher as u64, selector, streams, ctx, rng, stop)
+                .await;
         }));
     }
 

@@ -32,7 +32,8 @@ const WATCH_RESPONSE_BYTES_MAX: usize = 4 << 20;
 const WATCH_STREAM_WAIT_MS: u64 = 3_000;
 
 /// Whether watcher `watcher` streams instead of long-polling: all but the first (the watcher of
-/// every key keeps long-polling, so both forms run in every seed).
+/// every key keeps long-polling, so both forms run in every seed), in the seeds that allow
+/// streams (see `run.rs`: those planting no bug, the watch plant or the lease plant).
 pub fn streams(watcher: u64) -> bool {
     watcher != 0
 }
@@ -47,10 +48,12 @@ pub fn selectors() -> Vec<Selector> {
     ]
 }
 
-/// Runs watcher `watcher` until `stop` is set; every answer goes to the recorder at once.
+/// Runs watcher `watcher` (streaming with `streams`, else long-polling) until `stop` is set;
+/// every answer goes to the recorder at once.
 pub async fn watch_loop(
     watcher: u64,
     selector: Selector,
+    streams: bool,
     ctx: ClientContext,
     mut rng: ChaCha8Rng,
     stop: Arc<AtomicBool>,
@@ -69,7 +72,7 @@ pub async fn watch_loop(
     let mut node = (rng.next_u64() % ctx.addrs.len() as u64) as usize;
     let mut position = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        if streams(watcher) {
+        if streams {
             let log = WatcherSlot {
                 shared: &ctx.shared,
                 slot,
