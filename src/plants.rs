@@ -55,11 +55,14 @@ pub enum Plant {
     /// A watch that continues from index N gets the change at N again (an off-by-one in where
     /// the history is read from), so a watcher sees a change twice.
     WatchResumeRepeats,
+    /// A transaction's success branch applies only its first operation: a multi-key put is
+    /// torn (not atomic), which later reads of the keys see.
+    TxnNotAtomic,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 15] = [
+    pub const ALL: [Plant; 16] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -75,6 +78,7 @@ impl Plant {
         Plant::SkipRoleCheck,
         Plant::LeaseCountdownNotRestarted,
         Plant::WatchResumeRepeats,
+        Plant::TxnNotAtomic,
     ];
 
     /// The name used on the command line.
@@ -95,6 +99,7 @@ impl Plant {
             Plant::SkipRoleCheck => "skip-role-check",
             Plant::LeaseCountdownNotRestarted => "lease-countdown-not-restarted",
             Plant::WatchResumeRepeats => "watch-resume-repeats",
+            Plant::TxnNotAtomic => "txn-not-atomic",
         }
     }
 }

@@ -68,6 +68,7 @@ pub fn promise(plant: Plant) -> Option<Promise> {
         Plant::SkipRoleCheck => (CLIENT_AUTHORIZATION, Some(5)),
         Plant::LeaseCountdownNotRestarted => (LEASE_KEPT_ALIVE, Some(50)),
         Plant::WatchResumeRepeats => (WATCH, Some(20)),
+        Plant::TxnNotAtomic => (LINEARIZABILITY, Some(20)),
     };
     Some(Promise { victim, seeds_max })
 }
