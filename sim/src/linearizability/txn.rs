@@ -396,12 +396,15 @@ mod tests {
 
     use super::TXN_GROUP;
 
+    /// The failure branch's reads of `t0` and `t1`.
+    type Reads<'a> = [Option<&'a str>; 2];
+
     /// A transaction `if t0 = if_value then put value` answered at `index`.
     fn txn(
         if_value: Option<&str>,
         value: &str,
         call: u64,
-        answer: Option<(u64, u64, Option<[Option<&str>; 2]>)>,
+        answer: Option<(u64, u64, Option<Reads>)>,
     ) -> Operation {
         let (ret, output) = match answer {
             None => (None, None),
