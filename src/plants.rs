@@ -67,11 +67,14 @@ pub enum Plant {
     /// Every client of a node shares one rate-limit bucket (issue 11: `--rate-limit-rps`), so
     /// one greedy client gets a polite one refused.
     RateLimitSharedBucket,
+    /// A transaction's success branch applies only its first operation: a multi-key put is
+    /// torn (not atomic), which later reads of the keys see.
+    TxnNotAtomic,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 19] = [
+    pub const ALL: [Plant; 20] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -91,6 +94,7 @@ impl Plant {
         Plant::SkipIncarnationCheck,
         Plant::SkipCurrentTermCheck,
         Plant::RateLimitSharedBucket,
+        Plant::TxnNotAtomic,
     ];
 
     /// The name used on the command line.
@@ -115,6 +119,7 @@ impl Plant {
             Plant::SkipIncarnationCheck => "skip-incarnation-check",
             Plant::SkipCurrentTermCheck => "skip-current-term-check",
             Plant::RateLimitSharedBucket => "rate-limit-shared-bucket",
+            Plant::TxnNotAtomic => "txn-not-atomic",
         }
     }
 }

@@ -67,8 +67,105 @@ async fn watch_prefix(
     }
 }
 
+/// [`watch_prefix`] over streams (`&stream=true`): events count once the progress line after
+/// them arrives; a stream that breaks (its node killed) resumes from the last progress index on
+/// the next node, dropping the events received after that progress line (they come again).
+async fn stream_prefix(
+    addrs: Vec<String>,
+    first: usize,
+    stop: Arc<AtomicBool>,
+    until: Arc<std::sync::Mutex<Option<u64>>>,
+) -> Watched {
+    let http = raft_kv::http::client::HttpClient::new();
+    let mut watched = Watched {
+        events: Vec::new(),
+        index: 0,
+        answers_from: BTreeMap::new(),
+    };
+    let done = |watched: &Watched| {
+        let target = *until.lock().unwrap();
+        stop.load(Ordering::Relaxed) && target.is_some_and(|target| watched.index >= target)
+    };
+    let mut node = first;
+    loop {
+        if done(&watched) {
+            return watched;
+        }
+        let path = format!(
+            "/v1/kv/?prefix=w/&watch&stream=true&index={}&wait=3s",
+            watched.index
+        );
+        let request = hyper::Request::get(path)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let opened = http
+            .open_lines(&addrs[node], request, 1 << 20, Duration::from_secs(2))
+            .await;
+        let mut lines = match opened {
+            Ok((head, lines)) if head.status == 200 => {
+                assert_eq!(
+                    head.headers["content-type"], "application/x-ndjson",
+                    "{head:?}"
+                );
+                lines
+            }
+            Ok((head, lines)) => panic!(
+                "a stream answered {}: {:?}",
+                head.status,
+                lines.collect().await
+            ),
+            Err(_) => {
+                node = (node + 1) % addrs.len();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let mut pending = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(8), lines.next_line()).await {
+                Ok(Ok(Some(line))) => {
+                    let line: Json = serde_json::from_slice(&line).expect("a JSON line");
+                    match line["type"].as_str() {
+                        Some("progress") => {
+                            let index = line["index"].as_u64().expect("an index");
+                            assert!(index >= watched.index, "moved back: {line}");
+                            watched.events.append(&mut pending);
+                            watched.index = index;
+                            *watched.answers_from.entry(node).or_default() += 1;
+                            if done(&watched) {
+                                return watched;
+                            }
+                        }
+                        Some("put" | "delete") => pending.push(line),
+                        _ => panic!("unexpected stream line {line}"),
+                    }
+                }
+                // The stream ran its time: open the next one here.
+                Ok(Ok(None)) => break,
+                // Broken (killed) or silent: resume on the next node.
+                Ok(Err(_)) | Err(_) => {
+                    node = (node + 1) % addrs.len();
+                    break;
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_survives_the_leaders_kill_and_misses_no_change() {
+    a_watch_survives_the_leaders_kill(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_watch_resumed_across_the_leaders_kill_misses_no_change() {
+    a_watch_survives_the_leaders_kill(true).await;
+}
+
+/// One watcher (long polls, or streams with `streaming`) on `w/` while a writer changes it and
+/// the leader is killed: the watcher sees every acknowledged change once, in order, and its
+/// events replay to what a linearizable read lists.
+async fn a_watch_survives_the_leaders_kill(streaming: bool) {
     let mut cluster = Cluster::start(3);
     let leader = cluster.wait_for_leader(LEADER_WAIT).await;
     let addrs = cluster.addrs();
@@ -76,12 +173,21 @@ async fn a_watch_survives_the_leaders_kill_and_misses_no_change() {
     // The watcher starts on the leader, which is then killed mid-stream.
     let stop = Arc::new(AtomicBool::new(false));
     let until = Arc::new(std::sync::Mutex::new(None));
-    let watcher = tokio::spawn(watch_prefix(
-        addrs.clone(),
-        leader,
-        stop.clone(),
-        until.clone(),
-    ));
+    let watcher = if streaming {
+        tokio::spawn(stream_prefix(
+            addrs.clone(),
+            leader,
+            stop.clone(),
+            until.clone(),
+        ))
+    } else {
+        tokio::spawn(watch_prefix(
+            addrs.clone(),
+            leader,
+            stop.clone(),
+            until.clone(),
+        ))
+    };
     // One writer puts and deletes keys under w/ through any node, recording what was acknowledged.
     let writer = {
         let addrs = addrs.clone();
@@ -427,4 +533,76 @@ async fn a_transaction_through_a_follower_applies_atomically_once_and_limits_are
     }
     let wrong_method = get(&follower, "/v1/txn").await;
     assert_eq!(wrong_method.status, 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_answers_410_before_it_starts_counts_against_the_watch_limit_and_refuses_bad_flags(
+) {
+    let cluster = Cluster::start_with(1, &["--watch-history-events", "3", "--watch-max", "1"]);
+    cluster.wait_for_leader(LEADER_WAIT).await;
+    let addr = cluster.addrs()[0].clone();
+    let mut last = 0;
+    for i in 0..6 {
+        let reply = call(&addr, "PUT", "/v1/kv/a", &[], format!("{i}").as_bytes())
+            .await
+            .unwrap();
+        last = reply.json()["index"].as_u64().unwrap();
+    }
+    // The history keeps 3 changes: index 1 is gone, and the stream says so before streaming.
+    let gone = get(&addr, "/v1/kv/a?watch&stream=true&index=1").await;
+    assert_eq!(gone.status, 410, "{:?}", gone.body);
+    assert_eq!(gone.json()["code"], "compacted");
+    assert_eq!(gone.json()["oldest_index"], last - 3);
+    let bad = get(&addr, "/v1/kv/a?watch&stream=yes").await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["code"], "bad_stream");
+
+    // An open stream holds the only watch slot: a long poll is refused until it ends.
+    let http = raft_kv::http::client::HttpClient::new();
+    let request = hyper::Request::get(format!("/v1/kv/a?watch&stream=true&index={last}&wait=3s"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let (head, mut lines) = http
+        .open_lines(&addr, request, 1 << 20, Duration::from_secs(5))
+        .await
+        .expect("the stream opens");
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.headers["x-raft-index"].to_str().unwrap(),
+        last.to_string()
+    );
+    let first: Json = serde_json::from_slice(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(
+        first,
+        serde_json::json!({"type": "progress", "index": last})
+    );
+    let refused = get(&addr, &format!("/v1/kv/b?watch&index={last}&wait=1s")).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert_eq!(refused.json()["code"], "too_many_watches");
+    let put = call(&addr, "PUT", "/v1/kv/a", &[], b"next").await.unwrap();
+    let index = put.json()["index"].as_u64().unwrap();
+    let event: Json = serde_json::from_slice(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(
+        event,
+        serde_json::json!({"type": "put", "index": index, "key": "a", "value": "next", "create_index": event["create_index"]})
+    );
+    let progress: Json =
+        serde_json::from_slice(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(
+        progress,
+        serde_json::json!({"type": "progress", "index": index})
+    );
+    // The stream ends at its wait with a progress line, and the slot comes back.
+    while let Some(line) = lines.next_line().await.expect("a clean end") {
+        let line: Json = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            line,
+            serde_json::json!({"type": "progress", "index": index})
+        );
+    }
+    eventually(Duration::from_secs(5), "the slot back", || async {
+        let reply = get(&addr, &format!("/v1/kv/b?watch&index={index}&wait=0s")).await;
+        (reply.status == 200).then_some(())
+    })
+    .await;
 }

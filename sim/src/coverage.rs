@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::linearizability::{KvInput, Operation};
+use crate::linearizability::{KvInput, KvOutput, Operation};
 
 /// Every fault kind a run can inject, in report order. A kind is counted only when its episode
 /// did something (a leader to isolate, links to cut, a node to crash).
@@ -78,6 +78,10 @@ pub struct Coverage {
     pub rate_limit: bool,
     /// Requests answered `429 rate_limited` (the greedy client's and the workload's).
     pub rate_limited: u64,
+    /// Transactions answered with their success branch (compare held, both keys put).
+    pub txns_succeeded: u64,
+    /// Transactions answered with their failure branch (compare failed, both keys read).
+    pub txns_failed: u64,
 }
 
 impl Coverage {
@@ -112,6 +116,14 @@ impl Coverage {
         for op in history {
             if op.input == KvInput::Get {
                 self.reads += 1;
+            } else if let KvInput::Txn { .. } = op.input {
+                match op.output {
+                    Some(KvOutput::Txn {
+                        succeeded: true, ..
+                    }) => self.txns_succeeded += 1,
+                    Some(KvOutput::Txn { .. }) => self.txns_failed += 1,
+                    _ => {}
+                }
             } else {
                 self.writes += 1;
             }
@@ -260,6 +272,18 @@ impl fmt::Display for SweepCoverage {
         writeln!(
             f,
             "  {:<26} {}",
+            "txns succeeded",
+            self.spread(|c| c.txns_succeeded)
+        )?;
+        writeln!(
+            f,
+            "  {:<26} {}",
+            "txns failed",
+            self.spread(|c| c.txns_failed)
+        )?;
+        writeln!(
+            f,
+            "  {:<26} {}",
             "unknown outcomes",
             self.spread(|c| c.unknown)
         )?;
@@ -294,7 +318,6 @@ impl fmt::Display for SweepCoverage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::linearizability::KvOutput;
 
     #[test]
     fn a_sweep_names_the_fault_kinds_no_seed_exercised() {
@@ -368,12 +391,28 @@ mod tests {
             ),
             op(KvInput::Delete, Some(KvOutput::Delete { existed: true })),
         ];
+        let txn = KvInput::Txn {
+            if_value: None,
+            value: b"x".to_vec(),
+        };
+        let answer = |succeeded: bool| KvOutput::Txn {
+            index: 3,
+            retried: false,
+            succeeded,
+            reads: Vec::new(),
+        };
+        let mut history = history;
+        history.push(op(txn.clone(), Some(answer(true))));
+        history.push(op(txn.clone(), Some(answer(false))));
+        history.push(op(txn.clone(), Some(answer(false))));
+        history.push(op(txn, None));
         let mut coverage = Coverage::default();
         coverage.count_operations(&history);
         assert_eq!(
             (coverage.reads, coverage.writes, coverage.unknown),
-            (1, 2, 1)
+            (1, 2, 2)
         );
+        assert_eq!((coverage.txns_succeeded, coverage.txns_failed), (1, 2));
     }
 
     #[test]

@@ -29,6 +29,12 @@
 //! - `output` by operation: `get` → `value` (missing or `null` when the key is absent) and
 //!   `mod_index` (0 when absent); `put` → `mod_index` (the log index of the write); `delete` →
 //!   `existed`; `cas` → `ok` and, when `ok`, `mod_index`.
+//! - `txn` (key `"t0+t1"`, the transaction group): `if_value` (`null`: if `t0` is absent) and
+//!   `value`: if `t0` holds `if_value`, put `value` into `t0` and `t1`, else get both. Its
+//!   output: `ok` (the success branch ran), `index` (the transaction's log index), `reads` (the
+//!   failure branch's values of `t0` and `t1`, `null` when absent; empty on success), `retried`
+//!   (an earlier attempt's outcome was unknown and the idempotency table answered from a later
+//!   entry: the transaction took effect at `index` or before).
 //! - `index` is the operation's position (the `#n` of reports); readers may ignore it.
 //!
 //! The model the history must satisfy is the one of [`crate::linearizability`]: every write that
@@ -86,6 +92,11 @@ enum FileInput {
         expected_mod_index: u64,
         value: String,
     },
+    Txn {
+        key: String,
+        if_value: Option<String>,
+        value: String,
+    },
 }
 
 /// Every operation's output in one flat shape (which fields apply depends on the input).
@@ -100,6 +111,12 @@ struct FileOutput {
     existed: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ok: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    index: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reads: Option<Vec<Option<String>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retried: Option<bool>,
 }
 
 fn text(index: usize, bytes: &[u8]) -> Result<String, String> {
@@ -128,6 +145,11 @@ pub fn to_json(history: &[Operation], seed: Option<u64>) -> Result<String, Strin
                 expected_mod_index: *expected_mod_index,
                 value: text(index, value)?,
             },
+            KvInput::Txn { if_value, value } => FileInput::Txn {
+                key,
+                if_value: if_value.as_deref().map(|v| text(index, v)).transpose()?,
+                value: text(index, value)?,
+            },
         };
         let output = match &op.output {
             None => None,
@@ -151,6 +173,23 @@ pub fn to_json(history: &[Operation], seed: Option<u64>) -> Result<String, Strin
             }),
             Some(KvOutput::CasMismatch) => Some(FileOutput {
                 ok: Some(false),
+                ..FileOutput::default()
+            }),
+            Some(KvOutput::Txn {
+                index: log_index,
+                retried,
+                succeeded,
+                reads,
+            }) => Some(FileOutput {
+                ok: Some(*succeeded),
+                index: Some(*log_index),
+                retried: Some(*retried),
+                reads: Some(
+                    reads
+                        .iter()
+                        .map(|read| read.as_deref().map(|v| text(index, v)).transpose())
+                        .collect::<Result<_, _>>()?,
+                ),
                 ..FileOutput::default()
             }),
         };
@@ -211,6 +250,17 @@ pub fn from_json(json: &str) -> Result<Vec<Operation>, String> {
                     value: value.into_bytes(),
                 },
             ),
+            FileInput::Txn {
+                key,
+                if_value,
+                value,
+            } => (
+                key,
+                KvInput::Txn {
+                    if_value: if_value.map(String::into_bytes),
+                    value: value.into_bytes(),
+                },
+            ),
         };
         let output = match op.output {
             None => None,
@@ -222,6 +272,9 @@ pub fn from_json(json: &str) -> Result<Vec<Operation>, String> {
                         mod_index: Some(mod_index),
                         existed: None,
                         ok: None,
+                        index: None,
+                        reads: None,
+                        retried: None,
                     },
                 ) => KvOutput::Get {
                     value: value.map(String::into_bytes),
@@ -234,6 +287,9 @@ pub fn from_json(json: &str) -> Result<Vec<Operation>, String> {
                         mod_index: Some(mod_index),
                         existed: None,
                         ok: None,
+                        index: None,
+                        reads: None,
+                        retried: None,
                     },
                 ) => KvOutput::Put { mod_index },
                 (
@@ -243,6 +299,9 @@ pub fn from_json(json: &str) -> Result<Vec<Operation>, String> {
                         mod_index: None,
                         existed: Some(existed),
                         ok: None,
+                        index: None,
+                        reads: None,
+                        retried: None,
                     },
                 ) => KvOutput::Delete { existed },
                 (
@@ -252,6 +311,9 @@ pub fn from_json(json: &str) -> Result<Vec<Operation>, String> {
                         mod_index: Some(mod_index),
                         existed: None,
                         ok: Some(true),
+                        index: None,
+                        reads: None,
+                        retried: None,
                     },
                 ) => KvOutput::CasOk { mod_index },
                 (
@@ -261,17 +323,41 @@ pub fn from_json(json: &str) -> Result<Vec<Operation>, String> {
                         mod_index: None,
                         existed: None,
                         ok: Some(false),
+                        index: None,
+                        reads: None,
+                        retried: None,
                     },
                 ) => KvOutput::CasMismatch,
+                (
+                    KvInput::Txn { .. },
+                    FileOutput {
+                        value: None,
+                        mod_index: None,
+                        existed: None,
+                        ok: Some(succeeded),
+                        index: Some(index),
+                        reads: Some(reads),
+                        retried,
+                    },
+                ) => KvOutput::Txn {
+                    index,
+                    retried: retried.unwrap_or(false),
+                    succeeded,
+                    reads: reads
+                        .into_iter()
+                        .map(|read| read.map(String::into_bytes))
+                        .collect(),
+                },
                 (input, out) => {
                     return Err(malformed(&format!(
                         "output {out:?} does not answer a {} (get: value, mod_index; put: \
-                         mod_index; delete: existed; cas: ok and, if ok, mod_index)",
+                         mod_index; delete: existed; cas: ok and, if ok, mod_index; txn: ok, index, reads)",
                         match input {
                             KvInput::Get => "get",
                             KvInput::Put { .. } => "put",
                             KvInput::Delete => "delete",
                             KvInput::Cas { .. } => "cas",
+                            KvInput::Txn { .. } => "txn",
                         }
                     )))
                 }
@@ -380,6 +466,41 @@ mod tests {
         history.push(Operation {
             key: "k1".into(),
             ..op(3, put("z"), 5, Some((8, KvOutput::Put { mod_index: 2 })))
+        });
+        let txn = |if_value: Option<&str>, value: &str| KvInput::Txn {
+            if_value: if_value.map(|v| v.as_bytes().to_vec()),
+            value: value.into(),
+        };
+        for (input, call, output) in [
+            (
+                txn(None, "x"),
+                1,
+                KvOutput::Txn {
+                    index: 1,
+                    retried: false,
+                    succeeded: true,
+                    reads: Vec::new(),
+                },
+            ),
+            (
+                txn(Some("w"), "y"),
+                9,
+                KvOutput::Txn {
+                    index: 4,
+                    retried: true,
+                    succeeded: false,
+                    reads: vec![Some(b"x".to_vec()), Some(b"x".to_vec())],
+                },
+            ),
+        ] {
+            history.push(Operation {
+                key: crate::linearizability::TXN_GROUP.into(),
+                ..op(4, input, call, Some((call + 2, output)))
+            });
+        }
+        history.push(Operation {
+            key: crate::linearizability::TXN_GROUP.into(),
+            ..op(5, txn(Some("x"), "lost"), 20, None)
         });
         history
     }

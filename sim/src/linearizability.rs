@@ -68,6 +68,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::hash::BuildHasherDefault;
 
+mod txn;
+
 /// What a client asked of one key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum KvInput {
@@ -87,7 +89,22 @@ pub enum KvInput {
         /// The new value.
         value: Vec<u8>,
     },
+    /// A transaction on the group [`TXN_GROUP`] (keys [`TXN_KEYS`]), checked as one partition
+    /// (see [`txn`]): if `t0` holds `if_value` (`None`: if `t0` is absent), put `value` into both
+    /// keys; otherwise get both keys.
+    Txn {
+        /// The value `t0` must hold for the success branch; `None`: `t0` must be absent.
+        if_value: Option<Vec<u8>>,
+        /// The value the success branch puts into both keys.
+        value: Vec<u8>,
+    },
 }
+
+/// The key group the transactions touch, one partition of the check (no other operation
+/// touches its keys).
+pub const TXN_GROUP: &str = "t0+t1";
+/// The keys of [`TXN_GROUP`].
+pub const TXN_KEYS: [&str; 2] = ["t0", "t1"];
 
 /// What the store answered.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -116,6 +133,21 @@ pub enum KvOutput {
     },
     /// A [`KvInput::Cas`] whose expected index did not match; nothing was written.
     CasMismatch,
+    /// The answer to a [`KvInput::Txn`].
+    Txn {
+        /// The log index of the entry that answered: the transaction's own index, except for an
+        /// answer to a retry whose earlier attempt may have applied (`retried`), which the
+        /// idempotency table answers with the first result from a later entry.
+        index: u64,
+        /// An earlier attempt's outcome was unknown: the transaction took effect at `index` or
+        /// before it.
+        retried: bool,
+        /// Whether the compare held (the puts ran) or not (the gets ran).
+        succeeded: bool,
+        /// The failure branch's gets of [`TXN_KEYS`], in order (`None`: absent); empty when
+        /// the success branch ran.
+        reads: Vec<Option<Vec<u8>>>,
+    },
 }
 
 /// One client operation as the client saw it.
@@ -232,7 +264,12 @@ fn check_with(history: &[Operation], budget: Budget, pruning: Pruning) -> (Check
     let mut steps_left = budget.steps_max;
     let mut unknown = false;
     for (key, indices) in by_key {
-        match check_key(key, history, &indices, &mut steps_left, pruning) {
+        let verdict = if key == TXN_GROUP {
+            txn::check_group(history, &indices, &mut steps_left)
+        } else {
+            check_key(key, history, &indices, &mut steps_left, pruning)
+        };
+        match verdict {
             KeyVerdict::Linearizable => {}
             KeyVerdict::OutOfBudget => unknown = true,
             KeyVerdict::Violation(violation) => {
@@ -261,6 +298,23 @@ impl fmt::Display for KvInput {
                 expected_mod_index,
                 value,
             } => write!(f, "cas {} if mod {}", ShowBytes(value), expected_mod_index),
+            KvInput::Txn {
+                if_value: Some(if_value),
+                value,
+            } => write!(
+                f,
+                "txn if t0 = {} put {} into both else get both",
+                ShowBytes(if_value),
+                ShowBytes(value)
+            ),
+            KvInput::Txn {
+                if_value: None,
+                value,
+            } => write!(
+                f,
+                "txn if t0 absent put {} into both else get both",
+                ShowBytes(value)
+            ),
         }
     }
 }
@@ -281,6 +335,32 @@ impl fmt::Display for KvOutput {
             KvOutput::Delete { existed: false } => write!(f, "did not exist"),
             KvOutput::CasOk { mod_index } => write!(f, "ok at mod {mod_index}"),
             KvOutput::CasMismatch => write!(f, "mismatch"),
+            KvOutput::Txn {
+                index,
+                retried,
+                succeeded: true,
+                ..
+            } => write!(
+                f,
+                "succeeded at index {}{index}",
+                if *retried { "<= " } else { "" }
+            ),
+            KvOutput::Txn {
+                index,
+                retried,
+                succeeded: false,
+                reads,
+            } => {
+                let at = if *retried { "<= " } else { "" };
+                write!(f, "failed at index {at}{index}, read")?;
+                for read in reads {
+                    match read {
+                        Some(value) => write!(f, " {}", ShowBytes(value))?,
+                        None => write!(f, " absent")?,
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -605,6 +685,11 @@ fn compile(history: &[Operation], indices: &[usize]) -> Result<Vec<Op>, (usize, 
                 expected: *expected_mod_index,
                 value: interner.intern(value),
             },
+            KvInput::Txn { .. } => {
+                return Err(malformed(&format!(
+                    "a transaction outside the group {TXN_GROUP:?}"
+                )))
+            }
         };
         let output = match (&operation.output, operation.ret) {
             // Rule 5: a timed-out operation's answer, if any, is not trusted.
@@ -1080,7 +1165,7 @@ fn explain(key: &str, history: &[Operation], ops: &[Op], dead_end: &DeadEnd) -> 
             KvInput::Put { value } | KvInput::Cas { value, .. } => {
                 interner.intern(value);
             }
-            KvInput::Get | KvInput::Delete => {}
+            KvInput::Get | KvInput::Delete | KvInput::Txn { .. } => {}
         }
         if let (
             Some(KvOutput::Get {
@@ -1876,6 +1961,7 @@ mod tests {
                     KvInput::Delete => KvOutput::Delete { existed: flag },
                     KvInput::Cas { .. } if flag => KvOutput::CasOk { mod_index: index },
                     KvInput::Cas { .. } => KvOutput::CasMismatch,
+                    KvInput::Txn { .. } => unreachable!("the strategy makes no transactions"),
                 };
                 let known = unknown != 0;
                 Operation {

@@ -85,6 +85,7 @@ pub fn promise(plant: Plant) -> Option<Promise> {
         Plant::SkipCurrentTermCheck => (STATE_MACHINE_SAFETY, Some(100)),
         // Every seed of this plant runs with a rate limit and the polite and greedy clients.
         Plant::RateLimitSharedBucket => (RATE_LIMIT, Some(20)),
+        Plant::TxnNotAtomic => (LINEARIZABILITY, Some(20)),
     };
     Some(Promise { victim, seeds_max })
 }

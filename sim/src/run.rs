@@ -59,6 +59,8 @@ enum Trigger {
 }
 /// Lease holders per run (besides the key-value clients).
 const LEASE_HOLDERS: u64 = 2;
+/// Transaction clients (`workload::txn_loop`) in the seeds that run them.
+const TXN_CLIENTS: u64 = 2;
 /// Spacing of the ids the invariant checker knows the boots of one node by.
 const BOOT_ID_STRIDE: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Model steps the linearizability check may take.
@@ -1218,18 +1220,41 @@ async fn supervise(scenario: Scenario, shared: Shared) {
             lease_check::holder::holder_loop(holder, holder_ctx, stop).await;
         }));
     }
+    // Transaction clients on the group `t0`+`t1`, in the unplanted seeds and those of the
+    // transaction plant only, so that the other plants' pinned catching seeds keep their
+    // schedule.
+    if matches!(scenario.plant, Plant::None | Plant::TxnNotAtomic) {
+        for txn_client in 0..TXN_CLIENTS {
+            let ctx = ctx.clone();
+            let stop = stop_clients.clone();
+            let think_ms = scenario.think_ms;
+            let number = scenario.clients_count as u64 + 1 + LEASE_HOLDERS + txn_client;
+            let rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x0074_7800_0000_0000 ^ txn_client);
+            clients.push(client_node.spawn(async move {
+                workload::txn_loop(number, ctx, rng, think_ms, stop).await;
+            }));
+        }
+    }
     let expiry_bound_ms = lease_check::expiry_bound_ms(
         lease_config.tick_interval * lease_config.election_ticks.saturating_mul(2),
     );
     drop(lease_config);
-    // The watchers, stopped only after the clients.
+    // The watchers, stopped only after the clients. They stream in the seeds of the
+    // coordination plants and the unplanted ones only, so that the pinned catching seeds of the
+    // other plants keep the long polls' schedule.
     let stop_watchers = Arc::new(AtomicBool::new(false));
+    let streams_allowed = matches!(
+        scenario.plant,
+        Plant::None | Plant::LeaseCountdownNotRestarted | Plant::WatchResumeRepeats
+    );
     for (watcher, selector) in crate::watch_client::selectors().into_iter().enumerate() {
         let ctx = ctx.clone();
         let stop = stop_watchers.clone();
         let rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x0077_a7c4_0000_0000 ^ watcher as u64);
+        let streams = streams_allowed && crate::watch_client::streams(watcher as u64);
         drop(client_node.spawn(async move {
-            crate::watch_client::watch_loop(watcher as u64, selector, ctx, rng, stop).await;
+            crate::watch_client::watch_loop(watcher as u64, selector, streams, ctx, rng, stop)
+                .await;
         }));
     }
 

@@ -31,7 +31,7 @@ use raft_kv::http::client::{ClientError, HttpClient};
 use rand_chacha::ChaCha8Rng;
 use rand_core::RngCore;
 
-use crate::linearizability::{KvInput, KvOutput, Operation};
+use crate::linearizability::{KvInput, KvOutput, Operation, TXN_GROUP, TXN_KEYS};
 use crate::recorder::Shared;
 use crate::scenario::{Scenario, CLIENT_BACKOFF_MS_MAX, CLIENT_TIMEOUT_MS_MAX};
 
@@ -186,12 +186,89 @@ pub async fn client_loop(
                     KvOutput::Delete { .. } => {
                         seen_mod_index.insert(key.clone(), 0);
                     }
-                    KvOutput::CasMismatch => {}
+                    KvOutput::CasMismatch | KvOutput::Txn { .. } => {}
                 }
                 ctx.shared.end_op(pending_slot, Some((ret, output.clone())));
             }
             Ending::NotApplied => ctx.shared.drop_op(pending_slot),
             Ending::Unknown if matches!(input, KvInput::Get) => ctx.shared.drop_op(pending_slot),
+            Ending::Unknown => ctx.shared.end_op(pending_slot, None),
+        }
+        let think = think_ms.0 + below(&mut rng, think_ms.1 - think_ms.0 + 1);
+        env::sleep(Duration::from_millis(think)).await;
+    }
+}
+
+/// Transactions one transaction client starts in a run at most (the group is one partition
+/// of the linearizability check, searched as a whole).
+pub const TXNS_PER_CLIENT_MAX: u64 = 150;
+
+/// Runs transaction client `client` until `stop` is set: transactions on the group
+/// [`TXN_GROUP`], compared on `t0`'s value as this client last saw it (sometimes on an older
+/// value, or on `t0` being absent), putting a fresh value into both keys or reading both.
+pub async fn txn_loop(
+    client: u64,
+    ctx: ClientContext,
+    mut rng: ChaCha8Rng,
+    think_ms: (u64, u64),
+    stop: Arc<AtomicBool>,
+) {
+    let http = HttpClient::new();
+    let mut seen: Option<Vec<u8>> = None;
+    let mut older: Option<Vec<u8>> = None;
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) && seq < TXNS_PER_CLIENT_MAX {
+        seq += 1;
+        let if_value = match below(&mut rng, 10) {
+            0 => None,
+            1 => older.clone(),
+            _ => seen.clone(),
+        };
+        let input = KvInput::Txn {
+            if_value,
+            value: format!("x{client}.{seq}").into_bytes(),
+        };
+        let idempotency_key = format!("x{client}-{seq}");
+        let pending_slot = ctx.shared.begin_op(Operation {
+            client,
+            key: TXN_GROUP.to_string(),
+            input: input.clone(),
+            call: virtual_nanos(),
+            ret: None,
+            output: None,
+        });
+        let ending = run_operation(
+            &http,
+            &ctx,
+            &mut rng,
+            TXN_GROUP,
+            &input,
+            &idempotency_key,
+            false,
+        )
+        .await;
+        let ret = virtual_nanos();
+        match ending {
+            Ending::Definite(output) => {
+                if let KvOutput::Txn {
+                    succeeded, reads, ..
+                } = &output
+                {
+                    let now = if *succeeded {
+                        match &input {
+                            KvInput::Txn { value, .. } => Some(value.clone()),
+                            _ => None,
+                        }
+                    } else {
+                        reads.first().cloned().flatten()
+                    };
+                    if now != seen {
+                        older = std::mem::replace(&mut seen, now);
+                    }
+                }
+                ctx.shared.end_op(pending_slot, Some((ret, output)));
+            }
+            Ending::NotApplied => ctx.shared.drop_op(pending_slot),
             Ending::Unknown => ctx.shared.end_op(pending_slot, None),
         }
         let think = think_ms.0 + below(&mut rng, think_ms.1 - think_ms.0 + 1);
@@ -241,8 +318,12 @@ pub async fn run_operation(
             .await;
         let outcome = classify(input, result);
         match outcome {
-            Attempt::Definite(output) => {
+            Attempt::Definite(mut output) => {
                 tracing::debug!(key, %input, attempt, addr, %output, "client attempt answered");
+                if let KvOutput::Txn { retried, .. } = &mut output {
+                    // The idempotency table answers a retry from a later entry.
+                    *retried = maybe_applied;
+                }
                 return Ending::Definite(output);
             }
             Attempt::NotApplied(reason) => {
@@ -278,6 +359,23 @@ pub async fn run_operation(
 fn build_request(key: &str, input: &KvInput, idempotency_key: &str) -> hyper::Request<Full<Bytes>> {
     let path = format!("/v1/kv/{key}");
     let (method, uri, body) = match input {
+        KvInput::Txn { if_value, value } => {
+            let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            let compare = match if_value {
+                Some(if_value) => serde_json::json!({"key": TXN_KEYS[0], "value": text(if_value)}),
+                None => serde_json::json!({"key": TXN_KEYS[0], "exists": false}),
+            };
+            let puts: Vec<_> = TXN_KEYS
+                .iter()
+                .map(|key| serde_json::json!({"put": {"key": key, "value": text(value)}}))
+                .collect();
+            let gets: Vec<_> = TXN_KEYS
+                .iter()
+                .map(|key| serde_json::json!({"get": {"key": key}}))
+                .collect();
+            let body = serde_json::json!({"compare": [compare], "success": puts, "failure": gets});
+            ("POST", "/v1/txn".to_string(), body.to_string().into_bytes())
+        }
         KvInput::Get => ("GET", path, Vec::new()),
         KvInput::Put { value } => ("PUT", path, value.clone()),
         KvInput::Delete => ("DELETE", path, Vec::new()),
@@ -300,6 +398,33 @@ fn build_request(key: &str, input: &KvInput, idempotency_key: &str) -> hyper::Re
     builder
         .body(Full::new(Bytes::from(body)))
         .expect("the simulator builds valid requests")
+}
+
+/// The answer to a transaction of [`txn_loop`]: its index, branch and (failure) reads.
+fn txn_output(body: &[u8]) -> Option<KvOutput> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let succeeded = json.get("succeeded")?.as_bool()?;
+    let results = json.get("results")?.as_array()?;
+    let reads = if succeeded {
+        Vec::new()
+    } else {
+        results
+            .iter()
+            .map(|result| {
+                let get = result.get("get")?;
+                if get.is_null() {
+                    return Some(None);
+                }
+                Some(Some(get.get("value")?.as_str()?.as_bytes().to_vec()))
+            })
+            .collect::<Option<_>>()?
+    };
+    Some(KvOutput::Txn {
+        index: json.get("index")?.as_u64()?,
+        retried: false,
+        succeeded,
+        reads,
+    })
 }
 
 fn json_u64(body: &[u8], field: &str) -> Option<u64> {
@@ -377,6 +502,12 @@ fn classify(
             existed: json_bool(body, "deleted")
                 .unwrap_or_else(|| panic!("DELETE answered 200 without deleted: {}", text())),
         }),
+        (200, KvInput::Txn { .. }) => Attempt::Definite(txn_output(body).unwrap_or_else(|| {
+            panic!(
+                "POST /v1/txn answered 200 without index, succeeded and results: {}",
+                text()
+            )
+        })),
         _ => panic!("unexpected answer to {input}: {status} {}", text()),
     }
 }

@@ -83,6 +83,11 @@ fn a_watch_that_repeats_the_change_at_its_resume_index_is_caught_by_the_watch_ch
 }
 
 #[test]
+fn a_transaction_applied_only_in_part_is_caught_by_linearizability() {
+    assert_caught_by_its_victim(Plant::TxnNotAtomic);
+}
+
+#[test]
 fn a_panicking_node_fails_the_seed_with_the_message_and_the_replay_command() {
     assert_caught_by_its_victim(Plant::DriverPanic);
     let (ok, stdout) = run_sim(&["replay", "1", "--plant", "driver-panic"]);

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, StatusCode};
 use raft_kv::env;
-use raft_kv::http::client::{FullResponse, HttpClient};
+use raft_kv::http::client::{FullResponse, HttpClient, LineStream};
 use rand_core::RngCore;
 
 /// Largest response body the client reads (a listing page of large values fits).
@@ -244,6 +244,69 @@ impl Client {
                             ));
                         }
                         last_problem = format!("{endpoint}: {e}");
+                    }
+                }
+            }
+            env::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Opens a newline-delimited stream (`GET path`) on the endpoints in turn from `*endpoint`
+    /// (taken modulo their number), until one answers other than "unavailable" within [`Client::timeout`];
+    /// `*endpoint` becomes the one that answered. A 200 gives the lines; any other answer is
+    /// returned whole, as a [`Reply`].
+    pub async fn open_lines(
+        &self,
+        path: &str,
+        endpoint: &mut usize,
+        line_bytes_max: usize,
+    ) -> Result<Result<LineStream, Reply>, Failure> {
+        let deadline = env::now() + self.timeout;
+        let mut last_problem = String::from("no endpoint tried");
+        loop {
+            for _ in 0..self.endpoints.len() {
+                *endpoint %= self.endpoints.len();
+                let addr = &self.endpoints[*endpoint];
+                let left = deadline.duration_since(env::now());
+                if left.is_zero() {
+                    return Err(Failure::new(
+                        Exit::Unavailable,
+                        format!(
+                            "no endpoint could serve the watch within {:?}; last: {last_problem}",
+                            self.timeout
+                        ),
+                    ));
+                }
+                let mut builder = Request::get(path);
+                if let Some(token) = &self.token {
+                    builder =
+                        builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+                }
+                let request = builder
+                    .body(Full::new(Bytes::new()))
+                    .map_err(|e| Failure::new(Exit::Usage, format!("bad request: {e}")))?;
+                match self
+                    .http
+                    .open_lines(addr, request, line_bytes_max, left)
+                    .await
+                {
+                    Ok((parts, lines)) if parts.status == StatusCode::OK => return Ok(Ok(lines)),
+                    Ok((parts, lines)) => {
+                        let reply = Reply {
+                            status: parts.status,
+                            headers: parts.headers,
+                            body: lines.collect().await.unwrap_or_default(),
+                        };
+                        if reply.status.as_u16() == 503 || reply.status.as_u16() == 504 {
+                            last_problem = format!("{addr}: {}", reply.failure().message);
+                            *endpoint += 1;
+                            continue;
+                        }
+                        return Ok(Err(reply));
+                    }
+                    Err(e) => {
+                        last_problem = format!("{addr}: {e}");
+                        *endpoint += 1;
                     }
                 }
             }

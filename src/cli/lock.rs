@@ -24,11 +24,19 @@ use clap::Args;
 use hyper::Method;
 use raft_kv::env;
 
+use raft_kv::http::client::LineStream;
+
 use super::client::{encode_key, encode_query, Client, Exit, Failure};
 use super::kvctl::{grant, keepalive_once, put, revoke, ClusterArgs};
 
-/// How long one long poll of `kv watch` waits on the server.
-const WATCH_WAIT_S: u64 = 30;
+/// How long one stream of `kv watch` stays open on the server before the client reconnects.
+const WATCH_WAIT_S: u64 = 300;
+/// A stream that sends no line for this long is taken for dead (the server sends a progress
+/// line every 5 s while idle), and the watch resumes on the next endpoint.
+const WATCH_STREAM_IDLE_MAX: Duration = Duration::from_secs(15);
+/// Longest line of a watch stream the client reads (an event carries a value of up to the
+/// server's value limit, hex-encoded if binary).
+const WATCH_LINE_BYTES_MAX: usize = 64 << 20;
 /// Key prefix of locks.
 const LOCK_PREFIX: &str = "locks/";
 
@@ -48,15 +56,19 @@ pub fn event_line(event: &serde_json::Value) -> String {
     }
 }
 
-/// A watch of one key or one prefix.
+/// A watch of one key or one prefix, by long polls or over a stream.
 pub struct Watch {
     client: Client,
     /// `/v1/kv/{key}` or `/v1/kv/?prefix=p`, without the watch parameters.
     base: String,
     /// The last index seen: events after it come next.
     pub index: u64,
-    /// How long one long poll waits on the server, in seconds.
+    /// How long one long poll (or one stream) waits on the server, in seconds.
     wait_s: u64,
+    /// `Some` for a streaming watch: the open stream, if any.
+    stream: Option<Option<LineStream>>,
+    /// The endpoint the stream is (or was last) open on.
+    endpoint: usize,
 }
 
 impl Watch {
@@ -92,13 +104,29 @@ impl Watch {
             base,
             index,
             wait_s,
+            stream: None,
+            endpoint: 0,
         })
+    }
+
+    /// The same watch over one stream (`&stream=true`) instead of long polls.
+    pub fn streaming(mut self) -> Watch {
+        // Opening a stream needs no room for a long poll's wait.
+        self.client.timeout = self
+            .client
+            .timeout
+            .saturating_sub(Duration::from_secs(self.wait_s));
+        self.stream = Some(None);
+        self
     }
 
     /// The next batch of events (possibly empty after the wait); any endpoint serves it, and a
     /// node that dies mid-wait is replaced by the next one at the same index, so nothing is
     /// missed or repeated. The history no longer reaching back is exit 7.
     pub async fn next(&mut self) -> Result<Vec<serde_json::Value>, Failure> {
+        if self.stream.is_some() {
+            return self.next_streamed().await;
+        }
         let separator = if self.base.contains('?') { '&' } else { '?' };
         let path = format!(
             "{}{separator}watch&index={}&wait={}s",
@@ -109,28 +137,111 @@ impl Watch {
             .send(Method::GET, &path, Bytes::new(), None)
             .await?;
         if reply.status.as_u16() == 410 {
-            return Err(Failure::new(
-                Exit::Compacted,
-                format!(
-                    "the history no longer reaches index {} (oldest {}): read again and watch \
-                     from its X-Raft-Index",
-                    self.index,
-                    reply.json()["oldest_index"]
-                ),
-            ));
+            return Err(self.compacted(&reply.json()));
         }
         if !reply.status.is_success() {
             return Err(reply.failure());
         }
         let json = reply.json();
-        let index = json["index"].as_u64().unwrap_or(self.index);
+        self.advance(json["index"].as_u64().unwrap_or(self.index));
+        Ok(json["events"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// [`Watch::next`] over a stream: the events up to the next progress line (which covers
+    /// whole entries, so resuming from its index misses and repeats nothing). Events after the
+    /// last progress line of a stream that breaks are dropped and come again on the next one,
+    /// opened at the next endpoint from the last progress index.
+    async fn next_streamed(&mut self) -> Result<Vec<serde_json::Value>, Failure> {
+        let mut pending = Vec::new();
+        loop {
+            let stream = match self.stream.as_mut().and_then(Option::as_mut) {
+                Some(stream) => stream,
+                None => {
+                    let separator = if self.base.contains('?') { '&' } else { '?' };
+                    let path = format!(
+                        "{}{separator}watch&stream=true&index={}&wait={}s",
+                        self.base, self.index, self.wait_s
+                    );
+                    let opened = self
+                        .client
+                        .open_lines(&path, &mut self.endpoint, WATCH_LINE_BYTES_MAX)
+                        .await?;
+                    match opened {
+                        Ok(lines) => {
+                            pending.clear();
+                            self.stream = Some(Some(lines));
+                            continue;
+                        }
+                        Err(reply) if reply.status.as_u16() == 410 => {
+                            return Err(self.compacted(&reply.json()))
+                        }
+                        Err(reply) => return Err(reply.failure()),
+                    }
+                }
+            };
+            let line = match env::timeout(WATCH_STREAM_IDLE_MAX, stream.next_line()).await {
+                Ok(Ok(Some(line))) => line,
+                // The stream ran its time: reopen from the last progress index.
+                Ok(Ok(None)) => {
+                    self.stream = Some(None);
+                    pending.clear();
+                    continue;
+                }
+                // Broken or silent: resume on the next endpoint.
+                Ok(Err(_)) | Err(_) => {
+                    self.stream = Some(None);
+                    self.endpoint += 1;
+                    pending.clear();
+                    env::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let json: serde_json::Value = serde_json::from_slice(&line).map_err(|e| {
+                Failure::new(
+                    Exit::Refused,
+                    format!(
+                        "the watch stream sent a line that is not JSON ({e}): {}",
+                        String::from_utf8_lossy(&line)
+                    ),
+                )
+            })?;
+            match json["type"].as_str() {
+                Some("progress") => {
+                    self.advance(json["index"].as_u64().unwrap_or(self.index));
+                    return Ok(pending);
+                }
+                Some("error") if json["code"] == "compacted" => {
+                    return Err(self.compacted(&json));
+                }
+                Some("error") => {
+                    return Err(Failure::new(
+                        Exit::Refused,
+                        format!("the watch stream ended with an error: {json}"),
+                    ))
+                }
+                _ => pending.push(json),
+            }
+        }
+    }
+
+    fn advance(&mut self, index: u64) {
         assert!(
             index >= self.index,
             "a watch answered index {index}, before the {} it asked from",
             self.index
         );
         self.index = index;
-        Ok(json["events"].as_array().cloned().unwrap_or_default())
+    }
+
+    fn compacted(&self, answer: &serde_json::Value) -> Failure {
+        Failure::new(
+            Exit::Compacted,
+            format!(
+                "the history no longer reaches index {} (oldest {}): read again and watch from \
+                 its X-Raft-Index",
+                self.index, answer["oldest_index"]
+            ),
+        )
     }
 }
 
@@ -142,7 +253,9 @@ pub async fn watch_command(
     index: Option<u64>,
     count: Option<u64>,
 ) -> Result<(), Failure> {
-    let mut watch = Watch::start(&client, &key, prefix, index, WATCH_WAIT_S).await?;
+    let mut watch = Watch::start(&client, &key, prefix, index, WATCH_WAIT_S)
+        .await?
+        .streaming();
     eprintln!("raft-kv: watching from index {}", watch.index);
     let mut printed = 0u64;
     loop {

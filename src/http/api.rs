@@ -13,6 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
 
 use super::auth::{ClientAuth, Denied};
+use super::body::ApiBody;
 use super::rate_limit::{retry_after_seconds, RateLimitOptions, RateLimiter};
 use super::RemoteAddr;
 mod leases;
@@ -166,7 +167,7 @@ impl AppState {
     }
 }
 
-pub(super) type HttpResponse = Response<Full<Bytes>>;
+pub(super) type HttpResponse = Response<ApiBody>;
 
 /// Handles one request. Generic over the body so tests and fuzzers can call it in process.
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> HttpResponse
@@ -392,7 +393,7 @@ fn metrics(state: &AppState) -> HttpResponse {
             .set(node.watches.watches_waiting() as i64);
         text.push_str(&node.metrics.registry.render());
     }
-    let mut response = Response::new(Full::new(Bytes::from(text)));
+    let mut response = Response::new(ApiBody::full(text));
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -539,7 +540,7 @@ where
         Ok(envelope) => match node.deliver(envelope.messages) {
             Ok(()) => Response::builder()
                 .status(StatusCode::NO_CONTENT)
-                .body(Full::new(Bytes::new()))
+                .body(ApiBody::full(Bytes::new()))
                 .expect("a static response is valid"),
             Err(e) => node_error_response(&e),
         },
@@ -573,7 +574,7 @@ where
             Ok(answer) => Response::builder()
                 .status(StatusCode::OK)
                 .header(CONTENT_TYPE, "application/octet-stream")
-                .body(Full::new(Bytes::from(rpc::encode_answer(&answer))))
+                .body(ApiBody::full(rpc::encode_answer(&answer)))
                 .expect("a static response is valid"),
             Err(e) => node_error_response(&e),
         },
@@ -758,7 +759,7 @@ async fn read(
     if is_get {
         return Ok(match values.into_iter().next() {
             Some(value) => {
-                let mut response = Response::new(Full::new(value.data.clone()));
+                let mut response = Response::new(ApiBody::full(value.data.clone()));
                 let headers = response.headers_mut();
                 headers.insert(
                     CONTENT_TYPE,
@@ -1095,7 +1096,7 @@ pub(super) async fn forward(
     {
         Ok(response) => {
             let (parts, body) = response.into_parts();
-            let mut relayed = Response::new(Full::new(body));
+            let mut relayed = Response::new(ApiBody::full(body));
             *relayed.status_mut() = parts.status;
             for (name, value) in parts.headers.iter() {
                 let keep = [
@@ -1243,7 +1244,7 @@ pub(super) fn with_index(mut response: HttpResponse, index: u64) -> HttpResponse
 }
 
 pub(super) fn json_response(code: StatusCode, body: Json) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut response = Response::new(ApiBody::full(body.to_string()));
     *response.status_mut() = code;
     response
         .headers_mut()
@@ -1396,7 +1397,7 @@ mod tests {
 
     /// The bytes of a complete in-memory body, polled once without a runtime (the test also
     /// runs under `--cfg madsim`, where tokio's current-thread runtime does not exist).
-    fn full_body_bytes(body: Full<Bytes>) -> Bytes {
+    fn full_body_bytes(body: ApiBody) -> Bytes {
         use hyper::body::Body as _;
         let mut body = std::pin::pin!(body);
         let mut context = std::task::Context::from_waker(std::task::Waker::noop());

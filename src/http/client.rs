@@ -162,6 +162,54 @@ impl HttpClient {
         Ok(Response::from_parts(parts, body))
     }
 
+    /// Sends `request` to `addr` and returns the response head with its body to read line by
+    /// line (a newline-delimited stream such as a streaming watch), the head within `timeout`.
+    /// Each line is at most `line_bytes_max` bytes. The connection serves this stream only.
+    pub async fn open_lines(
+        &self,
+        addr: &str,
+        mut request: Request<Full<Bytes>>,
+        line_bytes_max: usize,
+        timeout: Duration,
+    ) -> Result<(hyper::http::response::Parts, LineStream), ClientError> {
+        if !request.headers().contains_key(hyper::header::HOST) {
+            if let Ok(host) = hyper::header::HeaderValue::from_str(addr) {
+                request.headers_mut().insert(hyper::header::HOST, host);
+            }
+        }
+        let opened = env::timeout(timeout, async {
+            let mut connection = self.checkout(addr).await?;
+            connection
+                .sender
+                .send_request(request)
+                .await
+                .map_err(|e| ClientError::Http {
+                    addr: addr.to_string(),
+                    message: e.to_string(),
+                })
+        })
+        .await;
+        let response = match opened {
+            Ok(response) => response?,
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    addr: addr.to_string(),
+                    timeout,
+                })
+            }
+        };
+        let (parts, body) = response.into_parts();
+        Ok((
+            parts,
+            LineStream {
+                addr: addr.to_string(),
+                body,
+                buffer: Vec::new(),
+                line_bytes_max,
+            },
+        ))
+    }
+
     async fn checkout(&self, addr: &str) -> Result<Connection, ClientError> {
         loop {
             let candidate = {
@@ -222,6 +270,78 @@ impl HttpClient {
         let slot = idle.entry(addr.to_string()).or_default();
         if slot.len() < IDLE_CONNECTIONS_PER_ADDR_MAX {
             slot.push(connection);
+        }
+    }
+}
+
+/// A response body read one line at a time (see [`HttpClient::open_lines`]).
+pub struct LineStream {
+    addr: String,
+    body: hyper::body::Incoming,
+    /// Bytes received after the last complete line. Invariant: no newline, at most
+    /// `line_bytes_max` bytes.
+    buffer: Vec<u8>,
+    line_bytes_max: usize,
+}
+
+impl LineStream {
+    /// The next line without its newline, or `None` once the body ended cleanly (a last line
+    /// without a newline is an error: the stream was cut mid-line).
+    pub async fn next_line(&mut self) -> Result<Option<Bytes>, ClientError> {
+        use hyper::body::Body as _;
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&byte| byte == b'\n') {
+                let rest = self.buffer.split_off(end + 1);
+                let mut line = std::mem::replace(&mut self.buffer, rest);
+                line.pop();
+                return Ok(Some(Bytes::from(line)));
+            }
+            let frame =
+                std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.body).poll_frame(cx)).await;
+            match frame {
+                None if self.buffer.is_empty() => return Ok(None),
+                None => return Err(self.error(&"the stream ended in the middle of a line")),
+                Some(Err(e)) => return Err(self.error(&e)),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                        let pending = match self.buffer.iter().position(|&byte| byte == b'\n') {
+                            Some(end) => end,
+                            None => self.buffer.len(),
+                        };
+                        if pending > self.line_bytes_max {
+                            return Err(self.error(&format!(
+                                "a line longer than {} bytes",
+                                self.line_bytes_max
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The rest of the body (at most `line_bytes_max` bytes), for an answer that is not a
+    /// stream (an error's JSON).
+    pub async fn collect(self) -> Result<Bytes, ClientError> {
+        let addr = self.addr;
+        let mut whole = self.buffer;
+        let rest = Limited::new(self.body, self.line_bytes_max)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http {
+                addr,
+                message: e.to_string(),
+            })?
+            .to_bytes();
+        whole.extend_from_slice(&rest);
+        Ok(Bytes::from(whole))
+    }
+
+    fn error(&self, message: &dyn std::fmt::Display) -> ClientError {
+        ClientError::Http {
+            addr: self.addr.clone(),
+            message: message.to_string(),
         }
     }
 }

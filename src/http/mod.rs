@@ -4,6 +4,7 @@
 
 mod api;
 pub mod auth;
+mod body;
 pub mod client;
 pub mod guard;
 mod members;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use api::{handle, AppState, HttpLimits};
+pub use body::ApiBody;
 
 use crate::env;
 
@@ -78,7 +80,7 @@ pub async fn serve(
                 request.extensions_mut().insert(RemoteAddr(peer_addr));
                 async move {
                     if let Some(refused) = guard::refusal_response(&request) {
-                        return Ok::<_, Infallible>(refused);
+                        return Ok::<_, Infallible>(refused.map(body::ApiBody::from));
                     }
                     Ok::<_, Infallible>(handle(&state, request).await)
                 }

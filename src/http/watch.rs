@@ -1,14 +1,22 @@
 //! `GET /v1/kv/{key}?watch` and `GET /v1/kv/?prefix=p&watch`: the long poll over this node's
-//! watch history (see `node::watch` for why any node may answer).
+//! watch history (see `node::watch` for why any node may answer), and with `&stream=true` the
+//! stream: newline-delimited JSON over one chunked response (README, *Watch*).
 
 use std::time::Duration;
 
-use hyper::StatusCode;
+use bytes::Bytes;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
 use serde_json::{json, Value as Json};
+use tokio::sync::mpsc;
 
 use super::api::{error, hex, json_response, retry_later, with_index, HttpResponse, Query};
+use super::body::ApiBody;
+use crate::env;
 use crate::kv::{ChangeKind, KeyChange};
-use crate::node::watch::{WatchError, WatchSelector};
+use crate::node::watch::{
+    Compacted, StreamLine, WatchError, WatchSelector, WATCH_STREAM_QUEUE_LINES,
+};
 use crate::node::NodeHandle;
 
 /// How long a watch waits when the request names no `wait`.
@@ -42,6 +50,26 @@ pub(super) async fn watch(node: &NodeHandle, query: &Query, key: Option<Vec<u8>>
             Err(message) => return error(StatusCode::BAD_REQUEST, "bad_key", &message),
         },
     };
+    let stream = match query.get("stream") {
+        None | Some("false") => false,
+        Some("true") | Some("") => true,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_stream",
+                "stream must be true or false",
+            )
+        }
+    };
+    if stream {
+        // A stream lasts its `wait`, by default the cap: the client reconnects after.
+        let duration = if query.get("wait").is_some() {
+            wait
+        } else {
+            WATCH_WAIT_MAX
+        };
+        return watch_stream(node, after_index, selector, duration);
+    }
     match node.watches.wait(after_index, &selector, wait).await {
         Ok(batch) => {
             let events: Vec<Json> = batch.events.iter().map(event_json).collect();
@@ -53,21 +81,81 @@ pub(super) async fn watch(node: &NodeHandle, query: &Query, key: Option<Vec<u8>>
                 batch.index,
             )
         }
-        Err(WatchError::Compacted(compacted)) => {
+        Err(e) => watch_error(node, e),
+    }
+}
+
+/// Starts a stream of the changes after `after_index`: 410 or 503 as the long poll before it
+/// starts, then 200 and one JSON object a line (see [`stream_line`]) until `duration` ends,
+/// the client leaves, or the stream falls behind the history.
+fn watch_stream(
+    node: &NodeHandle,
+    after_index: u64,
+    selector: WatchSelector,
+    duration: Duration,
+) -> HttpResponse {
+    if let Err(compacted) = node.watches.changes_after(after_index, &selector) {
+        return watch_error(node, compacted.into());
+    }
+    let slot = match node.watches.take_stream_slot() {
+        Ok(slot) => slot,
+        Err(e) => return watch_error(node, e),
+    };
+    let (sink, lines) = mpsc::channel(WATCH_STREAM_QUEUE_LINES);
+    let hub = node.watches.clone();
+    let node = node.clone();
+    env::spawn(async move {
+        // A node whose driver stopped (shut down, removed, failed) applies nothing more: its
+        // streams end, and their clients resume elsewhere from their last progress index.
+        tokio::select! {
+            biased; // deterministic in simulation
+            () = hub.stream(slot, after_index, &selector, duration, &sink, stream_line) => {}
+            () = node.wait_driver_stopped() => {}
+        }
+    });
+    let mut response = Response::new(ApiBody::stream(lines));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    with_index(response, after_index)
+}
+
+/// One line of a stream: an event as the long poll shows it, `{"type":"progress","index":N}`,
+/// or a last `{"type":"error","code":"compacted",..,"oldest_index":N}`.
+fn stream_line(line: StreamLine<'_>) -> Bytes {
+    let object = match line {
+        StreamLine::Event(change) => event_json(change),
+        StreamLine::Progress(index) => json!({"type": "progress", "index": index}),
+        StreamLine::Compacted(compacted) => {
+            let mut object = compacted_json(&compacted);
+            object["type"] = json!("error");
+            object
+        }
+    };
+    let mut text = object.to_string();
+    text.push('\n');
+    Bytes::from(text)
+}
+
+fn compacted_json(compacted: &Compacted) -> Json {
+    json!({
+        "error": compacted.to_string(),
+        "code": "compacted",
+        "oldest_index": compacted.oldest_index,
+    })
+}
+
+fn watch_error(node: &NodeHandle, e: WatchError) -> HttpResponse {
+    match e {
+        WatchError::Compacted(compacted) => {
             let (_, applied_index) = node.watches.bounds();
             with_index(
-                json_response(
-                    StatusCode::GONE,
-                    json!({
-                        "error": compacted.to_string(),
-                        "code": "compacted",
-                        "oldest_index": compacted.oldest_index,
-                    }),
-                ),
+                json_response(StatusCode::GONE, compacted_json(&compacted)),
                 applied_index,
             )
         }
-        Err(e @ WatchError::TooManyWatches { .. }) => retry_later(
+        WatchError::TooManyWatches { .. } => retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_watches",
             &e.to_string(),

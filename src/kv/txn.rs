@@ -169,7 +169,10 @@ impl KvStore {
         changes: &mut Vec<KeyChange>,
     ) -> (bool, Vec<TxnOpResult>) {
         let succeeded = txn.compares.iter().all(|compare| self.holds(compare));
-        let ops = if succeeded { txn.success } else { txn.failure };
+        let mut ops = if succeeded { txn.success } else { txn.failure };
+        if succeeded && crate::plants::active(crate::plants::Plant::TxnNotAtomic) {
+            ops.truncate(1);
+        }
         let mut results = Vec::with_capacity(ops.len());
         let mut get_bytes = 0usize;
         for op in ops {

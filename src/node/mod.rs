@@ -459,13 +459,21 @@ impl NodeHandle {
     pub async fn lease_keepalive(&self, lease_id: u64) -> Result<Option<LeaseView>, NodeError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Request::LeaseKeepalive { lease_id, reply })?;
-        if !self.await_answer(answer).await? {
-            return Ok(None);
-        }
+        let refreshed = self.await_answer(answer).await?;
+        // The read confirms a "not found" too: a deposed leader that has not yet heard of the
+        // new term does not know the leases granted since, and must not call them gone.
         let outcome = self
             .read(ReadQuery::Lease(lease_id), Consistency::Linearizable)
             .await?;
-        Ok(outcome.lease)
+        match (refreshed, outcome.lease) {
+            (true, lease) => Ok(lease),
+            (false, None) => Ok(None),
+            // Granted (or applied here) between the refresh and the read: not refreshed, ask
+            // again.
+            (false, Some(_)) => Err(NodeError::Unavailable(format!(
+                "lease {lease_id} was not yet known when the keepalive came; retry"
+            ))),
+        }
     }
 
     /// Hands leadership to `to` (or the best follower) if this node leads.

@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
 
 use crate::env;
 use crate::kv::{ChangeKind, KeyChange};
@@ -36,6 +37,15 @@ pub const WATCH_HISTORY_BYTES_MAX_DEFAULT: usize = 64 << 20;
 pub const WATCHES_MAX_DEFAULT: usize = 1024;
 /// Most events one answer carries; the client continues from the last one's index.
 pub const WATCH_EVENTS_PER_ANSWER_MAX: usize = 1000;
+/// Most changes a stream takes from the history at a time: with [`WATCH_STREAM_QUEUE_LINES`],
+/// what bounds the memory one slow stream reader can pin.
+pub const WATCH_STREAM_BATCH_EVENTS_MAX: usize = 64;
+/// Most rendered lines queued between a stream and its connection; a reader slower than the
+/// changes makes the stream wait here (backpressure), never grow a queue.
+pub const WATCH_STREAM_QUEUE_LINES: usize = 16;
+/// How often an idle stream says where it stands (a progress line), so its reader knows the
+/// index to resume from even when none of its keys changed.
+pub const WATCH_STREAM_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// Bytes an event costs in the history besides its key and value (index, kind, pointers).
 const EVENT_OVERHEAD_BYTES: usize = 64;
 
@@ -96,6 +106,19 @@ pub struct Compacted {
     pub asked_index: u64,
     /// The smallest index a watch can continue from now.
     pub oldest_index: u64,
+}
+
+/// One line of a watch stream, before the HTTP layer renders it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamLine<'a> {
+    /// A matching change.
+    Event(&'a KeyChange),
+    /// Every matching change up to this index has been sent: the index to resume from. The
+    /// changes of one entry always come before the progress line that covers them.
+    Progress(u64),
+    /// The stream fell behind the history and ends here; the reader resumes (and gets 410 if
+    /// its index is gone) or re-reads.
+    Compacted(Compacted),
 }
 
 /// Why a watch was not served.
@@ -235,6 +258,17 @@ impl WatchHub {
         after_index: u64,
         selector: &WatchSelector,
     ) -> Result<WatchBatch, Compacted> {
+        self.changes_after_max(after_index, selector, WATCH_EVENTS_PER_ANSWER_MAX)
+    }
+
+    /// [`WatchHub::changes_after`] with at most about `events_max` changes (a full answer
+    /// still ends on an entry boundary).
+    fn changes_after_max(
+        &self,
+        after_index: u64,
+        selector: &WatchSelector,
+        events_max: usize,
+    ) -> Result<WatchBatch, Compacted> {
         let history = self.lock();
         if after_index < history.floor_index {
             return Err(Compacted {
@@ -258,7 +292,7 @@ impl WatchHub {
         for event in history.events.range(start..) {
             // A full answer still takes the rest of its last entry's changes, so resuming
             // after that entry's index misses none.
-            if events.len() >= WATCH_EVENTS_PER_ANSWER_MAX
+            if events.len() >= events_max
                 && events.last().is_some_and(|last| last.index != event.index)
             {
                 full = true;
@@ -310,19 +344,107 @@ impl WatchHub {
         }
     }
 
+    /// A place for a stream among [`WatchOptions::watches_max`] (streams and long polls count
+    /// alike), held until the stream ends.
+    pub fn take_stream_slot(self: &Arc<Self>) -> Result<StreamSlot, WatchError> {
+        self.count_slot()?;
+        Ok(StreamSlot { hub: self.clone() })
+    }
+
+    /// Streams the matching changes after `after_index` into `sink` as rendered lines (see
+    /// [`StreamLine`]) for `duration`, or until the reader leaves (`sink` closes) or falls
+    /// behind the history (a last [`StreamLine::Compacted`]). A progress line follows every
+    /// batch of changes, comes every [`WATCH_STREAM_PROGRESS_INTERVAL`] while idle, and ends a
+    /// stream that ran its `duration`.
+    ///
+    /// Memory per stream is bounded whatever the reader's pace: at most
+    /// [`WATCH_STREAM_BATCH_EVENTS_MAX`] changes taken from the history and
+    /// [`WATCH_STREAM_QUEUE_LINES`] lines in `sink` (a full sink makes the stream wait).
+    pub async fn stream<R>(
+        &self,
+        _slot: StreamSlot,
+        mut after_index: u64,
+        selector: &WatchSelector,
+        duration: Duration,
+        sink: &mpsc::Sender<Bytes>,
+        render: R,
+    ) where
+        R: Fn(StreamLine<'_>) -> Bytes,
+    {
+        let deadline = env::now() + duration;
+        // The first progress line goes out at once: the reader learns the stream is open and
+        // where it stands.
+        let mut progress_due = env::now();
+        loop {
+            // Registered before looking, so a publish between the look and the wait wakes us.
+            let notified = self.applied.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let batch = match self.changes_after_max(
+                after_index,
+                selector,
+                WATCH_STREAM_BATCH_EVENTS_MAX,
+            ) {
+                Ok(batch) => batch,
+                Err(compacted) => {
+                    let _ = sink.send(render(StreamLine::Compacted(compacted))).await;
+                    return;
+                }
+            };
+            for event in &batch.events {
+                if sink.send(render(StreamLine::Event(event))).await.is_err() {
+                    return;
+                }
+            }
+            after_index = batch.index;
+            let now = env::now();
+            let ended = now >= deadline;
+            if !batch.events.is_empty() || now >= progress_due || ended {
+                if sink
+                    .send(render(StreamLine::Progress(after_index)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                progress_due = now + WATCH_STREAM_PROGRESS_INTERVAL;
+            }
+            if ended {
+                return;
+            }
+            if batch.events.len() >= WATCH_STREAM_BATCH_EVENTS_MAX {
+                continue; // maybe more right behind: look again before waiting
+            }
+            let wake_at = deadline.min(progress_due);
+            tokio::select! {
+                biased; // deterministic in simulation
+                _ = sink.closed() => return,
+                _ = notified => {}
+                _ = env::sleep(wake_at.duration_since(now)) => {}
+            }
+        }
+    }
+
     /// Number of watches waiting now.
     pub fn watches_waiting(&self) -> usize {
         self.watches_waiting.load(Ordering::Relaxed)
     }
 
     fn take_slot(&self) -> Result<WatchSlot<'_>, WatchError> {
+        self.count_slot()?;
+        Ok(WatchSlot { hub: self })
+    }
+
+    /// Counts one more watch, unless [`WatchOptions::watches_max`] already wait. The caller
+    /// gives it back by dropping a [`WatchSlot`] or [`StreamSlot`].
+    fn count_slot(&self) -> Result<(), WatchError> {
         let watches_max = self.options.watches_max;
         self.watches_waiting
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
                 (waiting < watches_max).then_some(waiting + 1)
             })
             .map_err(|_| WatchError::TooManyWatches { watches_max })?;
-        Ok(WatchSlot { hub: self })
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, History> {
@@ -336,6 +458,18 @@ struct WatchSlot<'a> {
 }
 
 impl Drop for WatchSlot<'_> {
+    fn drop(&mut self) {
+        self.hub.watches_waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A stream's place among [`WatchOptions::watches_max`], given back when the stream ends.
+#[derive(Debug)]
+pub struct StreamSlot {
+    hub: SharedWatchHub,
+}
+
+impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.hub.watches_waiting.fetch_sub(1, Ordering::AcqRel);
     }

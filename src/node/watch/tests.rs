@@ -1,4 +1,8 @@
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use super::*;
 
@@ -202,4 +206,157 @@ fn recording_an_index_twice_stops_the_node() {
     let hub = hub(100);
     hub.record(2, Vec::new());
     hub.record(2, Vec::new());
+}
+
+/// Renders stream lines as short text for the tests: `put 3 a=1`, `progress 3`, `compacted 5`.
+fn test_line(line: StreamLine<'_>) -> Bytes {
+    let text = match line {
+        StreamLine::Event(change) => match &change.kind {
+            ChangeKind::Put { value, .. } => format!(
+                "put {} {}={}",
+                change.index,
+                String::from_utf8_lossy(&change.key),
+                String::from_utf8_lossy(value)
+            ),
+            ChangeKind::Delete => format!(
+                "delete {} {}",
+                change.index,
+                String::from_utf8_lossy(&change.key)
+            ),
+        },
+        StreamLine::Progress(index) => format!("progress {index}"),
+        StreamLine::Compacted(compacted) => format!("compacted {}", compacted.oldest_index),
+    };
+    Bytes::from(text)
+}
+
+async fn next_line(lines: &mut mpsc::Receiver<Bytes>) -> Option<String> {
+    let line = lines.recv().await?;
+    Some(String::from_utf8(line.to_vec()).expect("test lines are text"))
+}
+
+/// Runs `hub.stream` in a task from `after_index` over `selector` for `duration`, with a queue
+/// of `queue_lines`: the task and the receiving end.
+fn spawn_stream(
+    hub: &Arc<WatchHub>,
+    selector: WatchSelector,
+    duration: Duration,
+    queue_lines: usize,
+) -> (crate::env::JoinHandle<()>, mpsc::Receiver<Bytes>) {
+    let slot = hub.take_stream_slot().expect("a free slot");
+    let (sink, lines) = mpsc::channel(queue_lines);
+    let streamer = hub.clone();
+    let task = crate::env::spawn(async move {
+        streamer
+            .stream(slot, 0, &selector, duration, &sink, test_line)
+            .await;
+    });
+    (task, lines)
+}
+
+#[test]
+fn a_stream_sends_changes_in_order_each_batch_followed_by_progress_and_ends_at_its_duration() {
+    crate::env::testing::run_with_dir(|_| async {
+        let hub = Arc::new(hub(100));
+        hub.record(1, vec![put(1, "a", "1")]);
+        hub.record(2, vec![put(2, "b", "1")]);
+        let (stream, mut lines) = spawn_stream(
+            &hub,
+            WatchSelector::Key(b"a".to_vec()),
+            Duration::from_secs(6),
+            WATCH_STREAM_QUEUE_LINES,
+        );
+        assert_eq!(hub.watches_waiting(), 1, "a stream counts as a watch");
+        // The history first, then where it stands.
+        assert_eq!(next_line(&mut lines).await.as_deref(), Some("put 1 a=1"));
+        assert_eq!(next_line(&mut lines).await.as_deref(), Some("progress 2"));
+        // A change to another key wakes no line; a change to `a` comes with its progress,
+        // both changes of one entry before the progress that covers them.
+        hub.record(3, vec![put(3, "b", "2")]);
+        hub.publish_applied();
+        hub.record(4, vec![put(4, "a", "2"), delete(4, "a")]);
+        hub.publish_applied();
+        assert_eq!(next_line(&mut lines).await.as_deref(), Some("put 4 a=2"));
+        assert_eq!(next_line(&mut lines).await.as_deref(), Some("delete 4 a"));
+        assert_eq!(next_line(&mut lines).await.as_deref(), Some("progress 4"));
+        // Idle: a progress line every interval, then a last one when the duration ends.
+        let idle_started = crate::env::now();
+        assert_eq!(next_line(&mut lines).await.as_deref(), Some("progress 4"));
+        assert!(
+            crate::env::now().duration_since(idle_started) >= WATCH_STREAM_PROGRESS_INTERVAL / 2,
+            "an idle progress line came too soon"
+        );
+        let mut rest = Vec::new();
+        while let Some(line) = next_line(&mut lines).await {
+            rest.push(line);
+        }
+        assert!(
+            !rest.is_empty() && rest.iter().all(|line| line == "progress 4"),
+            "{rest:?}"
+        );
+        stream.await.expect("the stream task ends");
+        assert_eq!(hub.watches_waiting(), 0, "the slot is given back");
+    });
+}
+
+#[test]
+fn a_stream_whose_reader_falls_behind_the_history_ends_with_compacted_and_never_queues_more() {
+    crate::env::testing::run_with_dir(|_| async {
+        let hub = Arc::new(hub(3));
+        let (stream, mut lines) = spawn_stream(
+            &hub,
+            WatchSelector::Prefix(Vec::new()),
+            Duration::from_secs(60),
+            1,
+        );
+        assert_eq!(next_line(&mut lines).await.as_deref(), Some("progress 0"));
+        // The reader stops reading while 10 changes go through a history of 3.
+        for index in 1..=10 {
+            hub.record(index, vec![put(index, "k", &index.to_string())]);
+            hub.publish_applied();
+            crate::env::sleep(Duration::from_millis(10)).await;
+        }
+        // The stream could queue one line and hold one; what it sends after them cannot be
+        // the changes the history dropped: it ends with compacted.
+        let mut seen = Vec::new();
+        while let Some(line) = next_line(&mut lines).await {
+            seen.push(line);
+        }
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("compacted 7"),
+            "{seen:?}"
+        );
+        assert!(
+            seen.len() <= 4,
+            "the stream queued more than it may: {seen:?}"
+        );
+        stream.await.expect("the stream task ends");
+        assert_eq!(hub.watches_waiting(), 0);
+    });
+}
+
+#[test]
+fn a_stream_ends_when_its_reader_leaves_and_gives_its_slot_back() {
+    crate::env::testing::run_with_dir(|_| async {
+        let hub = Arc::new(hub(100));
+        let (stream, lines) = spawn_stream(
+            &hub,
+            WatchSelector::Prefix(Vec::new()),
+            Duration::from_secs(600),
+            WATCH_STREAM_QUEUE_LINES,
+        );
+        let _other = hub.take_stream_slot().expect("2 of 2");
+        assert!(matches!(
+            hub.take_stream_slot(),
+            Err(WatchError::TooManyWatches { watches_max: 2 })
+        ));
+        crate::env::sleep(Duration::from_millis(100)).await;
+        drop(lines);
+        crate::env::timeout(Duration::from_secs(1), stream)
+            .await
+            .expect("the stream notices its reader left before its duration or a progress line")
+            .expect("the stream task ends");
+        assert_eq!(hub.watches_waiting(), 1);
+    });
 }
