@@ -62,7 +62,7 @@ pub fn promise(plant: Plant) -> Option<Promise> {
         // the watchers-only scenario, 796 and 786 before, seed 73 of the first scenario).
         Plant::ForgetVote => (ELECTION_SAFETY, Some(200)),
         Plant::VoteWithoutLogCheck => (LEADER_COMPLETENESS, Some(50)),
-        Plant::ReadWithoutConfirm => (LINEARIZABILITY, Some(200)),
+        Plant::ReadWithoutConfirm => (LINEARIZABILITY, Some(500)),
         Plant::LeaderNeverStepsDown => (LINEARIZABILITY, Some(50)),
         Plant::AckBeforeFsync => (STATE_MACHINE_SAFETY, Some(400)),
         Plant::ApplyRetryTwice => (LINEARIZABILITY, Some(50)),

@@ -465,7 +465,7 @@ fn classify(
         (429, _) if json_str(body, "code").as_deref() == Some("rate_limited") => {
             Attempt::RateLimited(text())
         }
-        (507, KvInput::Put { .. } | KvInput::Cas { .. })
+        (507, KvInput::Put { .. } | KvInput::Cas { .. } | KvInput::Txn { .. })
             if json_str(body, "code").as_deref() == Some("quota_exceeded") =>
         {
             Attempt::QuotaRefused(text())
