@@ -234,6 +234,7 @@ impl fmt::Display for SweepCoverage {
             "  {:<26} {:>6} {:>9}",
             "fault (that did something)", "seeds", "episodes"
         )?;
+        let missing = self.missing_kinds();
         for kind in FAULT_KINDS {
             let episodes: u64 = self
                 .seeds
@@ -244,7 +245,13 @@ impl fmt::Display for SweepCoverage {
             writeln!(
                 f,
                 "  {kind:<26} {seeds_with:>6} {episodes:>9}{}",
-                if seeds_with == 0 { "   MISSING" } else { "" }
+                if missing.contains(&kind) {
+                    "   MISSING"
+                } else if seeds_with == 0 {
+                    "   (not scheduled)"
+                } else {
+                    ""
+                }
             )?;
         }
         let idle = self.spread(|c| c.episodes_idle);
@@ -327,7 +334,6 @@ impl fmt::Display for SweepCoverage {
                  plant's sweep schedules them)"
             )?;
         }
-        let missing = self.missing_kinds();
         if missing.is_empty() {
             writeln!(f, "  every fault kind occurred")
         } else {
@@ -367,6 +373,16 @@ mod tests {
         with_membership.add(third);
         let missing = with_membership.missing_kinds();
         assert_eq!(missing.len(), FAULT_KINDS.len() - 3, "{missing:?}");
+        let mut all_but_membership = SweepCoverage::default();
+        let mut seed = Coverage::default();
+        for kind in &FAULT_KINDS[..MEMBERSHIP_KINDS_FIRST] {
+            seed.fault(kind);
+        }
+        all_but_membership.add(seed);
+        let table = all_but_membership.to_string();
+        assert!(!table.contains("MISSING"), "{table}");
+        assert!(table.contains("every fault kind occurred"), "{table}");
+        assert!(table.contains("(not scheduled)"), "{table}");
         assert!(missing.contains(&"leader removed"));
         assert!(missing.contains(&"disk full"));
         let table = sweep.to_string();
