@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use super::{KeyVerdict, KvInput, KvOutput, Operation, Violation, TXN_GROUP};
+use super::{Interner, KeyVerdict, KvInput, KvOutput, Operation, Violation, TXN_GROUP};
 
 /// A transaction in search form (values interned: 0 is reserved for "absent").
 #[derive(Clone, Debug)]
@@ -108,22 +108,13 @@ fn apply(state: State, op: &TxnOp) -> State {
     }
 }
 
-struct Interner<'a> {
-    ids: std::collections::BTreeMap<&'a [u8], u32>,
-}
-
-impl<'a> Interner<'a> {
-    fn id(&mut self, value: Option<&'a [u8]>) -> u32 {
-        let Some(value) = value else { return 0 };
-        let next = u32::try_from(self.ids.len() + 1).expect("fewer than 2^32 values");
-        *self.ids.entry(value).or_insert(next)
-    }
+/// The id of a value of the group, `0` for absent: the key checker's interner, shifted by one.
+fn value_id<'a>(interner: &mut Interner<'a>, value: Option<&'a [u8]>) -> u32 {
+    value.map_or(0, |value| interner.intern(value) + 1)
 }
 
 fn compile(history: &[Operation], indices: &[usize]) -> Result<Vec<TxnOp>, (usize, String)> {
-    let mut interner = Interner {
-        ids: std::collections::BTreeMap::new(),
-    };
+    let mut interner = Interner::default();
     let mut ops = Vec::with_capacity(indices.len());
     for &history_index in indices {
         let operation = &history[history_index];
@@ -163,7 +154,10 @@ fn compile(history: &[Operation], indices: &[usize]) -> Result<Vec<TxnOp>, (usiz
                     index: *index,
                     exact: !retried,
                     succeeded: *succeeded,
-                    reads: reads.iter().map(|r| interner.id(r.as_deref())).collect(),
+                    reads: reads
+                        .iter()
+                        .map(|r| value_id(&mut interner, r.as_deref()))
+                        .collect(),
                 })
             }
             (Some(_), Some(_)) => return Err(malformed("the output does not answer the input")),
@@ -171,8 +165,8 @@ fn compile(history: &[Operation], indices: &[usize]) -> Result<Vec<TxnOp>, (usiz
         ops.push(TxnOp {
             history_index,
             call: operation.call,
-            if_value: interner.id(if_value.as_deref()),
-            value: interner.id(Some(value)),
+            if_value: value_id(&mut interner, if_value.as_deref()),
+            value: value_id(&mut interner, Some(value)),
             answer,
         });
     }
