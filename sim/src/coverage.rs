@@ -84,8 +84,11 @@ pub struct Coverage {
     pub rate_limit: bool,
     /// Requests answered `429 rate_limited` (the greedy client's and the workload's).
     pub rate_limited: u64,
-    /// Transactions answered with their success branch (compare held, both keys put).
+    /// Transactions answered with their success branch (compare held, both keys put or
+    /// deleted).
     pub txns_succeeded: u64,
+    /// Of [`Coverage::txns_succeeded`], those whose success branch deleted both keys.
+    pub txns_deleted: u64,
     /// Transactions answered with their failure branch (compare failed, both keys read).
     pub txns_failed: u64,
 }
@@ -122,11 +125,14 @@ impl Coverage {
         for op in history {
             if op.input == KvInput::Get {
                 self.reads += 1;
-            } else if let KvInput::Txn { .. } = op.input {
+            } else if let KvInput::Txn { value, .. } = &op.input {
                 match op.output {
                     Some(KvOutput::Txn {
                         succeeded: true, ..
-                    }) => self.txns_succeeded += 1,
+                    }) => {
+                        self.txns_succeeded += 1;
+                        self.txns_deleted += u64::from(value.is_none());
+                    }
                     Some(KvOutput::Txn { .. }) => self.txns_failed += 1,
                     _ => {}
                 }
@@ -303,6 +309,12 @@ impl fmt::Display for SweepCoverage {
         writeln!(
             f,
             "  {:<26} {}",
+            "  of which deleted both",
+            self.spread(|c| c.txns_deleted)
+        )?;
+        writeln!(
+            f,
+            "  {:<26} {}",
             "txns failed",
             self.spread(|c| c.txns_failed)
         )?;
@@ -443,11 +455,14 @@ mod tests {
         ];
         let txn = KvInput::Txn {
             if_value: None,
-            value: b"x".to_vec(),
+            value: Some(b"x".to_vec()),
+        };
+        let delete_both = KvInput::Txn {
+            if_value: Some(b"x".to_vec()),
+            value: None,
         };
         let answer = |succeeded: bool| KvOutput::Txn {
             index: 3,
-            retried: false,
             succeeded,
             reads: Vec::new(),
         };
@@ -456,13 +471,21 @@ mod tests {
         history.push(op(txn.clone(), Some(answer(false))));
         history.push(op(txn.clone(), Some(answer(false))));
         history.push(op(txn, None));
+        history.push(op(delete_both, Some(answer(true))));
         let mut coverage = Coverage::default();
         coverage.count_operations(&history);
         assert_eq!(
             (coverage.reads, coverage.writes, coverage.unknown),
             (1, 2, 2)
         );
-        assert_eq!((coverage.txns_succeeded, coverage.txns_failed), (1, 2));
+        assert_eq!(
+            (
+                coverage.txns_succeeded,
+                coverage.txns_deleted,
+                coverage.txns_failed
+            ),
+            (2, 1, 2)
+        );
     }
 
     #[test]

@@ -30,11 +30,11 @@
 //!   `mod_index` (0 when absent); `put` → `mod_index` (the log index of the write); `delete` →
 //!   `existed`; `cas` → `ok` and, when `ok`, `mod_index`.
 //! - `txn` (key `"t0+t1"`, the transaction group): `if_value` (`null`: if `t0` is absent) and
-//!   `value`: if `t0` holds `if_value`, put `value` into `t0` and `t1`, else get both. Its
+//!   `value`: if `t0` holds `if_value`, put `value` into `t0` and `t1` (`null`: delete both),
+//!   else get both. Its
 //!   output: `ok` (the success branch ran), `index` (the transaction's log index), `reads` (the
-//!   failure branch's values of `t0` and `t1`, `null` when absent; empty on success), `retried`
-//!   (an earlier attempt's outcome was unknown and the idempotency table answered from a later
-//!   entry: the transaction took effect at `index` or before).
+//!   failure branch's values of `t0` and `t1`, `null` when absent; empty on success). A retry
+//!   answered from the idempotency table carries the index of the first application.
 //! - `index` is the operation's position (the `#n` of reports); readers may ignore it.
 //!
 //! The model the history must satisfy is the one of [`crate::linearizability`]: every write that
@@ -95,7 +95,7 @@ enum FileInput {
     Txn {
         key: String,
         if_value: Option<String>,
-        value: String,
+        value: Option<String>,
     },
 }
 
@@ -115,8 +115,6 @@ struct FileOutput {
     index: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reads: Option<Vec<Option<String>>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    retried: Option<bool>,
 }
 
 fn text(index: usize, bytes: &[u8]) -> Result<String, String> {
@@ -148,7 +146,7 @@ pub fn to_json(history: &[Operation], seed: Option<u64>) -> Result<String, Strin
             KvInput::Txn { if_value, value } => FileInput::Txn {
                 key,
                 if_value: if_value.as_deref().map(|v| text(index, v)).transpose()?,
-                value: text(index, value)?,
+                value: value.as_deref().map(|v| text(index, v)).transpose()?,
             },
         };
         let output = match &op.output {
@@ -177,13 +175,11 @@ pub fn to_json(history: &[Operation], seed: Option<u64>) -> Result<String, Strin
             }),
             Some(KvOutput::Txn {
                 index: log_index,
-                retried,
                 succeeded,
                 reads,
             }) => Some(FileOutput {
                 ok: Some(*succeeded),
                 index: Some(*log_index),
-                retried: Some(*retried),
                 reads: Some(
                     reads
                         .iter()
@@ -258,7 +254,7 @@ pub fn from_json(json: &str) -> Result<Vec<Operation>, String> {
                 key,
                 KvInput::Txn {
                     if_value: if_value.map(String::into_bytes),
-                    value: value.into_bytes(),
+                    value: value.map(String::into_bytes),
                 },
             ),
         };
@@ -274,7 +270,6 @@ pub fn from_json(json: &str) -> Result<Vec<Operation>, String> {
                         ok: None,
                         index: None,
                         reads: None,
-                        retried: None,
                     },
                 ) => KvOutput::Get {
                     value: value.map(String::into_bytes),
@@ -289,7 +284,6 @@ pub fn from_json(json: &str) -> Result<Vec<Operation>, String> {
                         ok: None,
                         index: None,
                         reads: None,
-                        retried: None,
                     },
                 ) => KvOutput::Put { mod_index },
                 (
@@ -301,7 +295,6 @@ pub fn from_json(json: &str) -> Result<Vec<Operation>, String> {
                         ok: None,
                         index: None,
                         reads: None,
-                        retried: None,
                     },
                 ) => KvOutput::Delete { existed },
                 (
@@ -313,7 +306,6 @@ pub fn from_json(json: &str) -> Result<Vec<Operation>, String> {
                         ok: Some(true),
                         index: None,
                         reads: None,
-                        retried: None,
                     },
                 ) => KvOutput::CasOk { mod_index },
                 (
@@ -325,7 +317,6 @@ pub fn from_json(json: &str) -> Result<Vec<Operation>, String> {
                         ok: Some(false),
                         index: None,
                         reads: None,
-                        retried: None,
                     },
                 ) => KvOutput::CasMismatch,
                 (
@@ -337,11 +328,9 @@ pub fn from_json(json: &str) -> Result<Vec<Operation>, String> {
                         ok: Some(succeeded),
                         index: Some(index),
                         reads: Some(reads),
-                        retried,
                     },
                 ) => KvOutput::Txn {
                     index,
-                    retried: retried.unwrap_or(false),
                     succeeded,
                     reads: reads
                         .into_iter()
@@ -467,29 +456,36 @@ mod tests {
             key: "k1".into(),
             ..op(3, put("z"), 5, Some((8, KvOutput::Put { mod_index: 2 })))
         });
-        let txn = |if_value: Option<&str>, value: &str| KvInput::Txn {
+        let txn = |if_value: Option<&str>, value: Option<&str>| KvInput::Txn {
             if_value: if_value.map(|v| v.as_bytes().to_vec()),
-            value: value.into(),
+            value: value.map(Into::into),
         };
         for (input, call, output) in [
             (
-                txn(None, "x"),
+                txn(None, Some("x")),
                 1,
                 KvOutput::Txn {
                     index: 1,
-                    retried: false,
                     succeeded: true,
                     reads: Vec::new(),
                 },
             ),
             (
-                txn(Some("w"), "y"),
+                txn(Some("w"), Some("y")),
                 9,
                 KvOutput::Txn {
                     index: 4,
-                    retried: true,
                     succeeded: false,
                     reads: vec![Some(b"x".to_vec()), Some(b"x".to_vec())],
+                },
+            ),
+            (
+                txn(Some("x"), None),
+                13,
+                KvOutput::Txn {
+                    index: 6,
+                    succeeded: true,
+                    reads: Vec::new(),
                 },
             ),
         ] {
@@ -500,7 +496,7 @@ mod tests {
         }
         history.push(Operation {
             key: crate::linearizability::TXN_GROUP.into(),
-            ..op(5, txn(Some("x"), "lost"), 20, None)
+            ..op(5, txn(Some("x"), Some("lost")), 20, None)
         });
         history
     }

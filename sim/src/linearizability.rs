@@ -91,12 +91,12 @@ pub enum KvInput {
     },
     /// A transaction on the group [`TXN_GROUP`] (keys [`TXN_KEYS`]), checked as one partition
     /// (see [`txn`]): if `t0` holds `if_value` (`None`: if `t0` is absent), put `value` into both
-    /// keys; otherwise get both keys.
+    /// keys (`None`: delete both); otherwise get both keys.
     Txn {
         /// The value `t0` must hold for the success branch; `None`: `t0` must be absent.
         if_value: Option<Vec<u8>>,
-        /// The value the success branch puts into both keys.
-        value: Vec<u8>,
+        /// The value the success branch puts into both keys; `None`: it deletes both.
+        value: Option<Vec<u8>>,
     },
 }
 
@@ -135,13 +135,9 @@ pub enum KvOutput {
     CasMismatch,
     /// The answer to a [`KvInput::Txn`].
     Txn {
-        /// The log index of the entry that answered: the transaction's own index, except for an
-        /// answer to a retry whose earlier attempt may have applied (`retried`), which the
-        /// idempotency table answers with the first result from a later entry.
+        /// The log index of the entry that applied the transaction (for a retry answered from
+        /// the idempotency table, the entry of its first application).
         index: u64,
-        /// An earlier attempt's outcome was unknown: the transaction took effect at `index` or
-        /// before it.
-        retried: bool,
         /// Whether the compare held (the puts ran) or not (the gets ran).
         succeeded: bool,
         /// The failure branch's gets of [`TXN_KEYS`], in order (`None`: absent); empty when
@@ -298,23 +294,17 @@ impl fmt::Display for KvInput {
                 expected_mod_index,
                 value,
             } => write!(f, "cas {} if mod {}", ShowBytes(value), expected_mod_index),
-            KvInput::Txn {
-                if_value: Some(if_value),
-                value,
-            } => write!(
-                f,
-                "txn if t0 = {} put {} into both else get both",
-                ShowBytes(if_value),
-                ShowBytes(value)
-            ),
-            KvInput::Txn {
-                if_value: None,
-                value,
-            } => write!(
-                f,
-                "txn if t0 absent put {} into both else get both",
-                ShowBytes(value)
-            ),
+            KvInput::Txn { if_value, value } => {
+                match if_value {
+                    Some(if_value) => write!(f, "txn if t0 = {}", ShowBytes(if_value))?,
+                    None => write!(f, "txn if t0 absent")?,
+                }
+                match value {
+                    Some(value) => write!(f, " put {} into both", ShowBytes(value))?,
+                    None => write!(f, " delete both")?,
+                }
+                write!(f, " else get both")
+            }
         }
     }
 }
@@ -337,22 +327,15 @@ impl fmt::Display for KvOutput {
             KvOutput::CasMismatch => write!(f, "mismatch"),
             KvOutput::Txn {
                 index,
-                retried,
                 succeeded: true,
                 ..
-            } => write!(
-                f,
-                "succeeded at index {}{index}",
-                if *retried { "<= " } else { "" }
-            ),
+            } => write!(f, "succeeded at index {index}"),
             KvOutput::Txn {
                 index,
-                retried,
                 succeeded: false,
                 reads,
             } => {
-                let at = if *retried { "<= " } else { "" };
-                write!(f, "failed at index {at}{index}, read")?;
+                write!(f, "failed at index {index}, read")?;
                 for read in reads {
                     match read {
                         Some(value) => write!(f, " {}", ShowBytes(value))?,

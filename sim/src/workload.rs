@@ -205,7 +205,8 @@ pub const TXNS_PER_CLIENT_MAX: u64 = 150;
 
 /// Runs transaction client `client` until `stop` is set: transactions on the group
 /// [`TXN_GROUP`], compared on `t0`'s value as this client last saw it (sometimes on an older
-/// value, or on `t0` being absent), putting a fresh value into both keys or reading both.
+/// value, or on `t0` being absent), putting a fresh value into both keys (one in six: deleting
+/// both) or reading both.
 pub async fn txn_loop(
     client: u64,
     ctx: ClientContext,
@@ -224,10 +225,8 @@ pub async fn txn_loop(
             1 => older.clone(),
             _ => seen.clone(),
         };
-        let input = KvInput::Txn {
-            if_value,
-            value: format!("x{client}.{seq}").into_bytes(),
-        };
+        let value = (below(&mut rng, 6) != 0).then(|| format!("x{client}.{seq}").into_bytes());
+        let input = KvInput::Txn { if_value, value };
         let idempotency_key = format!("x{client}-{seq}");
         let pending_slot = ctx.shared.begin_op(Operation {
             client,
@@ -256,7 +255,7 @@ pub async fn txn_loop(
                 {
                     let now = if *succeeded {
                         match &input {
-                            KvInput::Txn { value, .. } => Some(value.clone()),
+                            KvInput::Txn { value, .. } => value.clone(),
                             _ => None,
                         }
                     } else {
@@ -318,12 +317,8 @@ pub async fn run_operation(
             .await;
         let outcome = classify(input, result);
         match outcome {
-            Attempt::Definite(mut output) => {
+            Attempt::Definite(output) => {
                 tracing::debug!(key, %input, attempt, addr, %output, "client attempt answered");
-                if let KvOutput::Txn { retried, .. } = &mut output {
-                    // The idempotency table answers a retry from a later entry.
-                    *retried = maybe_applied;
-                }
                 return Ending::Definite(output);
             }
             Attempt::NotApplied(reason) => {
@@ -365,15 +360,18 @@ fn build_request(key: &str, input: &KvInput, idempotency_key: &str) -> hyper::Re
                 Some(if_value) => serde_json::json!({"key": TXN_KEYS[0], "value": text(if_value)}),
                 None => serde_json::json!({"key": TXN_KEYS[0], "exists": false}),
             };
-            let puts: Vec<_> = TXN_KEYS
+            let writes: Vec<_> = TXN_KEYS
                 .iter()
-                .map(|key| serde_json::json!({"put": {"key": key, "value": text(value)}}))
+                .map(|key| match value {
+                    Some(value) => serde_json::json!({"put": {"key": key, "value": text(value)}}),
+                    None => serde_json::json!({"delete": {"key": key}}),
+                })
                 .collect();
             let gets: Vec<_> = TXN_KEYS
                 .iter()
                 .map(|key| serde_json::json!({"get": {"key": key}}))
                 .collect();
-            let body = serde_json::json!({"compare": [compare], "success": puts, "failure": gets});
+            let body = serde_json::json!({"compare": [compare], "success": writes, "failure": gets});
             ("POST", "/v1/txn".to_string(), body.to_string().into_bytes())
         }
         KvInput::Get => ("GET", path, Vec::new()),
@@ -421,7 +419,6 @@ fn txn_output(body: &[u8]) -> Option<KvOutput> {
     };
     Some(KvOutput::Txn {
         index: json.get("index")?.as_u64()?,
-        retried: false,
         succeeded,
         reads,
     })

@@ -21,9 +21,11 @@ pub(super) struct IdempotencyTable {
 }
 
 impl IdempotencyTable {
-    /// The first result recorded for `idempotency_key`.
-    pub(super) fn get(&self, idempotency_key: &str) -> Option<&WriteResult> {
-        self.by_key.get(idempotency_key).map(|(_, result)| result)
+    /// The log index of the first application of `idempotency_key`, and its result.
+    pub(super) fn get(&self, idempotency_key: &str) -> Option<(u64, &WriteResult)> {
+        self.by_key
+            .get(idempotency_key)
+            .map(|(index, result)| (*index, result))
     }
 
     /// Number of remembered keys.

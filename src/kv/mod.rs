@@ -250,6 +250,16 @@ pub enum WriteResult {
     },
 }
 
+/// What [`KvStore::apply_recording`] answers for a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The log index at which `result` was produced: the command's own entry, or for a retry of
+    /// an idempotency key already applied, the entry of its first application.
+    pub index: u64,
+    /// What the state machine did (for a retry: what it did the first time).
+    pub result: WriteResult,
+}
+
 /// A stored value and its versions.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Value {
@@ -541,16 +551,20 @@ impl KvStore {
     /// If `index` is not above the applied index: the driver must apply in log order, once.
     pub fn apply(&mut self, index: u64, data: &[u8]) -> Result<WriteResult, KvError> {
         self.apply_recording(index, data, &mut Vec::new())
+            .map(|applied| applied.result)
     }
 
     /// [`KvStore::apply`], and appends to `changes` every key it changed (what a watch reports;
-    /// a delete of an absent key or a failed compare changes nothing and appends nothing).
+    /// a delete of an absent key or a failed compare changes nothing and appends nothing). The
+    /// answer also names the index at which the result was produced: `index` itself, or for a
+    /// retry answered from the idempotency table the index of the first application (where a
+    /// transaction's gets read the store, and the index a client may continue from).
     pub fn apply_recording(
         &mut self,
         index: u64,
         data: &[u8],
         changes: &mut Vec<KeyChange>,
-    ) -> Result<WriteResult, KvError> {
+    ) -> Result<Applied, KvError> {
         self.advance_applied_index(index);
         let (request, stamp) = match decode_command(data) {
             Ok(decoded) => decoded,
@@ -561,9 +575,12 @@ impl KvStore {
         };
         request.validate()?;
         if let Some(idempotency_key) = &request.idempotency_key {
-            if let Some(first_result) = self.idempotency.get(idempotency_key) {
+            if let Some((first_index, first_result)) = self.idempotency.get(idempotency_key) {
                 if !plants::active(Plant::ApplyRetryTwice) {
-                    return Ok(first_result.clone());
+                    return Ok(Applied {
+                        index: first_index,
+                        result: first_result.clone(),
+                    });
                 }
             }
         }
@@ -587,7 +604,7 @@ impl KvStore {
                 self.options.idempotency_keys_max,
             );
         }
-        Ok(result)
+        Ok(Applied { index, result })
     }
 
     /// Applies a committed entry that is not a command (a leader's no-op, a membership change):

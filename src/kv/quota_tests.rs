@@ -100,7 +100,8 @@ fn a_put_past_the_quota_is_refused_changes_nothing_and_fits_again_after_a_delete
             &command(put("c", "ccc"), None, Some(quota)),
             &mut changes,
         )
-        .unwrap();
+        .unwrap()
+        .result;
     assert_eq!(
         result,
         WriteResult::QuotaExceeded {

@@ -377,6 +377,44 @@ fn idempotent_retry_returns_the_first_result_and_does_not_reapply() {
 }
 
 #[test]
+fn a_retry_answers_with_the_index_of_its_first_application() {
+    let mut h = Harness::new();
+    let txn = WriteOp::Txn(Txn {
+        compares: Vec::new(),
+        success: vec![
+            TxnOp::Put {
+                key: b"a".to_vec(),
+                value: Bytes::from_static(b"1"),
+            },
+            TxnOp::Get { key: b"b".to_vec() },
+        ],
+        failure: Vec::new(),
+    });
+    let first = h
+        .store
+        .apply_recording(1, &keyed_request("t-1", txn.clone()), &mut Vec::new())
+        .unwrap();
+    assert_eq!(first.index, 1);
+    h.apply(put("b", "2")).unwrap();
+    let mut changes = Vec::new();
+    let retried = h
+        .store
+        .apply_recording(3, &keyed_request("t-1", txn), &mut changes)
+        .unwrap();
+    // The get of "b" in the first result read the store at index 1, before "b" existed: the
+    // answer says so by naming index 1, not the retry's own entry 3.
+    assert_eq!(retried, first);
+    assert!(changes.is_empty(), "a retry changes nothing: {changes:?}");
+    assert_eq!(h.store.applied_index(), 3);
+    // A command without a key answers at its own index.
+    let plain = h
+        .store
+        .apply_recording(4, &request(put("c", "3")), &mut Vec::new())
+        .unwrap();
+    assert_eq!(plain.index, 4);
+}
+
+#[test]
 fn idempotent_retry_with_a_different_op_still_returns_the_first_result() {
     let mut h = Harness::new();
     h.apply_keyed("req-1", put("a", "1")).unwrap();

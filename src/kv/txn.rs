@@ -251,7 +251,7 @@ mod tests {
         });
         let mut changes = Vec::new();
         let result = store.apply_recording(index, &data, &mut changes).unwrap();
-        (result, changes)
+        (result.result, changes)
     }
 
     fn txn(compares: Vec<Compare>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> WriteOp {

@@ -850,9 +850,17 @@ impl Driver {
         }
         self.snapshot_policy.entries_applied += 1;
         self.snapshot_policy.bytes_applied += data.len() as u64;
+        // A retry answered from the idempotency table answers with its first application's index.
+        let mut answered_at = index;
         let result = match kind {
             EntryKind::Normal => {
-                let result = self.kv.apply_recording(index, data, &mut self.changes);
+                let result =
+                    self.kv
+                        .apply_recording(index, data, &mut self.changes)
+                        .map(|applied| {
+                            answered_at = applied.index;
+                            applied.result
+                        });
                 match &result {
                     Ok(WriteResult::LeaseGranted { lease_id, ttl_ms }) => {
                         // Only a leader counts (a follower's clock decides nothing).
@@ -888,7 +896,7 @@ impl Driver {
             let (pending_index, pending) = entry.remove_entry();
             let answer = match (&result, pending_index == index && pending.term == term) {
                 (Some(Ok(result)), true) => Ok(WriteOutcome {
-                    index,
+                    index: answered_at,
                     result: result.clone(),
                 }),
                 (Some(Err(error)), true) => Err(NodeError::Invalid(error.to_string())),

@@ -99,7 +99,8 @@ pub struct LeaseView {
 /// The answer to a write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteOutcome {
-    /// The log index of the entry that carried the write.
+    /// The log index of the entry that applied the write: the one that carried it, or for a
+    /// retry answered from the idempotency table, the entry of its first application.
     pub index: Index,
     /// What the state machine did.
     pub result: WriteResult,

@@ -1,7 +1,8 @@
 //! The transaction group [`TXN_GROUP`] as one partition of the linearizability check.
 //!
 //! Only transactions touch the group's keys `t0` and `t1`, and each one either puts one fresh
-//! value into both keys (its compare on `t0` held) or gets both keys (it did not). The model
+//! value into both keys or deletes both (its compare on `t0` held) or gets both keys (it did
+//! not). A delete sets the model to "absent", as it was at the start. The model
 //! state is the value the two keys hold together (or absent) and the log index of the last
 //! transaction placed. Rules, for a transaction taking effect:
 //!
@@ -11,11 +12,9 @@
 //! 2. **The compare decides the branch.** `succeeded` must equal whether `t0` holds `if_value`
 //!    (`None`: whether `t0` is absent) in the model state.
 //! 3. **Log order.** Every transaction is one log entry and its answer carries the index of
-//!    the entry that answered, so transactions answered at once take effect in increasing index
-//!    order; only the unlinearized one of smallest index can be next. An answer to a retry
-//!    whose earlier attempt may have applied (`retried`) comes from the idempotency table, from
-//!    a later entry: that transaction took effect at its index or before, so it floats, placed
-//!    anywhere after its call and before every exact transaction of a larger index.
+//!    the entry that applied it (a retry answered from the idempotency table carries the index
+//!    of the first application), so known transactions take effect in increasing index order;
+//!    only the unlinearized one of smallest index can be next.
 //! 4. **Unknown outcomes** may take effect at any time after their call, or never. Only their
 //!    success branch changes anything, so only that is tried (when the compare holds). One whose
 //!    value nobody observes (no known read returns it, no compare names it) is left out: once it
@@ -33,7 +32,7 @@ struct TxnOp {
     call: u64,
     /// `t0` must hold this value id (0: absent) for the success branch.
     if_value: u32,
-    /// The value id the success branch writes.
+    /// The value id the success branch writes (0: it deletes both keys).
     value: u32,
     /// `None` for an unknown outcome.
     answer: Option<Answer>,
@@ -43,8 +42,6 @@ struct TxnOp {
 struct Answer {
     ret: u64,
     index: u64,
-    /// `index` is the transaction's own (not a retry answered from the idempotency table).
-    exact: bool,
     succeeded: bool,
     /// Value ids read by the failure branch (empty on success).
     reads: Vec<u32>,
@@ -63,7 +60,7 @@ fn reject(state: State, op: &TxnOp) -> Option<String> {
     let Some(answer) = &op.answer else {
         return (!holds).then(|| "its compare does not hold".to_string());
     };
-    if answer.exact && answer.index <= state.index {
+    if answer.index <= state.index {
         return Some(format!(
             "its index {} is not above the last one placed, {}",
             answer.index, state.index
@@ -88,11 +85,6 @@ fn reject(state: State, op: &TxnOp) -> Option<String> {
 
 fn apply(state: State, op: &TxnOp) -> State {
     match &op.answer {
-        Some(answer) if !answer.exact && answer.succeeded => State {
-            value: op.value,
-            ..state
-        },
-        Some(answer) if !answer.exact => state,
         Some(answer) if answer.succeeded => State {
             value: op.value,
             index: answer.index,
@@ -138,7 +130,6 @@ fn compile(history: &[Operation], indices: &[usize]) -> Result<Vec<TxnOp>, (usiz
             (
                 Some(KvOutput::Txn {
                     index,
-                    retried,
                     succeeded,
                     reads,
                 }),
@@ -152,7 +143,6 @@ fn compile(history: &[Operation], indices: &[usize]) -> Result<Vec<TxnOp>, (usiz
                 Some(Answer {
                     ret,
                     index: *index,
-                    exact: !retried,
                     succeeded: *succeeded,
                     reads: reads
                         .iter()
@@ -166,7 +156,7 @@ fn compile(history: &[Operation], indices: &[usize]) -> Result<Vec<TxnOp>, (usiz
             history_index,
             call: operation.call,
             if_value: value_id(&mut interner, if_value.as_deref()),
-            value: value_id(&mut interner, Some(value)),
+            value: value_id(&mut interner, value.as_deref()),
             answer,
         });
     }
@@ -191,10 +181,8 @@ struct Deepest {
 
 struct Search<'a> {
     ops: &'a [TxnOp],
-    /// Exact known transactions by increasing index (positions in `ops`).
+    /// Known transactions by increasing index (positions in `ops`).
     known: Vec<usize>,
-    /// Floating known transactions (answers to retries), by increasing index.
-    floating: Vec<usize>,
     memo: HashSet<(Vec<u64>, State)>,
     steps_left: &'a mut u64,
     out_of_budget: bool,
@@ -212,8 +200,7 @@ impl Search<'_> {
         next: usize,
     ) -> bool {
         let is_placed = |placed: &Vec<u64>, i: usize| placed[i / 64] & (1 << (i % 64)) != 0;
-        let floating_left = self.floating.iter().any(|&i| !is_placed(placed, i));
-        if next == self.known.len() && !floating_left {
+        if next == self.known.len() {
             return true;
         }
         if !self.memo.insert((placed.clone(), state)) {
@@ -227,28 +214,13 @@ impl Search<'_> {
         // Rule 5: an op may go next only if no unplaced known op returned before its call.
         let ret_min = self.known[next..]
             .iter()
-            .chain(&self.floating)
-            .filter(|&&i| !is_placed(placed, i))
             .filter_map(|&i| self.ops[i].answer.as_ref().map(|a| a.ret))
             .min()
             .unwrap_or(u64::MAX);
         let candidate = self.known.get(next).copied();
         let mut tried = Vec::new();
-        if let Some(candidate) = candidate {
-            let index = self.ops[candidate].answer.as_ref().map_or(0, |a| a.index);
-            // Rule 3: a floating transaction of a smaller index goes first.
-            let floating_before = self.floating.iter().any(|&i| {
-                !is_placed(placed, i)
-                    && self.ops[i].answer.as_ref().is_some_and(|a| a.index < index)
-            });
-            if self.ops[candidate].call <= ret_min && !floating_before {
-                tried.push(candidate);
-            }
-        }
-        for &i in &self.floating {
-            if !is_placed(placed, i) && self.ops[i].call <= ret_min {
-                tried.push(i);
-            }
+        if let Some(candidate) = candidate.filter(|&c| self.ops[c].call <= ret_min) {
+            tried.push(candidate);
         }
         for (i, op) in self.ops.iter().enumerate() {
             if op.answer.is_none() && !is_placed(placed, i) && op.call <= ret_min {
@@ -277,18 +249,11 @@ impl Search<'_> {
             }
         }
         if blocked && path.len() >= self.deepest.placed.len() {
-            // The known transaction that could not follow: the next exact one, else a floating
-            // one still unplaced.
-            let blocker = candidate.or_else(|| {
-                self.floating
-                    .iter()
-                    .copied()
-                    .find(|&i| !is_placed(placed, i))
-            });
+            // The known transaction that could not follow.
             self.deepest = Deepest {
                 placed: path.clone(),
                 state,
-                blocker,
+                blocker: candidate,
             };
         }
         false
@@ -312,15 +277,13 @@ pub(super) fn check_group(
         Ok(ops) => ops,
         Err((history_index, explanation)) => return violation(vec![history_index], explanation),
     };
-    let (mut known, mut floating): (Vec<usize>, Vec<usize>) = (0..ops.len())
+    let mut known: Vec<usize> = (0..ops.len())
         .filter(|&i| ops[i].answer.is_some())
-        .partition(|&i| ops[i].answer.as_ref().is_some_and(|a| a.exact));
+        .collect();
     known.sort_by_key(|&i| ops[i].answer.as_ref().map(|a| a.index));
-    floating.sort_by_key(|&i| ops[i].answer.as_ref().map(|a| a.index));
     let mut search = Search {
         ops: &ops,
         known,
-        floating,
         memo: HashSet::new(),
         steps_left,
         out_of_budget: false,
@@ -378,7 +341,9 @@ fn describe(history: &[Operation], ops: &[TxnOp], state: State) -> String {
     ops.iter()
         .find(|op| op.value == state.value)
         .and_then(|op| match &history[op.history_index].input {
-            KvInput::Txn { value, .. } => Some(format!("both {}", super::ShowBytes(value))),
+            KvInput::Txn {
+                value: Some(value), ..
+            } => Some(format!("both {}", super::ShowBytes(value))),
             _ => None,
         })
         .unwrap_or_else(|| format!("both value #{}", state.value))
@@ -406,7 +371,6 @@ mod tests {
                 Some(ret),
                 Some(KvOutput::Txn {
                     index,
-                    retried: false,
                     succeeded: reads.is_none(),
                     reads: reads
                         .map(|reads| {
@@ -424,12 +388,59 @@ mod tests {
             key: TXN_GROUP.to_string(),
             input: KvInput::Txn {
                 if_value: if_value.map(|v| v.as_bytes().to_vec()),
-                value: value.as_bytes().to_vec(),
+                value: Some(value.as_bytes().to_vec()),
             },
             call,
             ret,
             output,
         }
+    }
+
+    /// A transaction `if t0 = if_value then delete both` answered at `index`.
+    fn delete_both(
+        if_value: Option<&str>,
+        call: u64,
+        answer: Option<(u64, u64, Option<Reads>)>,
+    ) -> Operation {
+        let operation = txn(if_value, "unused", call, answer);
+        Operation {
+            input: KvInput::Txn {
+                if_value: if_value.map(|v| v.as_bytes().to_vec()),
+                value: None,
+            },
+            ..operation
+        }
+    }
+
+    #[test]
+    fn a_delete_of_both_keys_makes_them_absent_together() {
+        let history = [
+            txn(None, "a", 0, Some((10, 1, None))),
+            delete_both(Some("a"), 20, Some((30, 2, None))),
+            // Absent again: a create-only transaction succeeds, a compare on "a" reads absent.
+            txn(Some("a"), "b", 40, Some((50, 3, Some([None, None])))),
+            txn(None, "c", 60, Some((70, 4, None))),
+        ];
+        assert_eq!(verdict(&history), CheckResult::Ok);
+        // A delete that reached t0 only: a later read sees t1 still "a".
+        let mut torn = history.clone();
+        torn[2] = txn(Some("a"), "b", 40, Some((50, 3, Some([None, Some("a")]))));
+        let why = explanation(&torn);
+        assert!(why.contains("cannot take effect"), "{why}");
+        // A delete whose compare did not hold cannot succeed.
+        let wrong_branch = [
+            txn(None, "a", 0, Some((10, 1, None))),
+            delete_both(Some("z"), 20, Some((30, 2, None))),
+        ];
+        let why = explanation(&wrong_branch);
+        assert!(why.contains("although its compare did not hold"), "{why}");
+        // An unknown delete may explain a later absent read.
+        let unknown = [
+            txn(None, "a", 0, Some((10, 1, None))),
+            delete_both(Some("a"), 20, None),
+            txn(Some("a"), "b", 40, Some((50, 3, Some([None, None])))),
+        ];
+        assert_eq!(verdict(&unknown), CheckResult::Ok);
     }
 
     fn verdict(history: &[Operation]) -> CheckResult {
@@ -534,59 +545,22 @@ mod tests {
         assert!(matches!(verdict(&too_early), CheckResult::Violation(_)));
     }
 
-    /// `txn` answered to a retry (`retried`): took effect at its index or before.
-    fn retried(operation: Operation) -> Operation {
-        let Some(KvOutput::Txn {
-            index,
-            succeeded,
-            reads,
-            ..
-        }) = operation.output
-        else {
-            panic!("not an answered txn")
-        };
-        Operation {
-            output: Some(KvOutput::Txn {
-                index,
-                retried: true,
-                succeeded,
-                reads,
-            }),
-            ..operation
-        }
-    }
-
     #[test]
-    fn a_retried_answer_may_come_from_a_later_entry_but_not_from_the_future() {
-        // Applied first around index 2 (t0 "a"), answered from the idempotency table at 9.
+    fn a_retry_answered_from_the_idempotency_table_takes_its_first_index() {
+        // Applied first at index 2 (the failure branch read "a"), retried until answered at 100
+        // from the idempotency table: the answer names index 2, where it read.
         let history = [
             txn(None, "a", 0, Some((10, 1, None))),
-            retried(txn(
-                None,
-                "r",
-                20,
-                Some((100, 9, Some([Some("a"), Some("a")]))),
-            )),
+            txn(None, "r", 20, Some((100, 2, Some([Some("a"), Some("a")])))),
             txn(Some("a"), "b", 30, Some((40, 3, None))),
         ];
         assert_eq!(verdict(&history), CheckResult::Ok);
-        // Read "b" (written at 3) but answered at index 2 or before: impossible.
-        let future = [
-            txn(None, "a", 0, Some((10, 1, None))),
-            retried(txn(
-                None,
-                "r",
-                20,
-                Some((100, 2, Some([Some("b"), Some("b")]))),
-            )),
-            txn(Some("a"), "b", 30, Some((40, 3, None))),
-        ];
-        let why = explanation(&future);
+        // The same answer naming the retry's own entry (9) reads "a" after "b" was written at 3:
+        // the lie of a node that answered a retry with the wrong index.
+        let mut wrong_index = history.clone();
+        wrong_index[1] = txn(None, "r", 20, Some((100, 9, Some([Some("a"), Some("a")]))));
+        let why = explanation(&wrong_index);
         assert!(why.contains("cannot take effect"), "{why}");
-        // Exact answers keep the strict order: the same read answered at once at 9 is stale.
-        let mut stale = history.clone();
-        stale[1] = txn(None, "r", 20, Some((100, 9, Some([Some("a"), Some("a")]))));
-        assert!(matches!(verdict(&stale), CheckResult::Violation(_)));
     }
 
     #[test]
