@@ -59,6 +59,10 @@
 //! timed-out writes that nobody observed costs little when the history is linearizable. Proving
 //! a violation, though, means ruling out every subset of the timed-out operations that could
 //! have taken effect, which can exhaust the budget when many of them overlap the violation.
+//! Three prunings cut that down without changing a verdict: dominance in the memo
+//! (`Memo`), interchangeable timed-out ops taken only in call order (`Classes`), and the
+//! order that the log indices impose on the known ops (`IndexOrder`); and two smaller
+//! searches without some timed-out ops run first (`optional_tiers`).
 //!
 //! The tests compare the search with an independent brute-force oracle that assigns concrete
 //! log indices, on thousands of small random histories.
