@@ -52,6 +52,75 @@ pub(super) fn rng() -> rand_chacha::ChaCha8Rng {
     rand_chacha::ChaCha8Rng::from_os_rng()
 }
 
+/// Nice value of background threads: the lowest priority, so they run on CPU time the node's
+/// request and replication work leaves idle (and still progress: CFS never starves a thread).
+const BACKGROUND_NICE: i32 = 19;
+
+/// Runs `fut` on its own OS thread at [`BACKGROUND_NICE`], on a single-threaded runtime (its
+/// `spawn_blocking` file work runs on threads that this thread creates, which inherit its
+/// priority). If the thread or its runtime cannot be created, `fut` runs on the calling runtime
+/// instead, at normal priority: slower clients, never lost work.
+pub(super) fn spawn_background<F>(name: &str, fut: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let caller = tokio::runtime::Handle::current();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::warn!(%error, thread = name, "cannot build a background runtime; running on the main one");
+            drop(caller.spawn(fut));
+            return;
+        }
+    };
+    // The thread takes the future out of this slot; if the thread cannot start, the caller does.
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(fut)));
+    let thread_slot = std::sync::Arc::clone(&slot);
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            lower_current_thread_priority();
+            let fut = thread_slot.lock().ok().and_then(|mut slot| slot.take());
+            if let Some(fut) = fut {
+                runtime.block_on(fut);
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, thread = name, "cannot start a background thread; running on the main runtime");
+        let fut = slot.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(fut) = fut {
+            drop(caller.spawn(fut));
+        }
+    }
+}
+
+/// Sets the calling thread's nice value to [`BACKGROUND_NICE`]. Linux keeps a nice value per
+/// thread (`setpriority` on a thread id); elsewhere it would renice the whole process, so there
+/// the thread keeps the normal priority.
+fn lower_current_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority only reads its integer arguments.
+        let result = unsafe {
+            let thread_id = libc::gettid();
+            libc::setpriority(
+                libc::PRIO_PROCESS,
+                libc::id_t::try_from(thread_id).unwrap_or(0),
+                BACKGROUND_NICE,
+            )
+        };
+        if result != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "cannot lower the background thread's priority"
+            );
+        }
+    }
+}
+
 pub(super) async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
