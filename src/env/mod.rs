@@ -80,21 +80,6 @@ where
     tokio::spawn(fut)
 }
 
-/// Runs `fut` to completion in the background at a lower CPU priority than the rest of the node:
-/// for long batch work (serializing and writing a snapshot) whose progress matters less than the
-/// latency of the write path. Detached: `fut` reports its own result (e.g. over a channel).
-///
-/// In production `fut` gets its own OS thread (named `name`) at nice 19, driving a
-/// single-threaded runtime whose blocking file threads inherit that priority; on a busy machine
-/// it takes the CPU the write path leaves idle instead of competing with it. In simulation it is
-/// an ordinary task on the current node, exactly as [`spawn`] (killed with the node).
-pub fn spawn_background<F>(name: &str, fut: F)
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    backend::spawn_background(name, fut);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Time
 // ---------------------------------------------------------------------------------------------

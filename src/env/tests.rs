@@ -72,37 +72,6 @@ fn spawned_tasks_run_and_return() {
 }
 
 #[test]
-fn background_work_runs_with_file_access_and_reports_back() {
-    run_with_dir(|dir| async move {
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(1);
-        let path = dir.join("background.bin");
-        let background_path = path.clone();
-        spawn_background("raft-kv-test-bg", async move {
-            let file = fs::File::create(&background_path).await.unwrap();
-            file.write_at(0, b"written in the background")
-                .await
-                .unwrap();
-            file.sync().await.unwrap();
-            // The nice value of the thread running this (production on Linux: its own thread).
-            #[cfg(all(not(madsim), target_os = "linux"))]
-            // SAFETY: getpriority only reads its integer arguments.
-            let nice = Some(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) });
-            #[cfg(not(all(not(madsim), target_os = "linux")))]
-            let nice: Option<i32> = None;
-            let thread_name = std::thread::current().name().map(str::to_string);
-            done_tx.send((nice, thread_name)).await.unwrap();
-        });
-        let (nice, thread_name) = done_rx.recv().await.expect("the background work reports");
-        let file = fs::File::open(&path).await.unwrap();
-        assert_eq!(file.read_all().await.unwrap(), b"written in the background");
-        if !IS_SIMULATION && cfg!(target_os = "linux") {
-            assert_eq!(nice, Some(19), "the background thread runs at nice 19");
-            assert_eq!(thread_name.as_deref(), Some("raft-kv-test-bg"));
-        }
-    });
-}
-
-#[test]
 fn rng_generators_differ() {
     run_with_dir(|_dir| async {
         let (mut first, mut second) = (rng(), rng());

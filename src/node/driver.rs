@@ -1013,17 +1013,8 @@ impl Driver {
             node: self.cluster.self_id,
             index: applied,
         });
-        // Low priority (its own nice-19 thread in production): serializing tens of MB competes
-        // with the write path for the CPUs otherwise, which shows in the clients' p99.
-        env::spawn_background("raft-kv-snapshot", async move {
-            let result = tokio::select! {
-                // A fixed polling order (an unbiased select draws from an unseeded RNG).
-                biased;
-                result = snapshot::write_with(&dir, &meta, &view, chunk_bytes, file_sync) => result,
-                // The driver stopped (the node shut down): nobody will record this file; the
-                // next start removes its temporary.
-                () = done.closed() => return,
-            };
+        env::spawn(async move {
+            let result = snapshot::write_with(&dir, &meta, &view, chunk_bytes, file_sync).await;
             drop(view);
             // The driver keeps the receiver as long as it runs.
             let _ = done

@@ -113,15 +113,6 @@ impl ReloadSignals {
     }
 }
 
-/// Background work is an ordinary task on the current simulated node: the simulator schedules
-/// (and kills) it like any other, so a seed's schedule does not depend on priorities.
-pub(super) fn spawn_background<F>(_name: &str, fut: F)
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    drop(tokio::spawn(fut));
-}
-
 pub(super) async fn shutdown_signal() {
     std::future::pending::<()>().await
 }
