@@ -988,3 +988,32 @@ proptest! {
         let _ = KvStore::restore(&data, KvOptions::default());
     }
 }
+
+#[test]
+fn encoded_command_keeps_no_spare_capacity() {
+    // The leader holds every entry since the last snapshot in memory: a buffer left at its
+    // doubled capacity almost doubles that log's footprint.
+    let request = WriteRequest {
+        idempotency_key: None,
+        op: WriteOp::Put {
+            key: b"bench-00000001".to_vec(),
+            value: Bytes::from(vec![b'v'; 256]),
+        },
+    };
+    let encoded = encode_command(
+        &request,
+        CommandStamp {
+            quota_bytes: QUOTA_BYTES_DEFAULT,
+        },
+    );
+    let length = encoded.len();
+    let buffer = encoded
+        .try_into_mut()
+        .expect("a freshly encoded command is the only owner of its buffer");
+    assert_eq!(
+        buffer.capacity(),
+        length,
+        "the encoded command's buffer has {} spare bytes",
+        buffer.capacity() - length
+    );
+}
