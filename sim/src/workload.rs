@@ -371,7 +371,8 @@ fn build_request(key: &str, input: &KvInput, idempotency_key: &str) -> hyper::Re
                 .iter()
                 .map(|key| serde_json::json!({"get": {"key": key}}))
                 .collect();
-            let body = serde_json::json!({"compare": [compare], "success": writes, "failure": gets});
+            let body =
+                serde_json::json!({"compare": [compare], "success": writes, "failure": gets});
             ("POST", "/v1/txn".to_string(), body.to_string().into_bytes())
         }
         KvInput::Get => ("GET", path, Vec::new()),
