@@ -294,9 +294,11 @@ pub fn decode(
     // its appends change no vote and count in no quorum. Anything else of it is refused: its
     // answers would count in quorums, its vote requests would move terms.
     if standing != Standing::Member {
+        // A term-0 message no correct peer sends (the core drops it anyway): kept out here, so
+        // a non-member's invalid heartbeat is refused instead of waking the driver.
         envelope
             .messages
-            .retain(|message| message.body.is_leader_traffic());
+            .retain(|message| message.body.is_leader_traffic() && message.term > 0);
         if envelope.messages.is_empty() {
             let from = envelope.from;
             let incarnation = envelope.from_incarnation;
@@ -426,9 +428,12 @@ mod tests {
         // A member is heard in full.
         let (heard, _) = decode(&bytes, 1 << 20, 9, 2, |_, _| Standing::Member).unwrap();
         assert_eq!(heard.messages.len(), 3);
-        // Votes and answers alone are refused, each standing with its own error.
+        // Votes, answers and term-0 messages alone are refused, each standing with its own
+        // error.
+        let mut stale = heartbeat(1, 2);
+        stale.term = 0;
         let mut refused = envelope();
-        refused.messages = vec![vote, answer];
+        refused.messages = vec![vote, answer, stale];
         let bytes = encode(&refused);
         assert_eq!(
             decode(&bytes, 1 << 20, 9, 2, |_, _| Standing::Stranger),
