@@ -6,9 +6,10 @@
 //!   (so the fuzzer reaches message decoding without guessing the cluster id first);
 //! - its peak heap growth stays under [`ALLOC_FIXED_BYTES_MAX`] + [`ALLOC_PER_INPUT_BYTE_MAX`]
 //!   times the input size (when the counting allocator is installed);
-//! - an accepted envelope satisfies everything `decode` promises (cluster, addressee, member
-//!   sender under its recorded incarnation, every message claiming the envelope's ends, contiguous append entries), and
-//!   encodes and decodes back to itself;
+//! - an accepted envelope satisfies everything `decode` promises (cluster, addressee, the
+//!   sender's standing answered and never a removed incarnation, only a leader's traffic from
+//!   anyone but a member under its recorded incarnation, every message claiming the envelope's
+//!   ends, contiguous append entries), and encodes and decodes back to itself;
 //! - an input over the body limit is refused as `TooLarge` before it is parsed.
 
 use raft_kv::node::rpc::{self, RpcEnvelope, RpcError, Standing};
@@ -98,20 +99,20 @@ fn check_decode(data: &[u8]) {
         "decoding {} bytes took {grown_bytes} bytes of heap, over the bound of {bound_bytes}",
         data.len()
     );
-    let Ok(envelope) = result else {
+    let Ok((envelope, standing_answered)) = result else {
         return;
     };
-    check_accepted(&envelope);
+    check_accepted(&envelope, standing_answered);
     let reencoded = rpc::encode(&envelope);
     let again = rpc::decode(&reencoded, BODY_BYTES_MAX, CLUSTER_ID, SELF_ID, standing);
     assert_eq!(
-        again.as_ref(),
+        again.as_ref().map(|(envelope, _)| envelope),
         Ok(&envelope),
         "an accepted envelope must survive an encode/decode round trip"
     );
 }
 
-fn check_accepted(envelope: &RpcEnvelope) {
+fn check_accepted(envelope: &RpcEnvelope, standing_answered: Standing) {
     assert_eq!(
         envelope.cluster_id, CLUSTER_ID,
         "accepted an envelope of another cluster"
@@ -120,14 +121,21 @@ fn check_accepted(envelope: &RpcEnvelope) {
         envelope.to, SELF_ID,
         "accepted an envelope addressed to another node"
     );
+    let sender = standing(envelope.from, envelope.from_incarnation);
     assert_eq!(
-        standing(envelope.from, envelope.from_incarnation),
-        Standing::Member,
-        "accepted an envelope from {} incarnation {}, not a member under that incarnation",
-        envelope.from,
-        envelope.from_incarnation
+        sender, standing_answered,
+        "decode answered the wrong standing"
     );
+    assert_ne!(sender, Standing::Removed, "accepted a removed incarnation");
     for message in &envelope.messages {
+        // From anyone but a member under its incarnation, only a leader's traffic.
+        assert!(
+            sender == Standing::Member || message.body.is_leader_traffic(),
+            "accepted {} from {} incarnation {}, not a member under that incarnation",
+            message.body.name(),
+            envelope.from,
+            envelope.from_incarnation
+        );
         assert!(
             message.from == envelope.from && message.to == envelope.to,
             "accepted message {} from {} to {} inside an envelope from {} to {}",

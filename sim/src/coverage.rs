@@ -39,9 +39,10 @@ pub const FAULT_KINDS: [&str; 25] = [
 ];
 
 /// The index in [`FAULT_KINDS`] of the first membership operation. A sweep in which no seed
-/// took any membership operation ran none by design (only the `skip-current-term-check` plant's
-/// sweep schedules them for now, see `Scenario::generate`): those kinds are then not reported
-/// missing; once one seed took one, every other missing one is.
+/// took any membership operation ran none by design (only unplanted seeds and the
+/// `skip-current-term-check` plant's schedule them, see `Scenario::generate`, so the other
+/// plants keep their schedules): those kinds are then not reported missing, but
+/// `(not scheduled)`; once one seed took one, every other missing one is.
 pub const MEMBERSHIP_KINDS_FIRST: usize = 16;
 
 /// The fault kind of a cut episode of `shape`.

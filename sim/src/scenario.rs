@@ -461,15 +461,15 @@ impl Scenario {
         } else {
             (keys_count, None)
         };
-        // Drawn last. Only the current-term plant's sweep runs membership operations for now:
-        // in unplanted seeds they found liveness bugs not fixed yet (a member that stops
-        // catching up after a replacement, seed 619 of the 1,000-seed sweep) and left about 5%
-        // of those seeds inconclusive (issue 10 is open on both).
-        let membership = if plant == Plant::SkipCurrentTermCheck && !strand_focus {
-            Self::draw_membership(&mut draw)
-        } else {
-            Vec::new()
-        };
+        // Drawn last, so every other plant's seeds keep their schedule: unplanted seeds and the
+        // current-term plant's run membership operations, every seed but the stranded-leader
+        // ones (issue 10: "most seeds").
+        let membership =
+            if matches!(plant, Plant::None | Plant::SkipCurrentTermCheck) && !strand_focus {
+                Self::draw_membership(&mut draw)
+            } else {
+                Vec::new()
+            };
         Scenario {
             seed,
             plant,

@@ -7,7 +7,11 @@
 //!   (`GET /v1/raft/hello`), so only the MAC stands between it and the core;
 //! - the same RPC correctly signed (as a member whose data directory was replaced would send
 //!   it) but under another incarnation than the member's record: must be refused (403); a 2xx
-//!   breaks "incarnation check" (plant `skip-incarnation-check`, issue 10);
+//!   breaks "incarnation check" (plant `skip-incarnation-check`, issue 10), but for a `202`:
+//!   a receiver hears a valid leader's traffic from outside its configurations (a member that
+//!   joined again after the receiver's log ends may lead; thesis §4.1), not as the member's,
+//!   so nothing of it counts in a quorum (this stale term-0 heartbeat it refuses with 403);
+//!   `204` is hearing it as the member;
 //! - a write with a `read` token: must get 403; a write with no token: must get 401; a 2xx
 //!   breaks "client authorization" (plant `skip-role-check`). Its key is outside the workload's
 //!   keys, so a wrongly accepted write does not disturb the linearizability check.
@@ -136,7 +140,9 @@ pub async fn stranger_loop(
                 .call(addr, request, 64 << 10, Duration::from_secs(2))
                 .await
             {
-                if response.status().is_success() {
+                if response.status().is_success()
+                    && response.status() != hyper::StatusCode::ACCEPTED
+                {
                     shared.fail(
                         INCARNATION_CHECK,
                         format!(

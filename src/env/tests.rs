@@ -155,6 +155,26 @@ fn directory_operations_list_sorted_names() {
 }
 
 #[test]
+fn a_removed_file_stays_readable_through_a_handle_opened_before() {
+    // POSIX: the leader streams a snapshot file that a newer snapshot removed meanwhile.
+    run_with_dir(|dir| async move {
+        let path = dir.join("snapshot");
+        let file = fs::File::create(&path).await.unwrap();
+        file.write_at(0, b"old state").await.unwrap();
+        file.sync().await.unwrap();
+        let reader = fs::File::open(&path).await.unwrap();
+        drop(file);
+        fs::remove_file(&path).await.unwrap();
+        // Another file under the same name, and a collection of the unnamed inodes.
+        fs::File::create(&path).await.unwrap();
+        fs::remove_file(&path).await.unwrap();
+        assert!(!fs::exists(&path).await.unwrap());
+        assert_eq!(reader.len().await.unwrap(), 9);
+        assert_eq!(reader.read_at(4, 5).await.unwrap(), b"state");
+    });
+}
+
+#[test]
 fn create_dir_all_below_a_file_fails_naming_the_path() {
     run_with_dir(|dir| async move {
         let file_path = dir.join("plain");

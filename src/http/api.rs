@@ -525,6 +525,13 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // Where the sender says it is reached (see `Directory::note_stranger_route`); read
+    // before the body consumes the request.
+    let sender_addr = request
+        .headers()
+        .get(peer_auth::PEER_ADDR_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| crate::node::config::validate_addr(text).ok());
     let (node, body) = match read_rpc_body(state, request).await {
         Ok(found) => found,
         Err(response) => return response,
@@ -537,13 +544,27 @@ where
         cluster.self_id,
         |id, incarnation| node.directory.standing(id, incarnation),
     ) {
-        Ok(envelope) => match node.deliver(envelope.messages) {
-            Ok(()) => Response::builder()
-                .status(StatusCode::NO_CONTENT)
-                .body(ApiBody::full(Bytes::new()))
-                .expect("a static response is valid"),
-            Err(e) => node_error_response(&e),
-        },
+        Ok((envelope, standing)) => {
+            // A sender this node's configurations do not name under its incarnation (a member
+            // added, or joined again, after this node's log ends) was heard for its leader's
+            // traffic only (see `rpc::decode`): 202, not 204. A stranger is answered where it
+            // says it is.
+            let status = if standing == rpc::Standing::Member {
+                StatusCode::NO_CONTENT
+            } else {
+                if let (rpc::Standing::Stranger, Some(addr)) = (standing, sender_addr) {
+                    node.directory.note_stranger_route(envelope.from, addr);
+                }
+                StatusCode::ACCEPTED
+            };
+            match node.deliver(envelope.messages) {
+                Ok(()) => Response::builder()
+                    .status(status)
+                    .body(ApiBody::full(Bytes::new()))
+                    .expect("a static response is valid"),
+                Err(e) => node_error_response(&e),
+            }
+        }
         Err(e) => rpc_error_response(&e),
     }
 }

@@ -41,7 +41,17 @@ pub struct Directory {
     /// Set once this node learns it was removed: why. The driver stops, `/health` says
     /// `removed`, and the process exits non-zero.
     removal: Mutex<Option<String>>,
+    /// Senders no configuration of this node names, with the address their RPCs said they are
+    /// reached at (at most [`STRANGER_ROUTES_MAX`]). A member added after this node's log ends
+    /// may lead; this node hears it (thesis §4.1) and must answer it before its log names it,
+    /// else the leader never learns where this node's log ends and it never catches up (found
+    /// by the simulator, seed 251). Dropped once a configuration names the sender.
+    stranger_routes: Mutex<BTreeMap<NodeId, String>>,
 }
+
+/// Strangers' addresses a node keeps at most (a stranger is a member this node has not heard
+/// of yet; several at once only in a cluster that changed a lot while this node was away).
+pub const STRANGER_ROUTES_MAX: usize = 8;
 
 impl Directory {
     /// A directory of `members`, remembering the `removed` incarnations.
@@ -51,7 +61,52 @@ impl Directory {
             members: Mutex::new(members),
             removed: Mutex::new(removed),
             removal: Mutex::new(None),
+            stranger_routes: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Whether a configuration this node holds (the latest or the committed one) names `id`.
+    fn knows(&self, id: NodeId) -> bool {
+        self.member(id).is_some()
+            || self
+                .committed_members
+                .lock()
+                .expect("directory lock poisoned")
+                .iter()
+                .any(|m| m.id == id)
+    }
+
+    /// Remembers where to answer `id`, a sender that no configuration of this node names yet
+    /// (a member's own record wins: nothing is noted for a known sender). The newest address
+    /// of a stranger wins; beyond [`STRANGER_ROUTES_MAX`] strangers, the one with the lowest id
+    /// is forgotten.
+    pub fn note_stranger_route(&self, id: NodeId, addr: String) {
+        if self.knows(id) {
+            return;
+        }
+        let mut routes = self
+            .stranger_routes
+            .lock()
+            .expect("directory lock poisoned");
+        routes.insert(id, addr);
+        while routes.len() > STRANGER_ROUTES_MAX {
+            routes.pop_first();
+        }
+    }
+
+    /// The address to answer stranger `id` at, if one of its RPCs named it.
+    pub fn stranger_route(&self, id: NodeId) -> Option<Member> {
+        let routes = self
+            .stranger_routes
+            .lock()
+            .expect("directory lock poisoned");
+        routes.get(&id).map(|addr| Member {
+            // A metrics label for the link: bounded, the name is not known yet.
+            name: "(not in the log yet)".to_string(),
+            id,
+            addr: addr.clone(),
+            incarnation: 0,
+        })
     }
 
     /// Whether RPCs from incarnation `incarnation` of `id` are heard: a member's record must
@@ -148,6 +203,21 @@ impl Directory {
             .lock()
             .expect("directory lock poisoned") = committed_members;
         *self.removed.lock().expect("directory lock poisoned") = committed_removed;
+        let known: Vec<NodeId> = self
+            .stranger_routes
+            .lock()
+            .expect("directory lock poisoned")
+            .keys()
+            .copied()
+            .filter(|id| self.knows(*id))
+            .collect();
+        let mut routes = self
+            .stranger_routes
+            .lock()
+            .expect("directory lock poisoned");
+        for id in known {
+            routes.remove(&id);
+        }
     }
 }
 
@@ -707,6 +777,45 @@ mod tests {
             ),
             Err(MembershipError::Conflict(_))
         ));
+    }
+
+    #[test]
+    fn a_stranger_is_answered_where_it_said_until_a_configuration_names_it() {
+        let member = |name: &str| Member {
+            name: name.into(),
+            id: node_id_of(name),
+            addr: format!("{name}:1"),
+            incarnation: 7,
+        };
+        let directory = Directory::new(vec![member("a")], Vec::new());
+        // A member's own record wins over what its RPCs say.
+        directory.note_stranger_route(node_id_of("a"), "elsewhere:1".into());
+        assert_eq!(directory.stranger_route(node_id_of("a")), None);
+        // A leader added after this node's log ends is answered where it said it is.
+        let leader = node_id_of("leader");
+        directory.note_stranger_route(leader, "leader:9".into());
+        let route = directory
+            .stranger_route(leader)
+            .expect("a route to the stranger");
+        assert_eq!((route.id, route.addr.as_str()), (leader, "leader:9"));
+        // Bounded: many strangers keep only the last few.
+        for i in 0..2 * STRANGER_ROUTES_MAX as u64 {
+            directory.note_stranger_route(i + 1, format!("s{i}:1"));
+        }
+        let kept = (1..=2 * STRANGER_ROUTES_MAX as u64 + 1)
+            .chain([leader])
+            .filter(|id| directory.stranger_route(*id).is_some())
+            .count();
+        assert_eq!(kept, STRANGER_ROUTES_MAX);
+        // Once the log names it, its record is used and the route is forgotten.
+        directory.note_stranger_route(leader, "leader:9".into());
+        let members = vec![member("a"), member("leader")];
+        directory.replace(members.clone(), members, Vec::new());
+        assert_eq!(directory.stranger_route(leader), None);
+        assert_eq!(
+            directory.member(leader).map(|m| m.addr),
+            Some("leader:1".into())
+        );
     }
 
     #[test]

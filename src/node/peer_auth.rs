@@ -20,6 +20,11 @@ use std::path::Path;
 
 /// The header that carries the MAC.
 pub const PEER_MAC_HEADER: &str = "x-raft-kv-peer-mac";
+/// The header a peer RPC names its sender's address in (its member record's `addr`). A
+/// receiver whose log does not know the sender yet answers it there (see
+/// `Directory::note_stranger_route`). Not covered by the MAC: a man in the middle who rewrites
+/// it can only misroute answers that are signed and that he could drop anyway.
+pub const PEER_ADDR_HEADER: &str = "x-raft-kv-peer-addr";
 /// Shortest secret accepted (bytes of the file, trimmed): 32, e.g. `openssl rand -hex 32`.
 pub const PEER_SECRET_BYTES_MIN: usize = 32;
 /// Longest secret file.

@@ -63,7 +63,8 @@ pub fn encode_chunk(header: &ChunkHeader, bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Decodes and validates a chunk request body like [`decode`] does an envelope; returns the
-/// header and the offset of the chunk's bytes in `bytes`.
+/// header and the offset of the chunk's bytes in `bytes`. A chunk is a leader's traffic: heard
+/// from a stranger or another incarnation too (see [`decode`]).
 pub fn decode_chunk(
     bytes: &[u8],
     body_bytes_max: usize,
@@ -125,11 +126,13 @@ pub enum Standing {
     /// The configuration names the sender with another incarnation: this one lost (or never
     /// had) the durable state of that member, so it must not vote or count in a quorum as it.
     OtherIncarnation,
-    /// The sender is not a member.
+    /// The sender is not a member of any configuration this node knows.
     Stranger,
 }
 
-/// The cluster and member checks every peer RPC passes.
+/// The cluster and member checks every peer RPC passes; answers the sender's standing (a
+/// removed incarnation is refused here; a stranger or another incarnation is heard only for a
+/// leader's traffic, see [`MessageBody::is_leader_traffic`]).
 fn check_route(
     got_cluster: u64,
     from: NodeId,
@@ -138,7 +141,7 @@ fn check_route(
     cluster_id: u64,
     self_id: NodeId,
     standing: impl Fn(NodeId, u64) -> Standing,
-) -> Result<(), RpcError> {
+) -> Result<Standing, RpcError> {
     if got_cluster != cluster_id {
         return Err(RpcError::WrongCluster {
             expected: cluster_id,
@@ -152,10 +155,8 @@ fn check_route(
     }
     let incarnation = from_incarnation;
     match standing(from, incarnation) {
-        Standing::Member => Ok(()),
         Standing::Removed => Err(RpcError::Removed { from, incarnation }),
-        Standing::OtherIncarnation => Err(RpcError::OtherIncarnation { from, incarnation }),
-        Standing::Stranger => Err(RpcError::Stranger { from }),
+        heard => Ok(heard),
     }
 }
 
@@ -199,7 +200,7 @@ pub enum RpcError {
     /// The addressee is not this node.
     #[error("raft rpc rejected: {0}")]
     NotMember(String),
-    /// The sender is not a member.
+    /// The sender is not a member, and sent no leader's traffic.
     #[error("raft rpc rejected: sender {from:#x} is not a member")]
     Stranger {
         /// The sender.
@@ -230,23 +231,25 @@ pub fn encode(envelope: &RpcEnvelope) -> Vec<u8> {
 }
 
 /// Decodes and validates an envelope: size limit, cluster id, and that every message claims the
-/// envelope's sender and receiver. Never panics, whatever the bytes.
+/// envelope's sender and receiver; answers it with the sender's standing. From a sender that
+/// is not a member under its incarnation only a leader's traffic is kept (refused if there is
+/// none). Never panics, whatever the bytes.
 pub fn decode(
     bytes: &[u8],
     body_bytes_max: usize,
     cluster_id: u64,
     self_id: NodeId,
     standing: impl Fn(NodeId, u64) -> Standing,
-) -> Result<RpcEnvelope, RpcError> {
+) -> Result<(RpcEnvelope, Standing), RpcError> {
     if bytes.len() > body_bytes_max {
         return Err(RpcError::TooLarge {
             size: bytes.len(),
             limit: body_bytes_max,
         });
     }
-    let envelope: RpcEnvelope =
+    let mut envelope: RpcEnvelope =
         postcard::from_bytes(bytes).map_err(|e| RpcError::Malformed(e.to_string()))?;
-    check_route(
+    let standing = check_route(
         envelope.cluster_id,
         envelope.from,
         envelope.from_incarnation,
@@ -284,7 +287,28 @@ pub fn decode(
             }
         }
     }
-    Ok(envelope)
+    // Thesis §4.1: a leader's traffic is heard from anyone. A sender this node's
+    // configurations do not name, or name under another incarnation, is a leader this node's
+    // log does not know yet (a member added, or joined again, after its log ends; found by
+    // the simulator, seeds 251 and 504) or an impostor that can win no election: either way
+    // its appends change no vote and count in no quorum. Anything else of it is refused: its
+    // answers would count in quorums, its vote requests would move terms.
+    if standing != Standing::Member {
+        // A term-0 message no correct peer sends (the core drops it anyway): kept out here, so
+        // a non-member's invalid heartbeat is refused instead of waking the driver.
+        envelope
+            .messages
+            .retain(|message| message.body.is_leader_traffic() && message.term > 0);
+        if envelope.messages.is_empty() {
+            let from = envelope.from;
+            let incarnation = envelope.from_incarnation;
+            return Err(match standing {
+                Standing::OtherIncarnation => RpcError::OtherIncarnation { from, incarnation },
+                _ => RpcError::Stranger { from },
+            });
+        }
+    }
+    Ok((envelope, standing))
 }
 
 #[cfg(test)]
@@ -316,22 +340,26 @@ mod tests {
     #[test]
     fn an_envelope_round_trips() {
         let bytes = encode(&envelope());
-        assert_eq!(decode(&bytes, 1 << 20, 9, 2, member_1), Ok(envelope()));
+        assert_eq!(
+            decode(&bytes, 1 << 20, 9, 2, member_1),
+            Ok((envelope(), Standing::Member))
+        );
     }
 
     /// The receiver's view in most tests: node 1 is a member with incarnation 0x77.
     fn member_1(id: NodeId, incarnation: u64) -> Standing {
-        if id == 1 && incarnation == 0x77 {
-            Standing::Member
-        } else {
-            Standing::Stranger
+        match (id, incarnation) {
+            (1, 0x77) => Standing::Member,
+            (1, _) => Standing::OtherIncarnation,
+            _ => Standing::Stranger,
         }
     }
 
     /// Asserts that `decode(body_bytes_max, cluster_id, self_id, standing)` refuses another
-    /// cluster, a stranger, a removed or replaced incarnation, a wrong addressee and an
-    /// oversized body (the body is from node 1, incarnation 0x77, to node 2 in cluster 9, over
-    /// 8 bytes long), and passes the sender's id and incarnation to `standing`.
+    /// cluster, a removed incarnation, a wrong addressee and an oversized body, hears a leader's
+    /// traffic from a stranger or another incarnation (the body is a leader's, from node 1,
+    /// incarnation 0x77, to node 2 in cluster 9, over 8 bytes long), and passes the sender's id
+    /// and incarnation to `standing`.
     fn assert_route_checks<T: std::fmt::Debug>(
         decode: impl Fn(usize, u64, NodeId, &dyn Fn(NodeId, u64) -> Standing) -> Result<T, RpcError>,
     ) {
@@ -340,20 +368,9 @@ mod tests {
             decode(1 << 20, 8, 2, &member),
             Err(RpcError::WrongCluster { .. })
         ));
-        assert!(matches!(
-            decode(1 << 20, 9, 2, &|_, _| Standing::Stranger),
-            Err(RpcError::Stranger { from: 1 })
-        ));
         assert_eq!(
             decode(1 << 20, 9, 2, &|_, _| Standing::Removed).unwrap_err(),
             RpcError::Removed {
-                from: 1,
-                incarnation: 0x77
-            }
-        );
-        assert_eq!(
-            decode(1 << 20, 9, 2, &|_, _| Standing::OtherIncarnation).unwrap_err(),
-            RpcError::OtherIncarnation {
                 from: 1,
                 incarnation: 0x77
             }
@@ -368,16 +385,67 @@ mod tests {
         ));
         assert!(decode(1 << 20, 9, 2, &member).is_ok());
         assert!(decode(1 << 20, 9, 2, &member_1).is_ok());
+        // Thesis §4.1: a leader this node's log does not name yet is heard.
+        assert!(decode(1 << 20, 9, 2, &|_, _| Standing::Stranger).is_ok());
         let other_incarnation = |id, incarnation| member_1(id, incarnation ^ 1);
-        assert!(decode(1 << 20, 9, 2, &other_incarnation).is_err());
+        assert!(decode(1 << 20, 9, 2, &other_incarnation).is_ok());
     }
 
     #[test]
-    fn envelopes_from_another_cluster_a_stranger_or_another_incarnation_are_refused() {
+    fn envelopes_from_another_cluster_or_a_removed_incarnation_are_refused() {
         let bytes = encode(&envelope());
         assert_route_checks(|limit, cluster, me, standing| {
             decode(&bytes, limit, cluster, me, standing)
         });
+    }
+
+    #[test]
+    fn a_non_member_is_heard_only_for_a_leaders_traffic() {
+        let vote = Message {
+            from: 1,
+            to: 2,
+            term: 4,
+            body: MessageBody::Vote {
+                last_log_index: 9,
+                last_log_term: 3,
+                transfer: true,
+            },
+        };
+        let answer = Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: MessageBody::HeartbeatResponse { read_seq: 1 },
+        };
+        let mut mixed = envelope();
+        mixed.messages = vec![vote.clone(), heartbeat(1, 2), answer.clone()];
+        let bytes = encode(&mixed);
+        for standing in [Standing::Stranger, Standing::OtherIncarnation] {
+            let (heard, got) = decode(&bytes, 1 << 20, 9, 2, |_, _| standing).unwrap();
+            assert_eq!(got, standing);
+            assert_eq!(heard.messages, vec![heartbeat(1, 2)]);
+        }
+        // A member is heard in full.
+        let (heard, _) = decode(&bytes, 1 << 20, 9, 2, |_, _| Standing::Member).unwrap();
+        assert_eq!(heard.messages.len(), 3);
+        // Votes, answers and term-0 messages alone are refused, each standing with its own
+        // error.
+        let mut stale = heartbeat(1, 2);
+        stale.term = 0;
+        let mut refused = envelope();
+        refused.messages = vec![vote, answer, stale];
+        let bytes = encode(&refused);
+        assert_eq!(
+            decode(&bytes, 1 << 20, 9, 2, |_, _| Standing::Stranger),
+            Err(RpcError::Stranger { from: 1 })
+        );
+        assert_eq!(
+            decode(&bytes, 1 << 20, 9, 2, |_, _| Standing::OtherIncarnation),
+            Err(RpcError::OtherIncarnation {
+                from: 1,
+                incarnation: 0x77
+            })
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::cluster::{ClusterInfo, Member};
 use super::members::Directory;
-use super::peer_auth::{signed_post, PeerSecret};
+use super::peer_auth::{signed_post, PeerSecret, PEER_ADDR_HEADER};
 use super::rpc::{self, RpcEnvelope};
 use super::snapshot_transfer::{Leadership, SnapshotSender, TransferOptions};
 use super::NodeMetrics;
@@ -119,37 +119,50 @@ impl Transport {
     /// Runs one link per member other than this node: starts links to new members (or to a
     /// member whose address changed) and ends those to members that left (dropping a link's
     /// queue ends its task).
+    ///
+    /// Links to strangers (see [`Directory::stranger_route`]) stay while the directory keeps
+    /// their route.
     pub(super) fn sync_peers(&mut self, members: &[Member]) {
+        let directory = self.directory.clone();
         self.peers.retain(|id, (addr, _)| {
             members
                 .iter()
                 .any(|m| m.id == *id && m.addr == *addr && !m.addr.is_empty())
+                || directory
+                    .stranger_route(*id)
+                    .is_some_and(|route| route.addr == *addr)
         });
-        for member in members.iter().filter(|m| m.id != self.self_id) {
+        let self_id = self.self_id;
+        for member in members.iter().filter(|m| m.id != self_id) {
             if member.addr.is_empty() || self.peers.contains_key(&member.id) {
                 continue;
             }
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            let link = PeerLink {
-                cluster_id: self.cluster_id,
-                from: self.self_id,
-                to: member.id,
-                from_incarnation: self.self_incarnation,
-                addr: member.addr.clone(),
-                client: self.client.clone(),
-                rpc_timeout: self.rpc_timeout,
-                body_bytes_max: self.body_bytes_max,
-                directory: self.directory.clone(),
-                peer_secret: self.peer_secret.clone(),
-                errors: self.metrics.registry.counter(
-                    "raft_peer_rpc_errors_total",
-                    "Raft RPCs to a peer that failed.",
-                    &[("peer", member.name.clone())],
-                ),
-            };
-            env::spawn(link.run(rx));
-            self.peers.insert(member.id, (member.addr.clone(), tx));
+            self.start_link(member);
         }
+    }
+
+    /// Starts the link to `member`.
+    fn start_link(&mut self, member: &Member) {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+        let link = PeerLink {
+            cluster_id: self.cluster_id,
+            from: self.self_id,
+            to: member.id,
+            from_incarnation: self.self_incarnation,
+            addr: member.addr.clone(),
+            client: self.client.clone(),
+            rpc_timeout: self.rpc_timeout,
+            body_bytes_max: self.body_bytes_max,
+            directory: self.directory.clone(),
+            peer_secret: self.peer_secret.clone(),
+            errors: self.metrics.registry.counter(
+                "raft_peer_rpc_errors_total",
+                "Raft RPCs to a peer that failed.",
+                &[("peer", member.name.clone())],
+            ),
+        };
+        env::spawn(link.run(rx));
+        self.peers.insert(member.id, (member.addr.clone(), tx));
     }
 
     /// Tells snapshot transfers who leads (see [`SnapshotSender::set_leadership`]).
@@ -157,8 +170,9 @@ impl Transport {
         self.snapshots.set_leadership(leadership);
     }
 
-    /// Queues messages for their peers; never blocks.
-    pub(super) fn send(&self, messages: Vec<Message>) {
+    /// Queues messages for their peers; never blocks. A message to a sender that no
+    /// configuration names yet goes to the address its RPCs gave.
+    pub(super) fn send(&mut self, messages: Vec<Message>) {
         for message in messages {
             if let MessageBody::InstallSnapshot { snapshot } = &message.body {
                 if snapshot.data.is_empty() {
@@ -166,6 +180,11 @@ impl Transport {
                     self.snapshots
                         .start(message.to, message.term, snapshot.meta.clone());
                     continue;
+                }
+            }
+            if !self.peers.contains_key(&message.to) {
+                if let Some(route) = self.directory.stranger_route(message.to) {
+                    self.start_link(&route);
                 }
             }
             match self.peers.get(&message.to) {
@@ -243,7 +262,15 @@ impl PeerLink {
                 self.errors.inc();
                 continue;
             }
-            let request = signed_post("/v1/raft/messages", body, self.peer_secret.as_ref());
+            let mut request = signed_post("/v1/raft/messages", body, self.peer_secret.as_ref());
+            // Where to answer, for a peer whose log does not name this node yet.
+            if let Some(addr) = self
+                .directory
+                .member(self.from)
+                .and_then(|me| hyper::header::HeaderValue::from_str(&me.addr).ok())
+            {
+                request.headers_mut().insert(PEER_ADDR_HEADER, addr);
+            }
             let ok = match self
                 .client
                 .call(&self.addr, request, 64 << 10, self.rpc_timeout)

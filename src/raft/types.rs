@@ -367,6 +367,25 @@ impl MessageBody {
             MessageBody::TimeoutNow => "timeout_now",
         }
     }
+
+    /// Whether a leader sends this to its followers (append, heartbeat, snapshot). A server
+    /// hears a leader's traffic whoever the leader is to its own configuration (thesis §4.1):
+    /// a member added after the server's log ends may lead, and the server catches up only by
+    /// hearing it. It changes no vote and counts in no quorum.
+    pub fn is_leader_traffic(&self) -> bool {
+        match self {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. } => true,
+            MessageBody::PreVote { .. }
+            | MessageBody::Vote { .. }
+            | MessageBody::PreVoteResponse { .. }
+            | MessageBody::VoteResponse { .. }
+            | MessageBody::AppendResponse { .. }
+            | MessageBody::HeartbeatResponse { .. }
+            | MessageBody::TimeoutNow => false,
+        }
+    }
 }
 
 /// A ReadIndex request that is now safe to serve: once the state machine has applied `index`,

@@ -30,7 +30,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use madsim::plugin::Simulator;
@@ -164,6 +164,10 @@ struct NodeDisk {
     /// The file names a crash reverts to (some may be orphans, pruned by the crash).
     durable_names: BTreeMap<PathBuf, InodeId>,
     inodes: BTreeMap<InodeId, Inode>,
+    /// The open handles of this boot, by inode: as in POSIX, a removed file stays readable
+    /// through a handle opened before (a leader streams a snapshot file that a newer snapshot
+    /// replaced; found by the membership simulation, seed 266). A crash closes them all.
+    handles: Vec<(InodeId, Weak<()>)>,
     next_inode: InodeId,
     /// Files a crash left torn (part of their unsynced writes survived), over all crashes.
     torn_files: u64,
@@ -211,13 +215,23 @@ impl NodeDisk {
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file (simulated disk)"))
     }
 
-    /// Forgets inodes that no name, current or durable, refers to.
+    /// A handle of this boot on `inode`: keeps it alive while the handle (or a clone) is.
+    fn open_handle(&mut self, inode: InodeId) -> Arc<()> {
+        let alive = Arc::new(());
+        self.handles.retain(|(_, handle)| handle.strong_count() > 0);
+        self.handles.push((inode, Arc::downgrade(&alive)));
+        alive
+    }
+
+    /// Forgets inodes that no name, current or durable, nor an open handle refers to.
     fn collect_garbage(&mut self) {
+        self.handles.retain(|(_, handle)| handle.strong_count() > 0);
         let live: BTreeSet<InodeId> = self
             .names
             .values()
             .chain(self.durable_names.values())
             .copied()
+            .chain(self.handles.iter().map(|(inode, _)| *inode))
             .collect();
         self.inodes.retain(|inode, _| live.contains(inode));
     }
@@ -248,6 +262,7 @@ impl NodeDisk {
             .collect();
         self.names = names;
         self.durable_names = self.names.clone();
+        self.handles.clear();
         self.collect_garbage();
         let mut rand = rand.clone();
         for inode in self.inodes.values_mut() {
@@ -417,6 +432,8 @@ pub(in crate::env) mod fs {
         node: NodeId,
         boot: u64,
         inode: InodeId,
+        /// Keeps the inode alive after its name is removed (see `NodeDisk::handles`).
+        _alive: Arc<()>,
     }
 
     impl File {
@@ -452,6 +469,7 @@ pub(in crate::env) mod fs {
                     node,
                     boot: disk.boot,
                     inode,
+                    _alive: disk.open_handle(inode),
                 })
             })
         }
@@ -465,6 +483,7 @@ pub(in crate::env) mod fs {
                     node,
                     boot: disk.boot,
                     inode,
+                    _alive: disk.open_handle(inode),
                 })
             })
         }
