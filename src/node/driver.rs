@@ -41,6 +41,9 @@ use crate::snapshot::{self, SnapshotError, WrittenSnapshot};
 use crate::wal::{Wal, WalOptions};
 
 /// Inputs handled between two `Ready`s at most, so one flood cannot starve the sync.
+/// Election timeouts without a leader's message after which a node that is no voter probes its
+/// peers for its own removal ([`Driver::maybe_probe_membership`]).
+const MEMBERSHIP_PROBE_ELECTIONS: u64 = 4;
 const INPUTS_PER_ROUND_MAX: usize = 8192;
 /// Capacity of the inbound Raft message queue.
 const INBOUND_QUEUE_MAX: usize = 16_384;
@@ -139,6 +142,10 @@ struct Driver {
     /// The last term and vote that were synced: a commit-only hard state change needs no fsync.
     synced_term_vote: (Term, Option<u64>),
     last_leader: Option<u64>,
+    /// Ticks since a leader's message (or since the last membership probe): a node that is no
+    /// voter never campaigns, so it probes its peers when a leader stays silent (see
+    /// [`MEMBERSHIP_PROBE_ELECTIONS`]).
+    quiet_ticks: u64,
     /// Set when storage failed: the node stops acknowledging anything.
     failure: Option<String>,
     /// `<data-dir>/snap/`.
@@ -306,6 +313,7 @@ pub(super) async fn start(
         next_read_context: 1,
         synced_term_vote,
         last_leader: None,
+        quiet_ticks: 0,
         failure: None,
         snapshot_dir,
         snapshot_policy: SnapshotPolicy::default(),
@@ -378,6 +386,7 @@ impl Driver {
             if now >= next_tick {
                 if self.failure.is_none() {
                     self.raft.tick();
+                    self.maybe_probe_membership();
                 }
                 next_tick += tick;
                 if now >= next_tick {
@@ -402,9 +411,37 @@ impl Driver {
         tracing::info!(node = %self.config.name, "driver stopped");
     }
 
+    /// A learner (or a node its own configuration does not name) never campaigns, so it never
+    /// meets the 410 Gone that tells a removed voter it was removed: if it was removed while cut
+    /// off, the leader stopped sending before the removal reached it, and it would wait for
+    /// good (simulator, seed 266 of the 1,000-seed sweep). After
+    /// [`MEMBERSHIP_PROBE_ELECTIONS`] election timeouts without a leader's message, it asks its
+    /// peers (an envelope without messages) whether it is still a member; a voter does not need
+    /// to, its campaigns ask.
+    fn maybe_probe_membership(&mut self) {
+        self.quiet_ticks += 1;
+        let probe_after = MEMBERSHIP_PROBE_ELECTIONS * u64::from(self.config.election_ticks);
+        if self.quiet_ticks < probe_after {
+            return;
+        }
+        self.quiet_ticks = 0;
+        if !self
+            .raft
+            .membership()
+            .voters
+            .contains(&self.cluster.self_id)
+        {
+            tracing::debug!(node = %self.config.name, "no leader heard: asking the peers whether this node is still a member");
+            self.transport.probe_membership();
+        }
+    }
+
     fn handle_message(&mut self, message: Message) {
         if self.failure.is_some() {
             return;
+        }
+        if message.body.is_leader_traffic() {
+            self.quiet_ticks = 0;
         }
         if let Err(error) = self.raft.step(message) {
             tracing::debug!(%error, "dropped raft message");
@@ -418,6 +455,7 @@ impl Driver {
         if self.failure.is_some() {
             return;
         }
+        self.quiet_ticks = 0;
         let crate::raft::MessageBody::InstallSnapshot { snapshot } = &install.message.body else {
             unreachable!("the receiver only prepares InstallSnapshot messages");
         };

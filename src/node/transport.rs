@@ -166,6 +166,44 @@ impl Transport {
     }
 
     /// Tells snapshot transfers who leads (see [`SnapshotSender::set_leadership`]).
+    /// Asks every peer whether this node is still a member: an envelope without messages, which
+    /// a peer accepts and ignores from a member, and answers 410 Gone once it has committed this
+    /// node's removal (then the directory records the removal and the node stops).
+    pub(super) fn probe_membership(&self) {
+        for (&to, (addr, _)) in &self.peers {
+            let envelope = RpcEnvelope {
+                cluster_id: self.cluster_id,
+                from: self.self_id,
+                to,
+                from_incarnation: self.self_incarnation,
+                messages: Vec::new(),
+            };
+            let request = envelope_request(
+                rpc::encode(&envelope),
+                self.self_id,
+                self.peer_secret.as_ref(),
+                &self.directory,
+            );
+            let client = self.client.clone();
+            let directory = self.directory.clone();
+            let addr = addr.clone();
+            let timeout = self.rpc_timeout;
+            env::spawn(async move {
+                match client.call(&addr, request, 64 << 10, timeout).await {
+                    Ok(response) if response.status() == hyper::StatusCode::GONE => directory
+                        .mark_removed(format!(
+                            "peer {addr} answered 410 Gone to a membership probe: this node was \
+                             removed from the cluster"
+                        )),
+                    Ok(response) => {
+                        tracing::debug!(peer = %addr, status = %response.status(), "membership probe answered")
+                    }
+                    Err(error) => tracing::debug!(peer = %addr, %error, "membership probe failed"),
+                }
+            });
+        }
+    }
+
     pub(super) fn set_leadership(&self, leadership: Leadership) {
         self.snapshots.set_leadership(leadership);
     }
@@ -197,6 +235,24 @@ impl Transport {
             }
         }
     }
+}
+
+/// The signed `POST /v1/raft/messages` carrying an encoded envelope from `from`, with the
+/// sender's address for a peer whose log does not name it yet.
+fn envelope_request(
+    body: Vec<u8>,
+    from: NodeId,
+    peer_secret: Option<&PeerSecret>,
+    directory: &Directory,
+) -> hyper::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut request = signed_post("/v1/raft/messages", body, peer_secret);
+    if let Some(addr) = directory
+        .member(from)
+        .and_then(|me| hyper::header::HeaderValue::from_str(&me.addr).ok())
+    {
+        request.headers_mut().insert(PEER_ADDR_HEADER, addr);
+    }
+    request
 }
 
 struct PeerLink {
@@ -262,15 +318,8 @@ impl PeerLink {
                 self.errors.inc();
                 continue;
             }
-            let mut request = signed_post("/v1/raft/messages", body, self.peer_secret.as_ref());
-            // Where to answer, for a peer whose log does not name this node yet.
-            if let Some(addr) = self
-                .directory
-                .member(self.from)
-                .and_then(|me| hyper::header::HeaderValue::from_str(&me.addr).ok())
-            {
-                request.headers_mut().insert(PEER_ADDR_HEADER, addr);
-            }
+            let request =
+                envelope_request(body, self.from, self.peer_secret.as_ref(), &self.directory);
             let ok = match self
                 .client
                 .call(&self.addr, request, 64 << 10, self.rpc_timeout)
