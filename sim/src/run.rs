@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -149,6 +149,8 @@ struct World {
     /// For starting spare nodes: the node event sender and every address.
     observer: mpsc::UnboundedSender<NodeEvent>,
     addrs: Vec<String>,
+    /// How many of `addrs` have had a node: the clients' [`ClientContext::started`].
+    started_addrs: Arc<AtomicUsize>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -649,6 +651,8 @@ impl World {
                 let name = config.name.clone();
                 self.trace(format!("membership: start {name}, joining"));
                 self.nodes.push(spawn_node(&self.shared, index, config));
+                self.started_addrs
+                    .fetch_max(self.nodes.len(), Ordering::Relaxed);
                 let faults = self.disk_faults(index, false);
                 sim_control::set_disk_faults(self.nodes[index].sim_id, faults);
                 let _ = reply.send(Some(name));
@@ -1113,6 +1117,7 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         skipped_episodes: BTreeSet::new(),
         observer,
         addrs: all_addrs.clone(),
+        started_addrs: Arc::new(AtomicUsize::new(scenario.nodes_count)),
     };
     for index in 0..scenario.nodes_count {
         let skew = scenario.clock_skews[index];
@@ -1155,7 +1160,8 @@ async fn supervise(scenario: Scenario, shared: Shared) {
 
     // The clients.
     let stop_clients = Arc::new(AtomicBool::new(false));
-    let ctx = ClientContext::new(&scenario, all_addrs.clone(), shared.clone());
+    let mut ctx = ClientContext::new(&scenario, all_addrs.clone(), shared.clone());
+    ctx.started = world.started_addrs.clone();
     let mut clients = Vec::new();
     for client in 0..scenario.clients_count {
         let ctx = ctx.clone();

@@ -69,7 +69,7 @@ pub async fn watch_loop(
         rec.watchers.len() - 1
     };
     let http = HttpClient::new();
-    let mut node = (rng.next_u64() % ctx.addrs.len() as u64) as usize;
+    let mut node = (rng.next_u64() % ctx.started_addrs().len() as u64) as usize;
     let mut position = 0u64;
     while !stop.load(Ordering::Relaxed) {
         if streams {
@@ -79,7 +79,7 @@ pub async fn watch_loop(
                 watcher,
             };
             if !stream_once(&http, &ctx, &selector, node, &mut position, &log, &stop).await {
-                node = (rng.next_u64() % ctx.addrs.len() as u64) as usize;
+                node = (rng.next_u64() % ctx.started_addrs().len() as u64) as usize;
                 env::sleep(Duration::from_millis(50 + rng.next_u64() % 200)).await;
             }
             continue;
@@ -90,7 +90,12 @@ pub async fn watch_loop(
         );
         let timeout = ctx.call_timeout + Duration::from_millis(WATCH_WAIT_MS);
         let answer = match http
-            .call(&ctx.addrs[node], request, WATCH_RESPONSE_BYTES_MAX, timeout)
+            .call(
+                &ctx.started_addrs()[node],
+                request,
+                WATCH_RESPONSE_BYTES_MAX,
+                timeout,
+            )
             .await
         {
             Ok(response) => parse(position, response.status().as_u16(), response.body()),
@@ -106,7 +111,7 @@ pub async fn watch_loop(
             }
             None => {
                 // Resume from the same index on another node, after a pause.
-                node = (rng.next_u64() % ctx.addrs.len() as u64) as usize;
+                node = (rng.next_u64() % ctx.started_addrs().len() as u64) as usize;
                 env::sleep(Duration::from_millis(50 + rng.next_u64() % 200)).await;
             }
         }
@@ -154,7 +159,7 @@ async fn stream_once(
     );
     let opened = http
         .open_lines(
-            &ctx.addrs[node],
+            &ctx.started_addrs()[node],
             request,
             WATCH_RESPONSE_BYTES_MAX,
             ctx.call_timeout,

@@ -20,7 +20,7 @@
 //! elsewhere; an operation whose every attempt was refused ends as not applied.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,8 +86,12 @@ pub enum Ending {
 /// One client machine's view of the cluster.
 #[derive(Clone)]
 pub struct ClientContext {
-    /// Every node's `host:port`.
+    /// Every node's `host:port`, spare machines' included.
     pub addrs: Vec<String>,
+    /// How many of `addrs` (the first ones) have had a node started: the supervisor raises it
+    /// when a spare machine joins, so clients do not spend their attempts on machines that
+    /// never ran.
+    pub started: Arc<AtomicUsize>,
     /// The keys.
     pub keys: Vec<String>,
     /// The per-attempt call timeout.
@@ -102,11 +106,18 @@ impl ClientContext {
         let call_timeout =
             Duration::from_millis((scenario.request_timeout_ms + 1_000).min(CLIENT_TIMEOUT_MS_MAX));
         ClientContext {
+            started: Arc::new(AtomicUsize::new(scenario.nodes_count.min(addrs.len()))),
             addrs,
             keys: key_names(scenario.keys_count),
             call_timeout,
             shared,
         }
+    }
+
+    /// The addresses of machines that have had a node (removed and crashed ones included).
+    pub fn started_addrs(&self) -> &[String] {
+        let started = self.started.load(Ordering::Relaxed).min(self.addrs.len());
+        &self.addrs[..started]
     }
 }
 
@@ -295,7 +306,7 @@ pub async fn run_operation(
     let mut maybe_applied = false;
     if duplicate {
         maybe_applied = true;
-        let addr = pick(rng, &ctx.addrs).clone();
+        let addr = pick(rng, ctx.started_addrs()).clone();
         let request = build_request(key, input, idempotency_key);
         let http = http.clone();
         let timeout = ctx.call_timeout;
@@ -310,7 +321,7 @@ pub async fn run_operation(
             ))
             .await;
         }
-        let addr = pick(rng, &ctx.addrs).clone();
+        let addr = pick(rng, ctx.started_addrs()).clone();
         let request = build_request(key, input, idempotency_key);
         let result = http
             .call(&addr, request, RESPONSE_BYTES_MAX, ctx.call_timeout)
