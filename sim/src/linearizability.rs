@@ -651,18 +651,22 @@ impl<'a> Interner<'a> {
     }
 }
 
+/// Why op `history_index` makes the history malformed, as the checkers report it.
+fn malformed(history: &[Operation], history_index: usize, why: &str) -> (usize, String) {
+    let operation = &history[history_index];
+    (
+        history_index,
+        format!("malformed history: op #{history_index} ({operation}): {why}"),
+    )
+}
+
 /// Turns a key's operations into search form, or explains why the history is malformed.
 fn compile(history: &[Operation], indices: &[usize]) -> Result<Vec<Op>, (usize, String)> {
     let mut interner = Interner::default();
     let mut ops = Vec::with_capacity(indices.len());
     for &history_index in indices {
         let operation = &history[history_index];
-        let malformed = |why: &str| {
-            (
-                history_index,
-                format!("malformed history: op #{history_index} ({operation}): {why}"),
-            )
-        };
+        let malformed = |why: &str| malformed(history, history_index, why);
         if let Some(ret) = operation.ret {
             if ret < operation.call {
                 return Err(malformed("returns before it is called"));

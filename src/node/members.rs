@@ -203,21 +203,12 @@ impl Directory {
             .lock()
             .expect("directory lock poisoned") = committed_members;
         *self.removed.lock().expect("directory lock poisoned") = committed_removed;
-        let known: Vec<NodeId> = self
-            .stranger_routes
+        // `knows` takes the member locks while the routes are held; no path holds a member
+        // lock while it waits for the routes (`note_stranger_route` releases them first).
+        self.stranger_routes
             .lock()
             .expect("directory lock poisoned")
-            .keys()
-            .copied()
-            .filter(|id| self.knows(*id))
-            .collect();
-        let mut routes = self
-            .stranger_routes
-            .lock()
-            .expect("directory lock poisoned");
-        for id in known {
-            routes.remove(&id);
-        }
+            .retain(|id, _| !self.knows(*id));
     }
 }
 

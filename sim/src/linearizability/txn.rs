@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use super::{Interner, KeyVerdict, KvInput, KvOutput, Operation, Violation, TXN_GROUP};
+use super::{malformed, Interner, KeyVerdict, KvInput, KvOutput, Operation, Violation, TXN_GROUP};
 
 /// A transaction in search form (values interned: 0 is reserved for "absent").
 #[derive(Clone, Debug)]
@@ -110,12 +110,7 @@ fn compile(history: &[Operation], indices: &[usize]) -> Result<Vec<TxnOp>, (usiz
     let mut ops = Vec::with_capacity(indices.len());
     for &history_index in indices {
         let operation = &history[history_index];
-        let malformed = |why: &str| {
-            (
-                history_index,
-                format!("malformed history: op #{history_index} ({operation}): {why}"),
-            )
-        };
+        let malformed = |why: &str| malformed(history, history_index, why);
         let KvInput::Txn { if_value, value } = &operation.input else {
             return Err(malformed(&format!(
                 "only transactions may touch the group {TXN_GROUP:?}"
