@@ -5,6 +5,7 @@ mod chaos;
 mod election;
 mod malformed;
 mod membership;
+mod properties;
 mod read_index;
 mod replication;
 mod transfer;

@@ -21,9 +21,9 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{
     Config as ProptestConfig, RngAlgorithm, TestError, TestRng, TestRunner,
 };
-use raft_kv::raft::invariants::{entry_digest, InvariantChecker, InvariantViolation, NodeView};
-use raft_kv::raft::testkit::Cluster;
-use raft_kv::raft::{ConfChange, Index, Membership, NodeId, RestoreState, Role};
+use crate::raft::invariants::{entry_digest, InvariantChecker, InvariantViolation, NodeView};
+use crate::raft::testkit::Cluster;
+use crate::raft::{ConfChange, Index, Membership, NodeId, RestoreState, Role};
 
 /// Ticks the liveness phase allows, after the faults stop, for a leader to emerge and every
 /// node to converge on its committed log. Elections take at most a few randomized timeouts
