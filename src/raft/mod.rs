@@ -5,7 +5,7 @@
 //!
 //! - inputs: [`Raft::tick`] (logical time), [`Raft::step`] (a message from a peer),
 //!   [`Raft::propose`] (a client command), [`Raft::read_index`] (a linearizable read),
-//!   [`Raft::transfer_leadership`], [`Raft::propose_conf_change`], [`Raft::compact`];
+//!   [`Raft::transfer_leadership`], [`Raft::propose_conf_change`], [`Raft::compact_keeping`];
 //! - output: a [`Ready`] record from [`Raft::ready`], which the driver handles in order and then
 //!   acknowledges with [`Raft::advance`].
 //!
@@ -295,15 +295,10 @@ impl Raft {
     }
 
     /// Records a snapshot the driver took of the state machine at `index` (which must be
-    /// applied) and discards the in-memory log up to it.
-    pub fn compact(&mut self, index: Index, data: Bytes) -> Result<(), Error> {
-        self.compact_keeping(index, data, 0)
-    }
-
-    /// Like [`Raft::compact`], but keeps the last `tail_entries` entries the snapshot covers in
-    /// memory, so a follower less than that far behind catches up from the log rather than
-    /// receiving the snapshot. The node passes an empty `data`: the state lives in a snapshot
-    /// file, never in the core.
+    /// applied) and discards the in-memory log up to it, except the last `tail_entries` entries
+    /// the snapshot covers, so a follower less than that far behind catches up from the log
+    /// rather than receiving the snapshot. The node passes an empty `data`: the state lives in a
+    /// snapshot file, never in the core.
     pub fn compact_keeping(
         &mut self,
         index: Index,
