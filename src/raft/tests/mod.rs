@@ -1,5 +1,6 @@
 //! Scenario tests of the consensus core, written as stories over the [`super::testkit`].
 
+mod accessors;
 mod acknowledgements;
 mod chaos;
 mod election;

@@ -15,15 +15,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::raft::invariants::{entry_digest, InvariantChecker, InvariantViolation, NodeView};
+use crate::raft::testkit::Cluster;
+use crate::raft::{ConfChange, Index, Membership, NodeId, RestoreState, Role};
 use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{
     Config as ProptestConfig, RngAlgorithm, TestError, TestRng, TestRunner,
 };
-use crate::raft::invariants::{entry_digest, InvariantChecker, InvariantViolation, NodeView};
-use crate::raft::testkit::Cluster;
-use crate::raft::{ConfChange, Index, Membership, NodeId, RestoreState, Role};
 
 /// Ticks the liveness phase allows, after the faults stop, for a leader to emerge and every
 /// node to converge on its committed log. Elections take at most a few randomized timeouts

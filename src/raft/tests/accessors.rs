@@ -1,0 +1,105 @@
+//! What the driver reads from the core besides `Ready`: the committed membership, the leader's
+//! view of who answered recently, and the config checks at construction.
+
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::{elect, run_ticks};
+use crate::raft::testkit::Cluster;
+use crate::raft::{ConfChange, Config, Error, Membership, Raft, RestoreState};
+
+#[test]
+fn the_committed_membership_lags_an_appended_change_until_it_commits() {
+    let mut cluster = Cluster::new(3, 7);
+    elect(&mut cluster, 1);
+    cluster.add_node(
+        4,
+        Membership::with_voters([1, 2, 3]),
+        RestoreState::default(),
+    );
+    cluster.drop_between(1, 2);
+    cluster.drop_between(1, 3);
+    cluster
+        .propose_conf_change(1, ConfChange::AddVoter(4))
+        .unwrap();
+    cluster.deliver_all();
+    assert_eq!(
+        cluster.node(1).membership(),
+        &Membership::with_voters([1, 2, 3, 4])
+    );
+    assert_eq!(
+        cluster.node(1).committed_membership(),
+        &Membership::with_voters([1, 2, 3]),
+        "an uncommitted change is not the committed membership"
+    );
+    cluster.heal();
+    run_ticks(&mut cluster, 12);
+    for id in 1..=4 {
+        assert_eq!(
+            cluster.node(id).committed_membership(),
+            &Membership::with_voters([1, 2, 3, 4]),
+            "node {id}"
+        );
+    }
+}
+
+#[test]
+fn only_a_leader_knows_who_answered_within_the_check_quorum_window() {
+    let mut cluster = Cluster::new(3, 8);
+    elect(&mut cluster, 1);
+    assert_eq!(cluster.node(1).recently_active(1), Some(true), "itself");
+    assert_eq!(cluster.node(1).recently_active(2), Some(true));
+    assert_eq!(cluster.node(1).recently_active(3), Some(true));
+    assert_eq!(cluster.node(1).recently_active(9), None, "not a member");
+    assert_eq!(cluster.node(2).recently_active(1), None, "a follower");
+    assert_eq!(cluster.node(2).recently_active(3), None, "a follower");
+    // Node 3 goes silent: after a whole election timeout without its answers it is inactive,
+    // while node 2, which keeps answering heartbeats, stays active.
+    cluster.isolate(3);
+    let election_ticks = Config::new(1).election_ticks;
+    for _ in 0..election_ticks + 1 {
+        cluster.tick(1);
+        cluster.deliver_all();
+    }
+    assert_eq!(cluster.node(1).recently_active(3), Some(false));
+    assert_eq!(cluster.node(1).recently_active(2), Some(true));
+}
+
+#[test]
+fn a_config_the_core_cannot_work_with_is_refused() {
+    let build = |config: Config| {
+        Raft::new(
+            config,
+            Membership::with_voters([1, 2, 3]),
+            RestoreState::default(),
+            ChaCha8Rng::seed_from_u64(1),
+        )
+        .map(|_| ())
+    };
+    let valid = Config::new(1);
+    assert_eq!(build(valid.clone()), Ok(()));
+    let refused = |change: &dyn Fn(&mut Config)| {
+        let mut config = valid.clone();
+        change(&mut config);
+        match build(config) {
+            Err(Error::Invalid(why)) => why,
+            other => panic!("accepted: {other:?}"),
+        }
+    };
+    assert!(refused(&|c| c.id = 0).contains("id"));
+    assert!(refused(&|c| c.election_ticks = 0).contains("election_ticks"));
+    assert!(refused(&|c| c.election_ticks = u32::MAX / 2 + 1).contains("election_ticks"));
+    assert!(refused(&|c| c.heartbeat_ticks = 0).contains("heartbeat_ticks"));
+    assert!(refused(&|c| c.heartbeat_ticks = c.election_ticks).contains("heartbeat_ticks"));
+    assert!(refused(&|c| c.max_entries_per_append = 0).contains("max_entries_per_append"));
+    assert!(refused(&|c| c.max_inflight_appends = 0).contains("max_inflight_appends"));
+    // The edges that are allowed.
+    let mut edge = valid.clone();
+    edge.election_ticks = u32::MAX / 2;
+    edge.heartbeat_ticks = u32::MAX / 2 - 1;
+    assert_eq!(build(edge), Ok(()));
+    let mut edge = valid;
+    edge.election_ticks = 2;
+    edge.heartbeat_ticks = 1;
+    assert_eq!(build(edge), Ok(()));
+}
