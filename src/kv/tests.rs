@@ -1017,3 +1017,21 @@ fn encoded_command_keeps_no_spare_capacity() {
         buffer.capacity() - length
     );
 }
+
+#[test]
+fn an_applied_value_shares_the_entry_buffer_and_outlives_it() {
+    let mut store = KvStore::new(KvOptions::default());
+    let value = "v".repeat(256);
+    let entry = request(put("k", &value));
+    store
+        .apply_recording(1, &entry, &mut Vec::new())
+        .expect("a valid put");
+    let stored = store.get("k").expect("the key").data.clone();
+    let entry_range = entry.as_ptr() as usize..entry.as_ptr() as usize + entry.len();
+    assert!(
+        entry_range.contains(&(stored.as_ptr() as usize)),
+        "the store copied a value the log entry already holds"
+    );
+    drop(entry);
+    assert_eq!(store.get("k").unwrap().data, Bytes::from(value));
+}

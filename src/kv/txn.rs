@@ -59,6 +59,7 @@ pub enum TxnOp {
         /// The key.
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "super::shared_bytes")]
         value: Bytes,
     },
     /// Removes the key if present.
