@@ -330,6 +330,12 @@ async fn a_node_restarts_from_its_snapshot_file_and_a_lagging_one_catches_up_thr
                 && line != "raft_snapshots_total 0"),
         "{metrics}"
     );
+    assert!(
+        metrics.lines().any(|line| line
+            .starts_with("raft_snapshot_finish_duration_seconds_count ")
+            && line != "raft_snapshot_finish_duration_seconds_count 0"),
+        "the loop's time recording each snapshot is measured: {metrics}"
+    );
     // The lagging node is far below the tail: it catches up through the snapshot.
     cluster.nodes[lagging].start();
     wait_until_applied(&addrs[lagging], &addrs[leader], "/v1/kv/k119").await;

@@ -260,6 +260,7 @@ pub struct NodeMetrics {
     pub(crate) snapshot_bytes: Counter,
     pub(crate) snapshot_last_bytes: Gauge,
     pub(crate) snapshot_write_seconds: Histogram,
+    pub(crate) snapshot_finish_seconds: Histogram,
     pub(crate) healthy: Gauge,
     /// Watches waiting on this node now (set when `/metrics` is read).
     pub(crate) watches_waiting: Gauge,
@@ -396,6 +397,13 @@ impl NodeMetrics {
                 "Time from freezing the store to the snapshot file being durable.",
                 &[],
                 SNAPSHOT_BUCKETS_SECONDS,
+            ),
+            snapshot_finish_seconds: m.histogram(
+                "raft_snapshot_finish_duration_seconds",
+                "Time the driver loop spent recording a written snapshot in the WAL and compacting \
+                 (requests wait meanwhile).",
+                &[],
+                LATENCY_BUCKETS_SECONDS,
             ),
             healthy: m.gauge(
                 "raft_kv_healthy",
