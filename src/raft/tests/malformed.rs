@@ -88,6 +88,11 @@ fn step_rejects_malformed_messages_and_changes_nothing() {
         (2, append(1, 2, 1, (1, 1), vec![entry(2, 5)])),
         (2, append(1, 2, 2, (1, 1), vec![entry(2, 2), entry(3, 1)])),
         (2, append(1, 2, 1, (0, 3), vec![])),
+        // Each half of the previous-entry check alone: a previous term above the leader's, and
+        // a previous index and term of which only one is zero.
+        (2, append(1, 2, 1, (1, 3), vec![])),
+        (2, append(1, 2, 3, (0, 2), vec![])),
+        (2, append(1, 2, 1, (2, 0), vec![])),
         (2, append(1, 2, 1, (1, 1), vec![garbage_config])),
         (2, append(1, 2, 1, (u64::MAX, 1), vec![entry(0, 1)])),
         (
@@ -125,6 +130,43 @@ fn step_rejects_malformed_messages_and_changes_nothing() {
                         meta: SnapshotMeta {
                             index: 0,
                             term: 1,
+                            membership: Membership::with_voters([1, 2, 3]),
+                        },
+                        data: Bytes::new(),
+                    },
+                },
+            },
+        ),
+        // A snapshot of term 0, and one of a term above its sender's.
+        (
+            2,
+            Message {
+                from: 1,
+                to: 2,
+                term: 2,
+                body: MessageBody::InstallSnapshot {
+                    snapshot: Snapshot {
+                        meta: SnapshotMeta {
+                            index: 5,
+                            term: 0,
+                            membership: Membership::with_voters([1, 2, 3]),
+                        },
+                        data: Bytes::new(),
+                    },
+                },
+            },
+        ),
+        (
+            2,
+            Message {
+                from: 1,
+                to: 2,
+                term: 2,
+                body: MessageBody::InstallSnapshot {
+                    snapshot: Snapshot {
+                        meta: SnapshotMeta {
+                            index: 5,
+                            term: 3,
                             membership: Membership::with_voters([1, 2, 3]),
                         },
                         data: Bytes::new(),

@@ -218,6 +218,34 @@ fn proposals_over_the_uncommitted_bytes_limit_are_refused() {
 }
 
 #[test]
+fn a_new_leader_counts_uncommitted_bytes_from_the_entry_after_its_noop() {
+    let mut cluster = Cluster::with_config(3, 9, |config| config.max_uncommitted_bytes = 100);
+    elect(&mut cluster, 1);
+    for _ in 0..4 {
+        cluster.propose(1, "x".into()).unwrap();
+        cluster.deliver_all();
+    }
+    cluster.transfer_leadership(1, 2).unwrap();
+    cluster.deliver_all();
+    assert_eq!(cluster.leader(), Some(2));
+    // Node 2 leads from a log of 5 entries: its no-op is entry 6 and is committed.
+    assert_eq!(cluster.node(2).hard_state().commit, 6);
+    cluster.drop_between(2, 1);
+    cluster.drop_between(2, 3);
+    let payload = || bytes::Bytes::from(vec![7u8; 30]);
+    assert_eq!(cluster.propose(2, payload()), Ok(7));
+    assert_eq!(
+        cluster.propose(2, payload()),
+        Err(Error::UncommittedBytesExceeded {
+            uncommitted: 54,
+            proposed: 54,
+            limit: 100
+        }),
+        "entry 7 counts towards the limit"
+    );
+}
+
+#[test]
 fn a_proposal_over_the_size_limit_is_refused_and_non_leaders_refuse_proposals() {
     let mut cluster = Cluster::with_config(3, 7, |config| config.max_proposal_bytes = 10);
     elect(&mut cluster, 1);
