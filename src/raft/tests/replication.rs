@@ -534,3 +534,34 @@ fn a_driver_may_acknowledge_two_snapshot_readies_late_and_in_order() {
     assert_eq!(status.hard_state.commit, 9);
     assert_eq!(node.persisted_index(), 9);
 }
+
+#[test]
+fn a_lost_snapshot_of_the_leaders_whole_log_is_followed_by_a_probe_without_new_writes() {
+    let mut cluster = Cluster::new(3, 12);
+    elect(&mut cluster, 1);
+    cluster.isolate(3);
+    for _ in 0..3 {
+        cluster.propose(1, "x".into()).unwrap();
+        cluster.deliver_all();
+    }
+    // The leader's snapshot covers its whole log, so node 3 can only catch up through it.
+    let last = cluster.node(1).status().last_index;
+    cluster.compact(1, last).unwrap();
+    cluster.heal();
+    let mut snapshots_dropped = 0;
+    for _ in 0..60 {
+        cluster.tick_all();
+        cluster.process_all();
+        if snapshots_dropped == 0 {
+            snapshots_dropped = cluster.drop_messages(|m| {
+                m.to == 3 && matches!(m.body, MessageBody::InstallSnapshot { .. })
+            });
+        }
+        cluster.deliver_all();
+    }
+    assert_eq!(snapshots_dropped, 1, "the first snapshot was lost");
+    // The stalled transfer falls back to probing from after the snapshot: with match below the
+    // leader's last index and nothing left to send, the probe is an empty append, sent although
+    // nobody writes.
+    assert_eq!(cluster.applied_index(3), last);
+}
