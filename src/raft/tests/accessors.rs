@@ -6,7 +6,9 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{elect, run_ticks};
 use crate::raft::testkit::Cluster;
-use crate::raft::{ConfChange, Config, Error, Membership, Raft, RestoreState};
+use crate::raft::{
+    ConfChange, Config, Error, Membership, Message, MessageBody, Raft, RestoreState, Role,
+};
 
 #[test]
 fn the_committed_membership_lags_an_appended_change_until_it_commits() {
@@ -102,4 +104,63 @@ fn a_config_the_core_cannot_work_with_is_refused() {
     edge.election_ticks = 2;
     edge.heartbeat_ticks = 1;
     assert_eq!(build(edge), Ok(()));
+}
+
+#[test]
+fn a_leader_stepping_down_alone_is_reported_in_ready() {
+    let mut cluster = Cluster::new(3, 13);
+    elect(&mut cluster, 1);
+    cluster.isolate(1);
+    let election_ticks = Config::new(1).election_ticks;
+    // Tick the core directly, so only this test reads its `Ready`.
+    let mut stepped_down = None;
+    for _ in 0..2 * election_ticks {
+        let raft = cluster.node_mut(1);
+        raft.tick();
+        if raft.soft_state().role != Role::Leader {
+            stepped_down = Some(raft.has_ready());
+            break;
+        }
+        // Drain what the leader sends meanwhile (its heartbeats go nowhere).
+        if raft.has_ready() {
+            let ready = raft.ready();
+            raft.advance(&ready);
+        }
+    }
+    // Check-quorum: no term change, no message, nothing to apply; only the role changed.
+    assert_eq!(
+        stepped_down,
+        Some(true),
+        "the step-down left nothing in Ready"
+    );
+    let ready = cluster.node_mut(1).ready();
+    assert_eq!(ready.soft_state.map(|s| s.role), Some(Role::Follower));
+    assert_eq!(ready.hard_state, None);
+}
+
+#[test]
+fn a_follower_acknowledges_appended_entries_only_after_they_are_persisted() {
+    let mut cluster = Cluster::new(3, 14);
+    elect(&mut cluster, 1);
+    cluster.propose(1, "x".into()).unwrap();
+    cluster.process(1);
+    let appends: Vec<Message> = cluster
+        .take_messages()
+        .into_iter()
+        .filter(|m| m.to == 2 && matches!(m.body, MessageBody::Append { .. }))
+        .collect();
+    assert!(!appends.is_empty());
+    let follower = cluster.node_mut(2);
+    for append in appends {
+        follower.step(append).unwrap();
+    }
+    let ready = follower.ready();
+    assert!(!ready.entries.is_empty(), "the entry is to be persisted");
+    let is_ack = |m: &Message| matches!(m.body, MessageBody::AppendResponse { .. });
+    assert!(
+        !ready.messages.iter().any(is_ack),
+        "an acknowledgement may leave before the sync: {:?}",
+        ready.messages
+    );
+    assert!(ready.persisted_messages.iter().any(is_ack));
 }
