@@ -344,3 +344,36 @@ fn a_candidate_with_a_stale_log_is_refused_votes() {
     assert_eq!(answers, vec![MessageBody::VoteResponse { granted: false }]);
     assert_ne!(cluster.node(3).soft_state().role, Role::Leader);
 }
+
+#[test]
+fn a_follower_past_its_lease_grants_a_pre_vote_while_it_still_knows_the_dead_leader() {
+    let mut cluster = Cluster::new(3, 15);
+    elect(&mut cluster, 1);
+    cluster.crash(1);
+    // Both followers voted for node 1 and still name it as leader. Tick them in step until
+    // one times out and pre-campaigns; the other is past its lease by then (a whole election
+    // timeout without the leader) but its own randomized timer has not fired.
+    let first = loop {
+        for id in [2, 3] {
+            cluster.node_mut(id).tick();
+        }
+        let campaigning: Vec<u64> = [2, 3]
+            .into_iter()
+            .filter(|&id| cluster.node(id).soft_state().role != Role::Follower)
+            .collect();
+        if !campaigning.is_empty() {
+            assert_eq!(campaigning.len(), 1, "both timed out in the same tick");
+            break campaigning[0];
+        }
+    };
+    let other = 5 - first;
+    assert_eq!(cluster.node(other).soft_state().leader, Some(1));
+    cluster.process_all();
+    cluster.deliver_all();
+    assert_eq!(
+        cluster.node(first).soft_state().role,
+        Role::Leader,
+        "node {other} refused the pre-vote"
+    );
+    assert_eq!(cluster.node(other).soft_state().leader, Some(first));
+}
