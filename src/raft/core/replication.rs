@@ -196,6 +196,7 @@ impl RaftCore {
         if progress.match_index < last_index {
             self.send_appends_to(from);
         }
+        // (`>=` here is an equivalent mutant: an acknowledgement of round 0 confirms no read.)
         if read_seq > 0 {
             let acked = self.reads.acks.entry(from).or_insert(0);
             *acked = (*acked).max(read_seq);

@@ -256,6 +256,12 @@ fn a_proposal_over_the_size_limit_is_refused_and_non_leaders_refuse_proposals() 
             limit: 10
         })
     );
+    assert!(
+        cluster
+            .propose(1, bytes::Bytes::from(vec![0u8; 10]))
+            .is_ok(),
+        "a proposal of exactly the limit is accepted"
+    );
     assert_eq!(
         cluster.propose(2, "x".into()),
         Err(Error::NotLeader { leader: Some(1) })
