@@ -475,6 +475,13 @@ mod tests {
                 "timeout_now",
             ]
         );
+        // Only a leader's own traffic is heard from outside the configuration (thesis §4.1).
+        let leader_traffic: Vec<&str> = bodies
+            .iter()
+            .filter(|body| body.is_leader_traffic())
+            .map(MessageBody::name)
+            .collect();
+        assert_eq!(leader_traffic, ["append", "heartbeat", "install_snapshot"]);
     }
 
     #[test]

@@ -7,10 +7,12 @@ use super::RaftCore;
 impl RaftCore {
     /// Whether `ready` would return anything.
     ///
-    /// A hard-state change never comes alone: a new term or vote changes the role or leader
-    /// (soft state) or queues an answer, and a commit that moves queues entries to apply or an
-    /// answer to the heartbeat that carried it. So `&&` for the `||` after the hard-state test
-    /// (a mutant cargo-mutants reports) changes no answer.
+    /// The tests overlap. A hard-state change never comes alone: a new term or vote changes the
+    /// role or leader (soft state) or queues an answer, and a commit that moves queues entries
+    /// to apply or an answer to the heartbeat that carried it. A snapshot to install and new
+    /// unstable entries come with an answer to the leader (or, on a leader, a broadcast). So
+    /// `&&` for the `||` after the hard-state or the snapshot test (mutants cargo-mutants
+    /// reports) changes no answer.
     pub(crate) fn has_ready(&self) -> bool {
         self.soft_state() != self.prev_soft_state
             || self.hard_state() != self.prev_hard_state
