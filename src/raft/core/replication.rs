@@ -258,6 +258,8 @@ impl RaftCore {
         let Some(prev_log_term) = self.log.term_at(prev_log_index) else {
             return false;
         };
+        // A follower in Probe is never matched up to our last index (an acknowledgement that far
+        // moves it to Replicate), so `<=` here is an equivalent mutant.
         let probing = progress.state == ProgressState::Probe && progress.match_index < last_index;
         let entries = self
             .log

@@ -164,3 +164,60 @@ fn a_follower_acknowledges_appended_entries_only_after_they_are_persisted() {
     );
     assert!(ready.persisted_messages.iter().any(is_ack));
 }
+
+#[test]
+fn a_snapshot_meta_exists_only_up_to_the_applied_index() {
+    let mut cluster = Cluster::new(3, 16);
+    elect(&mut cluster, 1);
+    cluster.propose(1, "x".into()).unwrap();
+    cluster.deliver_all();
+    let applied = cluster.applied_index(1);
+    assert_eq!(applied, 2);
+    let meta = cluster.node(1).snapshot_meta_at(applied).expect("applied");
+    assert_eq!(meta.index, applied);
+    assert_eq!(meta.term, 1);
+    assert_eq!(meta.membership, Membership::with_voters([1, 2, 3]));
+    assert!(cluster.node(1).snapshot_meta_at(applied - 1).is_some());
+    assert_eq!(cluster.node(1).snapshot_meta_at(applied + 1), None);
+    assert_eq!(cluster.node(1).snapshot_meta_at(applied + 5), None);
+}
+
+#[test]
+fn a_candidate_refuses_a_pre_vote_for_the_term_it_voted_itself_in() {
+    let mut cluster = Cluster::new(3, 17);
+    cluster.campaign(2);
+    // Deliver only the pre-vote round: node 2 becomes a candidate of term 1 voting for itself.
+    while cluster.node(2).soft_state().role != Role::Candidate {
+        cluster.process_all();
+        cluster
+            .deliver_one()
+            .expect("the pre-vote round is in flight");
+    }
+    cluster.process_all();
+    cluster.drop_messages(|m| matches!(m.body, MessageBody::Vote { .. }));
+    let status = cluster.node(2).status();
+    assert_eq!(cluster.node(2).soft_state().role, Role::Candidate);
+    assert_eq!(cluster.node(2).hard_state().vote, Some(2));
+    let term = cluster.node(2).hard_state().term;
+    let last_index = status.last_index;
+    cluster
+        .node_mut(2)
+        .step(Message {
+            from: 3,
+            to: 2,
+            term,
+            body: MessageBody::PreVote {
+                last_log_index: last_index,
+                last_log_term: 0,
+            },
+        })
+        .unwrap();
+    let ready = cluster.node_mut(2).ready();
+    let answer = ready
+        .messages
+        .iter()
+        .chain(&ready.persisted_messages)
+        .find(|m| m.to == 3)
+        .expect("an answer to node 3");
+    assert_eq!(answer.body, MessageBody::PreVoteResponse { granted: false });
+}

@@ -571,3 +571,63 @@ fn a_lost_snapshot_of_the_leaders_whole_log_is_followed_by_a_probe_without_new_w
     // nobody writes.
     assert_eq!(cluster.applied_index(3), last);
 }
+
+#[test]
+fn an_unanswered_snapshot_is_given_up_after_an_election_timeout_of_heartbeats_not_sooner() {
+    let mut cluster = Cluster::new(3, 18);
+    elect(&mut cluster, 1);
+    cluster.isolate(3);
+    for _ in 0..3 {
+        cluster.propose(1, "x".into()).unwrap();
+        cluster.deliver_all();
+    }
+    let last = cluster.node(1).status().last_index;
+    cluster.compact(1, last).unwrap();
+    cluster.heal();
+    // Node 3 answers heartbeats until the leader starts the snapshot; then it crashes, so the
+    // transfer stalls.
+    let mut sent_at = Vec::new();
+    let mut cut = false;
+    for tick in 0..80u32 {
+        cluster.tick(1);
+        cluster.process(1);
+        // The first send is the snapshot; the restart probes again from after it.
+        let sends = cluster
+            .pending_messages()
+            .iter()
+            .filter(|m| {
+                m.to == 3
+                    && matches!(
+                        m.body,
+                        MessageBody::InstallSnapshot { .. } | MessageBody::Append { .. }
+                    )
+            })
+            .count();
+        if sends > 0 {
+            sent_at.push(tick);
+            if !cut {
+                // Crashed, not cut off: the messages to it stay visible until delivery drops them.
+                cluster.crash(3);
+                cut = true;
+            }
+        }
+        cluster.deliver_all();
+        if sent_at.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        sent_at.len(),
+        2,
+        "the stalled transfer never restarted: {sent_at:?}"
+    );
+    // Defaults: election 10 ticks, heartbeat 2: the transfer gets 10 / 2 = 5 silent
+    // heartbeats before the leader gives up on it.
+    let config = crate::raft::Config::new(1);
+    let patience = config.election_ticks / config.heartbeat_ticks * config.heartbeat_ticks;
+    let gap = sent_at[1] - sent_at[0];
+    assert!(
+        gap + config.heartbeat_ticks >= patience,
+        "resent after {gap} ticks, patience {patience}"
+    );
+}
