@@ -221,3 +221,38 @@ fn a_candidate_refuses_a_pre_vote_for_the_term_it_voted_itself_in() {
         .expect("an answer to node 3");
     assert_eq!(answer.body, MessageBody::PreVoteResponse { granted: false });
 }
+
+#[test]
+fn a_stale_pre_vote_is_refused_in_the_receivers_newer_term() {
+    let mut cluster = Cluster::new(3, 19);
+    elect(&mut cluster, 1);
+    cluster.transfer_leadership(1, 2).unwrap();
+    cluster.deliver_all();
+    let term = cluster.node(2).hard_state().term;
+    assert!(term >= 2);
+    cluster
+        .node_mut(2)
+        .step(Message {
+            from: 3,
+            to: 2,
+            term: term - 1,
+            body: MessageBody::PreVote {
+                last_log_index: 100,
+                last_log_term: term - 1,
+            },
+        })
+        .unwrap();
+    let ready = cluster.node_mut(2).ready();
+    let answers: Vec<&Message> = ready
+        .messages
+        .iter()
+        .chain(&ready.persisted_messages)
+        .filter(|m| m.to == 3 && matches!(m.body, MessageBody::PreVoteResponse { .. }))
+        .collect();
+    assert_eq!(answers.len(), 1, "{:?}", ready.messages);
+    assert_eq!(answers[0].term, term, "the answer carries the newer term");
+    assert_eq!(
+        answers[0].body,
+        MessageBody::PreVoteResponse { granted: false }
+    );
+}
