@@ -223,36 +223,48 @@ fn a_candidate_refuses_a_pre_vote_for_the_term_it_voted_itself_in() {
 }
 
 #[test]
-fn a_stale_pre_vote_is_refused_in_the_receivers_newer_term() {
+fn a_stale_pre_vote_or_vote_is_refused_in_the_receivers_newer_term() {
     let mut cluster = Cluster::new(3, 19);
     elect(&mut cluster, 1);
     cluster.transfer_leadership(1, 2).unwrap();
     cluster.deliver_all();
     let term = cluster.node(2).hard_state().term;
     assert!(term >= 2);
-    cluster
-        .node_mut(2)
-        .step(Message {
-            from: 3,
-            to: 2,
-            term: term - 1,
-            body: MessageBody::PreVote {
-                last_log_index: 100,
-                last_log_term: term - 1,
-            },
-        })
-        .unwrap();
-    let ready = cluster.node_mut(2).ready();
-    let answers: Vec<&Message> = ready
-        .messages
-        .iter()
-        .chain(&ready.persisted_messages)
-        .filter(|m| m.to == 3 && matches!(m.body, MessageBody::PreVoteResponse { .. }))
-        .collect();
-    assert_eq!(answers.len(), 1, "{:?}", ready.messages);
-    assert_eq!(answers[0].term, term, "the answer carries the newer term");
-    assert_eq!(
-        answers[0].body,
-        MessageBody::PreVoteResponse { granted: false }
-    );
+    let requests = [
+        MessageBody::PreVote {
+            last_log_index: 100,
+            last_log_term: term - 1,
+        },
+        MessageBody::Vote {
+            last_log_index: 100,
+            last_log_term: term - 1,
+            transfer: false,
+        },
+    ];
+    let refusals = [
+        MessageBody::PreVoteResponse { granted: false },
+        MessageBody::VoteResponse { granted: false },
+    ];
+    for (request, refusal) in requests.into_iter().zip(refusals) {
+        cluster
+            .node_mut(2)
+            .step(Message {
+                from: 3,
+                to: 2,
+                term: term - 1,
+                body: request.clone(),
+            })
+            .unwrap();
+        let ready = cluster.node_mut(2).ready();
+        let answers: Vec<&Message> = ready
+            .messages
+            .iter()
+            .chain(&ready.persisted_messages)
+            .filter(|m| m.to == 3)
+            .collect();
+        assert_eq!(answers.len(), 1, "{request:?}: {answers:?}");
+        assert_eq!(answers[0].term, term, "the answer carries the newer term");
+        assert_eq!(answers[0].body, refusal);
+        cluster.node_mut(2).advance(&ready);
+    }
 }
