@@ -60,6 +60,15 @@ fn a_stale_leader_cannot_serve_a_read_while_the_new_leader_can() {
     }
     assert_ne!(cluster.leader(), Some(1));
     assert!(cluster.read_states(1).is_empty());
+    // Leading again later, it serves only reads of its new term: the dropped read stays dropped.
+    let leader = cluster.leader().expect("a leader");
+    cluster.transfer_leadership(leader, 1).unwrap();
+    cluster.deliver_all();
+    assert_eq!(cluster.leader(), Some(1));
+    cluster.read_index(1, 9).unwrap();
+    cluster.deliver_all();
+    let contexts: Vec<u64> = cluster.read_states(1).iter().map(|r| r.context).collect();
+    assert_eq!(contexts, [9]);
 }
 
 #[test]
