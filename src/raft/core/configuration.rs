@@ -113,10 +113,9 @@ impl RaftCore {
         Ok(())
     }
 
-    /// Thesis §3.10: the leader asks us to campaign now.
+    /// Thesis §3.10: the leader asks us to campaign now (a leader or a non-voter does not:
+    /// `campaign_with` checks).
     pub(super) fn handle_timeout_now(&mut self) {
-        if self.role != Role::Leader && self.is_voter() {
-            self.campaign_with(false, true);
-        }
+        self.campaign_with(false, true);
     }
 }

@@ -268,3 +268,109 @@ fn a_stale_pre_vote_or_vote_is_refused_in_the_receivers_newer_term() {
         cluster.node_mut(2).advance(&ready);
     }
 }
+
+#[test]
+fn the_core_reports_its_own_id() {
+    let cluster = Cluster::new(3, 20);
+    for id in 1..=3 {
+        assert_eq!(cluster.node(id).id(), id);
+    }
+}
+
+#[test]
+fn a_follower_keeps_its_vote_when_it_learns_the_leader_of_that_term() {
+    let mut cluster = Cluster::new(3, 21);
+    elect(&mut cluster, 2);
+    let term = cluster.node(2).hard_state().term;
+    for id in [1, 3] {
+        assert_eq!(cluster.node(id).soft_state().leader, Some(2));
+        assert_eq!(cluster.node(id).hard_state().vote, Some(2), "node {id}");
+    }
+    // So a second candidate of the same term gets no vote from it.
+    cluster
+        .node_mut(1)
+        .step(Message {
+            from: 3,
+            to: 1,
+            term,
+            body: MessageBody::Vote {
+                last_log_index: 100,
+                last_log_term: term,
+                transfer: true,
+            },
+        })
+        .unwrap();
+    let ready = cluster.node_mut(1).ready();
+    let answer = ready
+        .messages
+        .iter()
+        .chain(&ready.persisted_messages)
+        .find(|m| m.to == 3)
+        .expect("an answer");
+    assert_eq!(answer.body, MessageBody::VoteResponse { granted: false });
+}
+
+#[test]
+fn a_follower_within_its_leader_lease_refuses_an_up_to_date_pre_vote() {
+    let mut cluster = Cluster::new(3, 22);
+    elect(&mut cluster, 1);
+    let term = cluster.node(2).hard_state().term;
+    let last_index = cluster.node(2).status().last_index;
+    cluster
+        .node_mut(2)
+        .step(Message {
+            from: 3,
+            to: 2,
+            term: term + 1,
+            body: MessageBody::PreVote {
+                last_log_index: last_index + 5,
+                last_log_term: term,
+            },
+        })
+        .unwrap();
+    let ready = cluster.node_mut(2).ready();
+    let answer = ready
+        .messages
+        .iter()
+        .chain(&ready.persisted_messages)
+        .find(|m| m.to == 3)
+        .expect("an answer");
+    assert_eq!(answer.body, MessageBody::PreVoteResponse { granted: false });
+}
+
+#[test]
+fn a_learner_or_a_leader_told_to_campaign_does_not() {
+    let mut cluster = Cluster::new(3, 23);
+    elect(&mut cluster, 1);
+    cluster.add_node(
+        4,
+        Membership::with_voters([1, 2, 3]),
+        RestoreState::default(),
+    );
+    cluster
+        .propose_conf_change(1, ConfChange::AddLearner(4))
+        .unwrap();
+    cluster.deliver_all();
+    let term = cluster.node(4).hard_state().term;
+    assert_eq!(cluster.node(4).soft_state().leader, Some(1));
+    cluster
+        .node_mut(4)
+        .step(Message {
+            from: 1,
+            to: 4,
+            term,
+            body: MessageBody::TimeoutNow,
+        })
+        .unwrap();
+    assert_eq!(cluster.node(4).soft_state().role, Role::Follower);
+    assert_eq!(cluster.node(4).hard_state().term, term);
+    // Nor does a leader that gets one (only a leader sends it; it never starts a new term).
+    let _ = cluster.node_mut(1).step(Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::TimeoutNow,
+    });
+    assert_eq!(cluster.node(1).soft_state().role, Role::Leader);
+    assert_eq!(cluster.node(1).hard_state().term, term);
+}
