@@ -21,9 +21,15 @@ fn the_committed_membership_lags_an_appended_change_until_it_commits() {
     );
     cluster.drop_between(1, 2);
     cluster.drop_between(1, 3);
-    cluster
+    assert_eq!(
+        cluster.node(1).membership_index(),
+        0,
+        "the initial membership"
+    );
+    let index = cluster
         .propose_conf_change(1, ConfChange::AddVoter(4))
         .unwrap();
+    assert_eq!(cluster.node(1).membership_index(), index);
     cluster.deliver_all();
     assert_eq!(
         cluster.node(1).membership(),
