@@ -74,12 +74,8 @@ impl RaftCore {
                 .entry(member)
                 .or_insert_with(|| Progress::new(next_index));
         }
-        if self
-            .lead_transferee
-            .is_some_and(|t| !membership.voters.contains(&t))
-        {
-            self.lead_transferee = None;
-        }
+        // No transfer can be in progress here: `propose_conf_change` refuses during one.
+        debug_assert!(self.lead_transferee.is_none());
     }
 
     /// Starts a leadership transfer; see [`super::Raft::transfer_leadership`].

@@ -246,6 +246,28 @@ fn a_new_leader_counts_uncommitted_bytes_from_the_entry_after_its_noop() {
 }
 
 #[test]
+fn small_proposals_fill_the_uncommitted_limit_exactly_up_to_the_sum_of_their_sizes() {
+    let mut cluster = Cluster::with_config(3, 25, |config| config.max_uncommitted_bytes = 100);
+    elect(&mut cluster, 1);
+    cluster.deliver_all();
+    cluster.drop_between(1, 2);
+    cluster.drop_between(1, 3);
+    // Each entry counts 6 payload bytes + 24 = 30: three fit in 100 bytes, the fourth does not.
+    let small = || bytes::Bytes::from(vec![7u8; 6]);
+    assert_eq!(cluster.propose(1, small()), Ok(2));
+    assert_eq!(cluster.propose(1, small()), Ok(3));
+    assert_eq!(cluster.propose(1, small()), Ok(4));
+    assert_eq!(
+        cluster.propose(1, small()),
+        Err(Error::UncommittedBytesExceeded {
+            uncommitted: 90,
+            proposed: 30,
+            limit: 100
+        })
+    );
+}
+
+#[test]
 fn one_proposal_larger_than_the_uncommitted_limit_is_accepted_on_an_empty_pipeline() {
     let mut cluster = Cluster::with_config(3, 24, |config| config.max_uncommitted_bytes = 100);
     elect(&mut cluster, 1);
