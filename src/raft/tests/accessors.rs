@@ -7,7 +7,8 @@ use rand_chacha::ChaCha8Rng;
 use super::{elect, run_ticks};
 use crate::raft::testkit::Cluster;
 use crate::raft::{
-    ConfChange, Config, Error, Membership, Message, MessageBody, Raft, RestoreState, Role,
+    ConfChange, Config, Entry, EntryKind, Error, Membership, Message, MessageBody, Raft,
+    RestoreState, Role,
 };
 
 #[test]
@@ -273,6 +274,41 @@ fn a_stale_pre_vote_or_vote_is_refused_in_the_receivers_newer_term() {
         assert_eq!(answers[0].body, refusal);
         cluster.node_mut(2).advance(&ready);
     }
+    // A deposed leader's append is answered with the newer term and changes nothing.
+    let before = cluster.node(3).status();
+    cluster
+        .node_mut(3)
+        .step(Message {
+            from: 1,
+            to: 3,
+            term: term - 1,
+            body: MessageBody::Append {
+                prev_log_index: 1,
+                prev_log_term: 1,
+                entries: vec![Entry {
+                    term: 1,
+                    index: 2,
+                    kind: EntryKind::Normal,
+                    data: "stale".into(),
+                }],
+                leader_commit: 2,
+            },
+        })
+        .unwrap();
+    assert_eq!(cluster.node(3).status(), before);
+    let ready = cluster.node_mut(3).ready();
+    let answers: Vec<&Message> = ready
+        .messages
+        .iter()
+        .chain(&ready.persisted_messages)
+        .filter(|m| m.to == 1)
+        .collect();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0].term, term);
+    assert_eq!(
+        answers[0].body,
+        MessageBody::HeartbeatResponse { read_seq: 0 }
+    );
 }
 
 #[test]
