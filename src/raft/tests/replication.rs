@@ -268,6 +268,41 @@ fn small_proposals_fill_the_uncommitted_limit_exactly_up_to_the_sum_of_their_siz
 }
 
 #[test]
+fn a_commit_subtracts_only_the_newly_committed_entries_from_the_uncommitted_bytes() {
+    let mut cluster = Cluster::with_config(3, 26, |config| config.max_uncommitted_bytes = 100);
+    elect(&mut cluster, 1);
+    cluster.deliver_all();
+    let small = || bytes::Bytes::from(vec![7u8; 6]); // 30 bytes an entry
+    assert_eq!(cluster.propose(1, small()), Ok(2));
+    cluster.deliver_all();
+    // Entry 3 commits; entry 4's append is lost, so it stays uncommitted.
+    assert_eq!(cluster.propose(1, small()), Ok(3));
+    cluster.process(1);
+    assert_eq!(cluster.propose(1, small()), Ok(4));
+    cluster.process(1);
+    let lost = cluster.drop_messages(|m| match &m.body {
+        MessageBody::Append { entries, .. } => entries.iter().any(|e| e.index == 4),
+        _ => false,
+    });
+    assert!(lost > 0);
+    cluster.deliver_all();
+    assert_eq!(cluster.node(1).hard_state().commit, 3);
+    cluster.drop_between(1, 2);
+    cluster.drop_between(1, 3);
+    assert_eq!(cluster.propose(1, small()), Ok(5));
+    assert_eq!(cluster.propose(1, small()), Ok(6));
+    assert_eq!(
+        cluster.propose(1, small()),
+        Err(Error::UncommittedBytesExceeded {
+            uncommitted: 90,
+            proposed: 30,
+            limit: 100
+        }),
+        "entries 4, 5 and 6 are uncommitted"
+    );
+}
+
+#[test]
 fn one_proposal_larger_than_the_uncommitted_limit_is_accepted_on_an_empty_pipeline() {
     let mut cluster = Cluster::with_config(3, 24, |config| config.max_uncommitted_bytes = 100);
     elect(&mut cluster, 1);
