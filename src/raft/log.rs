@@ -146,6 +146,7 @@ impl RaftLog {
         if index == self.log_start {
             return Some(self.log_start_term);
         }
+        // (`index <= self.log_start` is the same test: the start was answered above.)
         if index < self.log_start || index > self.last_index() {
             return None;
         }
@@ -194,6 +195,7 @@ impl RaftLog {
     /// is already too high.
     pub(crate) fn find_conflict_by_term(&self, index: Index, term: Term) -> Index {
         let bound = index.min(self.last_index());
+        // (`>=` is the same test: at the start the slice below is empty and nothing qualifies.)
         if bound > self.log_start {
             let candidates = self.slice(self.first_index(), bound + 1);
             let qualifying = candidates.partition_point(|e| e.term <= term);
