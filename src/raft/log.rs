@@ -410,6 +410,26 @@ mod tests {
     }
 
     #[test]
+    fn the_invariant_check_names_each_broken_marker() {
+        let broken: [(&str, fn(&mut RaftLog)); 4] = [
+            ("applied(", |log| log.applied = 5),
+            ("commit(", |log| log.commit = 9),
+            ("log_start(", |log| log.log_start = 9),
+            ("unstable_from(", |log| log.unstable_from = 9),
+        ];
+        for (marker, corrupt) in broken {
+            let mut log = log_with((0, 0), &[1, 1]);
+            log.check_invariants();
+            corrupt(&mut log);
+            let panic =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| log.check_invariants()))
+                    .expect_err(marker);
+            let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(message.starts_with(marker), "{marker}: {message}");
+        }
+    }
+
+    #[test]
     fn find_conflict_by_term_finds_the_last_entry_not_above_the_term() {
         let log = log_with((0, 0), &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6]);
         assert_eq!(log.find_conflict_by_term(10, 6), 10);

@@ -28,6 +28,8 @@ impl RaftCore {
         }
         let index = self.log.commit;
         let voters = &self.membership.current().voters;
+        // (Outside the simulator both plants are off, so `&&` for `||` here changes nothing
+        // that the library's tests can see; the simulator's plant runs judge this line.)
         let unconfirmed = plants::active(Plant::ReadWithoutConfirm)
             || plants::active(Plant::LeaderNeverStepsDown);
         if (voters.len() == 1 && voters.contains(&self.id)) || unconfirmed {
