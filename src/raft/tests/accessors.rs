@@ -416,3 +416,55 @@ fn a_learner_or_a_leader_told_to_campaign_does_not() {
     assert_eq!(cluster.node(1).soft_state().role, Role::Leader);
     assert_eq!(cluster.node(1).hard_state().term, term);
 }
+
+#[test]
+fn a_follower_without_vote_or_leader_grants_a_pre_vote_for_its_own_term() {
+    let mut cluster = Cluster::new(3, 27);
+    elect(&mut cluster, 1);
+    cluster.propose(1, "x".into()).unwrap();
+    cluster.deliver_all();
+    let status = cluster.node(2).status();
+    let term = status.hard_state.term + 1;
+    // A forced vote request of a newer term from a node with an empty log: node 2 moves to that
+    // term without a vote (the candidate is behind) and without a leader.
+    cluster
+        .node_mut(2)
+        .step(Message {
+            from: 3,
+            to: 2,
+            term,
+            body: MessageBody::Vote {
+                last_log_index: 0,
+                last_log_term: 0,
+                transfer: true,
+            },
+        })
+        .unwrap();
+    let ready = cluster.node_mut(2).ready();
+    cluster.node_mut(2).advance(&ready);
+    assert_eq!(cluster.node(2).hard_state().term, term);
+    assert_eq!(cluster.node(2).hard_state().vote, None);
+    assert_eq!(cluster.node(2).soft_state().leader, None);
+    // A pre-candidate one term behind, as up to date as node 2, asks for node 2's own term.
+    let last_term = status.hard_state.term;
+    cluster
+        .node_mut(2)
+        .step(Message {
+            from: 1,
+            to: 2,
+            term,
+            body: MessageBody::PreVote {
+                last_log_index: status.last_index,
+                last_log_term: last_term,
+            },
+        })
+        .unwrap();
+    let ready = cluster.node_mut(2).ready();
+    let answer = ready
+        .messages
+        .iter()
+        .chain(&ready.persisted_messages)
+        .find(|m| m.to == 1)
+        .expect("an answer");
+    assert_eq!(answer.body, MessageBody::PreVoteResponse { granted: true });
+}
