@@ -60,8 +60,6 @@ impl RaftCore {
                 last_log_term,
                 ..
             } => {
-                // A candidate's log ends before the term it campaigns in, so `>=` for `>` below
-                // refuses nothing a correct peer sends (an equivalent mutant).
                 if *last_log_term > message.term || (*last_log_index == 0) != (*last_log_term == 0)
                 {
                     return invalid(format!(
