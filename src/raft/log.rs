@@ -411,7 +411,8 @@ mod tests {
 
     #[test]
     fn the_invariant_check_names_each_broken_marker() {
-        let broken: [(&str, fn(&mut RaftLog)); 4] = [
+        type Corruption = fn(&mut RaftLog);
+        let broken: [(&str, Corruption); 4] = [
             ("applied(", |log| log.applied = 5),
             ("commit(", |log| log.commit = 9),
             ("log_start(", |log| log.log_start = 9),
