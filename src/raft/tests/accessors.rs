@@ -11,6 +11,24 @@ use crate::raft::{
     RestoreState, Role,
 };
 
+/// Steps `message` into its receiver, hands out and acknowledges the receiver's `Ready`, and
+/// returns the one message it sends back to the sender (an answer waits in either queue).
+fn only_answer(cluster: &mut Cluster, message: Message) -> Message {
+    let (receiver, sender) = (message.to, message.from);
+    let raft = cluster.node_mut(receiver);
+    raft.step(message).unwrap();
+    let ready = raft.ready();
+    raft.advance(&ready);
+    let mut answers: Vec<Message> = ready
+        .messages
+        .into_iter()
+        .chain(ready.persisted_messages)
+        .filter(|m| m.to == sender)
+        .collect();
+    assert_eq!(answers.len(), 1, "one answer to node {sender}: {answers:?}");
+    answers.remove(0)
+}
+
 #[test]
 fn the_committed_membership_lags_an_appended_change_until_it_commits() {
     let mut cluster = Cluster::new(3, 7);
@@ -207,9 +225,9 @@ fn a_candidate_refuses_a_pre_vote_for_the_term_it_voted_itself_in() {
     assert_eq!(cluster.node(2).hard_state().vote, Some(2));
     let term = cluster.node(2).hard_state().term;
     let last_index = status.last_index;
-    cluster
-        .node_mut(2)
-        .step(Message {
+    let answer = only_answer(
+        &mut cluster,
+        Message {
             from: 3,
             to: 2,
             term,
@@ -217,15 +235,8 @@ fn a_candidate_refuses_a_pre_vote_for_the_term_it_voted_itself_in() {
                 last_log_index: last_index,
                 last_log_term: 0,
             },
-        })
-        .unwrap();
-    let ready = cluster.node_mut(2).ready();
-    let answer = ready
-        .messages
-        .iter()
-        .chain(&ready.persisted_messages)
-        .find(|m| m.to == 3)
-        .expect("an answer to node 3");
+        },
+    );
     assert_eq!(answer.body, MessageBody::PreVoteResponse { granted: false });
 }
 
@@ -253,32 +264,23 @@ fn a_stale_pre_vote_or_vote_is_refused_in_the_receivers_newer_term() {
         MessageBody::VoteResponse { granted: false },
     ];
     for (request, refusal) in requests.into_iter().zip(refusals) {
-        cluster
-            .node_mut(2)
-            .step(Message {
+        let answer = only_answer(
+            &mut cluster,
+            Message {
                 from: 3,
                 to: 2,
                 term: term - 1,
-                body: request.clone(),
-            })
-            .unwrap();
-        let ready = cluster.node_mut(2).ready();
-        let answers: Vec<&Message> = ready
-            .messages
-            .iter()
-            .chain(&ready.persisted_messages)
-            .filter(|m| m.to == 3)
-            .collect();
-        assert_eq!(answers.len(), 1, "{request:?}: {answers:?}");
-        assert_eq!(answers[0].term, term, "the answer carries the newer term");
-        assert_eq!(answers[0].body, refusal);
-        cluster.node_mut(2).advance(&ready);
+                body: request,
+            },
+        );
+        assert_eq!(answer.term, term, "the answer carries the newer term");
+        assert_eq!(answer.body, refusal);
     }
     // A deposed leader's append is answered with the newer term and changes nothing.
     let before = cluster.node(3).status();
-    cluster
-        .node_mut(3)
-        .step(Message {
+    let answer = only_answer(
+        &mut cluster,
+        Message {
             from: 1,
             to: 3,
             term: term - 1,
@@ -293,22 +295,11 @@ fn a_stale_pre_vote_or_vote_is_refused_in_the_receivers_newer_term() {
                 }],
                 leader_commit: 2,
             },
-        })
-        .unwrap();
-    assert_eq!(cluster.node(3).status(), before);
-    let ready = cluster.node_mut(3).ready();
-    let answers: Vec<&Message> = ready
-        .messages
-        .iter()
-        .chain(&ready.persisted_messages)
-        .filter(|m| m.to == 1)
-        .collect();
-    assert_eq!(answers.len(), 1, "{answers:?}");
-    assert_eq!(answers[0].term, term);
-    assert_eq!(
-        answers[0].body,
-        MessageBody::HeartbeatResponse { read_seq: 0 }
+        },
     );
+    assert_eq!(cluster.node(3).status(), before);
+    assert_eq!(answer.term, term);
+    assert_eq!(answer.body, MessageBody::HeartbeatResponse { read_seq: 0 });
 }
 
 #[test]
@@ -329,9 +320,9 @@ fn a_follower_keeps_its_vote_when_it_learns_the_leader_of_that_term() {
         assert_eq!(cluster.node(id).hard_state().vote, Some(2), "node {id}");
     }
     // So a second candidate of the same term gets no vote from it.
-    cluster
-        .node_mut(1)
-        .step(Message {
+    let answer = only_answer(
+        &mut cluster,
+        Message {
             from: 3,
             to: 1,
             term,
@@ -340,15 +331,8 @@ fn a_follower_keeps_its_vote_when_it_learns_the_leader_of_that_term() {
                 last_log_term: term,
                 transfer: true,
             },
-        })
-        .unwrap();
-    let ready = cluster.node_mut(1).ready();
-    let answer = ready
-        .messages
-        .iter()
-        .chain(&ready.persisted_messages)
-        .find(|m| m.to == 3)
-        .expect("an answer");
+        },
+    );
     assert_eq!(answer.body, MessageBody::VoteResponse { granted: false });
 }
 
@@ -358,9 +342,9 @@ fn a_follower_within_its_leader_lease_refuses_an_up_to_date_pre_vote() {
     elect(&mut cluster, 1);
     let term = cluster.node(2).hard_state().term;
     let last_index = cluster.node(2).status().last_index;
-    cluster
-        .node_mut(2)
-        .step(Message {
+    let answer = only_answer(
+        &mut cluster,
+        Message {
             from: 3,
             to: 2,
             term: term + 1,
@@ -368,15 +352,8 @@ fn a_follower_within_its_leader_lease_refuses_an_up_to_date_pre_vote() {
                 last_log_index: last_index + 5,
                 last_log_term: term,
             },
-        })
-        .unwrap();
-    let ready = cluster.node_mut(2).ready();
-    let answer = ready
-        .messages
-        .iter()
-        .chain(&ready.persisted_messages)
-        .find(|m| m.to == 3)
-        .expect("an answer");
+        },
+    );
     assert_eq!(answer.body, MessageBody::PreVoteResponse { granted: false });
 }
 
@@ -406,13 +383,16 @@ fn a_learner_or_a_leader_told_to_campaign_does_not() {
         .unwrap();
     assert_eq!(cluster.node(4).soft_state().role, Role::Follower);
     assert_eq!(cluster.node(4).hard_state().term, term);
-    // Nor does a leader that gets one (only a leader sends it; it never starts a new term).
-    let _ = cluster.node_mut(1).step(Message {
-        from: 2,
-        to: 1,
-        term,
-        body: MessageBody::TimeoutNow,
-    });
+    // Nor does a leader that gets one: it is heard, and ignored.
+    cluster
+        .node_mut(1)
+        .step(Message {
+            from: 2,
+            to: 1,
+            term,
+            body: MessageBody::TimeoutNow,
+        })
+        .unwrap();
     assert_eq!(cluster.node(1).soft_state().role, Role::Leader);
     assert_eq!(cluster.node(1).hard_state().term, term);
 }
@@ -427,9 +407,9 @@ fn a_follower_without_vote_or_leader_grants_a_pre_vote_for_its_own_term() {
     let term = status.hard_state.term + 1;
     // A forced vote request of a newer term from a node with an empty log: node 2 moves to that
     // term without a vote (the candidate is behind) and without a leader.
-    cluster
-        .node_mut(2)
-        .step(Message {
+    let refusal = only_answer(
+        &mut cluster,
+        Message {
             from: 3,
             to: 2,
             term,
@@ -438,18 +418,17 @@ fn a_follower_without_vote_or_leader_grants_a_pre_vote_for_its_own_term() {
                 last_log_term: 0,
                 transfer: true,
             },
-        })
-        .unwrap();
-    let ready = cluster.node_mut(2).ready();
-    cluster.node_mut(2).advance(&ready);
+        },
+    );
+    assert_eq!(refusal.body, MessageBody::VoteResponse { granted: false });
     assert_eq!(cluster.node(2).hard_state().term, term);
     assert_eq!(cluster.node(2).hard_state().vote, None);
     assert_eq!(cluster.node(2).soft_state().leader, None);
     // A pre-candidate one term behind, as up to date as node 2, asks for node 2's own term.
     let last_term = status.hard_state.term;
-    cluster
-        .node_mut(2)
-        .step(Message {
+    let answer = only_answer(
+        &mut cluster,
+        Message {
             from: 1,
             to: 2,
             term,
@@ -457,14 +436,7 @@ fn a_follower_without_vote_or_leader_grants_a_pre_vote_for_its_own_term() {
                 last_log_index: status.last_index,
                 last_log_term: last_term,
             },
-        })
-        .unwrap();
-    let ready = cluster.node_mut(2).ready();
-    let answer = ready
-        .messages
-        .iter()
-        .chain(&ready.persisted_messages)
-        .find(|m| m.to == 1)
-        .expect("an answer");
+        },
+    );
     assert_eq!(answer.body, MessageBody::PreVoteResponse { granted: true });
 }
