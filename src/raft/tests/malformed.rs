@@ -24,6 +24,25 @@ fn append(from: u64, to: u64, term: u64, prev: (u64, u64), entries: Vec<Entry>) 
     }
 }
 
+/// Node 1, leader of term 2, sends node 2 a snapshot whose meta says (`index`, `term`).
+fn snapshot_from_leader_of_term_2(index: u64, term: u64) -> Message {
+    Message {
+        from: 1,
+        to: 2,
+        term: 2,
+        body: MessageBody::InstallSnapshot {
+            snapshot: Snapshot {
+                meta: SnapshotMeta {
+                    index,
+                    term,
+                    membership: Membership::with_voters([1, 2, 3]),
+                },
+                data: Bytes::new(),
+            },
+        },
+    }
+}
+
 fn entry(index: u64, term: u64) -> Entry {
     Entry {
         term,
@@ -119,61 +138,10 @@ fn step_rejects_malformed_messages_and_changes_nothing() {
                 },
             },
         ),
-        (
-            2,
-            Message {
-                from: 1,
-                to: 2,
-                term: 2,
-                body: MessageBody::InstallSnapshot {
-                    snapshot: Snapshot {
-                        meta: SnapshotMeta {
-                            index: 0,
-                            term: 1,
-                            membership: Membership::with_voters([1, 2, 3]),
-                        },
-                        data: Bytes::new(),
-                    },
-                },
-            },
-        ),
-        // A snapshot of term 0, and one of a term above its sender's.
-        (
-            2,
-            Message {
-                from: 1,
-                to: 2,
-                term: 2,
-                body: MessageBody::InstallSnapshot {
-                    snapshot: Snapshot {
-                        meta: SnapshotMeta {
-                            index: 5,
-                            term: 0,
-                            membership: Membership::with_voters([1, 2, 3]),
-                        },
-                        data: Bytes::new(),
-                    },
-                },
-            },
-        ),
-        (
-            2,
-            Message {
-                from: 1,
-                to: 2,
-                term: 2,
-                body: MessageBody::InstallSnapshot {
-                    snapshot: Snapshot {
-                        meta: SnapshotMeta {
-                            index: 5,
-                            term: 3,
-                            membership: Membership::with_voters([1, 2, 3]),
-                        },
-                        data: Bytes::new(),
-                    },
-                },
-            },
-        ),
+        // A snapshot at index 0, one of term 0, and one of a term above its sender's (2).
+        (2, snapshot_from_leader_of_term_2(0, 1)),
+        (2, snapshot_from_leader_of_term_2(5, 0)),
+        (2, snapshot_from_leader_of_term_2(5, 3)),
         (
             1,
             Message {
