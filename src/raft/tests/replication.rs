@@ -4,7 +4,7 @@
 use super::{elect, figure_entry, log_of, persisted, run_ticks};
 use crate::raft::testkit::Cluster;
 use crate::raft::{
-    Entry, EntryKind, Error, Membership, Message, MessageBody, Role, Snapshot, SnapshotMeta,
+    Entry, EntryKind, Error, Index, Membership, Message, MessageBody, Role, Snapshot, SnapshotMeta,
 };
 
 #[test]
@@ -191,22 +191,29 @@ fn a_follower_missing_entries_is_caught_up_in_one_rejection() {
     assert_eq!(cluster.node(3).status().last_index, 41);
 }
 
+/// `max_uncommitted_bytes` of the tests of the uncommitted-bytes limit.
+const UNCOMMITTED_LIMIT: u64 = 100;
+
+/// The refusal of a proposal of `proposed` entry bytes with `uncommitted` bytes in flight.
+fn over_the_limit(uncommitted: u64, proposed: u64) -> Result<Index, Error> {
+    Err(Error::UncommittedBytesExceeded {
+        uncommitted,
+        proposed,
+        limit: UNCOMMITTED_LIMIT,
+    })
+}
+
 #[test]
 fn proposals_over_the_uncommitted_bytes_limit_are_refused() {
-    let mut cluster = Cluster::with_config(3, 6, |config| config.max_uncommitted_bytes = 100);
+    let mut cluster = Cluster::with_config(3, 6, |config| {
+        config.max_uncommitted_bytes = UNCOMMITTED_LIMIT
+    });
     elect(&mut cluster, 1);
     cluster.drop_between(1, 2);
     cluster.drop_between(1, 3);
     let payload = || bytes::Bytes::from(vec![7u8; 30]);
     assert_eq!(cluster.propose(1, payload()), Ok(2));
-    assert_eq!(
-        cluster.propose(1, payload()),
-        Err(Error::UncommittedBytesExceeded {
-            uncommitted: 54,
-            proposed: 54,
-            limit: 100
-        })
-    );
+    assert_eq!(cluster.propose(1, payload()), over_the_limit(54, 54));
     cluster.heal();
     // The pipeline stalled on the dropped append; the leader notices and resends.
     for _ in 0..6 {
@@ -219,7 +226,9 @@ fn proposals_over_the_uncommitted_bytes_limit_are_refused() {
 
 #[test]
 fn a_new_leader_counts_uncommitted_bytes_from_the_entry_after_its_noop() {
-    let mut cluster = Cluster::with_config(3, 9, |config| config.max_uncommitted_bytes = 100);
+    let mut cluster = Cluster::with_config(3, 9, |config| {
+        config.max_uncommitted_bytes = UNCOMMITTED_LIMIT
+    });
     elect(&mut cluster, 1);
     for _ in 0..4 {
         cluster.propose(1, "x".into()).unwrap();
@@ -236,18 +245,16 @@ fn a_new_leader_counts_uncommitted_bytes_from_the_entry_after_its_noop() {
     assert_eq!(cluster.propose(2, payload()), Ok(7));
     assert_eq!(
         cluster.propose(2, payload()),
-        Err(Error::UncommittedBytesExceeded {
-            uncommitted: 54,
-            proposed: 54,
-            limit: 100
-        }),
+        over_the_limit(54, 54),
         "entry 7 counts towards the limit"
     );
 }
 
 #[test]
 fn small_proposals_fill_the_uncommitted_limit_exactly_up_to_the_sum_of_their_sizes() {
-    let mut cluster = Cluster::with_config(3, 25, |config| config.max_uncommitted_bytes = 100);
+    let mut cluster = Cluster::with_config(3, 25, |config| {
+        config.max_uncommitted_bytes = UNCOMMITTED_LIMIT
+    });
     elect(&mut cluster, 1);
     cluster.deliver_all();
     cluster.drop_between(1, 2);
@@ -257,19 +264,14 @@ fn small_proposals_fill_the_uncommitted_limit_exactly_up_to_the_sum_of_their_siz
     assert_eq!(cluster.propose(1, small()), Ok(2));
     assert_eq!(cluster.propose(1, small()), Ok(3));
     assert_eq!(cluster.propose(1, small()), Ok(4));
-    assert_eq!(
-        cluster.propose(1, small()),
-        Err(Error::UncommittedBytesExceeded {
-            uncommitted: 90,
-            proposed: 30,
-            limit: 100
-        })
-    );
+    assert_eq!(cluster.propose(1, small()), over_the_limit(90, 30));
 }
 
 #[test]
 fn a_commit_subtracts_only_the_newly_committed_entries_from_the_uncommitted_bytes() {
-    let mut cluster = Cluster::with_config(3, 26, |config| config.max_uncommitted_bytes = 100);
+    let mut cluster = Cluster::with_config(3, 26, |config| {
+        config.max_uncommitted_bytes = UNCOMMITTED_LIMIT
+    });
     elect(&mut cluster, 1);
     cluster.deliver_all();
     let small = || bytes::Bytes::from(vec![7u8; 6]); // 30 bytes an entry
@@ -293,31 +295,22 @@ fn a_commit_subtracts_only_the_newly_committed_entries_from_the_uncommitted_byte
     assert_eq!(cluster.propose(1, small()), Ok(6));
     assert_eq!(
         cluster.propose(1, small()),
-        Err(Error::UncommittedBytesExceeded {
-            uncommitted: 90,
-            proposed: 30,
-            limit: 100
-        }),
+        over_the_limit(90, 30),
         "entries 4, 5 and 6 are uncommitted"
     );
 }
 
 #[test]
 fn one_proposal_larger_than_the_uncommitted_limit_is_accepted_on_an_empty_pipeline() {
-    let mut cluster = Cluster::with_config(3, 24, |config| config.max_uncommitted_bytes = 100);
+    let mut cluster = Cluster::with_config(3, 24, |config| {
+        config.max_uncommitted_bytes = UNCOMMITTED_LIMIT
+    });
     elect(&mut cluster, 1);
     cluster.deliver_all();
     let large = || bytes::Bytes::from(vec![7u8; 200]);
     // Nothing uncommitted: the large entry goes, or it could never be written.
     assert_eq!(cluster.propose(1, large()), Ok(2));
-    assert_eq!(
-        cluster.propose(1, large()),
-        Err(Error::UncommittedBytesExceeded {
-            uncommitted: 224,
-            proposed: 224,
-            limit: 100
-        })
-    );
+    assert_eq!(cluster.propose(1, large()), over_the_limit(224, 224));
 }
 
 #[test]
