@@ -130,7 +130,8 @@ pub struct NodeArgs {
     /// Peer RPC timeout in milliseconds.
     #[arg(long, env = "RAFT_KV_RPC_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
     pub rpc_timeout_ms: u64,
-    /// Take a snapshot (in the background) after this many applied entries since the last one.
+    /// Take a snapshot (in the background) after this many applied entries since the last one,
+    /// on average: members take turns, each on its own phase of the interval.
     #[arg(long, env = "RAFT_KV_SNAPSHOT_ENTRIES", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_entries: u64,
     /// ...or after this many bytes of applied entry data since the last one.

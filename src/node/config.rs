@@ -31,7 +31,8 @@ pub struct NodeConfig {
     /// How long one peer RPC may take.
     pub rpc_timeout: Duration,
     /// Take a snapshot (in the background) once this many entries were applied since the last
-    /// one...
+    /// one, on average: each member snapshots on its own phase of this interval, between half
+    /// and one and a half intervals after its last snapshot...
     pub snapshot_entries: u64,
     /// ...or once this many bytes of entry data were applied since the last one.
     pub snapshot_bytes: u64,

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::env::fs;
+use crate::env::{self, fs};
 use crate::kv::{KvError, KvOptions, KvRestore, KvStore, Value, WriteResult};
 use crate::raft::SnapshotMeta;
 
@@ -62,6 +62,8 @@ const READ_AHEAD_BYTES: usize = 256 << 10;
 /// the WAL's fsyncs queue behind (on ext4 they share the journal), which shows up as client
 /// latency. Small steps keep each writeback short.
 const SYNC_STEP_BYTES: u64 = 4 << 20;
+/// The writer lets other tasks run after encoding this many bytes (see [`env::yield_now`]).
+const YIELD_STEP_BYTES: usize = 32 << 10;
 /// Suffix of a file still being written; such files are removed at start.
 pub const TEMP_SUFFIX: &str = ".tmp";
 
@@ -320,6 +322,8 @@ struct ChunkWriter {
     body_bytes: u64,
     /// crc32c chained over every payload written so far.
     body_crc: u32,
+    /// Bytes encoded since the task last let the others run.
+    unyielded_bytes: usize,
 }
 
 impl ChunkWriter {
@@ -355,28 +359,39 @@ impl ChunkWriter {
             chunk_count: 0,
             body_bytes: 0,
             body_crc: 0,
+            unyielded_bytes: 0,
         };
         writer.write_frame(&header).await?;
         Ok(writer)
     }
 
+    /// Appends `record` to the chunk being filled (encoded in place, no buffer per record),
+    /// writing the chunk out first if the record would take it past the target size.
     async fn push(&mut self, record: &RecordRef<'_>) -> Result<(), SnapshotError> {
-        let encoded = postcard::to_allocvec(record)
+        let start = self.chunk.len();
+        self.chunk = postcard::to_extend(record, std::mem::take(&mut self.chunk))
             .unwrap_or_else(|error| panic!("encoding a snapshot record cannot fail: {error}"));
-        if encoded.len() > CHUNK_BYTES_MAX {
+        let record_bytes = self.chunk.len() - start;
+        if record_bytes > CHUNK_BYTES_MAX {
+            self.chunk.truncate(start);
             return Err(SnapshotError::RecordTooLarge {
-                record_bytes: encoded.len(),
+                record_bytes,
                 chunk_bytes_max: CHUNK_BYTES_MAX,
             });
         }
-        if !self.chunk.is_empty()
-            && self.chunk.len() + encoded.len() > self.chunk_bytes_target.max(encoded.len())
-        {
+        if start > 0 && self.chunk.len() > self.chunk_bytes_target.max(record_bytes) {
+            // The record goes first in the next chunk: write out the ones before it.
+            let record = self.chunk.split_off(start);
             self.flush_chunk().await?;
+            self.chunk.extend_from_slice(&record);
         }
-        self.chunk.extend_from_slice(&encoded);
         if self.chunk.len() >= self.chunk_bytes_target {
             self.flush_chunk().await?;
+        }
+        self.unyielded_bytes += record_bytes;
+        if self.unyielded_bytes >= YIELD_STEP_BYTES {
+            self.unyielded_bytes = 0;
+            env::yield_now().await;
         }
         Ok(())
     }
