@@ -70,11 +70,15 @@ pub enum Plant {
     /// A transaction's success branch applies only its first operation: a multi-key put is
     /// torn (not atomic), which later reads of the keys see.
     TxnNotAtomic,
+    /// A leader's compaction drops the entries after a snapshot it is still sending (keeps only
+    /// the configured tail): a follower whose transfer outlasts the snapshot interval ends it
+    /// behind the log every time and needs snapshot after snapshot.
+    CompactPastTransfer,
 }
 
 impl Plant {
     /// Every plant, `None` first.
-    pub const ALL: [Plant; 20] = [
+    pub const ALL: [Plant; 21] = [
         Plant::None,
         Plant::LyingFsync,
         Plant::ForgetVote,
@@ -95,6 +99,7 @@ impl Plant {
         Plant::SkipCurrentTermCheck,
         Plant::RateLimitSharedBucket,
         Plant::TxnNotAtomic,
+        Plant::CompactPastTransfer,
     ];
 
     /// The name used on the command line.
@@ -120,6 +125,7 @@ impl Plant {
             Plant::SkipCurrentTermCheck => "skip-current-term-check",
             Plant::RateLimitSharedBucket => "rate-limit-shared-bucket",
             Plant::TxnNotAtomic => "txn-not-atomic",
+            Plant::CompactPastTransfer => "compact-past-transfer",
         }
     }
 }

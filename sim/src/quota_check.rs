@@ -27,7 +27,7 @@ use crate::watch_check::Change;
 pub fn runs_in(seed: u64, plant: Plant) -> bool {
     match plant {
         Plant::QuotaNotEnforcedOnApply => true,
-        Plant::None => seed % 4 == 1,
+        Plant::None | Plant::CompactPastTransfer => seed % 4 == 1,
         _ => false,
     }
 }

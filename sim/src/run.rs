@@ -1212,7 +1212,7 @@ async fn supervise(scenario: Scenario, shared: Shared) {
     // their traffic moves the scheduling, and so the pinned catching seeds of those plants.
     let lease_holders = if matches!(
         scenario.plant,
-        Plant::None | Plant::LeaseCountdownNotRestarted
+        Plant::None | Plant::LeaseCountdownNotRestarted | Plant::CompactPastTransfer
     ) {
         LEASE_HOLDERS
     } else {
@@ -1229,7 +1229,10 @@ async fn supervise(scenario: Scenario, shared: Shared) {
     // Transaction clients on the group `t0`+`t1`, in the unplanted seeds and those of the
     // transaction plant only, so that the other plants' pinned catching seeds keep their
     // schedule.
-    if matches!(scenario.plant, Plant::None | Plant::TxnNotAtomic) {
+    if matches!(
+        scenario.plant,
+        Plant::None | Plant::TxnNotAtomic | Plant::CompactPastTransfer
+    ) {
         for txn_client in 0..TXN_CLIENTS {
             let ctx = ctx.clone();
             let stop = stop_clients.clone();
@@ -1251,7 +1254,10 @@ async fn supervise(scenario: Scenario, shared: Shared) {
     let stop_watchers = Arc::new(AtomicBool::new(false));
     let streams_allowed = matches!(
         scenario.plant,
-        Plant::None | Plant::LeaseCountdownNotRestarted | Plant::WatchResumeRepeats
+        Plant::None
+            | Plant::LeaseCountdownNotRestarted
+            | Plant::WatchResumeRepeats
+            | Plant::CompactPastTransfer
     );
     for (watcher, selector) in crate::watch_client::selectors().into_iter().enumerate() {
         let ctx = ctx.clone();

@@ -464,12 +464,15 @@ impl Scenario {
         // Drawn last, so every other plant's seeds keep their schedule: unplanted seeds and the
         // current-term plant's run membership operations, every seed but the stranded-leader
         // ones (issue 10: "most seeds").
-        let membership =
-            if matches!(plant, Plant::None | Plant::SkipCurrentTermCheck) && !strand_focus {
-                Self::draw_membership(&mut draw)
-            } else {
-                Vec::new()
-            };
+        let membership = if matches!(
+            plant,
+            Plant::None | Plant::SkipCurrentTermCheck | Plant::CompactPastTransfer
+        ) && !strand_focus
+        {
+            Self::draw_membership(&mut draw)
+        } else {
+            Vec::new()
+        };
         Scenario {
             seed,
             plant,

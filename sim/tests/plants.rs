@@ -88,6 +88,11 @@ fn a_transaction_applied_only_in_part_is_caught_by_linearizability() {
 }
 
 #[test]
+fn a_leader_compacting_past_a_snapshot_in_transfer_is_caught_by_liveness() {
+    assert_caught_by_its_victim(Plant::CompactPastTransfer);
+}
+
+#[test]
 fn a_panicking_node_fails_the_seed_with_the_message_and_the_replay_command() {
     assert_caught_by_its_victim(Plant::DriverPanic);
     let (ok, stdout) = run_sim(&["replay", "1", "--plant", "driver-panic"]);

@@ -27,7 +27,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::log::RaftLog;
 use super::membership::{decode_conf_change, MembershipLog};
-use super::progress::Progress;
+use super::progress::{Progress, ProgressState};
 use super::read_only::ReadOnly;
 use super::{
     Config, Entry, EntryKind, Error, HardState, Index, Membership, Message, NodeId, ReadState,
@@ -271,6 +271,16 @@ impl RaftCore {
     /// The membership in force at the commit index.
     pub(crate) fn committed_membership(&self) -> &Membership {
         self.membership.at(self.log.commit)
+    }
+
+    /// On a leader, the lowest index of a snapshot being sent to a follower (the followers in
+    /// snapshot mode), if any.
+    pub(crate) fn lowest_snapshot_in_transfer(&self) -> Option<Index> {
+        self.progress
+            .values()
+            .filter(|p| p.state == ProgressState::Snapshot)
+            .map(|p| p.pending_snapshot_index)
+            .min()
     }
 
     /// On a leader, whether `id` answered within the current check-quorum window.

@@ -410,4 +410,14 @@ impl Raft {
         }
         self.core.match_index(id)
     }
+
+    /// On a leader, the lowest index of a snapshot it is sending to a follower; `None` on a
+    /// follower or when no transfer is in progress. The follower will need the entries after
+    /// it once it has installed the snapshot.
+    pub fn lowest_snapshot_in_transfer(&self) -> Option<Index> {
+        if self.core.soft_state().role != Role::Leader {
+            return None;
+        }
+        self.core.lowest_snapshot_in_transfer()
+    }
 }

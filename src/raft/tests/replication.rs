@@ -699,3 +699,90 @@ fn an_unanswered_snapshot_is_given_up_after_an_election_timeout_of_heartbeats_no
         "restarted after {gap} ticks, patience {patience}"
     );
 }
+
+/// Node 3 misses everything after the no-op, the leader compacts to 11 (no tail), and node 3
+/// is restarted: ticks until the leader has put a snapshot for node 3 in flight, and returns
+/// that message (taken out of the network, so it is still to be delivered).
+fn leader_sending_node_3_a_snapshot(cluster: &mut Cluster) -> Message {
+    elect(cluster, 1);
+    cluster.deliver_all();
+    cluster.crash(3);
+    for i in 0..10 {
+        cluster.propose(1, format!("v{i}").into()).unwrap();
+    }
+    cluster.deliver_all();
+    assert_eq!(cluster.applied_index(1), 11);
+    cluster.compact_keeping(1, 11, 0).unwrap();
+    cluster.restart(3);
+    assert_eq!(cluster.node(1).lowest_snapshot_in_transfer(), None);
+    for _ in 0..50 {
+        cluster.tick(1);
+        cluster.process_all();
+        let messages = cluster.take_messages();
+        let mut snapshot = None;
+        for message in messages {
+            if message.to == 3 && matches!(message.body, MessageBody::InstallSnapshot { .. }) {
+                snapshot = Some(message);
+            } else {
+                cluster.send(message);
+            }
+        }
+        if let Some(snapshot) = snapshot {
+            return snapshot;
+        }
+        cluster.deliver_all();
+    }
+    panic!("the leader never sent node 3 a snapshot");
+}
+
+#[test]
+fn a_leader_names_the_lowest_snapshot_it_is_sending() {
+    let mut cluster = Cluster::new(3, 21);
+    let snapshot = leader_sending_node_3_a_snapshot(&mut cluster);
+    assert_eq!(cluster.node(1).lowest_snapshot_in_transfer(), Some(11));
+    assert_eq!(
+        cluster.node(2).lowest_snapshot_in_transfer(),
+        None,
+        "a follower sends no snapshots"
+    );
+    // Installed and acknowledged: no transfer left.
+    cluster.send(snapshot);
+    cluster.deliver_all();
+    assert_eq!(cluster.applied(3), cluster.applied(1));
+    assert_eq!(cluster.node(1).lowest_snapshot_in_transfer(), None);
+}
+
+#[test]
+fn entries_kept_after_a_snapshot_in_transfer_spare_the_follower_a_second_snapshot() {
+    // The driver keeps every entry after a snapshot in transfer (`compaction_tail`); without
+    // them the follower ends its transfer behind the log and needs another snapshot.
+    for keep_after_transfer in [true, false] {
+        let mut cluster = Cluster::new(3, 22);
+        let snapshot = leader_sending_node_3_a_snapshot(&mut cluster);
+        for i in 0..3 {
+            cluster.propose(1, format!("w{i}").into()).unwrap();
+        }
+        cluster.deliver_all();
+        let applied = cluster.applied_index(1);
+        assert_eq!(applied, 14);
+        let sending = cluster.node(1).lowest_snapshot_in_transfer().unwrap();
+        let tail = if keep_after_transfer {
+            applied - sending
+        } else {
+            0
+        };
+        cluster.compact_keeping(1, applied, tail).unwrap();
+        cluster.send(snapshot);
+        run_ticks(&mut cluster, 20);
+        assert_eq!(cluster.applied(3), cluster.applied(1));
+        let installed = cluster.node(3).status().snapshot_index;
+        if keep_after_transfer {
+            assert_eq!(
+                installed, 11,
+                "node 3 caught up from the log after its snapshot"
+            );
+        } else {
+            assert_eq!(installed, 14, "node 3 needed a second snapshot");
+        }
+    }
+}
