@@ -93,10 +93,12 @@ async fn a_follower_stopped_past_200_mib_of_writes_catches_up_through_a_streamed
         .await
         .unwrap();
     assert!(installs >= 1.0, "no snapshot installed");
-    // The snapshot covers all but the writes after the leader's last one: far more than the
-    // 64 MiB a single peer RPC may carry, which is where catching up used to stop.
+    // More than the 64 MiB a single peer RPC may carry, which is where catching up used to
+    // stop. (Not all 206 MiB: the transfer sends the leader's newest completed snapshot, and
+    // a snapshot of 100+ MiB written by this debug build under 32 writers can take as long as
+    // a thousand more writes; a fresh-clone CI run installed 103.8 MB.)
     assert!(
-        install_bytes > 150.0 * 1024.0 * 1024.0,
+        install_bytes > 64.0 * 1024.0 * 1024.0,
         "installed only {install_bytes} bytes"
     );
     assert!(chunks >= 200.0, "only {chunks} chunks of at most 1 MiB");

@@ -80,15 +80,6 @@ where
     tokio::spawn(fut)
 }
 
-/// Lets the runtime's other tasks run before this one goes on: a long CPU-bound task (a snapshot
-/// being encoded) calls it every few dozen KiB so that it never holds a worker thread for
-/// milliseconds while the driver and the request tasks wait behind it. In simulation it does
-/// nothing: CPU work takes no virtual time there, so a yield would change no outcome, only
-/// reshuffle the schedule of every seed.
-pub async fn yield_now() {
-    backend::yield_now().await
-}
-
 // ---------------------------------------------------------------------------------------------
 // Time
 // ---------------------------------------------------------------------------------------------

@@ -16,10 +16,6 @@ pub(super) const fn plant_active(_plant: crate::plants::Plant) -> bool {
     false
 }
 
-pub(super) async fn yield_now() {
-    tokio::task::yield_now().await
-}
-
 /// The process's clock epoch, taken at the first reading.
 fn epoch() -> std::time::Instant {
     static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::env::{self, fs};
+use crate::env::fs;
 use crate::kv::{KvError, KvOptions, KvRestore, KvStore, Value, WriteResult};
 use crate::raft::SnapshotMeta;
 
@@ -62,8 +62,6 @@ const READ_AHEAD_BYTES: usize = 256 << 10;
 /// the WAL's fsyncs queue behind (on ext4 they share the journal), which shows up as client
 /// latency. Small steps keep each writeback short.
 const SYNC_STEP_BYTES: u64 = 4 << 20;
-/// The writer lets other tasks run after encoding this many bytes (see [`env::yield_now`]).
-const YIELD_STEP_BYTES: usize = 32 << 10;
 /// Suffix of a file still being written; such files are removed at start.
 pub const TEMP_SUFFIX: &str = ".tmp";
 
@@ -322,8 +320,6 @@ struct ChunkWriter {
     body_bytes: u64,
     /// crc32c chained over every payload written so far.
     body_crc: u32,
-    /// Bytes encoded since the task last let the others run.
-    unyielded_bytes: usize,
 }
 
 impl ChunkWriter {
@@ -359,7 +355,6 @@ impl ChunkWriter {
             chunk_count: 0,
             body_bytes: 0,
             body_crc: 0,
-            unyielded_bytes: 0,
         };
         writer.write_frame(&header).await?;
         Ok(writer)
@@ -387,11 +382,6 @@ impl ChunkWriter {
         }
         if self.chunk.len() >= self.chunk_bytes_target {
             self.flush_chunk().await?;
-        }
-        self.unyielded_bytes += record_bytes;
-        if self.unyielded_bytes >= YIELD_STEP_BYTES {
-            self.unyielded_bytes = 0;
-            env::yield_now().await;
         }
         Ok(())
     }

@@ -26,9 +26,6 @@ thread_local! {
         const { std::cell::Cell::new(crate::plants::Plant::None) };
 }
 
-/// A no-op: see [`super::yield_now`].
-pub(super) async fn yield_now() {}
-
 pub(super) fn plant_active(plant: crate::plants::Plant) -> bool {
     plant != crate::plants::Plant::None && PLANT.with(std::cell::Cell::get) == plant
 }
