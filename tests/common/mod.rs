@@ -62,10 +62,22 @@ pub async fn call(
     })
 }
 
-/// Finds a free loopback port (bind to 0, read, release).
+/// Finds a free loopback port (bind to 0, read, release) that this test process has not handed
+/// out before: the kernel may give a just-released port to the next bind, and a fresh-clone CI
+/// run once started two nodes of one cluster on the same port.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("local addr").port();
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// One node process.
