@@ -114,9 +114,9 @@ fn snapshot_due_at(last: Index, interval: u64, phase: u64) -> Index {
 /// This node's snapshot phase: its rank among the configuration's members (in id order)
 /// spreads the members evenly over the interval.
 fn snapshot_phase(membership: &Membership, self_id: NodeId, interval: u64) -> u64 {
-    let rank = membership.members().take_while(|&id| id < self_id).count();
-    let members = membership.members().count().max(1);
-    let share = u128::from(interval) * rank as u128 / members as u128;
+    let members: Vec<NodeId> = membership.members().collect();
+    let rank = members.iter().take_while(|&&id| id < self_id).count();
+    let share = u128::from(interval) * rank as u128 / members.len().max(1) as u128;
     u64::try_from(share).unwrap_or(0)
 }
 
