@@ -1,7 +1,7 @@
 //! raft-kv: a replicated key-value store on its own Raft, proven by deterministic simulation.
 //!
 //! - [`raft`]: the consensus core, a pure synchronous state machine;
-//! - [`env`]: the one seam to time, network, disk and randomness (tokio or madsim);
+//! - [`env`](mod@env): the one seam to time, network, disk and randomness (tokio or madsim);
 //! - [`wal`]: the checksummed write-ahead log;
 //! - [`kv`]: the replicated key-value state machine;
 //! - [`plants`]: bugs planted on purpose, alive only inside the simulator;

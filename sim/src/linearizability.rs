@@ -94,7 +94,7 @@ pub enum KvInput {
         value: Vec<u8>,
     },
     /// A transaction on the group [`TXN_GROUP`] (keys [`TXN_KEYS`]), checked as one partition
-    /// (see [`txn`]): if `t0` holds `if_value` (`None`: if `t0` is absent), put `value` into both
+    /// (see the `txn` module): if `t0` holds `if_value` (`None`: if `t0` is absent), put `value` into both
     /// keys (`None`: delete both); otherwise get both keys.
     Txn {
         /// The value `t0` must hold for the success branch; `None`: `t0` must be absent.

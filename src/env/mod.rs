@@ -15,7 +15,7 @@
 //! | signals    | ctrl-c / SIGTERM, SIGHUP (reload)        | never fires                                 |
 //!
 //! In simulation the clock and the disk are madsim plugins: every simulation runtime must call
-//! [`sim_control::install`] before it creates nodes (madsim's `#[madsim::test]` cannot do this,
+//! `sim_control::install` before it creates nodes (madsim's `#[madsim::test]` cannot do this,
 //! so simulation tests build their own `madsim::runtime::Runtime`).
 
 use std::future::Future;

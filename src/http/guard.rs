@@ -56,7 +56,7 @@ pub enum Refusal {
     BadContentLength,
     /// Not an HTTP/1.x request head.
     BadRequest,
-    /// Over the header byte limit or [`HEADERS_COUNT_MAX`].
+    /// Over the header byte limit or `HEADERS_COUNT_MAX`.
     HeaderTooLarge,
 }
 

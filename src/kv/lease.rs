@@ -24,7 +24,7 @@ pub struct Lease {
     pub ttl_ms: u64,
     /// The keys it holds; they are deleted when it is revoked or expires.
     /// Invariant: `keys.len() <= LEASE_KEYS_MAX`, and each key maps back to this lease in
-    /// [`LeaseTable::key_lease`].
+    /// `LeaseTable::key_lease`.
     pub keys: OrdSet<Arc<[u8]>>,
 }
 

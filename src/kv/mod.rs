@@ -151,7 +151,7 @@ pub enum WriteOp {
         /// The `mod_index` the key must have now; 0 means "the key must be absent".
         expected_mod_index: u64,
     },
-    /// Grants a lease of `ttl_ms`; its id is the index of this entry (see [`lease`]).
+    /// Grants a lease of `ttl_ms`; its id is the index of this entry (see the `lease` module).
     LeaseGrant {
         /// Time to live in milliseconds, 1 to [`LEASE_TTL_MS_MAX`].
         ttl_ms: u64,

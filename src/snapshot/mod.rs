@@ -10,7 +10,7 @@
 //! trailer: 0 u32 | chunk_count u64 | body_bytes u64 | body crc32c u32 | crc32c u32
 //! ```
 //!
-//! A chunk's payload is a run of whole postcard [`Record`]s: every key in ascending order, then
+//! A chunk's payload is a run of whole postcard `Record`s: every key in ascending order, then
 //! every idempotency record in ascending order, then every lease in ascending id order (the
 //! canonical order of
 //! [`KvStore::state_hash`](crate::kv::KvStore::state_hash), so two replicas at one index write
@@ -19,7 +19,7 @@
 //! torn, truncated, reordered or extended file is refused, and nothing may follow the trailer.
 //!
 //! A file is written as `<name>.tmp`, synced, renamed to `<name>` and its directory synced
-//! ([`write`]): a crash leaves either no file under the final name or a whole one.
+//! ([`write()`]): a crash leaves either no file under the final name or a whole one.
 
 #[cfg(test)]
 mod tests;
@@ -192,7 +192,7 @@ pub enum FileSync {
     SkipForPlantedBug,
 }
 
-/// [`write`], choosing whether the file is synced (see [`FileSync`]).
+/// [`write()`], choosing whether the file is synced (see [`FileSync`]).
 pub async fn write_with(
     dir: &Path,
     meta: &SnapshotMeta,
