@@ -859,15 +859,21 @@ fn stale_candidates_without_pre_vote_delay_convergence_past_the_pre_vote_bound()
     ];
     for case in &cases {
         let mut world = World::new(case);
+        let nodes = case.nodes;
         for (number, step) in case.steps.iter().enumerate() {
             if let Err(violation) = world.run_step(step) {
-                panic!("step {} ({step:?}): {violation}", number + 1);
+                panic!(
+                    "{nodes}-node case, step {} ({step:?}): {violation}",
+                    number + 1
+                );
             }
         }
-        let ticks = world.converge().unwrap_or_else(|reason| panic!("{reason}"));
+        let ticks = world
+            .converge()
+            .unwrap_or_else(|reason| panic!("{nodes}-node case: {reason}"));
         assert!(
             ticks > CONVERGENCE_TICKS_MAX,
-            "converged in {ticks} ticks: the case no longer shows the slow path"
+            "{nodes}-node case converged in {ticks} ticks: it no longer shows the slow path"
         );
     }
 }
