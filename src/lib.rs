@@ -10,6 +10,7 @@
 pub mod devcerts;
 pub mod env;
 pub mod fnv;
+pub mod hex;
 pub mod http;
 pub mod kv;
 pub mod metrics;

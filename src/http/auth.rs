@@ -70,7 +70,7 @@ impl Role {
 /// The hex SHA-256 of a token, as the token file stores it.
 pub fn token_hash_hex(token: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(digest.as_ref())
 }
 
 /// One token's holder.

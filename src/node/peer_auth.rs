@@ -92,8 +92,7 @@ impl PeerSecret {
 
     /// The MAC header's value for an RPC to `path` with `body`.
     pub fn sign(&self, path: &str, body: &[u8]) -> String {
-        let tag = self.context(path, body).sign();
-        tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(self.context(path, body).sign().as_ref())
     }
 
     /// Checks the MAC header of an RPC to `path` with `body` (in constant time).
@@ -104,7 +103,7 @@ impl PeerSecret {
         mac: Option<&hyper::header::HeaderValue>,
     ) -> Result<(), PeerAuthError> {
         let mac = mac.ok_or(PeerAuthError::Missing)?;
-        let tag = decode_hex(mac.as_bytes()).ok_or(PeerAuthError::Invalid)?;
+        let tag = crate::hex::decode(mac.as_bytes(), 64).ok_or(PeerAuthError::Invalid)?;
         let mut message = Vec::with_capacity(path.len() + 1 + body.len());
         message.extend_from_slice(path.as_bytes());
         message.push(0);
@@ -127,16 +126,6 @@ pub fn signed_post(
     builder
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .expect("a static request is valid")
-}
-
-fn decode_hex(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || text.len() > 128 {
-        return None;
-    }
-    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    text.chunks(2)
-        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
-        .collect()
 }
 
 #[cfg(test)]
