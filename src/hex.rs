@@ -1,7 +1,8 @@
-//! Lowercase hexadecimal text for digests and MACs (token hashes, peer RPC signatures).
+//! Lowercase hexadecimal text: token hashes, peer RPC signatures, and the `_hex` fields of keys
+//! and values that are not UTF-8 in the HTTP API's JSON.
 //!
-//! Both run on every request that carries a token or a peer secret, so they are written out
-//! rather than built from `format!` per byte, which allocated a string for each byte.
+//! Signatures and token hashes run on every request that carries a peer secret or a token, so
+//! encoding is written out rather than built from `format!` per byte (one string per byte).
 
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
@@ -36,6 +37,7 @@ mod tests {
         let every_byte: Vec<u8> = (0..=255).collect();
         let expected: String = every_byte.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(encode(&every_byte), expected);
+        assert_eq!(encode(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
         assert_eq!(encode(&[]), "");
     }
 
