@@ -75,6 +75,11 @@ mod cli {
             /// ran out of budget) before the sweep exits 3; they are listed either way.
             #[arg(long, default_value_t = 0.0)]
             inconclusive_max_percent: f64,
+            /// Run each seed's cluster with no workload, no faults and no membership changes:
+            /// the simulator's speed floor (README, Simulation, Speed). Skips the pinned
+            /// regressions.
+            #[arg(long)]
+            idle: bool,
         },
         /// Replay one seed with full tracing logs (RUST_LOG filters, default info).
         Replay {
@@ -135,6 +140,7 @@ mod cli {
                 no_regressions,
                 cluster_size,
                 inconclusive_max_percent,
+                idle,
             } => {
                 if !(0.0..=100.0).contains(&inconclusive_max_percent) {
                     eprintln!(
@@ -152,8 +158,12 @@ mod cli {
                     eprintln!("error: --expect-failure needs a planted bug (--plant NAME)");
                     return 2;
                 }
+                if expect_failure && idle {
+                    eprintln!("error: --idle runs no workload, so no planted bug can show");
+                    return 2;
+                }
                 let mut status = 0;
-                if !no_regressions && plant == Plant::None && !expect_failure {
+                if !no_regressions && plant == Plant::None && !expect_failure && !idle {
                     status = replay_regressions(jobs);
                     if status != 0 && fail_fast {
                         return status;
@@ -172,6 +182,7 @@ mod cli {
                     stop_at_first_failure: expect_failure || fail_fast,
                     victim: promise.filter(|_| expect_failure).map(|p| p.victim),
                     brief_failures: false,
+                    idle,
                 };
                 println!(
                     "sweep: {} seeds of {start}..{} plant {plant}, {jobs} jobs{}",
@@ -179,6 +190,8 @@ mod cli {
                     start.saturating_add(seeds),
                     if expect_failure {
                         ", expecting a failure"
+                    } else if idle {
+                        ", idle (no workload, no faults)"
                     } else {
                         ""
                     }
@@ -427,6 +440,7 @@ mod cli {
                 victim: None,
                 // A planted seed is expected to fail: its report would only be noise.
                 brief_failures: plant != Plant::None,
+                idle: false,
             };
             let summary = sweep::sweep(&options);
             for regression in group {

@@ -1173,7 +1173,7 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         }));
     }
 
-    if crate::stranger::runs_in(scenario.seed, scenario.plant) {
+    if !scenario.idle && crate::stranger::runs_in(scenario.seed, scenario.plant) {
         let members: Vec<(u64, String)> = (0..scenario.nodes_count)
             .map(|i| (node_id_of(&Scenario::node_name(i)), addrs[i].clone()))
             .collect();
@@ -1210,10 +1210,11 @@ async fn supervise(scenario: Scenario, shared: Shared) {
     };
     // Lease holders run in every seed but those planting a bug that is not about leases:
     // their traffic moves the scheduling, and so the pinned catching seeds of those plants.
-    let lease_holders = if matches!(
-        scenario.plant,
-        Plant::None | Plant::LeaseCountdownNotRestarted | Plant::CompactPastTransfer
-    ) {
+    let lease_holders = if !scenario.idle
+        && matches!(
+            scenario.plant,
+            Plant::None | Plant::LeaseCountdownNotRestarted | Plant::CompactPastTransfer
+        ) {
         LEASE_HOLDERS
     } else {
         0
@@ -1229,10 +1230,12 @@ async fn supervise(scenario: Scenario, shared: Shared) {
     // Transaction clients on the group `t0`+`t1`, in the unplanted seeds and those of the
     // transaction plant only, so that the other plants' pinned catching seeds keep their
     // schedule.
-    if matches!(
-        scenario.plant,
-        Plant::None | Plant::TxnNotAtomic | Plant::CompactPastTransfer
-    ) {
+    if !scenario.idle
+        && matches!(
+            scenario.plant,
+            Plant::None | Plant::TxnNotAtomic | Plant::CompactPastTransfer
+        )
+    {
         for txn_client in 0..TXN_CLIENTS {
             let ctx = ctx.clone();
             let stop = stop_clients.clone();
@@ -1259,7 +1262,12 @@ async fn supervise(scenario: Scenario, shared: Shared) {
             | Plant::WatchResumeRepeats
             | Plant::CompactPastTransfer
     );
-    for (watcher, selector) in crate::watch_client::selectors().into_iter().enumerate() {
+    let watchers = if scenario.idle {
+        Vec::new()
+    } else {
+        crate::watch_client::selectors()
+    };
+    for (watcher, selector) in watchers.into_iter().enumerate() {
         let ctx = ctx.clone();
         let stop = stop_watchers.clone();
         let rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x0077_a7c4_0000_0000 ^ watcher as u64);

@@ -251,6 +251,9 @@ pub struct Scenario {
     pub membership: Vec<MemberStep>,
     /// Every node's rate limit in a rate-limited seed (see `rate_check`); `None`: no limit.
     pub rate_limit: Option<raft_kv::http::rate_limit::RateLimitOptions>,
+    /// The speed baseline of `sweep --idle` ([`Scenario::idle`]): the cluster runs with no
+    /// workload and no faults.
+    pub idle: bool,
 }
 
 /// A small seeded generator for scenario parameters.
@@ -505,6 +508,26 @@ impl Scenario {
             membership,
             // Not drawn either.
             rate_limit: crate::rate_check::runs_in(seed, plant).then(crate::rate_check::options),
+            idle: false,
+        }
+    }
+
+    /// This seed's cluster (its size, timing, disks, clocks and network) with nothing to do: no
+    /// clients, transaction clients, watchers, lease holders, strangers or rate-limit probes, no
+    /// fault episodes, crashes or membership changes. Only the final liveness and convergence
+    /// checks still talk to it. `sweep --idle` runs it as the simulator's speed floor: what the
+    /// real nodes cost per virtual second (ticks, heartbeats, HTTP, the WAL) before any
+    /// workload.
+    pub fn idle(self) -> Scenario {
+        Scenario {
+            clients_count: 0,
+            episodes: Vec::new(),
+            voter_crash_probability: 0.0,
+            snapshot_crash_probability: 0.0,
+            membership: Vec::new(),
+            rate_limit: None,
+            idle: true,
+            ..self
         }
     }
 
@@ -788,6 +811,12 @@ impl Scenario {
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "seed {} (plant: {})", self.seed, self.plant)?;
+        if self.idle {
+            writeln!(
+                f,
+                "  idle: no workload, faults or membership changes (speed floor)"
+            )?;
+        }
         writeln!(
             f,
             "  cluster: {} nodes, tick {} ms, election {} ticks, heartbeat {} ticks",
@@ -923,6 +952,56 @@ mod tests {
             Scenario::derive(1, Plant::None),
             Scenario::derive(2, Plant::None)
         );
+    }
+
+    #[test]
+    fn an_idle_scenario_keeps_its_seeds_cluster_and_drops_all_workload_and_faults() {
+        let seeds = 0..300;
+        for seed in seeds.clone() {
+            let s = Scenario::derive(seed, Plant::None);
+            let idle = s.clone().idle();
+            assert!(idle.idle && !s.idle, "seed {seed}");
+            assert_eq!(idle.clients_count, 0, "seed {seed}");
+            assert!(idle.episodes.is_empty(), "seed {seed}: {:?}", idle.episodes);
+            assert!(idle.membership.is_empty(), "seed {seed}");
+            assert_eq!(idle.rate_limit, None, "seed {seed}");
+            assert_eq!(idle.voter_crash_probability, 0.0, "seed {seed}");
+            assert_eq!(idle.snapshot_crash_probability, 0.0, "seed {seed}");
+            // The cluster itself is the seed's own.
+            assert_eq!(
+                (
+                    idle.nodes_count,
+                    idle.tick_ms,
+                    idle.election_ticks,
+                    idle.heartbeat_ticks
+                ),
+                (
+                    s.nodes_count,
+                    s.tick_ms,
+                    s.election_ticks,
+                    s.heartbeat_ticks
+                ),
+                "seed {seed}"
+            );
+            assert_eq!(idle.clock_skews, s.clock_skews, "seed {seed}");
+            assert_eq!(idle.latency_ms, s.latency_ms, "seed {seed}");
+            assert_eq!(idle.disk_latency_us, s.disk_latency_us, "seed {seed}");
+            assert_eq!(idle.snapshot_entries, s.snapshot_entries, "seed {seed}");
+        }
+        // Each dropped part was there to drop in some seed.
+        let all: Vec<Scenario> = seeds
+            .map(|seed| Scenario::derive(seed, Plant::None))
+            .collect();
+        assert!(all.iter().all(|s| s.clients_count > 0));
+        assert!(all.iter().all(|s| !s.episodes.is_empty()));
+        assert!(all.iter().any(|s| !s.membership.is_empty()));
+        assert!(all.iter().any(|s| s.rate_limit.is_some()));
+        assert!(all.iter().any(|s| s.voter_crash_probability > 0.0));
+        assert!(all.iter().any(|s| s.snapshot_crash_probability > 0.0));
+        assert!(Scenario::derive(7, Plant::None)
+            .idle()
+            .to_string()
+            .contains("idle: no workload"));
     }
 
     #[test]

@@ -57,9 +57,14 @@ fn install_panic_hook() {
 /// Runs one seed on a fresh thread and collects what it left behind. `echo` prints the event
 /// stream and panics as they happen (replay).
 pub fn run_seed(seed: u64, plant: Plant, echo: bool) -> SeedResult {
+    run_scenario_seed(Scenario::derive(seed, plant), echo)
+}
+
+/// [`run_seed`] of a scenario already derived (and perhaps changed, as by [`Scenario::idle`]).
+pub fn run_scenario_seed(scenario: Scenario, echo: bool) -> SeedResult {
     install_panic_hook();
     PRINT_PANICS.store(echo, Ordering::Relaxed);
-    let scenario = Scenario::derive(seed, plant);
+    let seed = scenario.seed;
     let shared = Shared::new(echo);
     let started = Instant::now();
     let thread = {
@@ -129,6 +134,8 @@ pub struct SweepOptions {
     pub victim: Option<Victim>,
     /// Print a one-line summary instead of the full report of a failed seed.
     pub brief_failures: bool,
+    /// Run each seed's cluster without workload or faults ([`Scenario::idle`]).
+    pub idle: bool,
 }
 
 /// What a sweep found.
@@ -190,11 +197,14 @@ pub fn sweep(options: &SweepOptions) -> SweepSummary {
         let stop = stop.clone();
         let results_tx = results_tx.clone();
         let plant = options.plant;
+        let idle = options.idle;
         workers.push(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&seed) = seeds.get(index) else { break };
-                if results_tx.send(run_seed(seed, plant, false)).is_err() {
+                let scenario = Scenario::derive(seed, plant);
+                let scenario = if idle { scenario.idle() } else { scenario };
+                if results_tx.send(run_scenario_seed(scenario, false)).is_err() {
                     break;
                 }
             }

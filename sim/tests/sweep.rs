@@ -4,6 +4,7 @@
 //!
 //! - a sweep of the standard scenario over 1,000 seeds (the pinned regressions first) passes, with
 //!   at most 1% of its seeds inconclusive and every fault kind exercised;
+//! - an idle sweep (`--idle`, the speed floor) runs its clusters with no workload and no faults;
 //! - a replayed seed's history, written as JSON, checks linearizable when read back;
 //! - (the planted bugs are in `plants.rs`, each caught by its own victim checker);
 //! - one seed run twice gives the same trace hash (history and event stream).
@@ -63,6 +64,36 @@ fn a_sweep_of_1000_seeds_finds_no_violation_stays_conclusive_and_exercises_every
         "some membership kind was not scheduled in {SWEEP_SEEDS} unplanted seeds:\n{stdout}"
     );
     assert!(ok, "the sweep failed:\n{stdout}");
+}
+
+#[test]
+fn an_idle_sweep_runs_the_clusters_without_workload_or_faults() {
+    let (ok, stdout) = run_sim(&["sweep", "--idle", "--seeds", "3", "--jobs", "1"]);
+    assert!(ok, "the idle sweep failed:\n{stdout}");
+    assert!(
+        stdout.contains("idle (no workload, no faults)")
+            && stdout.contains("result: 3 seeds, 0 failed, 0 inconclusive"),
+        "{stdout}"
+    );
+    // No pinned regression ran, no fault was injected, no client wrote or transacted.
+    assert!(!stdout.contains("regressions:"), "{stdout}");
+    for never in [
+        "partition majority",
+        "crash and restart",
+        "clock jump",
+        "disk full",
+    ] {
+        let missing = stdout
+            .lines()
+            .find(|line| line.starts_with("  fault kinds that never occurred:"))
+            .unwrap_or_else(|| panic!("no list of missing fault kinds:\n{stdout}"));
+        assert!(missing.contains(never), "{never} occurred:\n{stdout}");
+    }
+    let writes = stdout
+        .lines()
+        .find(|line| line.trim_start().starts_with("writes "))
+        .unwrap_or_else(|| panic!("no writes line:\n{stdout}"));
+    assert!(writes.contains("per seed 0 / 0 / 0"), "{writes}");
 }
 
 #[test]
