@@ -191,6 +191,12 @@ impl Operator {
             let op = match step.op {
                 MemberOp::Grow if voters.len() >= 5 => MemberOp::Remove { leader: false },
                 MemberOp::Remove { .. } if voters.len() <= 3 => MemberOp::Grow,
+                // Losing one of two voters loses the quorum for good: nothing could remove it
+                // any more, as in any Raft cluster (seed 7189: a learner not yet promoted left
+                // two voters). An operator grows first.
+                MemberOp::ReplaceCrashed | MemberOp::ReplaceWiped if voters.len() < 3 => {
+                    MemberOp::Grow
+                }
                 op => op,
             };
             let followers: Vec<String> = voters

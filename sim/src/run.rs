@@ -144,8 +144,11 @@ struct World {
     voter_crashes: u32,
     /// Snapshot writers crashed so far.
     snapshot_crashes: u32,
-    /// Process-fault episodes that found their node owned by the membership operator.
+    /// Process-fault episodes that found their node owned by the membership operator, or whose
+    /// node the operator took while they ran: their heal must not touch it.
     skipped_episodes: BTreeSet<usize>,
+    /// Process-fault episodes started and not yet healed.
+    running_process_episodes: BTreeSet<usize>,
     /// For starting spare nodes: the node event sender and every address.
     observer: mpsc::UnboundedSender<NodeEvent>,
     addrs: Vec<String>,
@@ -392,6 +395,7 @@ impl World {
                 self.skipped_episodes.insert(number);
                 return;
             }
+            self.running_process_episodes.insert(number);
         }
         let label = |i: usize| self.scenario.label(i);
         let client = self.scenario.nodes_count;
@@ -494,6 +498,7 @@ impl World {
     }
 
     fn end_episode(&mut self, number: usize) {
+        self.running_process_episodes.remove(&number);
         let episode = self.scenario.episodes[number].clone();
         let owned = episode
             .fault
@@ -595,6 +600,23 @@ impl World {
 
     /// Hands node `index` to the membership operator: it is killed, its disk mended.
     fn take(&mut self, index: usize) {
+        // A fault still running on the node is the operator's now: its heal would restart (or
+        // kill and restart) a node the operator may have started again meanwhile. Restarting a
+        // running machine makes the new process find the old one's port taken (seed 5340).
+        let running: Vec<usize> = self
+            .running_process_episodes
+            .iter()
+            .copied()
+            .filter(|&n| self.scenario.episodes[n].fault.process_node() == Some(index))
+            .filter(|n| !self.skipped_episodes.contains(n))
+            .collect();
+        for number in running {
+            self.trace(format!(
+                "fault {number}: {} taken by the membership operator, its heal skipped",
+                self.nodes[index].name
+            ));
+            self.skipped_episodes.insert(number);
+        }
         if !self.nodes[index].crashed {
             self.kill(index);
         }
@@ -1115,6 +1137,7 @@ async fn supervise(scenario: Scenario, shared: Shared) {
         voter_crashes: 0,
         snapshot_crashes: 0,
         skipped_episodes: BTreeSet::new(),
+        running_process_episodes: BTreeSet::new(),
         observer,
         addrs: all_addrs.clone(),
         started_addrs: Arc::new(AtomicUsize::new(scenario.nodes_count)),

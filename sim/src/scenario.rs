@@ -122,7 +122,8 @@ impl Fault {
 }
 
 /// A membership operation the seed's operator takes (issue 10). The operator adapts it to the
-/// cluster it finds: a growth at five voters removes instead, a removal at three grows.
+/// cluster it finds: a growth at five voters removes instead, a removal at three grows, and so
+/// does a replacement at fewer than three (losing one of two voters loses the quorum).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberOp {
     /// A fresh node joins (`--join`): added as a learner, promoted once caught up.
