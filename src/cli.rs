@@ -9,6 +9,28 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use raft_kv::node::NodeConfig;
 
+/// `println!` for what a command prints on stdout. `println!` panics when stdout is closed
+/// (`raft-kv kv list | head -1`, `raft-kv watch k | head`); this ends the command with a message
+/// on stderr and exit code 6 instead, as `kv get` does for a failed write.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line to stdout (see [`outln!`]); exits the process with code 6 if it cannot.
+pub(crate) fn write_stdout_line(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        eprintln!("raft-kv: cannot write to stdout: {e}");
+        std::process::exit(client::Exit::Refused as i32);
+    }
+}
+
 mod bench;
 mod client;
 mod dev;
@@ -65,8 +87,8 @@ fn make_token(args: TokenArgs) -> ExitCode {
     let token: String = (0..4)
         .map(|_| format!("{:016x}", rand_core::RngCore::next_u64(&mut rng)))
         .collect();
-    println!("token: {token}");
-    println!(
+    outln!("token: {token}");
+    outln!(
         "line:  {} {} {}",
         args.name,
         args.role.as_str(),

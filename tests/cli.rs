@@ -191,3 +191,23 @@ fn the_cli_exits_4_when_no_endpoint_answers_and_2_on_a_bad_command_line() {
         "a TTL that is not a number",
     );
 }
+
+/// A closed stdout (`raft-kv ... | head -1` once `head` has exited) ends a command with exit
+/// code 6 and a message, not with the panic `println!` gives on a broken pipe.
+#[test]
+fn a_closed_stdout_ends_a_command_with_exit_6_and_a_message_not_a_panic() {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        .args(["token", "ci", "read"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run raft-kv");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(6), "stderr {stderr:?}");
+    assert!(
+        stderr.contains("cannot write to stdout") && !stderr.contains("panicked"),
+        "stderr {stderr:?}"
+    );
+}

@@ -7,6 +7,29 @@
 //! (`cargo sim ...`); the plain build holds the seed-derived parameters, the checkers and the
 //! report formatting, which are unit-tested without madsim.
 
+/// `println!` for the simulator's reports. `println!` panics when stdout is closed
+/// (`raft-kv-sim params 3 | head -3`); this ends the process with a message on stderr and exit
+/// code 2 (the simulator's code for "could not run") instead.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::write_stdout_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::write_stdout_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line to stdout (see [`outln!`]); exits the process with code 2 if it cannot.
+pub fn write_stdout_line(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        eprintln!("raft-kv-sim: cannot write to stdout: {e}");
+        std::process::exit(2);
+    }
+}
+
 pub mod coverage;
 pub mod history_file;
 pub mod lease_check;

@@ -184,7 +184,7 @@ mod cli {
                     brief_failures: false,
                     idle,
                 };
-                println!(
+                raft_kv_sim::outln!(
                     "sweep: {} seeds of {start}..{} plant {plant}, {jobs} jobs{}",
                     options.seeds.len(),
                     start.saturating_add(seeds),
@@ -207,7 +207,7 @@ mod cli {
                     for other in &by_others {
                         let properties: Vec<&str> =
                             other.failures.iter().map(|f| f.property.as_str()).collect();
-                        println!(
+                        raft_kv_sim::outln!(
                             "seed {} failed by another check ({}), not the victim {victim:?}",
                             other.scenario.seed,
                             properties.join("; ")
@@ -220,7 +220,7 @@ mod cli {
                                 .iter()
                                 .find(|f| plants::is_victim(victim, f))
                                 .map_or("?", |f| f.property.as_str());
-                            println!(
+                            raft_kv_sim::outln!(
                                 "expected failure found: plant {plant} caught by its victim {victim:?}: \
                                  seed {} broke {property} ({} seeds run; promised within {})",
                                 found.scenario.seed,
@@ -232,7 +232,7 @@ mod cli {
                             status
                         }
                         None => {
-                            println!(
+                            raft_kv_sim::outln!(
                                 "EXPECTED plant {plant} to be caught by {victim:?}, but no seed of {} was \
                                  ({} failed by other checks)",
                                 summary.seeds_run,
@@ -254,9 +254,9 @@ mod cli {
                             .iter()
                             .map(|r| r.scenario.seed.to_string())
                             .collect();
-                        println!("FAILED seeds: {}", seeds.join(" "));
+                        raft_kv_sim::outln!("FAILED seeds: {}", seeds.join(" "));
                     }
-                    println!("verdict: {verdict}");
+                    raft_kv_sim::outln!("verdict: {verdict}");
                     match verdict {
                         Verdict::Passed => status,
                         // A failed pinned regression (1) outranks inconclusive seeds (3).
@@ -281,7 +281,8 @@ mod cli {
                 plant,
             } => determinism(start, seeds, plant),
             Command::Params { seed, plant } => {
-                print!("{}", Scenario::derive(seed, plant));
+                let text = Scenario::derive(seed, plant).to_string();
+                raft_kv_sim::outln!("{}", text.trim_end_matches('\n'));
                 0
             }
         }
@@ -289,8 +290,9 @@ mod cli {
 
     fn print_summary(summary: &SweepSummary, inconclusive_max_percent: f64) {
         let seeds_run = summary.seeds_run.max(1) as f64;
-        print!("{}", summary.coverage);
-        println!(
+        let coverage = summary.coverage.to_string();
+        raft_kv_sim::outln!("{}", coverage.trim_end_matches('\n'));
+        raft_kv_sim::outln!(
             "result: {} seeds, {} failed, {} inconclusive (checker budget){}",
             summary.seeds_run,
             summary.failed.len(),
@@ -302,7 +304,7 @@ mod cli {
             }
         );
         if !summary.inconclusive.is_empty() {
-            println!(
+            raft_kv_sim::outln!(
                 "inconclusive: {} of {} seeds ({:.2}%), {} {inconclusive_max_percent}% allowed (--inconclusive-max-percent)",
                 summary.inconclusive.len(),
                 summary.seeds_run,
@@ -314,7 +316,7 @@ mod cli {
                 },
             );
         }
-        println!(
+        raft_kv_sim::outln!(
             "speed: {:.2} seeds/s over {:.1} s wall; {:.0}x virtual/wall per core; {:.1} virtual s and {:.0} client ops per seed",
             summary.seeds_per_second(),
             summary.wall.as_secs_f64(),
@@ -323,7 +325,7 @@ mod cli {
             summary.ops_total as f64 / seeds_run,
         );
         if let (Some(end), Some(max)) = (summary.rss_kb_end, summary.rss_kb_max) {
-            println!(
+            raft_kv_sim::outln!(
                 "memory: rss {} MB at the end, {} MB at most",
                 end / 1024,
                 max / 1024
@@ -339,8 +341,9 @@ mod cli {
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
-        println!("replaying {}", report::replay_command(seed, plant));
-        print!("{}", Scenario::derive(seed, plant));
+        raft_kv_sim::outln!("replaying {}", report::replay_command(seed, plant));
+        let params = Scenario::derive(seed, plant).to_string();
+        raft_kv_sim::outln!("{}", params.trim_end_matches('\n'));
         let result = sweep::run_seed(seed, plant, true);
         let timeline = if !result.failed() {
             None
@@ -353,10 +356,10 @@ mod cli {
                 }
             }
         };
-        println!("{}", report::render(&result, timeline.as_deref()));
+        raft_kv_sim::outln!("{}", report::render(&result, timeline.as_deref()));
         if let Some(path) = history_out {
             match history_file::write(path, &result.history, Some(seed)) {
-                Ok(()) => println!(
+                Ok(()) => raft_kv_sim::outln!(
                     "history: {} operations written to {}",
                     result.history.len(),
                     path.display()
@@ -383,7 +386,7 @@ mod cli {
             linearizability::check_counting_steps(&history, Budget::steps(steps));
         let verdict = match result {
             CheckResult::Ok => {
-                println!(
+                raft_kv_sim::outln!(
                     "{}: {} operations, linearizable ({steps_used} model steps)",
                     path.display(),
                     history.len()
@@ -391,7 +394,7 @@ mod cli {
                 Verdict::Passed
             }
             CheckResult::Unknown => {
-                println!(
+                raft_kv_sim::outln!(
                     "{}: {} operations, INCONCLUSIVE (the search ran out of its {steps} steps)",
                     path.display(),
                     history.len()
@@ -399,7 +402,7 @@ mod cli {
                 Verdict::Inconclusive
             }
             CheckResult::Violation(violation) => {
-                println!(
+                raft_kv_sim::outln!(
                     "{}: {} operations, NOT linearizable: {}",
                     path.display(),
                     history.len(),
@@ -421,7 +424,7 @@ mod cli {
                 return 2;
             }
         };
-        println!(
+        raft_kv_sim::outln!(
             "regressions: {} pinned seeds from {}",
             pinned.len(),
             path.display()
@@ -460,7 +463,7 @@ mod cli {
                             failures.is_some_and(|f| plants::caught_by(promise.victim, f))
                         }
                     };
-                println!(
+                raft_kv_sim::outln!(
                     "  {} {:>8} --plant {:<12} {}  # {}",
                     if ok { "ok  " } else { "BAD " },
                     regression.seed,
@@ -492,7 +495,7 @@ mod cli {
                 && first.history == second.history
                 && first.failures == second.failures
                 && first.coverage == second.coverage;
-            println!(
+            raft_kv_sim::outln!(
                 "seed {seed}: trace {:016x} ({} lines, {} ops) vs {:016x} ({} lines, {} ops): {}",
                 first.trace_hash,
                 first.trace_lines,
@@ -503,7 +506,7 @@ mod cli {
                 if same { "identical" } else { "DIFFERENT" }
             );
             if first.trace_lines == 0 {
-                println!("seed {seed}: the trace is empty, nothing was simulated");
+                raft_kv_sim::outln!("seed {seed}: the trace is empty, nothing was simulated");
                 status = 1;
             }
             if !same {

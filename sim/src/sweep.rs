@@ -226,7 +226,7 @@ pub fn sweep(options: &SweepOptions) -> SweepSummary {
         summary.coverage.add(result.coverage.clone());
         if result.verdict() == Verdict::Inconclusive {
             summary.inconclusive.push(result.scenario.seed);
-            println!(
+            crate::outln!(
                 "seed {} INCONCLUSIVE: the linearizability search ran out of budget on {} operations (replay: {})",
                 result.scenario.seed,
                 result.history.len(),
@@ -243,9 +243,9 @@ pub fn sweep(options: &SweepOptions) -> SweepSummary {
             }
             if options.brief_failures {
                 let property = result.failures.first().map_or("?", |f| f.property.as_str());
-                println!("seed {} failed: {property}", result.scenario.seed);
+                crate::outln!("seed {} failed: {property}", result.scenario.seed);
             } else {
-                println!("{}", report::render(&result, timeline.as_deref().ok()));
+                crate::outln!("{}", report::render(&result, timeline.as_deref().ok()));
             }
             let stops = options
                 .victim

@@ -123,3 +123,27 @@ fn one_seed_run_twice_gives_the_same_trace() {
     assert!(ok, "a seed did not replay identically:\n{stdout}");
     assert_eq!(stdout.matches("identical").count(), 3, "{stdout}");
 }
+
+/// A closed stdout (`raft-kv-sim params 3 | head -3` once `head` has exited) ends the simulator
+/// with exit code 2 and a message, not with the panic `println!` gives on a broken pipe.
+#[test]
+fn a_closed_stdout_ends_the_simulator_with_exit_2_and_a_message_not_a_panic() {
+    // Builds the simulator (and checks `params` prints) before running its binary directly.
+    let (passed, params) = run_sim(&["params", "3"]);
+    assert!(passed && params.contains("seed"), "{params}");
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let output =
+        std::process::Command::new(common::workspace_root().join("target/sim/release/raft-kv-sim"))
+            .args(["params", "3"])
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run raft-kv-sim");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr {stderr:?}");
+    assert!(
+        stderr.contains("cannot write to stdout") && !stderr.contains("panicked"),
+        "stderr {stderr:?}"
+    );
+}

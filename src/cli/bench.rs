@@ -134,7 +134,7 @@ async fn bench(mut args: BenchArgs) -> ExitCode {
     } else {
         args.endpoints.clone()
     };
-    println!(
+    outln!(
         "raft-kv bench: {} clients, {} s, {}-byte values, {} keys, to {}",
         args.clients,
         args.seconds,
@@ -150,7 +150,7 @@ async fn bench(mut args: BenchArgs) -> ExitCode {
     if args.preload {
         let started = env::now();
         match preload(&client, &targets, args.keys, &value, authorization.clone()).await {
-            Ok(()) => println!(
+            Ok(()) => outln!(
                 "  preloaded {} keys in {:.1} s (untimed)",
                 args.keys,
                 env::now().duration_since(started).as_secs_f64()
@@ -223,7 +223,7 @@ async fn bench(mut args: BenchArgs) -> ExitCode {
     for second in 1..=args.seconds {
         env::sleep(Duration::from_secs(1)).await;
         let now_completed = completed.load(Ordering::Relaxed);
-        println!(
+        outln!(
             "  {second:>4} s  {:>8} writes/s  {:>10} total  {:>6} errors",
             now_completed - last,
             now_completed,
@@ -252,13 +252,13 @@ async fn bench(mut args: BenchArgs) -> ExitCode {
         let rank = ((p * total as f64).ceil() as usize).clamp(1, total) - 1;
         latencies[rank] as f64 / 1000.0
     };
-    println!("raft-kv bench result:");
-    println!(
+    outln!("raft-kv bench result:");
+    outln!(
         "  writes      {total} ok, {} failed",
         failed.load(Ordering::Relaxed)
     );
-    println!("  throughput  {:.0} writes/s", total as f64 / elapsed);
-    println!(
+    outln!("  throughput  {:.0} writes/s", total as f64 / elapsed);
+    outln!(
         "  latency     p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms",
         pct(0.50),
         pct(0.99),

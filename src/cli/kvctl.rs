@@ -213,7 +213,7 @@ async fn kv_command(client: Client, command: KvCommand) -> Result<(), Failure> {
             }
             print(&reply.body)?;
             if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                println!();
+                outln!();
             }
             Ok(())
         }
@@ -239,7 +239,7 @@ async fn kv_command(client: Client, command: KvCommand) -> Result<(), Failure> {
                 query.push(format!("lease={lease}"));
             }
             let mod_index = put(&client, &key, value, &query).await?;
-            println!("{mod_index}");
+            outln!("{mod_index}");
             Ok(())
         }
         KvCommand::Del { key, cas } => {
@@ -357,19 +357,19 @@ pub async fn revoke(client: &Client, lease_id: u64) -> Result<u64, Failure> {
 async fn lease_command(client: Client, command: LeaseCommand) -> Result<(), Failure> {
     match command {
         LeaseCommand::Grant { ttl_s } => {
-            println!("{}", grant(&client, ttl_s).await?);
+            outln!("{}", grant(&client, ttl_s).await?);
             Ok(())
         }
         LeaseCommand::Keepalive { id, once } => loop {
             let remaining = keepalive_once(&client, id).await?;
-            println!("lease {id} kept alive, {} ms left", remaining.as_millis());
+            outln!("lease {id} kept alive, {} ms left", remaining.as_millis());
             if once {
                 return Ok(());
             }
             env::sleep(remaining / 3).await;
         },
         LeaseCommand::Revoke { id } => {
-            println!("{}", revoke(&client, id).await?);
+            outln!("{}", revoke(&client, id).await?);
             Ok(())
         }
         LeaseCommand::Show { id } => {
@@ -380,12 +380,12 @@ async fn lease_command(client: Client, command: LeaseCommand) -> Result<(), Fail
                 Some(ms) => format!("{ms} ms"),
                 None => "unknown".to_string(),
             };
-            println!("id {id}\nttl_s {}\nremaining {remaining}", json["ttl_s"]);
+            outln!("id {id}\nttl_s {}\nremaining {remaining}", json["ttl_s"]);
             for key in json["keys"].as_array().cloned().unwrap_or_default() {
-                println!("key {}", key.as_str().unwrap_or_default());
+                outln!("key {}", key.as_str().unwrap_or_default());
             }
             for key in json["keys_hex"].as_array().cloned().unwrap_or_default() {
-                println!("key_hex {}", key.as_str().unwrap_or_default());
+                outln!("key_hex {}", key.as_str().unwrap_or_default());
             }
             Ok(())
         }
@@ -414,15 +414,20 @@ async fn status_command(client: Client) -> Result<(), Failure> {
         .filter_map(|(_, _, health)| health.as_ref())
         .find(|h| h["role"] == "leader")
         .and_then(|h| h["commit_index"].as_u64());
-    println!(
+    outln!(
         "cluster {}  leader {}  term {}",
         cluster["cluster_id"].as_str().unwrap_or("?"),
         cluster["leader"].as_str().unwrap_or("none"),
         cluster["term"]
     );
-    println!(
+    outln!(
         "{:<12} {:<22} {:<14} {:>6} {:>10} {:>8}",
-        "MEMBER", "ADDRESS", "ROLE", "TERM", "APPLIED", "LAG"
+        "MEMBER",
+        "ADDRESS",
+        "ROLE",
+        "TERM",
+        "APPLIED",
+        "LAG"
     );
     let mut unreachable = 0;
     for (name, addr, health) in &rows {
@@ -432,7 +437,7 @@ async fn status_command(client: Client) -> Result<(), Failure> {
                 let lag = leader_commit
                     .map(|commit| commit.saturating_sub(applied).to_string())
                     .unwrap_or_else(|| "?".into());
-                println!(
+                outln!(
                     "{name:<12} {addr:<22} {:<14} {:>6} {applied:>10} {lag:>8}",
                     h["role"].as_str().unwrap_or("?"),
                     h["term"].as_u64().unwrap_or(0),
@@ -440,7 +445,7 @@ async fn status_command(client: Client) -> Result<(), Failure> {
             }
             None => {
                 unreachable += 1;
-                println!("{name:<12} {addr:<22} {:<14}", "unreachable");
+                outln!("{name:<12} {addr:<22} {:<14}", "unreachable");
             }
         }
     }

@@ -260,7 +260,7 @@ pub async fn watch_command(
     let mut printed = 0u64;
     loop {
         for event in watch.next().await? {
-            println!("{}", event_line(&event));
+            outln!("{}", event_line(&event));
             printed += 1;
             if count.is_some_and(|count| printed >= count) {
                 return Ok(());
