@@ -214,7 +214,6 @@ fn parse_wait(text: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
 
@@ -244,7 +243,7 @@ mod tests {
     fn events_show_utf8_as_text_and_other_bytes_as_hex() {
         let put = KeyChange {
             index: 12,
-            key: Arc::from(&b"config/a"[..]),
+            key: Bytes::from_static(b"config/a"),
             kind: ChangeKind::Put {
                 value: bytes::Bytes::from_static(b"v2"),
                 create_index: 10,
@@ -256,7 +255,7 @@ mod tests {
         );
         let binary = KeyChange {
             index: 13,
-            key: Arc::from(&[0xfe, b'a'][..]),
+            key: Bytes::from_static(&[0xfe, b'a']),
             kind: ChangeKind::Put {
                 value: bytes::Bytes::from_static(&[0xff, 0x00]),
                 create_index: 13,
@@ -267,7 +266,7 @@ mod tests {
         assert_eq!(event_json(&binary).get("key"), None);
         let delete = KeyChange {
             index: 14,
-            key: Arc::from(&b"config/a"[..]),
+            key: Bytes::from_static(b"config/a"),
             kind: ChangeKind::Delete,
         };
         assert_eq!(

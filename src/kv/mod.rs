@@ -33,13 +33,13 @@
 //! grow the store always apply. Commands without a stamp (written before quotas existed) are
 //! not limited.
 //!
-//! Point-in-time views: the keys and both sides of the idempotency table are `imbl::OrdMap`s,
-//! persistent B-trees with structural sharing. [`KvStore::clone`] is O(1) (it shares the roots)
+//! Point-in-time views: the keys (an `imbl::OrdSet` of records, see `record`) and both sides of
+//! the idempotency table are persistent B-trees with structural sharing. [`KvStore::clone`] is O(1) (it shares the roots)
 //! and yields a frozen, self-consistent view of keys, idempotency records and applied index that
 //! a background task can serialize ([`crate::snapshot::write`]) while the driver keeps applying.
 //! A write after a clone copies only the nodes on its path, once each while the view lives; with
-//! no view alive the maps mutate in place. Keys are `Arc<[u8]>` so a copied node clones
-//! pointers, not strings.
+//! no view alive the maps mutate in place. A record holds its key and value as one shared buffer
+//! (usually the command's own), so a copied node clones handles, not strings.
 //!
 //! Keys are any bytes (etcd's rule), compared and listed in byte order. A key travels in a
 //! command as a length-prefixed byte string, the same encoding postcard gives a `String`, so
@@ -52,9 +52,11 @@
 
 mod idempotency;
 mod lease;
+mod record;
 mod shared_bytes;
 mod snapshot;
 pub use lease::{Lease, LEASES_MAX, LEASE_KEYS_MAX, LEASE_TTL_MS_MAX};
+pub use record::ValueRef;
 mod txn;
 pub use snapshot::KvRestore;
 pub use txn::{
@@ -72,11 +74,12 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use imbl::OrdMap;
+use imbl::OrdSet;
 use serde::{Deserialize, Serialize};
 
 use idempotency::IdempotencyTable;
 use lease::{LeaseRefusal, LeaseTable};
+use record::Record;
 
 use crate::plants::{self, Plant};
 
@@ -91,7 +94,7 @@ pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
 pub const IDEMPOTENCY_KEYS_MAX_DEFAULT: usize = 100_000;
 
 /// Bytes a key counts towards [`KvStore::store_bytes`] beyond its key and value bytes: the
-/// versions, the tree node and the key's `Arc` (a rough figure, but the same on every replica).
+/// versions and the tree slot (a rough figure, but the same on every replica).
 pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
 /// Default quota on [`KvStore::store_bytes`] (2 GiB, etcd's default backend quota).
 pub const QUOTA_BYTES_DEFAULT: u64 = 2 << 30;
@@ -281,8 +284,8 @@ pub struct Value {
 pub struct KeyChange {
     /// Log index of the entry that made the change.
     pub index: u64,
-    /// The key changed.
-    pub key: Arc<[u8]>,
+    /// The key changed (a handle on the store's own bytes, not a copy).
+    pub key: Bytes,
     /// What happened to it.
     pub kind: ChangeKind,
 }
@@ -529,12 +532,13 @@ pub fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
 }
 
 /// The replicated key-value state machine (see the module docs).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct KvStore {
     options: KvOptions,
-    /// The keys, in ascending byte order. A persistent B-tree: cloning the store is O(1) and
-    /// shares every node until one side writes (see the module docs).
-    entries: OrdMap<Arc<[u8]>, Value>,
+    /// The keys, in ascending byte order, each with its value and versions (see `record`). A
+    /// persistent B-tree: cloning the store is O(1) and shares every node until one side writes
+    /// (see the module docs).
+    entries: OrdSet<Record>,
     /// Results of recently applied requests that carried an idempotency key.
     idempotency: IdempotencyTable,
     /// The leases and the keys they hold.
@@ -546,12 +550,32 @@ pub struct KvStore {
     store_bytes: u64,
 }
 
+impl PartialEq for KvStore {
+    /// Equal states: every key with the same value and versions (records alone compare by key),
+    /// the same idempotency records, leases, applied index and options.
+    fn eq(&self, other: &KvStore) -> bool {
+        self.options == other.options
+            && self.applied_index == other.applied_index
+            && self.store_bytes == other.store_bytes
+            && self.idempotency == other.idempotency
+            && self.leases == other.leases
+            && self.entries.len() == other.entries.len()
+            && self
+                .entries
+                .iter()
+                .zip(other.entries.iter())
+                .all(|(a, b)| a.same_as(b))
+    }
+}
+
+impl Eq for KvStore {}
+
 impl KvStore {
     /// An empty store at applied index 0.
     pub fn new(options: KvOptions) -> Self {
         KvStore {
             options,
-            entries: OrdMap::new(),
+            entries: OrdSet::new(),
             idempotency: IdempotencyTable::default(),
             leases: LeaseTable::default(),
             applied_index: 0,
@@ -606,9 +630,9 @@ impl KvStore {
         }
         let result = match stamp {
             Some(CommandStamp { quota_bytes }) => {
-                self.apply_op_within_quota(index, request.op, quota_bytes, changes)
+                self.apply_op_within_quota(index, request.op, data, quota_bytes, changes)
             }
-            None => self.apply_op(index, request.op, changes),
+            None => self.apply_op(index, request.op, data, changes),
         };
         // Only the planted bug reaches here with a key already recorded.
         let known = plants::active(Plant::ApplyRetryTwice)
@@ -636,9 +660,9 @@ impl KvStore {
         self.advance_applied_index(index);
     }
 
-    /// The value of `key`, if present.
-    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<&Value> {
-        self.entries.get(key.as_ref())
+    /// The value of `key`, if present (sharing the store's buffer, not a copy).
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<Value> {
+        self.entries.get(key.as_ref()).map(Record::value)
     }
 
     /// Keys starting with `prefix` in ascending byte order, at most `limit`, starting strictly
@@ -648,7 +672,7 @@ impl KvStore {
         prefix: impl AsRef<[u8]>,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Vec<(&[u8], &Value)> {
+    ) -> Vec<(&[u8], Value)> {
         let prefix = prefix.as_ref();
         let start = match after {
             Some(after) if after >= prefix => Bound::Excluded(after),
@@ -656,9 +680,9 @@ impl KvStore {
         };
         self.entries
             .range::<_, [u8]>((start, Bound::Unbounded))
-            .take_while(|(key, _)| key.starts_with(prefix))
+            .take_while(|record| record.key().starts_with(prefix))
             .take(limit)
-            .map(|(key, value)| (key.as_ref(), value))
+            .map(|record| (record.key(), record.value()))
             .collect()
     }
 
@@ -720,15 +744,16 @@ impl KvStore {
         &mut self,
         index: u64,
         op: WriteOp,
+        source: &Bytes,
         quota_bytes: u64,
         changes: &mut Vec<KeyChange>,
     ) -> WriteResult {
         let store_bytes = self.store_bytes;
         if store_bytes.saturating_add(op.growth_bytes_max()) <= quota_bytes {
-            return self.apply_op(index, op, changes);
+            return self.apply_op(index, op, source, changes);
         }
         let undo = (self.entries.clone(), self.leases.clone(), changes.len());
-        let result = self.apply_op(index, op, changes);
+        let result = self.apply_op(index, op, source, changes);
         let store_bytes_after = self.store_bytes;
         let enforced = !plants::active(Plant::QuotaNotEnforcedOnApply);
         if enforced && store_bytes_after > quota_bytes && store_bytes_after > store_bytes {
@@ -755,10 +780,17 @@ impl KvStore {
         self.applied_index = index;
     }
 
-    fn apply_op(&mut self, index: u64, op: WriteOp, changes: &mut Vec<KeyChange>) -> WriteResult {
+    /// Applies `op`, decoded from the command buffer `source` (which its records may share).
+    fn apply_op(
+        &mut self,
+        index: u64,
+        op: WriteOp,
+        source: &Bytes,
+        changes: &mut Vec<KeyChange>,
+    ) -> WriteResult {
         match op {
             WriteOp::Put { key, value } => {
-                let created = self.write(index, key, value, changes);
+                let created = self.write(index, &key, &value, source, changes);
                 WriteResult::Put {
                     mod_index: index,
                     created,
@@ -776,7 +808,7 @@ impl KvStore {
                 if current_mod_index != expected_mod_index {
                     return WriteResult::CasMismatch { current_mod_index };
                 }
-                self.write(index, key, value, changes);
+                self.write(index, &key, &value, source, changes);
                 WriteResult::CasOk { mod_index: index }
             }
             WriteOp::CasDelete {
@@ -812,7 +844,7 @@ impl KvStore {
                     return WriteResult::CasMismatch { current_mod_index };
                 }
                 let shared: Arc<[u8]> = Arc::from(key.as_slice());
-                let created = self.write(index, key, value, changes);
+                let created = self.write(index, &key, &value, source, changes);
                 self.leases.attach(shared, lease_id);
                 match expected_mod_index {
                     None => WriteResult::Put {
@@ -838,7 +870,7 @@ impl KvStore {
                 }
             }
             WriteOp::Txn(txn) => {
-                let (succeeded, results) = self.apply_txn(index, txn, changes);
+                let (succeeded, results) = self.apply_txn(index, txn, source, changes);
                 WriteResult::Txn { succeeded, results }
             }
         }
@@ -847,13 +879,13 @@ impl KvStore {
     /// Removes `key` (and its lease attachment) at `index`; returns whether it was present.
     fn remove(&mut self, index: u64, key: &[u8], changes: &mut Vec<KeyChange>) -> bool {
         self.leases.detach(key);
-        let Some((key, value)) = self.entries.remove_with_key(key) else {
+        let Some(record) = self.entries.remove(key) else {
             return false;
         };
-        self.store_bytes -= entry_bytes(&key, &value.data);
+        self.store_bytes -= entry_bytes(record.key(), record.value_bytes());
         changes.push(KeyChange {
             index,
-            key,
+            key: record.key_shared(),
             kind: ChangeKind::Delete,
         });
         true
@@ -861,43 +893,39 @@ impl KvStore {
 
     /// `mod_index` of `key`, 0 when absent.
     fn mod_index_of(&self, key: &[u8]) -> u64 {
-        self.entries.get(key).map_or(0, |value| value.mod_index)
+        self.entries.get(key).map_or(0, |record| record.mod_index)
     }
 
     /// Writes `data` at `index`, detaching `key` from any lease (a `PutLeased` attaches it again
-    /// after); returns whether the key was created.
+    /// after); returns whether the key was created. `source` is the command's buffer, which the
+    /// record shares when it holds the key and the value (see `record`).
     fn write(
         &mut self,
         index: u64,
-        key: Vec<u8>,
-        data: Bytes,
+        key: &[u8],
+        data: &Bytes,
+        source: &Bytes,
         changes: &mut Vec<KeyChange>,
     ) -> bool {
-        self.leases.detach(&key);
-        let (key, create_index, created) = match self.entries.get_key_value(key.as_slice()) {
-            Some((stored, value)) => {
-                self.store_bytes -= entry_bytes(stored, &value.data);
-                (stored.clone(), value.create_index, false)
+        self.leases.detach(key);
+        let (create_index, created) = match self.entries.get(key) {
+            Some(record) => {
+                self.store_bytes -= entry_bytes(record.key(), record.value_bytes());
+                (record.create_index, false)
             }
-            None => (Arc::from(key), index, true),
+            None => (index, true),
         };
-        self.store_bytes += entry_bytes(&key, &data);
+        self.store_bytes += entry_bytes(key, data);
+        let record = Record::new(key, data, Some(source), create_index, index);
         changes.push(KeyChange {
             index,
-            key: key.clone(),
+            key: record.key_shared(),
             kind: ChangeKind::Put {
                 value: data.clone(),
                 create_index,
             },
         });
-        self.entries.insert(
-            key,
-            Value {
-                data,
-                create_index,
-                mod_index: index,
-            },
-        );
+        self.entries.insert(record);
         created
     }
 }

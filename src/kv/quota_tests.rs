@@ -48,7 +48,7 @@ fn apply_keyed(
 fn recounted(store: &KvStore) -> u64 {
     store
         .entries_iter()
-        .map(|(key, value)| entry_bytes(key, &value.data))
+        .map(|(key, value)| entry_bytes(key, value.data))
         .sum()
 }
 

@@ -14,16 +14,15 @@
 //! [`KvStore::restore`] refuses any other order, so restoring and snapshotting again returns the
 //! same bytes.
 
-use std::sync::Arc;
-
 use bytes::{BufMut, Bytes, BytesMut};
-use imbl::OrdMap;
+use imbl::OrdSet;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::fnv::Fnv1a64;
 
 use super::idempotency::IdempotencyTable;
 use super::lease::LeaseTable;
+use super::record::{Record, ValueRef};
 use super::{
     validate_idempotency_key, validate_key, KvError, KvOptions, KvStore, Value, WriteResult,
 };
@@ -66,11 +65,15 @@ struct BodyOwnedV1 {
     idempotency: Vec<(String, u64, WriteResult)>,
 }
 
-struct EntriesRef<'a>(&'a OrdMap<Arc<[u8]>, Value>);
+struct EntriesRef<'a>(&'a OrdSet<Record>);
 
 impl Serialize for EntriesRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|(key, value)| (key.as_ref(), value)))
+        serializer.collect_seq(
+            self.0
+                .iter()
+                .map(|record| (record.key(), record.value_ref())),
+        )
     }
 }
 
@@ -130,8 +133,8 @@ impl KvRestore {
                 "key {shown:?} after the idempotency records or leases"
             )));
         }
-        if let Some((previous, _)) = self.store.entries.get_max() {
-            if previous.as_ref() >= key.as_slice() {
+        if let Some(previous) = self.store.entries.get_max() {
+            if previous.key() >= key.as_slice() {
                 return Err(corrupt(format!("key {shown:?} out of order")));
             }
         }
@@ -147,7 +150,9 @@ impl KvRestore {
             )));
         }
         self.store.store_bytes += super::entry_bytes(&key, &value.data);
-        self.store.entries.insert(Arc::from(key), value);
+        // A buffer of its own (key, then value): the decoded value's buffer is dropped.
+        let record = Record::new(&key, &value.data, None, value.create_index, value.mod_index);
+        self.store.entries.insert(record);
         Ok(())
     }
 
@@ -198,7 +203,7 @@ impl KvRestore {
         self.store
             .leases
             .restore_lease(lease_id, ttl_ms, keys, self.store.applied_index, |key| {
-                entries.contains_key(key)
+                entries.contains(key)
             })
             .map_err(corrupt)
     }
@@ -302,11 +307,11 @@ impl KvStore {
         Ok(builder.finish())
     }
 
-    /// The keys and their values in ascending key order (what a snapshot file holds).
-    pub fn entries_iter(&self) -> impl Iterator<Item = (&[u8], &Value)> {
+    /// The keys and their values in ascending key order (what a snapshot file holds), borrowed.
+    pub fn entries_iter(&self) -> impl Iterator<Item = (&[u8], ValueRef<'_>)> {
         self.entries
             .iter()
-            .map(|(key, value)| (key.as_ref(), value))
+            .map(|record| (record.key(), record.value_ref()))
     }
 
     /// The remembered idempotency records `(idempotency key, first index, result)` in ascending

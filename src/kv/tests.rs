@@ -75,8 +75,8 @@ impl Harness {
         self.store.apply(index, &keyed_request(idempotency_key, op))
     }
 
-    fn data(&self, key: &str) -> Option<&[u8]> {
-        self.store.get(key).map(|value| &value.data[..])
+    fn data(&self, key: &str) -> Option<Bytes> {
+        self.store.get(key).map(|value| value.data)
     }
 }
 
@@ -151,7 +151,7 @@ fn cas_with_zero_creates_only_when_absent() {
             current_mod_index: 1
         })
     );
-    assert_eq!(h.data("a"), Some(&b"1"[..]));
+    assert_eq!(h.data("a").as_deref(), Some(&b"1"[..]));
 }
 
 #[test]
@@ -165,7 +165,7 @@ fn cas_swaps_only_at_the_expected_mod_index() {
             current_mod_index: 2
         })
     );
-    assert_eq!(h.data("a"), Some(&b"2"[..]));
+    assert_eq!(h.data("a").as_deref(), Some(&b"2"[..]));
     assert_eq!(
         h.apply(cas("a", 2, "3")),
         Ok(WriteResult::CasOk { mod_index: 4 })
@@ -371,7 +371,7 @@ fn idempotent_retry_returns_the_first_result_and_does_not_reapply() {
             created: true
         })
     );
-    assert_eq!(h.data("a"), Some(&b"2"[..]));
+    assert_eq!(h.data("a").as_deref(), Some(&b"2"[..]));
     assert_eq!(h.store.get("a").unwrap().mod_index, 2);
     assert_eq!(h.store.applied_index(), 3);
 }
@@ -425,7 +425,7 @@ fn idempotent_retry_with_a_different_op_still_returns_the_first_result() {
             created: true
         })
     );
-    assert_eq!(h.data("a"), Some(&b"1"[..]));
+    assert_eq!(h.data("a").as_deref(), Some(&b"1"[..]));
 }
 
 #[test]
@@ -571,7 +571,7 @@ fn a_clone_is_a_frozen_view_while_the_original_keeps_applying() {
     assert_eq!(view_keys, ["k1"]);
     let live_keys: Vec<&str> = h.store.idempotency_iter().map(|(key, _, _)| key).collect();
     assert_eq!(live_keys, ["k2", "k3", "k4"]);
-    assert_eq!(h.data("a"), Some(&b"changed"[..]));
+    assert_eq!(h.data("a").as_deref(), Some(&b"changed"[..]));
     assert_ne!(h.store.state_hash(), view.state_hash());
 }
 
@@ -782,7 +782,7 @@ fn list_filters_by_prefix_in_ascending_order() {
     ] {
         h.apply(put(key, key)).unwrap();
     }
-    let keys = |page: Vec<(&[u8], &Value)>| {
+    let keys = |page: Vec<(&[u8], Value)>| {
         page.into_iter()
             .map(|(key, _)| String::from_utf8_lossy(key).into_owned())
             .collect::<Vec<_>>()
@@ -800,7 +800,7 @@ fn list_filters_by_prefix_in_ascending_order() {
         Vec::<String>::new()
     );
     assert_eq!(keys(h.store.list("user/", None, 0)), Vec::<String>::new());
-    let (_, value) = h.store.list("admin", None, 1)[0];
+    let (_, value) = h.store.list("admin", None, 1).remove(0);
     assert_eq!(&value.data[..], b"admin");
 }
 

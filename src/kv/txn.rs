@@ -161,12 +161,14 @@ impl Txn {
 }
 
 impl KvStore {
-    /// Applies `txn` at `index`: evaluates every compare, runs the chosen list. Returns whether
-    /// the compares held and each operation's result.
+    /// Applies `txn` (decoded from the command buffer `source`) at `index`: evaluates every
+    /// compare, runs the chosen list. Returns whether the compares held and each operation's
+    /// result.
     pub(super) fn apply_txn(
         &mut self,
         index: u64,
         txn: Txn,
+        source: &Bytes,
         changes: &mut Vec<KeyChange>,
     ) -> (bool, Vec<TxnOpResult>) {
         let succeeded = txn.compares.iter().all(|compare| self.holds(compare));
@@ -180,7 +182,7 @@ impl KvStore {
             let result = match op {
                 TxnOp::Put { key, value } => TxnOpResult::Put {
                     mod_index: index,
-                    created: self.write(index, key, value, changes),
+                    created: self.write(index, &key, &value, source, changes),
                 },
                 TxnOp::Delete { key } => TxnOpResult::Deleted {
                     existed: self.remove(index, &key, changes),
@@ -194,10 +196,8 @@ impl KvStore {
                         }
                     }
                     found => {
-                        get_bytes += found.map_or(0, |value| value.data.len());
-                        TxnOpResult::Get {
-                            value: found.cloned(),
-                        }
+                        get_bytes += found.as_ref().map_or(0, |value| value.data.len());
+                        TxnOpResult::Get { value: found }
                     }
                 },
             };

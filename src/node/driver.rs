@@ -995,9 +995,9 @@ impl Driver {
 
     fn serve_read(&self, query: &ReadQuery) -> ReadOutcome {
         let index = self.kv.applied_index();
-        let view = |key: &[u8], value: &kv::Value| ValueView {
+        let view = |key: &[u8], value: kv::Value| ValueView {
             key: key.to_vec(),
-            data: value.data.clone(),
+            data: value.data,
             create_index: value.create_index,
             mod_index: value.mod_index,
         };

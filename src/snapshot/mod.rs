@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::env::fs;
-use crate::kv::{KvError, KvOptions, KvRestore, KvStore, Value, WriteResult};
+use crate::kv::{KvError, KvOptions, KvRestore, KvStore, Value, ValueRef, WriteResult};
 use crate::raft::SnapshotMeta;
 
 /// First bytes of every snapshot file.
@@ -104,7 +104,7 @@ pub enum SnapshotError {
 enum RecordRef<'a> {
     Key {
         key: &'a [u8],
-        value: &'a Value,
+        value: ValueRef<'a>,
     },
     Idempotency {
         idempotency_key: &'a str,

@@ -9,7 +9,7 @@ use super::*;
 fn put(index: u64, key: &str, value: &str) -> KeyChange {
     KeyChange {
         index,
-        key: key.as_bytes().into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
         kind: ChangeKind::Put {
             value: Bytes::copy_from_slice(value.as_bytes()),
             create_index: index,
@@ -20,7 +20,7 @@ fn put(index: u64, key: &str, value: &str) -> KeyChange {
 fn delete(index: u64, key: &str) -> KeyChange {
     KeyChange {
         index,
-        key: key.as_bytes().into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
         kind: ChangeKind::Delete,
     }
 }
