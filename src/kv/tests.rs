@@ -1035,3 +1035,49 @@ fn an_applied_value_shares_the_entry_buffer_and_outlives_it() {
     drop(entry);
     assert_eq!(store.get("k").unwrap().data, Bytes::from(value));
 }
+
+/// The store keeps a written key and value as slices of the command's own buffer (one copy,
+/// shared with the log; see `record`), for a put, a compare-and-swap and a transaction's put,
+/// and a watch's change names the key without copying it either.
+#[test]
+fn a_written_key_and_value_share_the_commands_buffer() {
+    let value = "v".repeat(300);
+    let within = |command: &Bytes, bytes: &[u8]| {
+        let start = command.as_ptr() as usize;
+        let at = bytes.as_ptr() as usize;
+        at >= start && at + bytes.len() <= start + command.len()
+    };
+    let mut store = KvStore::new(KvOptions::default());
+    let txn_put = WriteOp::Txn(Txn {
+        compares: Vec::new(),
+        success: vec![TxnOp::Put {
+            key: b"t".to_vec(),
+            value: Bytes::from(value.clone()),
+        }],
+        failure: Vec::new(),
+    });
+    for (index, (key, op)) in [
+        ("p", put("p", &value)),
+        ("c", cas("c", 0, &value)),
+        ("t", txn_put),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let command = request(op);
+        let mut changes = Vec::new();
+        store
+            .apply_recording(index as u64 + 1, &command, &mut changes)
+            .unwrap();
+        let stored = store.get(key).unwrap();
+        assert_eq!(&stored.data[..], value.as_bytes());
+        assert!(
+            within(&command, &stored.data),
+            "{key}: the value was copied"
+        );
+        assert!(
+            within(&command, &changes[0].key),
+            "{key}: the key was copied"
+        );
+    }
+}
