@@ -7,9 +7,10 @@
 //! - its peak heap growth stays under [`ALLOC_FIXED_BYTES_MAX`] + [`ALLOC_PER_INPUT_BYTE_MAX`]
 //!   times the input size (when the counting allocator is installed);
 //! - an accepted envelope satisfies everything `decode` promises (cluster, addressee, the
-//!   sender's standing answered and never a removed incarnation, only a leader's traffic from
-//!   anyone but a member under its recorded incarnation, every message claiming the envelope's
-//!   ends, contiguous append entries), and encodes and decodes back to itself;
+//!   sender's standing answered and never a removed incarnation, only a leader's traffic (and
+//!   a stranger's vote requests) from anyone but a member under its recorded incarnation, every
+//!   message claiming the envelope's ends, contiguous append entries), and encodes and decodes
+//!   back to itself;
 //! - an input over the body limit is refused as `TooLarge` before it is parsed.
 
 use raft_kv::node::rpc::{self, RpcEnvelope, RpcError, Standing};
@@ -128,9 +129,16 @@ fn check_accepted(envelope: &RpcEnvelope, standing_answered: Standing) {
     );
     assert_ne!(sender, Standing::Removed, "accepted a removed incarnation");
     for message in &envelope.messages {
-        // From anyone but a member under its incarnation, only a leader's traffic.
+        // From anyone but a member under its incarnation, only a leader's traffic, and a
+        // stranger's vote requests (never an answer, which would count in a quorum).
+        let vote_request = matches!(
+            message.body,
+            MessageBody::PreVote { .. } | MessageBody::Vote { .. }
+        );
         assert!(
-            sender == Standing::Member || message.body.is_leader_traffic(),
+            sender == Standing::Member
+                || message.body.is_leader_traffic()
+                || (sender == Standing::Stranger && vote_request),
             "accepted {} from {} incarnation {}, not a member under that incarnation",
             message.body.name(),
             envelope.from,

@@ -11,7 +11,11 @@
 //!   a receiver hears a valid leader's traffic from outside its configurations (a member that
 //!   joined again after the receiver's log ends may lead; thesis §4.1), not as the member's,
 //!   so nothing of it counts in a quorum (this stale term-0 heartbeat it refuses with 403);
-//!   `204` is hearing it as the member;
+//!   `204` is hearing it as the member. (A `202` would not tell another incarnation from a
+//!   stranger: the claimed member may be one the receiver's configurations no longer name, and
+//!   a stranger's vote requests are heard, seed 9626. So the probe sends no vote request;
+//!   `src/node/rpc.rs` and `tests/membership.rs` check that another incarnation's are
+//!   refused.)
 //! - a write with a `read` token: must get 403; a write with no token: must get 401; a 2xx
 //!   breaks "client authorization" (plant `skip-role-check`). Its key is outside the workload's
 //!   keys, so a wrongly accepted write does not disturb the linearizability check.

@@ -126,13 +126,15 @@ pub enum Standing {
     /// The configuration names the sender with another incarnation: this one lost (or never
     /// had) the durable state of that member, so it must not vote or count in a quorum as it.
     OtherIncarnation,
-    /// The sender is not a member of any configuration this node knows.
+    /// The sender is not a member of any configuration this node knows: a member added after
+    /// this node's log ends, heard for a leader's traffic and its vote requests (see [`decode`]).
     Stranger,
 }
 
 /// The cluster and member checks every peer RPC passes; answers the sender's standing (a
-/// removed incarnation is refused here; a stranger or another incarnation is heard only for a
-/// leader's traffic, see [`MessageBody::is_leader_traffic`]).
+/// removed incarnation is refused here; a stranger is heard only for a leader's traffic, see
+/// [`MessageBody::is_leader_traffic`], and for its vote requests; another incarnation only for
+/// a leader's traffic).
 fn check_route(
     got_cluster: u64,
     from: NodeId,
@@ -200,7 +202,7 @@ pub enum RpcError {
     /// The addressee is not this node.
     #[error("raft rpc rejected: {0}")]
     NotMember(String),
-    /// The sender is not a member, and sent no leader's traffic.
+    /// The sender is not a member, and sent no leader's traffic nor vote request.
     #[error("raft rpc rejected: sender {from:#x} is not a member")]
     Stranger {
         /// The sender.
@@ -232,8 +234,8 @@ pub fn encode(envelope: &RpcEnvelope) -> Vec<u8> {
 
 /// Decodes and validates an envelope: size limit, cluster id, and that every message claims the
 /// envelope's sender and receiver; answers it with the sender's standing. From a sender that
-/// is not a member under its incarnation only a leader's traffic is kept (refused if there is
-/// none). Never panics, whatever the bytes.
+/// is not a member under its incarnation only a leader's traffic is kept, and from a stranger
+/// its (pre-)vote requests too (refused if nothing is kept). Never panics, whatever the bytes.
 pub fn decode(
     bytes: &[u8],
     body_bytes_max: usize,
@@ -287,18 +289,24 @@ pub fn decode(
             }
         }
     }
-    // Thesis §4.1: a leader's traffic is heard from anyone. A sender this node's
-    // configurations do not name, or name under another incarnation, is a leader this node's
-    // log does not know yet (a member added, or joined again, after its log ends; found by
-    // the simulator, seeds 251 and 504) or an impostor that can win no election: either way
-    // its appends change no vote and count in no quorum. Anything else of it is refused: its
-    // answers would count in quorums, its vote requests would move terms.
+    // Thesis §4.1: a leader's traffic is heard from anyone, and vote requests from a peer of
+    // the cluster that no configuration of this node names. Such a sender is a member added
+    // (or joined again) after this node's log ends: it may lead, and it may need this node's
+    // vote (found by the simulator: seeds 251 and 504 for a leader's traffic; seed 9626 for
+    // votes, where the member behind the entry that added the fourth voter refused its
+    // requests and no candidate could win 3 of 4). Or it is a removed server, or an impostor
+    // holding the secret, which gains nothing: a vote it asks for counts in no quorum of this
+    // node, it cannot win without the votes of the members that hold its removal, and
+    // pre-vote and the leader lease (§4.2.3, see `raft::core::step`) keep it from disrupting a
+    // live leader. Anything else of it is refused: its answers would count in this node's
+    // quorums. A member under another incarnation (its data directory was replaced) lost the
+    // votes it cast, so only a leader's traffic of it is heard, never its vote requests.
     if standing != Standing::Member {
         // A term-0 message no correct peer sends (the core drops it anyway): kept out here, so
         // a non-member's invalid heartbeat is refused instead of waking the driver.
         envelope
             .messages
-            .retain(|message| message.body.is_leader_traffic() && message.term > 0);
+            .retain(|message| is_heard_from(standing, &message.body) && message.term > 0);
         if envelope.messages.is_empty() {
             let from = envelope.from;
             let incarnation = envelope.from_incarnation;
@@ -309,6 +317,14 @@ pub fn decode(
         }
     }
     Ok((envelope, standing))
+}
+
+/// Whether a message of `body` is heard from a sender of `standing` other than a member: a
+/// leader's traffic from anyone, and a (pre-)vote request from a stranger (see [`decode`]).
+/// Never an answer (it would count in a quorum of the receiver) nor `TimeoutNow`.
+fn is_heard_from(standing: Standing, body: &MessageBody) -> bool {
+    let vote_request = matches!(body, MessageBody::PreVote { .. } | MessageBody::Vote { .. });
+    body.is_leader_traffic() || (standing == Standing::Stranger && vote_request)
 }
 
 #[cfg(test)]
@@ -399,42 +415,127 @@ mod tests {
         });
     }
 
-    #[test]
-    fn a_non_member_is_heard_only_for_a_leaders_traffic() {
-        let vote = Message {
-            from: 1,
-            to: 2,
+    fn vote(from: NodeId, to: NodeId) -> Message {
+        Message {
+            from,
+            to,
             term: 4,
             body: MessageBody::Vote {
                 last_log_index: 9,
                 last_log_term: 3,
                 transfer: true,
             },
-        };
-        let answer = Message {
-            from: 1,
-            to: 2,
+        }
+    }
+
+    fn pre_vote(from: NodeId, to: NodeId) -> Message {
+        Message {
+            from,
+            to,
+            term: 4,
+            body: MessageBody::PreVote {
+                last_log_index: 9,
+                last_log_term: 3,
+            },
+        }
+    }
+
+    /// One message of every kind a non-leader sends: answers and `TimeoutNow`.
+    fn answers(from: NodeId, to: NodeId) -> Vec<Message> {
+        [
+            MessageBody::PreVoteResponse { granted: true },
+            MessageBody::VoteResponse { granted: true },
+            MessageBody::AppendResponse {
+                index: 9,
+                reject_hint: None,
+            },
+            MessageBody::HeartbeatResponse { read_seq: 1 },
+            MessageBody::TimeoutNow,
+        ]
+        .into_iter()
+        .map(|body| Message {
+            from,
+            to,
             term: 3,
-            body: MessageBody::HeartbeatResponse { read_seq: 1 },
-        };
-        let mut mixed = envelope();
-        mixed.messages = vec![vote.clone(), heartbeat(1, 2), answer.clone()];
-        let bytes = encode(&mixed);
-        for standing in [Standing::Stranger, Standing::OtherIncarnation] {
-            let (heard, got) = decode(&bytes, 1 << 20, 9, 2, |_, _| standing).unwrap();
-            assert_eq!(got, standing);
-            assert_eq!(heard.messages, vec![heartbeat(1, 2)]);
+            body,
+        })
+        .collect()
+    }
+
+    fn envelope_of(messages: Vec<Message>) -> Vec<u8> {
+        let mut envelope = envelope();
+        envelope.messages = messages;
+        encode(&envelope)
+    }
+
+    #[test]
+    fn a_stranger_is_heard_for_a_leaders_traffic_and_its_vote_requests_only() {
+        let mut mixed = vec![vote(1, 2), heartbeat(1, 2), pre_vote(1, 2)];
+        mixed.extend(answers(1, 2));
+        let bytes = envelope_of(mixed.clone());
+        // Thesis §4.1: a member added after this node's log ends may lead, and may need this
+        // node's vote (simulator, seed 9626); its answers would count in this node's quorums.
+        let (heard, got) = decode(&bytes, 1 << 20, 9, 2, |_, _| Standing::Stranger).unwrap();
+        assert_eq!(got, Standing::Stranger);
+        assert_eq!(
+            heard.messages,
+            vec![vote(1, 2), heartbeat(1, 2), pre_vote(1, 2)]
+        );
+        // A vote request alone is heard too.
+        for request in [vote(1, 2), pre_vote(1, 2)] {
+            let bytes = envelope_of(vec![request.clone()]);
+            let (heard, _) = decode(&bytes, 1 << 20, 9, 2, |_, _| Standing::Stranger).unwrap();
+            assert_eq!(heard.messages, vec![request]);
         }
         // A member is heard in full.
         let (heard, _) = decode(&bytes, 1 << 20, 9, 2, |_, _| Standing::Member).unwrap();
-        assert_eq!(heard.messages.len(), 3);
-        // Votes, answers and term-0 messages alone are refused, each standing with its own
-        // error.
-        let mut stale = heartbeat(1, 2);
-        stale.term = 0;
-        let mut refused = envelope();
-        refused.messages = vec![vote, answer, stale];
-        let bytes = encode(&refused);
+        assert_eq!(heard.messages, mixed);
+    }
+
+    #[test]
+    fn another_incarnation_is_heard_for_a_leaders_traffic_only() {
+        let mut mixed = vec![vote(1, 2), heartbeat(1, 2), pre_vote(1, 2)];
+        mixed.extend(answers(1, 2));
+        let bytes = envelope_of(mixed);
+        // A replaced data directory lost the votes its member cast: it must not campaign as it.
+        let (heard, got) =
+            decode(&bytes, 1 << 20, 9, 2, |_, _| Standing::OtherIncarnation).unwrap();
+        assert_eq!(got, Standing::OtherIncarnation);
+        assert_eq!(heard.messages, vec![heartbeat(1, 2)]);
+        assert_eq!(
+            decode(
+                &envelope_of(vec![vote(1, 2), pre_vote(1, 2)]),
+                1 << 20,
+                9,
+                2,
+                |_, _| Standing::OtherIncarnation
+            ),
+            Err(RpcError::OtherIncarnation {
+                from: 1,
+                incarnation: 0x77
+            })
+        );
+    }
+
+    #[test]
+    fn a_non_member_is_refused_when_nothing_of_it_is_heard() {
+        // Answers, TimeoutNow and term-0 messages (a vote request included) alone are
+        // refused, each standing with its own error.
+        let mut stale_heartbeat = heartbeat(1, 2);
+        stale_heartbeat.term = 0;
+        let mut stale_vote = vote(1, 2);
+        stale_vote.term = 0;
+        let mut refused = answers(1, 2);
+        refused.extend([stale_heartbeat, stale_vote]);
+        for message in &refused {
+            let bytes = envelope_of(vec![message.clone()]);
+            assert_eq!(
+                decode(&bytes, 1 << 20, 9, 2, |_, _| Standing::Stranger),
+                Err(RpcError::Stranger { from: 1 }),
+                "{message:?}"
+            );
+        }
+        let bytes = envelope_of(refused);
         assert_eq!(
             decode(&bytes, 1 << 20, 9, 2, |_, _| Standing::Stranger),
             Err(RpcError::Stranger { from: 1 })

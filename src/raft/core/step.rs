@@ -191,6 +191,15 @@ impl RaftCore {
                 // granted pre-vote carries the term the pre-candidate would campaign in.
                 MessageBody::PreVote { .. } | MessageBody::PreVoteResponse { granted: true } => {}
                 MessageBody::Vote { transfer, .. } => {
+                    // Thesis §3.10: a transfer's candidate is heard past the lease, the leader
+                    // asked it to campaign; but a leader sends `TimeoutNow` only to a voter of
+                    // its configuration, so the flag is believed only of a voter of this
+                    // node's. Anyone else (a server added past this node's log, or one that
+                    // is not a member at all: thesis §4.1 answers its requests) waits out the
+                    // lease like any candidate, and cannot depose a live leader by claiming
+                    // a transfer.
+                    let transfer =
+                        *transfer && self.membership.current().voters.contains(&message.from);
                     if self.in_lease() && !transfer {
                         // Thesis §4.2.3: a live leader's lease shields the cluster from
                         // disruptive candidates (removed or partitioned servers).

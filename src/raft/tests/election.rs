@@ -288,6 +288,93 @@ fn a_follower_in_a_leader_lease_ignores_a_disruptive_vote_request() {
     assert_eq!(cluster.node(2).soft_state().leader, Some(1));
 }
 
+/// A vote request from node 9, which no configuration of the cluster names, claiming a transfer.
+fn vote_from_a_stranger(to: u64, term: u64) -> Message {
+    Message {
+        from: 9,
+        to,
+        term,
+        body: MessageBody::Vote {
+            last_log_index: 10,
+            last_log_term: 4,
+            transfer: true,
+        },
+    }
+}
+
+/// Takes every message in flight; returns the bodies of those to `to`.
+fn take_bodies_to(cluster: &mut Cluster, to: u64) -> Vec<MessageBody> {
+    let messages = cluster.take_messages().into_iter();
+    messages.filter(|m| m.to == to).map(|m| m.body).collect()
+}
+
+#[test]
+fn a_stranger_claiming_a_transfer_cannot_depose_a_live_leader() {
+    let mut cluster = Cluster::new(3, 16);
+    elect(&mut cluster, 1);
+    // Thesis §4.2.3: the lease holds against a server this node's configuration does not name
+    // as a voter, whatever it claims; a leader sends `TimeoutNow` only to its own voters.
+    for id in [1, 2] {
+        cluster
+            .node_mut(id)
+            .step(vote_from_a_stranger(id, 5))
+            .unwrap();
+        cluster.process(id);
+        assert_eq!(cluster.node(id).hard_state().term, 1);
+        assert_eq!(cluster.node(id).soft_state().leader, Some(1));
+    }
+    assert!(cluster.pending_messages().iter().all(|m| m.to != 9));
+    // A pre-vote of it is not granted within the lease either.
+    let pre_vote = Message {
+        from: 9,
+        to: 2,
+        term: 5,
+        body: MessageBody::PreVote {
+            last_log_index: 10,
+            last_log_term: 4,
+        },
+    };
+    cluster.node_mut(2).step(pre_vote).unwrap();
+    cluster.process(2);
+    let answers = take_bodies_to(&mut cluster, 9);
+    assert_eq!(
+        answers,
+        vec![MessageBody::PreVoteResponse { granted: false }]
+    );
+}
+
+#[test]
+fn a_follower_past_its_lease_votes_for_a_stranger_whose_log_is_up_to_date() {
+    // Thesis §4.1: a member added after this node's log ends needs its vote (simulator, seed
+    // 9626: no candidate could win 3 of 4 votes while a member behind the addition refused it).
+    let mut cluster = Cluster::new(3, 17);
+    elect(&mut cluster, 1);
+    cluster.crash(1);
+    for _ in 0..10 {
+        cluster.node_mut(2).tick();
+    }
+    // Past the lease; a pre-candidate, if its timer fired, did not raise its term.
+    assert_eq!(cluster.node(2).hard_state().term, 1);
+    cluster.take_messages();
+    cluster
+        .node_mut(2)
+        .step(vote_from_a_stranger(2, 5))
+        .unwrap();
+    cluster.process(2);
+    assert_eq!(cluster.node(2).hard_state().term, 5);
+    assert_eq!(cluster.node(2).hard_state().vote, Some(9));
+    let answers = take_bodies_to(&mut cluster, 9);
+    assert_eq!(answers, vec![MessageBody::VoteResponse { granted: true }]);
+    // Its answers count in no quorum of this node: a vote response of it is refused.
+    let answer = Message {
+        from: 9,
+        to: 2,
+        term: 5,
+        body: MessageBody::VoteResponse { granted: true },
+    };
+    assert!(cluster.node_mut(2).step(answer).is_err());
+}
+
 #[test]
 fn two_runs_of_one_seed_produce_the_same_trace() {
     fn trace(seed: u64) -> Vec<Message> {
