@@ -34,9 +34,10 @@
 //! not limited.
 //!
 //! Point-in-time views: the keys (an `imbl::OrdSet` of records, see `record`) and both sides of
-//! the idempotency table are persistent B-trees with structural sharing. [`KvStore::clone`] is O(1) (it shares the roots)
-//! and yields a frozen, self-consistent view of keys, idempotency records and applied index that
-//! a background task can serialize ([`crate::snapshot::write`]) while the driver keeps applying.
+//! the idempotency table are persistent B-trees with structural sharing. [`KvStore::clone`] is
+//! O(1) (it shares the roots) and yields a frozen, self-consistent view of keys, idempotency
+//! records and applied index that a background task can serialize ([`crate::snapshot::write`])
+//! while the driver keeps applying.
 //! A write after a clone copies only the nodes on its path, once each while the view lives; with
 //! no view alive the maps mutate in place. A record holds its key and value as one shared buffer
 //! (usually the command's own), so a copied node clones handles, not strings.

@@ -49,17 +49,17 @@ impl Record {
         mod_index: u64,
     ) -> Record {
         let key_len = u32::try_from(key.len()).expect("keys are at most KEY_BYTES_MAX bytes");
-        if let Some((key_start, value_start)) = source.and_then(|s| key_before_value(s, key, value))
-        {
-            let source = source.expect("matched within the source");
-            return Record {
-                buf: source.slice(key_start..value_start + value.len()),
-                key_len,
-                value_start: u32::try_from(value_start - key_start)
-                    .expect("a key and a length prefix span less than 4 GiB"),
-                create_index,
-                mod_index,
-            };
+        if let Some(source) = source {
+            if let Some((key_start, value_start)) = key_before_value(source, key, value) {
+                return Record {
+                    buf: source.slice(key_start..value_start + value.len()),
+                    key_len,
+                    value_start: u32::try_from(value_start - key_start)
+                        .expect("a key and a length prefix span less than 4 GiB"),
+                    create_index,
+                    mod_index,
+                };
+            }
         }
         let mut buf = Vec::with_capacity(key.len() + value.len());
         buf.extend_from_slice(key);
@@ -181,17 +181,6 @@ pub struct ValueRef<'a> {
     pub mod_index: u64,
 }
 
-impl ValueRef<'_> {
-    /// An owned copy.
-    pub fn to_value(&self) -> Value {
-        Value {
-            data: Bytes::copy_from_slice(self.data),
-            create_index: self.create_index,
-            mod_index: self.mod_index,
-        }
-    }
-}
-
 impl Serialize for ValueRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         struct Data<'a>(&'a [u8]);
@@ -311,7 +300,11 @@ mod tests {
             postcard::to_allocvec(&record.value_ref()).unwrap(),
             postcard::to_allocvec(&record.value()).unwrap()
         );
-        assert_eq!(record.value_ref().to_value(), record.value());
+        let (borrowed, owned) = (record.value_ref(), record.value());
+        assert_eq!(
+            (borrowed.data, borrowed.create_index, borrowed.mod_index),
+            (&owned.data[..], owned.create_index, owned.mod_index)
+        );
     }
 
     #[test]
