@@ -14,32 +14,20 @@ shift
 keys=${KEYS:-100000}
 value_bytes=${VALUE_BYTES:-256}
 base_port=${BASE_PORT:-18500}
-work=$(mktemp -d /tmp/raft-kv-rss.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/three-nodes.sh"
+WORK=$(mktemp -d /tmp/raft-kv-rss.XXXXXX)
+trap three_nodes_cleanup EXIT
 
 for bin in "$@"; do
-    dir="$work/run-$base_port"
-    endpoints="127.0.0.1:$((base_port + 1)),127.0.0.1:$((base_port + 2)),127.0.0.1:$((base_port + 3))"
-    pids=()
-    for i in 1 2 3; do
-        peers=$(echo "$endpoints" | tr ',' '\n' | grep -v ":$((base_port + i))$" | paste -sd,)
-        mkdir -p "$dir"
-        "$bin" --id "n$i" --host 127.0.0.1 --port $((base_port + i)) --peers "$peers" \
-            --data-dir "$dir/n$i" --log-level warn >"$dir/n$i.log" 2>&1 &
-        pids+=($!)
-    done
+    dir="$WORK/run-$base_port"
+    three_nodes_start "$bin" "$dir" "$base_port"
+    endpoints=$ENDPOINTS
     echo "=== $bin: $keys keys of $value_bytes B"
     "$client_bin" bench --endpoints "$endpoints" --clients 64 --seconds 1 \
         --value-bytes "$value_bytes" --keys "$keys" --preload | grep preloaded
     sleep "${REST_S:-5}"
     for i in 1 2 3; do
-        pid=${pids[$((i - 1))]}
+        pid=${PIDS[$((i - 1))]}
         rss=$(awk '/^Rss:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/smaps_rollup")
         anon=$(awk '/^Anonymous:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/smaps_rollup")
         heap=""
@@ -51,8 +39,6 @@ for bin in "$@"; do
         fi
         echo "  node n$i: rss $rss MB (anonymous $anon MB), ${heap:-no gdb}"
     done
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    pids=()
+    three_nodes_stop
     base_port=$((base_port + 10))
 done

@@ -24,33 +24,17 @@ clients=${CLIENTS:-64}
 seconds=${SECONDS_RUN:-10}
 value_bytes=${VALUE_BYTES:-256}
 base_port=${BASE_PORT:-18100}
-work=$(mktemp -d /tmp/raft-kv-bench.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/three-nodes.sh"
+WORK=$(mktemp -d /tmp/raft-kv-bench.XXXXXX)
+trap three_nodes_cleanup EXIT
 
 rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
 run_one() {
     local bin=$1 label=$2 setting=$3 snapshot_entries=$4
-    local dir="$work/$label-$setting" endpoints="" i
-    pids=()
-    for i in 1 2 3; do
-        endpoints+="${endpoints:+,}127.0.0.1:$((base_port + i))"
-    done
-    for i in 1 2 3; do
-        local peers
-        peers=$(echo "$endpoints" | tr ',' '\n' | grep -v ":$((base_port + i))$" | paste -sd,)
-        mkdir -p "$dir"
-        RAFT_KV_SNAPSHOT_ENTRIES=$snapshot_entries "$bin" --id "n$i" --host 127.0.0.1 \
-            --port $((base_port + i)) --peers "$peers" --data-dir "$dir/n$i" \
-            --log-level warn >"$dir/n$i.log" 2>&1 &
-        pids+=($!)
-    done
+    local dir="$WORK/$label-$setting" i
+    RAFT_KV_SNAPSHOT_ENTRIES=$snapshot_entries three_nodes_start "$bin" "$dir" "$base_port"
+    local endpoints=$ENDPOINTS
     echo "=== $label, snapshots $setting (RAFT_KV_SNAPSHOT_ENTRIES=$snapshot_entries, load ${LOAD:-bench}) ==="
     if [ "${LOAD:-bench}" = wrk ]; then
         # Preload (untimed; the one-second run after it is not reported), then wrk the leader.
@@ -69,11 +53,9 @@ run_one() {
         local snapshots
         snapshots=$(curl -s "http://127.0.0.1:$((base_port + i))/metrics" |
             awk '/^raft_snapshots_total / { print $2 }')
-        echo "  node n$i: rss $(rss_mb "${pids[$((i - 1))]}") MB, snapshots ${snapshots:-?}, data dir $(du -sm "$dir/n$i" | cut -f1) MB"
+        echo "  node n$i: rss $(rss_mb "${PIDS[$((i - 1))]}") MB, snapshots ${snapshots:-?}, data dir $(du -sm "$dir/n$i" | cut -f1) MB"
     done
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    pids=()
+    three_nodes_stop
     base_port=$((base_port + 10))
 }
 
